@@ -1,0 +1,3 @@
+"""Flotilla: a small container orchestrator with a Raft-replicated manager."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,99 @@
+"""The agent's session with the dispatcher on the leader.
+
+Register, then heartbeat at the period the dispatcher hands out. Any
+manager will do: followers forward to the leader, and the list of managers
+learned from each answer is kept so the session follows the cluster when
+managers come and go. Each answer also carries this node's desired and
+observed role, which the node uses to promote or demote itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+from ..common.component import Component
+from ..common.httpclient import ApiError
+from ..node.bootstrap import local_platform
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 2.0
+
+
+class NodeRemoved(Exception):
+    pass
+
+
+class Session(Component):
+    name = "agent-session"
+
+    def __init__(self, cfg, client, on_update, on_removed):
+        super().__init__()
+        self._cfg = cfg
+        self._client = client
+        self._on_update = on_update
+        self._on_removed = on_removed
+        self.registered = 0
+        self.heartbeats = 0
+        self.last_view = None
+
+    def _description(self):
+        return {
+            "hostname": self._cfg.hostname,
+            "platform": local_platform(),
+            "resources": {"cpus": float(os.cpu_count() or 1),
+                          "memory": _memory_bytes()},
+            "addr": self._cfg.advertise,
+        }
+
+    def run(self):
+        backoff = 0.1
+        while not self.stopping.is_set():
+            try:
+                reply = self._client.post("/v1/dispatcher/register", self._description(),
+                                          timeout=10, retry_for=2)
+                self.registered += 1
+                session_id = reply["session_id"]
+                period = float(reply["heartbeat_period"])
+                self._handle(reply)
+                backoff = 0.1
+                log.info("session %s registered (heartbeat every %.2fs)", session_id[:8], period)
+                while not self.sleep(period):
+                    reply = self._client.post("/v1/dispatcher/heartbeat",
+                                              {"session_id": session_id},
+                                              timeout=max(2.0, period), retry_for=period)
+                    self.heartbeats += 1
+                    period = float(reply["heartbeat_period"])
+                    self._handle(reply)
+            except ApiError as exc:
+                if exc.code == "revoked":
+                    log.error("this node was removed from the cluster")
+                    self._on_removed()
+                    return
+                if exc.code == "session_invalid":
+                    continue
+                log.info("session with the cluster interrupted: %s", exc)
+                if self.sleep(backoff * random.uniform(0.8, 1.2)):
+                    return
+                backoff = min(backoff * 2 + 0.1, MAX_BACKOFF)
+            except Exception:
+                log.exception("agent session failed")
+                if self.sleep(1.0):
+                    return
+
+    def _handle(self, reply):
+        self.last_view = reply.get("node")
+        self._on_update(reply)
+
+
+def _memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

@@ -1,0 +1,50 @@
+"""How the CLI finds the cluster: --host/FLOTILLA_HOST and --tls-dir/FLOTILLA_TLS_DIR,
+falling back to the local manager's control socket."""
+
+from __future__ import annotations
+
+import os
+import ssl
+
+import click
+
+from ..common.httpclient import ApiError, Client
+
+DEFAULT_SOCKETS = ("/var/lib/flotilla/control.sock",)
+
+
+class Context:
+    def __init__(self, host, tls_dir, fmt):
+        self.host = host
+        self.tls_dir = tls_dir
+        self.format = fmt
+        self._client = None
+
+    @property
+    def json(self) -> bool:
+        return self.format == "json"
+
+    def client(self) -> Client:
+        if self._client is not None:
+            return self._client
+        hosts = [h.strip() for h in (self.host or "").split(",") if h.strip()]
+        if not hosts:
+            hosts = [f"unix://{p}" for p in DEFAULT_SOCKETS if os.path.exists(p)]
+        if not hosts:
+            raise click.UsageError("no cluster given: use --host ADDR (or FLOTILLA_HOST)")
+        if any(not h.startswith("unix://") for h in hosts) and not self.tls_dir:
+            raise click.UsageError("--tls-dir DIR (or FLOTILLA_TLS_DIR) is needed for TLS hosts")
+        if self.tls_dir and not os.path.isfile(os.path.join(self.tls_dir, "cert.pem")):
+            raise click.UsageError(f"{self.tls_dir} has no cert.pem (expected ca.pem, cert.pem, key.pem)")
+        self._client = Client(hosts, tls_dir=self.tls_dir, timeout=30, retry_for=10)
+        return self._client
+
+
+def call(ctx: Context, method: str, path: str, **kw):
+    try:
+        return ctx.client().request(method, path, **kw)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (ssl.SSLError, OSError) as exc:
+        raise click.ClickException(f"TLS setup failed ({exc.__class__.__name__}: "
+                                   f"{str(exc)[:160]})") from None

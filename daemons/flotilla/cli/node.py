@@ -1,0 +1,192 @@
+"""``flotilla node``: run a node, and manage the cluster's nodes."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from ..common import logs
+from ..common.config import ConfigError, NodeConfig
+from ..common.units import parse_duration
+from .context import call
+from .fmt import format_option
+from .output import emit_json, table
+
+
+def _duration(_ctx, _param, value):
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group()
+def node():
+    """Run this node, or manage the cluster's nodes."""
+
+
+@node.command("run")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False),
+              help="Where this node keeps its identity, certificates and Raft data.")
+@click.option("--listen", metavar="HOST:PORT", help="Manager API address (default 0.0.0.0:4242).")
+@click.option("--advertise", metavar="HOST[:PORT]",
+              help="API address other nodes use (default: the listen address).")
+@click.option("--raft-listen", metavar="HOST:PORT", help="Raft address (default: API port + 10000).")
+@click.option("--raft-advertise", metavar="HOST:PORT", help="Raft address other managers use.")
+@click.option("--init", is_flag=True, help="Create a new cluster with this node as its first manager.")
+@click.option("--join", "join_addr", metavar="HOST:PORT", help="Join the cluster of this manager.")
+@click.option("--token", envvar="FLOTILLA_JOIN_TOKEN", help="Join token (worker or manager).")
+@click.option("--hostname", help="Name shown for this node (default: the host name).")
+@click.option("--cert-expiry", callback=_duration, help="With --init: node certificate lifetime (e.g. 90d, 60s).")
+@click.option("--heartbeat-period", callback=_duration, help="With --init: agent heartbeat period (default 5s).")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def run(data_dir, listen, advertise, raft_listen, raft_advertise, init, join_addr, token,
+        hostname, cert_expiry, heartbeat_period, log_level):
+    """Run this node in the foreground (agent always; manager when its role is manager)."""
+    from ..node import bootstrap
+    from ..node.daemon import NodeDaemon
+
+    logs.setup(log_level, "node")
+    if init and join_addr:
+        raise click.UsageError("--init and --join are mutually exclusive")
+    if join_addr and not token:
+        raise click.UsageError("--join needs --token")
+    if cert_expiry is not None and cert_expiry < 60:
+        raise click.BadParameter("must be at least 60s", param_hint="--cert-expiry")
+    data_dir = os.path.abspath(data_dir)
+    cfg = NodeConfig.load(data_dir)
+    try:
+        if cfg is not None and cfg.initialised():
+            if init or join_addr:
+                click.echo(f"{data_dir} already holds node {cfg.node_id} of cluster "
+                           f"{cfg.cluster_id}: resuming it", err=True)
+        elif init or join_addr:
+            cfg = NodeConfig(data_dir=data_dir, hostname=hostname or "")
+            cfg.fill_addresses(listen, advertise, raft_listen, raft_advertise)
+            if init:
+                bootstrap.init_cluster(cfg, cert_expiry=cert_expiry, heartbeat=heartbeat_period)
+                click.echo(f"Cluster {cfg.cluster_id} created. Admin bundle: {cfg.admin_dir}", err=True)
+            else:
+                bootstrap.join_cluster(cfg, join_addr, token)
+        else:
+            raise click.ClickException(f"{data_dir} holds no node: start with --init or --join")
+    except (bootstrap.BootstrapError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(NodeDaemon(cfg, log_level).run())
+
+
+NODE_COLUMNS = [("ID", "id"), ("HOSTNAME", "hostname"), ("ADDRESS", "addr"), ("ROLE", "role_col"),
+                ("AVAILABILITY", "availability"), ("STATE", "state"), ("MANAGER", "manager_col")]
+
+
+def _row(n):
+    row = dict(n)
+    row["id"] = n["id"][:12] + (" *" if n.get("self") else "")
+    row["role_col"] = n["role"] if n["role"] == n["desired_role"] else f"{n['role']} -> {n['desired_role']}"
+    mgr = n.get("manager")
+    row["manager_col"] = ("Leader" if n.get("leader") else
+                          (mgr["reachability"].capitalize() if mgr else ""))
+    return row
+
+
+@node.command("ls")
+@format_option
+@click.option("-q", "--quiet", is_flag=True, help="Only print ids.")
+@click.pass_obj
+def ls(ctx, quiet):
+    """List nodes."""
+    nodes = call(ctx, "GET", "/v1/nodes")
+    if quiet:
+        for n in nodes:
+            click.echo(n["id"])
+    elif ctx.json:
+        emit_json(nodes)
+    else:
+        table([_row(n) for n in nodes], NODE_COLUMNS)
+
+
+@node.command("inspect")
+@click.argument("ref")
+@click.pass_obj
+def inspect(ctx, ref):
+    """Show one node (by id, id prefix or hostname) as JSON."""
+    emit_json(call(ctx, "GET", f"/v1/nodes/{ref}"))
+
+
+def _show(ctx, n, verb):
+    if ctx.json:
+        emit_json(n)
+    else:
+        click.echo(f"Node {n['hostname']} ({n['id'][:12]}) {verb}.")
+
+
+@node.command("promote")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_obj
+def promote(ctx, refs):
+    """Make nodes managers."""
+    for ref in refs:
+        _show(ctx, call(ctx, "POST", f"/v1/nodes/{ref}/promote"), "is being promoted to manager")
+
+
+@node.command("demote")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Demote even if the remaining managers lack quorum.")
+@click.pass_obj
+def demote(ctx, refs, force):
+    """Make managers workers (refused if it would lose quorum)."""
+    for ref in refs:
+        _show(ctx, call(ctx, "POST", f"/v1/nodes/{ref}/demote",
+                        params={"force": "1" if force else None}), "is being demoted to worker")
+
+
+@node.command("rm")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Remove even if the node is up.")
+@click.pass_obj
+def rm(ctx, refs, force):
+    """Remove nodes from the cluster (their certificates stop working at once)."""
+    for ref in refs:
+        res = call(ctx, "DELETE", f"/v1/nodes/{ref}", params={"force": "1" if force else None})
+        if ctx.json:
+            emit_json(res)
+        else:
+            click.echo(res["id"])
+
+
+def _labels(values):
+    out = {}
+    for v in values:
+        key, sep, val = v.partition("=")
+        if not key:
+            raise click.BadParameter(f"invalid label {v!r}", param_hint="--label-add")
+        out[key] = val
+    return out
+
+
+@node.command("update")
+@click.argument("ref")
+@click.option("--availability", type=click.Choice(["active", "pause", "drain"]))
+@click.option("--label-add", multiple=True, metavar="KEY=VALUE")
+@click.option("--label-rm", multiple=True, metavar="KEY")
+@click.pass_obj
+def update(ctx, ref, availability, label_add, label_rm):
+    """Change a node's availability or labels."""
+    body = {}
+    if availability:
+        body["availability"] = availability
+    if label_add:
+        body["labels_add"] = _labels(label_add)
+    if label_rm:
+        body["labels_rm"] = list(label_rm)
+    if not body:
+        raise click.UsageError("nothing to update")
+    n = call(ctx, "PATCH", f"/v1/nodes/{ref}", json=body)
+    if ctx.json:
+        emit_json(n)
+    else:
+        click.echo(n["id"])

@@ -1,0 +1,171 @@
+"""A node's identity and addresses, kept in ``<data-dir>/node.json``.
+
+Ports: ``--listen HOST:PORT`` is the manager API (HTTPS, mTLS). Unless set
+explicitly, the Raft port is PORT+10000 and the agent port PORT+20000 on the
+same host (or PORT-10000 / PORT-20000 when that would pass 65535).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+
+from . import fsutil
+
+DEFAULT_PORT = 4242
+RAFT_OFFSET = 10000
+AGENT_OFFSET = 20000
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def split_addr(addr: str, default_port: int | None = DEFAULT_PORT) -> tuple[str, int]:
+    """'host:port', '[v6]:port', 'host' -> (host, port)."""
+    if not addr or not isinstance(addr, str):
+        raise ConfigError("address is empty")
+    addr = addr.strip()
+    if addr.startswith("["):
+        host, _, rest = addr[1:].partition("]")
+        port_s = rest[1:] if rest.startswith(":") else ""
+    elif addr.count(":") == 1:
+        host, port_s = addr.split(":")
+    elif addr.count(":") > 1:
+        host, port_s = addr, ""
+    else:
+        host, port_s = addr, ""
+    if not host:
+        raise ConfigError(f"address {addr!r} has no host")
+    if port_s:
+        try:
+            port = int(port_s)
+        except ValueError:
+            raise ConfigError(f"address {addr!r}: port is not a number") from None
+    elif default_port is None:
+        raise ConfigError(f"address {addr!r} needs a port")
+    else:
+        port = default_port
+    if not 0 < port < 65536:
+        raise ConfigError(f"address {addr!r}: port out of range")
+    return host, port
+
+
+def join_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def derived(addr: str, offset: int) -> str:
+    host, port = split_addr(addr)
+    other = port + offset if port + offset < 65536 else port - offset
+    return join_addr(host, other)
+
+
+def is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+@dataclasses.dataclass
+class NodeConfig:
+    data_dir: str
+    node_id: str = ""
+    cluster_id: str = ""
+    hostname: str = ""
+    listen: str = f"0.0.0.0:{DEFAULT_PORT}"       # manager API bind address
+    advertise: str = ""                            # manager API address others use
+    raft_listen: str = ""
+    raft_advertise: str = ""
+    role: str = "worker"                           # role of the certificate we hold
+    managers: list[str] = dataclasses.field(default_factory=list)  # known API addresses
+
+    # -- paths ------------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        return os.path.join(self.data_dir, "node.json")
+
+    @property
+    def certs_dir(self) -> str:
+        return os.path.join(self.data_dir, "certs")
+
+    @property
+    def ca_path(self) -> str:
+        return os.path.join(self.certs_dir, "ca.pem")
+
+    @property
+    def bundle_path(self) -> str:
+        return os.path.join(self.certs_dir, "node.pem")
+
+    @property
+    def raft_dir(self) -> str:
+        return os.path.join(self.data_dir, "raft")
+
+    @property
+    def admin_dir(self) -> str:
+        return os.path.join(self.data_dir, "admin")
+
+    @property
+    def control_socket(self) -> str:
+        return os.path.join(self.data_dir, "control.sock")
+
+    @property
+    def bootstrap_path(self) -> str:
+        return os.path.join(self.data_dir, "bootstrap.json")
+
+    # -- persistence ----------------------------------------------------------------
+    def save(self) -> None:
+        fsutil.ensure_private_dir(self.data_dir)
+        data = dataclasses.asdict(self)
+        data.pop("data_dir")
+        fsutil.atomic_write_json(self.path, data)
+
+    @classmethod
+    def load(cls, data_dir: str) -> "NodeConfig | None":
+        data = fsutil.read_json(os.path.join(data_dir, "node.json"))
+        if data is None:
+            return None
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(data_dir=data_dir, **{k: v for k, v in data.items() if k in fields})
+
+    def initialised(self) -> bool:
+        return bool(self.node_id) and os.path.exists(self.bundle_path)
+
+    def fill_addresses(self, listen: str | None, advertise: str | None,
+                       raft_listen: str | None, raft_advertise: str | None) -> None:
+        if listen:
+            host, port = split_addr(listen)
+            self.listen = join_addr(host, port)
+        host, port = split_addr(self.listen)
+        if advertise:
+            ahost, aport = split_addr(advertise, default_port=port)
+            self.advertise = join_addr(ahost, aport)
+        elif not self.advertise:
+            if is_unspecified(host):
+                host = _guess_address()
+            self.advertise = join_addr(host, port)
+        if raft_listen:
+            rhost, rport = split_addr(raft_listen, default_port=None)
+            self.raft_listen = join_addr(rhost, rport)
+        elif not self.raft_listen:
+            self.raft_listen = derived(self.listen, RAFT_OFFSET)
+        if raft_advertise:
+            rhost, rport = split_addr(raft_advertise, default_port=None)
+            self.raft_advertise = join_addr(rhost, rport)
+        elif not self.raft_advertise:
+            ahost, _ = split_addr(self.advertise)
+            _, rport = split_addr(self.raft_listen)
+            self.raft_advertise = join_addr(ahost, rport)
+
+
+def _guess_address() -> str:
+    """The address this host uses to reach others (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"

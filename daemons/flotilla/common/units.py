@@ -1,0 +1,51 @@
+"""Durations ("90s", "5m", "2h30m", "90d", or plain seconds) and their display."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(value) -> float:
+    """Seconds from a number or a string such as '60s', '1h30m', '90d'."""
+    if isinstance(value, bool):
+        raise ValueError("not a duration")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("duration must not be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("not a duration")
+    text = value.strip().lower()
+    if not text:
+        raise ValueError("empty duration")
+    try:
+        seconds = float(text)
+    except ValueError:
+        pos = 0
+        seconds = 0.0
+        for m in _PART.finditer(text):
+            if m.start() != pos:
+                break
+            seconds += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if pos != len(text) or pos == 0:
+            raise ValueError(f"invalid duration {value!r} (use e.g. 90s, 5m, 2h, 90d)") from None
+    if seconds < 0:
+        raise ValueError("duration must not be negative")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 1 and seconds > 0:
+        return f"{int(round(seconds * 1000))}ms"
+    s = int(round(seconds))
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if s >= size:
+            out.append(f"{s // size}{unit}")
+            s %= size
+    return "".join(out) or "0s"

@@ -1,0 +1,81 @@
+"""Flask application factory for the manager API (``/v1``)."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException
+
+from ..store.store import CommitTimeout, NotLeader, StoreError, TxnFailed
+from . import cluster, common, configs, dispatcher, health, join, nodes, raft
+from .forward import Forwarder
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 4 * 1024 * 1024
+
+
+def create_app(manager, forwarder: Forwarder | None = None) -> Flask:
+    app = Flask("flotilla.manager")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.extensions["flotilla.manager"] = manager
+    app.extensions["flotilla.forwarder"] = forwarder or Forwarder(manager)
+    for bp in (health.bp, join.bp, cluster.bp, nodes.bp, configs.bp, dispatcher.bp, raft.bp):
+        app.register_blueprint(bp)
+
+    @app.before_request
+    def _authenticate_and_route():
+        view = app.view_functions.get(request.endpoint) if request.endpoint else None
+        if view is None:
+            return None  # 404/405 handled by Flask
+        pol = getattr(view, "flotilla_policy", "control")
+        local = getattr(view, "flotilla_local", False)
+        direct = common.direct_identity()
+        if pol != "public" and direct is None:
+            manager.counters.inc("api.no_client_cert")
+            return common.error_response(401, "unauthenticated",
+                                         "a client certificate from this cluster is required")
+        if not local and not manager.is_leader:
+            if request.headers.get(common.IDENTITY_HEADER) is not None:
+                return common.error_response(503, "not_leader",
+                                             "this manager is not the leader (any more)")
+            return app.extensions["flotilla.forwarder"].forward(direct)
+        if not local and not manager.leader_ready.is_set():
+            return common.error_response(503, "no_leader",
+                                         "the leader is still starting up; retry shortly")
+        common.authorize(pol, common.identity())
+        return None
+
+    @app.errorhandler(common.ApiError)
+    def _api_error(exc):
+        return common.error_response(exc.status, exc.code, exc.message, exc.field)
+
+    @app.errorhandler(TxnFailed)
+    def _txn_failed(exc):
+        return common.error_response(exc.status, exc.code, str(exc))
+
+    @app.errorhandler(NotLeader)
+    def _not_leader(exc):
+        return common.error_response(503, "not_leader", str(exc))
+
+    @app.errorhandler(CommitTimeout)
+    def _timeout(exc):
+        return common.error_response(503, "outcome_unknown", str(exc))
+
+    @app.errorhandler(StoreError)
+    def _store_error(exc):
+        return common.error_response(503, "store_error", str(exc))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc):
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.code, "http_error")
+        return common.error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return common.error_response(500, "internal", "internal error (see the manager log)")
+
+    return app

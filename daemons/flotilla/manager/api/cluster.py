@@ -1,0 +1,125 @@
+"""The cluster object: settings and join tokens."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from flask import Blueprint
+from pydantic import Field, field_validator
+
+from ...ca import tokens
+from ...common.units import parse_duration
+from .. import objects
+from ..store.store import Op, TxnFailed
+from .common import ApiError, Model, json_response, manager, parse_body, policy, request_id
+
+bp = Blueprint("cluster", __name__, url_prefix="/v1/cluster")
+
+MAX_CERT_EXPIRY = 10 * 365 * 86400
+
+
+def _duration(value, lo, hi, what):
+    if value is None:
+        return None
+    seconds = parse_duration(value)
+    if seconds < lo or seconds > hi:
+        raise ValueError(f"{what} must be between {lo:g}s and {hi:g}s")
+    return seconds
+
+
+class ClusterUpdate(Model):
+    cert_expiry: Optional[Union[str, float]] = None
+    heartbeat_period: Optional[Union[str, float]] = None
+    task_history_limit: Optional[int] = Field(default=None, ge=-1, le=1000)
+    version: Optional[int] = None
+
+    @field_validator("cert_expiry")
+    @classmethod
+    def _cert_expiry(cls, v):
+        return _duration(v, objects.MIN_CERT_EXPIRY, MAX_CERT_EXPIRY, "cert_expiry")
+
+    @field_validator("heartbeat_period")
+    @classmethod
+    def _heartbeat(cls, v):
+        return _duration(v, 0.1, 3600, "heartbeat_period")
+
+
+def _cluster():
+    c = objects.cluster(manager().store)
+    if c is None:
+        raise ApiError(503, "no_leader", "the cluster is still being created")
+    return c
+
+
+@bp.get("")
+@policy("control")
+def get_cluster():
+    return json_response(objects.public_cluster(_cluster()))
+
+
+@bp.patch("")
+@policy("control")
+def update_cluster():
+    body = parse_body(ClusterUpdate)
+    m = manager()
+    rid = request_id()
+    for _ in range(10):
+        c = _cluster()
+        if body.version is not None and body.version != c["version"]:
+            raise ApiError(409, "conflict", f"cluster changed (version {c['version']})")
+        spec = {k: dict(v) for k, v in c["spec"].items()}
+        if body.cert_expiry is not None:
+            spec["ca"]["node_cert_expiry"] = int(body.cert_expiry)
+        if body.heartbeat_period is not None:
+            spec["dispatcher"]["heartbeat_period"] = float(body.heartbeat_period)
+        if body.task_history_limit is not None:
+            spec["orchestration"]["task_history_limit"] = body.task_history_limit
+        try:
+            result = m.store.commit([Op.update("cluster", dict(c, spec=spec), version=c["version"])],
+                                    rid=rid)
+        except TxnFailed as exc:
+            if exc.code == "conflict" and body.version is None:
+                continue
+            raise
+        return json_response(objects.public_cluster(result["objects"][0]))
+    raise ApiError(409, "conflict", "cluster changed too often; retry")
+
+
+def _role(role):
+    if role not in ("worker", "manager"):
+        raise ApiError(404, "not_found", "join token role must be 'worker' or 'manager'", field="role")
+    return role
+
+
+@bp.get("/join-tokens")
+@policy("control")
+def get_tokens():
+    c = _cluster()
+    return json_response(dict(c["tokens"]))
+
+
+@bp.get("/join-tokens/<role>")
+@policy("control")
+def get_token(role):
+    c = _cluster()
+    return json_response({"role": _role(role), "token": c["tokens"][role]})
+
+
+@bp.post("/join-tokens/<role>/rotate")
+@policy("control")
+def rotate_token(role):
+    _role(role)
+    m = manager()
+    rid = request_id()
+    for _ in range(10):
+        c = _cluster()
+        new = dict(c, tokens=dict(c["tokens"], **{role: tokens.generate_token(
+            c["root_ca"]["cert"].encode())}))
+        try:
+            result = m.store.commit([Op.update("cluster", new, version=c["version"])], rid=rid)
+        except TxnFailed as exc:
+            if exc.code == "conflict":
+                continue
+            raise
+        return json_response({"role": role, "token": result["objects"][0]["tokens"][role]})
+    raise ApiError(409, "conflict", "cluster changed too often; retry")

@@ -1,0 +1,225 @@
+"""What every endpoint shares: the error format, caller identity, access
+policies and request validation.
+
+Errors are always ``{"error": {"code", "message", "field"}}``.
+
+Identity comes from the verified TLS client certificate (CN = node id, OU =
+role, O = cluster id), from the unix control socket (root only, treated as
+admin), or — on the leader — from the identity header a follower manager
+adds when it forwards a request (trusted only from a current manager).
+
+Policies:
+- ``public``: no client certificate needed (joining).
+- ``any``: any valid identity.
+- ``agent``: a node certificate (manager or worker) of a node that exists.
+- ``manager``: a manager certificate of a node whose desired role is manager.
+- ``control``: an admin certificate, or a manager node's certificate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+
+from flask import current_app, g, request
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ...ca import certs
+from .. import objects
+
+log = logging.getLogger(__name__)
+
+IDENTITY_HEADER = "X-Flotilla-Identity"
+FORWARDED_HEADER = "X-Flotilla-Forwarded-By"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None):
+    body = {"error": {"code": code, "message": message}}
+    if field is not None:
+        body["error"]["field"] = field
+    return current_app.response_class(json.dumps(body) + "\n", status=status,
+                                      mimetype="application/json")
+
+
+def json_response(payload, status: int = 200):
+    return current_app.response_class(json.dumps(payload) + "\n", status=status,
+                                      mimetype="application/json")
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    node_id: str
+    role: str
+    cluster_id: str
+    via: str = "tls"
+
+    def header(self) -> str:
+        return json.dumps({"cn": self.node_id, "ou": self.role, "o": self.cluster_id})
+
+
+def manager():
+    return current_app.extensions["flotilla.manager"]
+
+
+def direct_identity() -> Identity | None:
+    if "direct_identity" in g:
+        return g.direct_identity
+    ident = None
+    env_ident = request.environ.get("flotilla.identity")
+    if env_ident is not None:
+        ident = env_ident
+    else:
+        sock = request.environ.get("gunicorn.socket")
+        getpeercert = getattr(sock, "getpeercert", None)
+        if getpeercert is not None:
+            parsed = certs.identity_from_peercert(getpeercert())
+            if parsed is not None:
+                ident = Identity(parsed.node_id, parsed.role, parsed.cluster_id)
+    g.direct_identity = ident
+    return ident
+
+
+def identity() -> Identity | None:
+    """The caller, after resolving forwarding by a follower manager."""
+    if "identity" in g:
+        return g.identity
+    ident = direct_identity()
+    forwarded = request.headers.get(IDENTITY_HEADER)
+    if forwarded is not None:
+        if not is_current_manager(ident):
+            raise ApiError(403, "forbidden", "only a manager may forward requests")
+        if forwarded == "":
+            ident = None
+        else:
+            try:
+                f = json.loads(forwarded)
+                ident = Identity(str(f["cn"]), str(f["ou"]), str(f["o"]), via="forwarded")
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(400, "bad_request", "malformed forwarded identity") from None
+    g.identity = ident
+    return ident
+
+
+def is_current_manager(ident: Identity | None) -> bool:
+    if ident is None or ident.role != certs.ROLE_MANAGER:
+        return False
+    m = manager()
+    if ident.node_id == m.cfg.node_id:
+        return True
+    node = m.store.get("node", ident.node_id)
+    if node is not None:
+        return objects.wants_manager_cert(node) and not m.ca.revoked(ident.node_id)
+    # A manager we know only from Raft membership (store still catching up).
+    return ident.node_id in m.security.managers_by_address().values()
+
+
+def authorize(policy: str, ident: Identity | None) -> None:
+    if policy == "public":
+        return
+    if ident is None:
+        raise ApiError(401, "unauthenticated", "a client certificate from this cluster is required")
+    m = manager()
+    if ident.via != "unix" and ident.cluster_id != m.cfg.cluster_id:
+        raise ApiError(401, "unauthenticated", "certificate is from another cluster")
+    if ident.via != "unix" and m.ca.revoked(ident.node_id):
+        m.counters.inc("api.revoked")
+        raise ApiError(401, "revoked", "this certificate belongs to a node removed from the cluster")
+    if policy == "any":
+        return
+    if ident.role == certs.ROLE_ADMIN:
+        if policy == "control":
+            return
+        raise ApiError(403, "forbidden", "an admin certificate cannot use agent endpoints")
+    node = m.store.get("node", ident.node_id)
+    if node is None:
+        m.counters.inc("api.unknown_node")
+        raise ApiError(401, "revoked", "unknown node (removed from the cluster?)")
+    if policy == "agent":
+        return
+    if policy == "manager":
+        if ident.role == certs.ROLE_MANAGER and node["spec"]["role"] == "manager":
+            return
+        raise ApiError(403, "forbidden", "a manager certificate is required")
+    if policy == "control":
+        if ident.role == certs.ROLE_MANAGER and node.get("role") == "manager":
+            return
+        m.counters.inc("api.forbidden")
+        raise ApiError(403, "forbidden",
+                       "this endpoint needs an admin or manager certificate "
+                       f"(caller is a {ident.role} node)")
+    raise ApiError(500, "internal", f"unknown policy {policy}")
+
+
+def policy(name: str, *, local: bool = False):
+    """Mark a view with its access policy. ``local`` views are answered by
+    any manager; the rest are answered by the leader (followers forward)."""
+
+    def deco(fn):
+        fn.flotilla_policy = name
+        fn.flotilla_local = local
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            return fn(*args, **kwargs)
+
+        wrapper.flotilla_policy = name
+        wrapper.flotilla_local = local
+        return wrapper
+
+    return deco
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def parse_body(model: type[Model]):
+    if request.content_length and request.content_length > current_app.config["MAX_CONTENT_LENGTH"]:
+        raise ApiError(413, "too_large", "request body too large")
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        data = {}
+    else:
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", "request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown field"
+        raise ApiError(400, "invalid", f"{field}: {message}" if field else message,
+                       field=field) from None
+
+
+def request_id() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > 128:
+        raise ApiError(400, "invalid", "Idempotency-Key must be 1-128 characters",
+                       field="Idempotency-Key")
+    return key
+
+
+def flag(name: str) -> bool:
+    value = request.args.get(name, "").lower()
+    return value in ("1", "true", "yes", "on")

@@ -1,0 +1,95 @@
+"""Configs: small named blobs (up to 500 KB) kept in the replicated store,
+for services to mount. Immutable once created, like SwarmKit's."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from flask import Blueprint
+from pydantic import Field, field_validator
+
+from ..store.store import Op, new_id
+from .common import ApiError, Model, json_response, manager, parse_body, policy, request_id
+from .nodes import validate_labels
+
+bp = Blueprint("configs", __name__, url_prefix="/v1/configs")
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_DATA = 500 * 1024
+
+
+class ConfigCreate(Model):
+    name: str = Field(max_length=64)
+    data: str = Field(max_length=(MAX_DATA * 4) // 3 + 8)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not NAME.match(v):
+            raise ValueError("must be 1-64 characters: letters, digits, '_', '.', '-'")
+        return v
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v):
+        try:
+            raw = base64.b64decode(v, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be base64") from None
+        if len(raw) > MAX_DATA:
+            raise ValueError(f"larger than {MAX_DATA} bytes")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v):
+        return validate_labels(v)
+
+
+def view(c, with_data=False):
+    out = {k: c[k] for k in ("id", "name", "labels", "version", "created_at", "updated_at")}
+    out["size"] = len(base64.b64decode(c["data"]))
+    if with_data:
+        out["data"] = c["data"]
+    return out
+
+
+def _get(ref):
+    store = manager().store
+    c = store.get("config", ref) or store.by_unique("config", "name", ref)
+    if c is None:
+        raise ApiError(404, "not_found", f"config {ref} not found")
+    return c
+
+
+@bp.get("")
+@policy("control")
+def list_configs():
+    items = sorted(manager().store.list("config"), key=lambda c: c["name"])
+    return json_response([view(c) for c in items])
+
+
+@bp.post("")
+@policy("control")
+def create_config():
+    body = parse_body(ConfigCreate)
+    obj = {"id": new_id(), "name": body.name, "data": body.data, "labels": body.labels}
+    result = manager().store.commit([Op.create("config", obj)], rid=request_id())
+    return json_response(view(result["objects"][0]), 201)
+
+
+@bp.get("/<ref>")
+@policy("control")
+def inspect_config(ref):
+    return json_response(view(_get(ref), with_data=True))
+
+
+@bp.delete("/<ref>")
+@policy("control")
+def remove_config(ref):
+    c = _get(ref)
+    manager().store.commit([Op.delete("config", c["id"])], rid=request_id())
+    return json_response({"id": c["id"], "removed": True})

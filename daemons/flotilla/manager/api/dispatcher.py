@@ -1,0 +1,78 @@
+"""Agent session endpoints: register, heartbeat, certificate renewal."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from flask import Blueprint
+from pydantic import Field
+
+from ..caserver import JoinRefused
+from ..dispatcher import SessionInvalid
+from .common import ApiError, Model, identity, json_response, manager, parse_body, policy
+from .join import Platform
+
+bp = Blueprint("dispatcher", __name__, url_prefix="/v1")
+
+
+class Resources(Model):
+    cpus: float = Field(default=0, ge=0, le=4096)
+    memory: int = Field(default=0, ge=0)
+
+
+class Register(Model):
+    hostname: str = Field(default="", max_length=253)
+    platform: Optional[Platform] = None
+    resources: Optional[Resources] = None
+    version: str = Field(default="", max_length=64)
+    addr: Optional[str] = Field(default=None, max_length=300)
+
+
+class Heartbeat(Model):
+    session_id: str = Field(max_length=64)
+
+
+class Renew(Model):
+    csr: str = Field(max_length=16384)
+
+
+def _dispatcher():
+    d = manager().dispatcher
+    if d is None:
+        raise ApiError(503, "no_leader", "the dispatcher is not running on this manager")
+    return d
+
+
+@bp.post("/dispatcher/register")
+@policy("agent")
+def register():
+    body = parse_body(Register)
+    desc = {"hostname": body.hostname, "version": body.version}
+    if body.platform is not None:
+        desc["platform"] = body.platform.model_dump()
+    if body.resources is not None:
+        desc["resources"] = body.resources.model_dump()
+    try:
+        return json_response(_dispatcher().register(identity().node_id, desc, body.addr))
+    except SessionInvalid as exc:
+        raise ApiError(401, "revoked", str(exc)) from None
+
+
+@bp.post("/dispatcher/heartbeat")
+@policy("agent")
+def heartbeat():
+    body = parse_body(Heartbeat)
+    try:
+        return json_response(_dispatcher().heartbeat(identity().node_id, body.session_id))
+    except SessionInvalid as exc:
+        raise ApiError(409, "session_invalid", str(exc)) from None
+
+
+@bp.post("/ca/renew")
+@policy("agent")
+def renew():
+    body = parse_body(Renew)
+    try:
+        return json_response(manager().ca.renew(identity().node_id, body.csr))
+    except JoinRefused as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None

@@ -1,0 +1,81 @@
+"""Joining: the root CA (any manager) and certificate issuance (leader).
+
+These are the only endpoints that need no client certificate. The CA
+endpoint serves public data only; the join endpoint requires a valid join
+token and issues a certificate whose role the token decides.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from flask import Blueprint, current_app
+from pydantic import Field, field_validator
+
+from ...common.config import ConfigError, split_addr
+from ..caserver import JoinRefused
+from .common import ApiError, Model, json_response, manager, parse_body, policy
+
+bp = Blueprint("join", __name__, url_prefix="/v1")
+
+HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+class Platform(Model):
+    os: str = Field(default="", max_length=32)
+    arch: str = Field(default="", max_length=32)
+
+
+def _address(value):
+    if value is None:
+        return value
+    try:
+        split_addr(value, default_port=None)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+class JoinRequest(Model):
+    token: str = Field(max_length=200)
+    csr: str = Field(max_length=16384)
+    hostname: str = Field(default="", max_length=253)
+    addr: str = Field(max_length=300)
+    raft_addr: Optional[str] = Field(default=None, max_length=300)
+    platform: Optional[Platform] = None
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v):
+        if v and not HOSTNAME.match(v):
+            raise ValueError("not a valid hostname")
+        return v
+
+    @field_validator("addr", "raft_addr")
+    @classmethod
+    def _addresses(cls, v):
+        return _address(v)
+
+
+@bp.get("/join/ca")
+@policy("public", local=True)
+def root_ca():
+    m = manager()
+    with open(m.cfg.ca_path, "rb") as f:
+        pem = f.read()
+    return current_app.response_class(pem, mimetype="application/x-pem-file")
+
+
+@bp.post("/join")
+@policy("public")
+def join():
+    body = parse_body(JoinRequest)
+    m = manager()
+    try:
+        result = m.ca.join(token=body.token, csr=body.csr, hostname=body.hostname,
+                           addr=body.addr, raft_addr=body.raft_addr,
+                           platform=body.platform.model_dump() if body.platform else None)
+    except JoinRefused as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+    return json_response(result, 201)

@@ -1,0 +1,212 @@
+"""Nodes: list, inspect, update (availability, labels), promote, demote, remove."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Literal, Optional
+
+from flask import Blueprint
+from pydantic import Field, field_validator
+
+from .. import objects
+from ..membership import QuorumError
+from ..store.store import Op, TxnFailed
+from .common import ApiError, Model, flag, json_response, manager, parse_body, policy, request_id
+
+bp = Blueprint("nodes", __name__, url_prefix="/v1/nodes")
+
+LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
+MAX_LABELS = 64
+MAX_LABEL_VALUE = 1024
+
+
+def validate_labels(labels):
+    if labels is None:
+        return labels
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels")
+    for k, v in labels.items():
+        if not LABEL_KEY.match(k):
+            raise ValueError(f"invalid label key {k[:40]!r}")
+        if len(v) > MAX_LABEL_VALUE:
+            raise ValueError(f"label {k} is longer than {MAX_LABEL_VALUE} characters")
+    return labels
+
+
+class NodeUpdate(Model):
+    availability: Optional[Literal["active", "pause", "drain"]] = None
+    labels: Optional[dict[str, str]] = None
+    labels_add: Optional[dict[str, str]] = None
+    labels_rm: Optional[list[str]] = Field(default=None, max_length=MAX_LABELS)
+    version: Optional[int] = None
+
+    _labels = field_validator("labels", "labels_add")(validate_labels)
+
+
+def view(node, m, reachable=None, leader_id=None):
+    mgr = node.get("manager") or None
+    out = {
+        "id": node["id"],
+        "hostname": node.get("hostname"),
+        "addr": node.get("addr"),
+        "role": node.get("role"),
+        "desired_role": node["spec"]["role"],
+        "availability": node["spec"]["availability"],
+        "labels": node["spec"].get("labels", {}),
+        "state": node["status"]["state"],
+        "message": node["status"].get("message", ""),
+        "leader": node["id"] == leader_id,
+        "platform": (node.get("description") or {}).get("platform", {}),
+        "cert": node.get("cert"),
+        "version": node.get("version"),
+        "created_at": node.get("created_at"),
+        "updated_at": node.get("updated_at"),
+        "manager": None,
+    }
+    if mgr:
+        out["manager"] = {
+            "raft_addr": mgr.get("raft_addr"),
+            "api_addr": mgr.get("api_addr"),
+            "reachability": ("reachable" if reachable is None or mgr.get("raft_addr") in reachable
+                             else "unreachable"),
+        }
+    return out
+
+
+def _get(ref):
+    node = objects.find_node(manager().store, ref)
+    if node is None:
+        raise ApiError(404, "not_found", f"node {ref} not found")
+    return node
+
+
+def _views(nodes):
+    m = manager()
+    reachable = m.raft.reachable_addresses() if m.raft is not None else None
+    leader = m.leader_node_id()
+    return [view(n, m, reachable, leader) for n in nodes]
+
+
+@bp.get("")
+@policy("control")
+def list_nodes():
+    nodes = sorted(manager().store.list("node"), key=lambda n: (n.get("hostname") or "", n["id"]))
+    return json_response(_views(nodes))
+
+
+@bp.get("/<ref>")
+@policy("control")
+def inspect_node(ref):
+    return json_response(_views([_get(ref)])[0])
+
+
+def _update(ref, change, rid, version=None):
+    m = manager()
+    for _ in range(10):
+        node = _get(ref)
+        if version is not None and version != node["version"]:
+            raise ApiError(409, "conflict", f"node changed (version {node['version']})")
+        new = change(node)
+        if new is None:
+            return node
+        try:
+            return m.store.commit([Op.update("node", new, version=node["version"])],
+                                  rid=rid)["objects"][0]
+        except TxnFailed as exc:
+            if exc.code == "conflict" and version is None:
+                continue
+            raise
+    raise ApiError(409, "conflict", "node changed too often; retry")
+
+
+@bp.patch("/<ref>")
+@policy("control")
+def update_node(ref):
+    body = parse_body(NodeUpdate)
+
+    def change(node):
+        spec = dict(node["spec"])
+        labels = dict(spec.get("labels", {}))
+        if body.labels is not None:
+            labels = dict(body.labels)
+        for k, v in (body.labels_add or {}).items():
+            labels[k] = v
+        for k in body.labels_rm or []:
+            labels.pop(k, None)
+        if len(labels) > MAX_LABELS:
+            raise ApiError(400, "invalid", f"at most {MAX_LABELS} labels", field="labels")
+        spec["labels"] = labels
+        if body.availability is not None:
+            spec["availability"] = body.availability
+        return dict(node, spec=spec)
+
+    node = _update(ref, change, request_id(), body.version)
+    return json_response(_views([node])[0])
+
+
+@bp.post("/<ref>/promote")
+@policy("control")
+def promote(ref):
+    def change(node):
+        if node["spec"]["role"] == "manager":
+            return None
+        return dict(node, spec=dict(node["spec"], role="manager"))
+
+    node = _update(ref, change, request_id())
+    return json_response(_views([node])[0])
+
+
+@bp.post("/<ref>/demote")
+@policy("control")
+def demote(ref):
+    m = manager()
+    force = flag("force")
+    node = _get(ref)
+    if node["spec"]["role"] == "worker":
+        return json_response(_views([node])[0])
+    raft_addr = (node.get("manager") or {}).get("raft_addr")
+    managers = [n for n in m.store.list("node") if n["spec"]["role"] == "manager"]
+    if len(managers) <= 1:
+        raise ApiError(409, "last_manager", "cannot demote the last manager")
+    if raft_addr and raft_addr in m.raft.member_addresses() and not force:
+        try:
+            m.membership.check_removal(raft_addr)
+        except QuorumError as exc:
+            raise ApiError(409, "quorum", str(exc)) from None
+
+    def change(n):
+        if n["spec"]["role"] == "worker":
+            return None
+        return dict(n, spec=dict(n["spec"], role="worker"))
+
+    node = _update(ref, change, request_id())
+    return json_response(_views([node])[0])
+
+
+@bp.delete("/<ref>")
+@policy("control")
+def remove(ref):
+    m = manager()
+    force = flag("force")
+    rid = request_id()
+    for _ in range(10):
+        node = _get(ref)
+        if node.get("role") == "manager" or node["spec"]["role"] == "manager":
+            raise ApiError(409, "is_manager", f"node {node['hostname']} is a manager; demote it first")
+        if node["status"]["state"] == "ready" and not force:
+            raise ApiError(409, "node_ready",
+                           f"node {node['hostname']} is up; stop it first or use --force")
+        cluster = objects.cluster(m.store)
+        not_after = (node.get("cert") or {}).get("not_after") or (time.time() + 90 * 86400)
+        revoked = dict(cluster.get("revoked", {}), **{node["id"]: not_after})
+        try:
+            m.store.commit([Op.delete("node", node["id"], version=node["version"]),
+                            Op.update("cluster", dict(cluster, revoked=revoked),
+                                      version=cluster["version"])], rid=rid)
+        except TxnFailed as exc:
+            if exc.code == "conflict":
+                continue
+            raise
+        return json_response({"id": node["id"], "removed": True})
+    raise ApiError(409, "conflict", "node changed too often; retry")

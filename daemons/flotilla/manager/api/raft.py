@@ -1,0 +1,67 @@
+"""Raft membership as seen by managers: a promoted manager joins here."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+from pydantic import Field, field_validator
+
+from ..membership import MembershipBusy, MembershipError
+from ..store.store import Op, TxnFailed
+from .common import ApiError, Model, identity, json_response, manager, parse_body, policy
+from .join import _address
+
+bp = Blueprint("raft", __name__, url_prefix="/v1/raft")
+
+
+class RaftJoin(Model):
+    raft_addr: str = Field(max_length=300)
+    api_addr: str = Field(max_length=300)
+
+    @field_validator("raft_addr", "api_addr")
+    @classmethod
+    def _addresses(cls, v):
+        return _address(v)
+
+
+@bp.get("")
+@policy("control")
+def status():
+    m = manager()
+    return json_response(m.raft.status())
+
+
+@bp.post("/join")
+@policy("manager")
+def join():
+    """Record the caller's addresses, add it to the Raft configuration and
+    return the members (address -> node id) it must start with."""
+    body = parse_body(RaftJoin)
+    m = manager()
+    node_id = identity().node_id
+    members = m.security.managers_by_address()
+    holder = members.get(body.raft_addr)
+    if holder is not None and holder != node_id:
+        raise ApiError(409, "address_in_use", f"raft address {body.raft_addr} belongs to {holder}")
+    for _ in range(10):
+        node = m.store.get("node", node_id)
+        want = dict(node, role="manager",
+                    manager={"raft_addr": body.raft_addr, "api_addr": body.api_addr})
+        if want == node:
+            break
+        try:
+            m.store.commit([Op.update("node", want, version=node["version"])])
+            break
+        except TxnFailed as exc:
+            if exc.code != "conflict":
+                raise
+    else:
+        raise ApiError(409, "conflict", "node changed too often; retry")
+    try:
+        m.membership.add(body.raft_addr)
+    except MembershipBusy as exc:
+        raise ApiError(503, "membership_busy", str(exc)) from None
+    except MembershipError as exc:
+        raise ApiError(503, "membership_failed", str(exc)) from None
+    ids = m.security.managers_by_address()
+    members = {addr: ids.get(addr) for addr in m.raft.member_addresses()}
+    return json_response({"members": members})

@@ -1,0 +1,67 @@
+"""Local control socket (``<data-dir>/control.sock``).
+
+Plain HTTP on a unix socket, as the Docker engine offers to local users. The
+socket file is 0600 in a 0700 directory, and each connection's peer
+credentials are checked: only root (or the user running the manager) is
+served, with admin rights. Everything else about the API is the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+
+from werkzeug.serving import make_server
+
+from ..common.component import Component
+from .api.common import Identity
+
+log = logging.getLogger(__name__)
+
+
+def _peer_uid(sock) -> int | None:
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+class ControlServer(Component):
+    name = "control-socket"
+
+    def __init__(self, path: str, app, cluster_id: str):
+        super().__init__()
+        self._path = path
+        self._app = app
+        self._cluster_id = cluster_id
+        self._server = None
+
+    def _wsgi(self, environ, start_response):
+        uid = _peer_uid(environ.get("werkzeug.socket"))
+        if uid not in (0, os.getuid()):
+            start_response("403 Forbidden", [("Content-Type", "application/json")])
+            return [b'{"error": {"code": "forbidden", "message": "root only"}}\n']
+        environ["flotilla.identity"] = Identity("local-root", "admin", self._cluster_id, via="unix")
+        return self._app(environ, start_response)
+
+    def run(self):
+        try:
+            os.unlink(self._path)
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)
+        try:
+            self._server = make_server("unix://" + self._path, 0, self._wsgi, threaded=True)
+        finally:
+            os.umask(old)
+        os.chmod(self._path, 0o600)
+        log.info("control socket at %s", self._path)
+        self._server.serve_forever(poll_interval=0.5)
+
+    def wake(self):
+        if self._server is not None:
+            self._server.shutdown()

@@ -1,0 +1,121 @@
+"""Shapes of the objects kept in the store, and small queries over them.
+
+Cluster (one per cluster, id = cluster id)::
+
+    {id, name, spec: {ca: {node_cert_expiry}, dispatcher: {heartbeat_period},
+     orchestration: {task_history_limit}},
+     root_ca: {cert, key, digest}, tokens: {worker, manager},
+     revoked: {node_id: not_after (unix time)}}
+
+Node::
+
+    {id, hostname, addr, role (observed: manager|worker),
+     spec: {role (desired), availability: active|pause|drain, labels},
+     status: {state: unknown|ready|down, message},
+     manager: {raft_addr, api_addr} | None,
+     description: {platform: {os, arch}, ...}, cert: {serial, not_after, role}}
+
+Config::
+
+    {id, name, data (base64 text), labels}
+"""
+
+from __future__ import annotations
+
+DEFAULT_CERT_EXPIRY = 90 * 86400
+MIN_CERT_EXPIRY = 60
+DEFAULT_HEARTBEAT = 5.0
+DEFAULT_TASK_HISTORY = 5
+
+
+def cluster(store):
+    items = store.list("cluster")
+    return items[0] if items else None
+
+
+def default_cluster_spec(cert_expiry=None, heartbeat=None):
+    return {
+        "ca": {"node_cert_expiry": int(cert_expiry or DEFAULT_CERT_EXPIRY)},
+        "dispatcher": {"heartbeat_period": float(heartbeat or DEFAULT_HEARTBEAT)},
+        "orchestration": {"task_history_limit": DEFAULT_TASK_HISTORY},
+    }
+
+
+def new_node(node_id, *, hostname, addr, role, raft_addr=None, api_addr=None, platform=None):
+    return {
+        "id": node_id,
+        "hostname": hostname or node_id[:12],
+        "addr": addr,
+        # Observed role: a node joining as manager becomes one when it has
+        # joined Raft (see RaftJoin); until then it is counted as a worker.
+        "role": "worker",
+        "spec": {"role": role, "availability": "active", "labels": {}},
+        "status": {"state": "unknown", "message": "waiting for the node's agent"},
+        "manager": None,
+        "description": {"platform": platform or {}},
+        "cert": None,
+    }
+
+
+def cert_info(ident) -> dict:
+    return {
+        "serial": format(ident.serial, "x"),
+        "role": ident.role,
+        "not_before": ident.not_before.timestamp(),
+        "not_after": ident.not_after.timestamp(),
+    }
+
+
+def wants_manager_cert(node) -> bool:
+    """A node gets a manager certificate while it is or is becoming a manager.
+    A demoted manager keeps it until Raft no longer counts it."""
+    return node.get("spec", {}).get("role") == "manager" or node.get("role") == "manager"
+
+
+def is_manager(node) -> bool:
+    return node is not None and node.get("role") == "manager"
+
+
+def manager_api_addrs(store) -> list[str]:
+    out = []
+    for node in store.list("node"):
+        mgr = node.get("manager") or {}
+        if node.get("role") == "manager" and mgr.get("api_addr"):
+            out.append(mgr["api_addr"])
+    return sorted(out)
+
+
+def node_by_raft_addr(store, raft_addr):
+    for node in store.list("node"):
+        if (node.get("manager") or {}).get("raft_addr") == raft_addr:
+            return node
+    return None
+
+
+def find_node(store, ref: str):
+    """By id, unique id prefix, or hostname."""
+    node = store.get("node", ref)
+    if node is not None:
+        return node
+    nodes = store.list("node")
+    by_host = [n for n in nodes if n.get("hostname") == ref]
+    if len(by_host) == 1:
+        return by_host[0]
+    by_prefix = [n for n in nodes if n["id"].startswith(ref)]
+    if len(by_prefix) == 1 and len(ref) >= 4:
+        return by_prefix[0]
+    return None
+
+
+def public_cluster(c) -> dict:
+    """The cluster object without secrets."""
+    return {
+        "id": c["id"],
+        "name": c.get("name", "default"),
+        "spec": c["spec"],
+        "root_ca": {"cert": c["root_ca"]["cert"], "digest": c["root_ca"]["digest"]},
+        "revoked": sorted(c.get("revoked", {})),
+        "version": c.get("version"),
+        "created_at": c.get("created_at"),
+        "updated_at": c.get("updated_at"),
+    }

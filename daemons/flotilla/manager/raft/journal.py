@@ -1,0 +1,191 @@
+"""A Raft journal that is on disk before anything depending on it is sent.
+
+pysyncobj's file journal is an mmap that is never synced, so an entry a member
+acknowledged can vanish on power loss. This journal appends checksummed
+records to a plain file and tracks whether anything is unsynced; the Raft
+transport calls ``sync()`` before sending any message and the store calls it
+before acknowledging a commit, so "acknowledged" always means "fsynced on a
+majority".
+
+File format (``log``): an 8-byte magic, then records of
+``<u32 length><u32 crc32><payload>`` where payload is ``b"E" idx term command``
+(an entry) or ``b"T" idx`` (entries with index >= idx were dropped). A torn or
+corrupt tail left by a crash is cut off on open. Term and vote live in
+``meta`` (JSON, replaced atomically and fsynced before any vote is sent).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import zlib
+
+from ...common import fsutil
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"FLTLOG1\n"
+RECORD = struct.Struct("<II")
+ENTRY = struct.Struct("<QQ")
+TRUNC = struct.Struct("<Q")
+
+
+class DurableJournal:
+    """Implements the interface pysyncobj expects from a journal."""
+
+    def __init__(self, directory: str):
+        fsutil.ensure_private_dir(directory)
+        self._dir = directory
+        self._path = os.path.join(directory, "log")
+        self._meta_path = os.path.join(directory, "meta")
+        self._entries: list[tuple[bytes, int, int]] = []
+        self._dirty = False
+        self._meta = fsutil.read_json(self._meta_path, {}) or {}
+        self._meta_dirty = False
+        self.syncs = 0
+        self._load()
+
+    # -- loading ---------------------------------------------------------
+    def _load(self) -> None:
+        if not os.path.exists(self._path):
+            self._rewrite([])
+            return
+        with open(self._path, "rb") as f:
+            data = f.read()
+        if not data.startswith(MAGIC):
+            raise RuntimeError(f"{self._path}: not a Flotilla journal")
+        pos = len(MAGIC)
+        good = pos
+        entries: list[tuple[bytes, int, int]] = []
+        while pos + RECORD.size <= len(data):
+            length, crc = RECORD.unpack_from(data, pos)
+            start = pos + RECORD.size
+            end = start + length
+            if end > len(data):
+                break
+            payload = data[start:end]
+            if zlib.crc32(payload) != crc or not payload:
+                break
+            kind = payload[:1]
+            if kind == b"E" and len(payload) >= 1 + ENTRY.size:
+                idx, term = ENTRY.unpack_from(payload, 1)
+                entries.append((bytes(payload[1 + ENTRY.size:]), idx, term))
+            elif kind == b"T" and len(payload) == 1 + TRUNC.size:
+                (idx,) = TRUNC.unpack_from(payload, 1)
+                while entries and entries[-1][1] >= idx:
+                    entries.pop()
+            else:
+                break
+            pos = end
+            good = pos
+        if good != len(data):
+            log.warning("journal %s: dropping %d bytes of torn tail", self._path, len(data) - good)
+            with open(self._path, "r+b") as f:
+                f.truncate(good)
+                os.fsync(f.fileno())
+        self._entries = entries
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
+
+    def _rewrite(self, entries) -> None:
+        """Replace the whole file (compaction, clear) atomically."""
+        chunks = [MAGIC]
+        for command, idx, term in entries:
+            chunks.append(self._record(b"E" + ENTRY.pack(idx, term) + command))
+        fsutil.atomic_write(self._path, b"".join(chunks))
+        old = getattr(self, "_fd", None)
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
+        if old is not None:
+            os.close(old)
+        self._entries = list(entries)
+        self._dirty = False
+
+    @staticmethod
+    def _record(payload: bytes) -> bytes:
+        return RECORD.pack(len(payload), zlib.crc32(payload)) + payload
+
+    def _append(self, payload: bytes) -> None:
+        data = self._record(payload)
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self._dirty = True
+
+    # -- pysyncobj journal interface ---------------------------------------
+    def add(self, command, idx, term):
+        command = bytes(command)
+        self._entries.append((command, idx, term))
+        self._append(b"E" + ENTRY.pack(idx, term) + command)
+
+    def clear(self):
+        self._rewrite([])
+
+    def deleteEntriesFrom(self, entryFrom):
+        if entryFrom >= len(self._entries):
+            return
+        first_dropped = self._entries[entryFrom][1]
+        del self._entries[entryFrom:]
+        self._append(b"T" + TRUNC.pack(first_dropped))
+
+    def deleteEntriesTo(self, entryTo):
+        # Only called after a snapshot covering these entries is durable.
+        self._rewrite(self._entries[entryTo:])
+
+    def __getitem__(self, item):
+        return self._entries[item]
+
+    def __len__(self):
+        return len(self._entries)
+
+    def _destroy(self):
+        self.sync()
+        self._flush_meta()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def setRaftCommitIndex(self, raftCommitIndex):
+        if self._meta.get("commit_index") != raftCommitIndex:
+            self._meta["commit_index"] = raftCommitIndex
+            self._meta_dirty = True
+
+    def getRaftCommitIndex(self):
+        return self._meta.get("commit_index", 1)
+
+    def setCurrentTerm(self, term, votedForNodeId):
+        # Raft: term and vote are durable before any message reflecting them.
+        self._meta["term"] = term
+        self._meta["voted_for"] = votedForNodeId
+        self._meta_dirty = True
+        self._flush_meta()
+
+    def getCurrentTerm(self):
+        return self._meta.get("term", 0)
+
+    def getVotedForNodeId(self):
+        return self._meta.get("voted_for")
+
+    def onOneSecondTimer(self):
+        self.sync()
+        self._flush_meta()
+
+    def flush(self):
+        self.sync()
+
+    # -- durability ---------------------------------------------------------
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    def sync(self) -> None:
+        if self._dirty and self._fd is not None:
+            os.fdatasync(self._fd)
+            self._dirty = False
+            self.syncs += 1
+
+    def _flush_meta(self) -> None:
+        if self._meta_dirty:
+            fsutil.atomic_write(self._meta_path, json.dumps(self._meta).encode())
+            self._meta_dirty = False

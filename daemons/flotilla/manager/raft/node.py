@@ -1,0 +1,290 @@
+"""A pysyncobj member made safe and durable for Flotilla.
+
+What changes compared with a stock ``SyncObj``:
+- the journal is :class:`DurableJournal` (fsync before any message leaves);
+- snapshots go through :class:`SnapshotSerializer` (msgpack, written off the
+  tick thread, fsynced before the log is truncated);
+- the transport is :class:`TlsTransport` (mutual TLS tied to node certificates);
+- commands, membership changes and snapshots are msgpack, never pickle: the
+  stock ``@replicated`` decorator is not used; the store proposes opaque
+  payloads through :meth:`propose` and the state machine applies them;
+- the tick loop is ours (``autoTick`` off), so everything is in place before
+  the first tick and shutdown is orderly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import queue
+import threading
+
+import pysyncobj.syncobj as _syncobj
+from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.node import TCPNode
+from pysyncobj.monotonic import monotonic as _monotonic
+from pysyncobj.syncobj import _COMMAND_TYPE
+
+from . import codec
+from .journal import DurableJournal
+from .snapshot import SnapshotSerializer
+from .transport import TlsTransport
+
+log = logging.getLogger(__name__)
+
+REGULAR = _COMMAND_TYPE.REGULAR
+MEMBERSHIP = _COMMAND_TYPE.MEMBERSHIP
+
+# Entries are kept well below this, so pysyncobj never falls back to its
+# pickled "transmission" path for a single oversized entry.
+APPEND_BATCH_BYTES = 16 * 1024 * 1024
+MAX_COMMAND_BYTES = 4 * 1024 * 1024
+
+_patch_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _journal_factory(journal):
+    """pysyncobj builds its journal inside ``__init__`` from a module-level
+    factory; hand it ours for the duration of the constructor."""
+    with _patch_lock:
+        original = _syncobj.createJournal
+        _syncobj.createJournal = lambda _path: journal
+        try:
+            yield
+        finally:
+            _syncobj.createJournal = original
+
+
+def _unused_serializer(*_args, **_kwargs):  # pragma: no cover - replaced below
+    raise RuntimeError("snapshot serializer not installed")
+
+
+class RaftSettings:
+    """Timing and size knobs. Defaults give sub-second failover on a LAN."""
+
+    def __init__(self, **kw):
+        self.election_min = kw.get("election_min", 0.3)
+        self.election_max = kw.get("election_max", 0.7)
+        self.heartbeat = kw.get("heartbeat", 0.05)
+        self.connection_timeout = kw.get("connection_timeout", 3.0)
+        self.connection_retry = kw.get("connection_retry", 0.5)
+        self.leader_fallback = kw.get("leader_fallback", 2.0)
+        self.compaction_entries = kw.get("compaction_entries", 5000)
+        self.compaction_seconds = kw.get("compaction_seconds", 300)
+        self.snapshot_chunk = kw.get("snapshot_chunk", 256 * 1024)
+
+
+class RaftNode(SyncObj):
+    """One Raft member. ``state_machine`` must provide ``apply(payload) ->
+    result``, ``snapshot_capture()``, ``snapshot_write(captured, file)`` and
+    ``snapshot_load(unpacker)``; ``security`` is described in ``transport``."""
+
+    def __init__(self, self_address: str, peers: list[str], data_dir: str, state_machine,
+                 security, settings: RaftSettings | None = None, on_state_changed=None,
+                 bind_address: str | None = None):
+        settings = settings or RaftSettings()
+        self.flotilla_data_dir = data_dir
+        self.flotilla_sm = state_machine
+        self.flotilla_stopping = threading.Event()
+        self.flotilla_stopped = threading.Event()
+        self.journal = DurableJournal(data_dir)
+        security.attach_journal(self.journal)
+        dump = os.path.join(data_dir, "snapshot")
+        conf = SyncObjConf(
+            autoTick=False,
+            dynamicMembershipChange=True,
+            appendEntriesUseBatch=False,
+            appendEntriesBatchSizeBytes=APPEND_BATCH_BYTES,
+            raftMinTimeout=settings.election_min,
+            raftMaxTimeout=settings.election_max,
+            appendEntriesPeriod=settings.heartbeat,
+            connectionTimeout=settings.connection_timeout,
+            connectionRetryTime=settings.connection_retry,
+            leaderFallbackTimeout=settings.leader_fallback,
+            logCompactionMinEntries=settings.compaction_entries,
+            logCompactionMinTime=settings.compaction_seconds,
+            logCompactionBatchSize=settings.snapshot_chunk,
+            fullDumpFile=dump,
+            serializer=_unused_serializer,
+            deserializer=_unused_serializer,
+            commandsQueueSize=100000,
+            maxBindRetries=30,
+            bindRetryTime=0.2,
+            onStateChanged=on_state_changed,
+            tcp_keepalive=None,
+            bindAddress=bind_address,
+        )
+        transport = functools.partial(TlsTransport, security=security)
+        with _journal_factory(self.journal):
+            super().__init__(self_address, [p for p in peers if p != self_address], conf,
+                             transportClass=transport)
+        serializer = SnapshotSerializer(dump, settings.snapshot_chunk, state_machine)
+        serializer.startup_members = sorted(set(peers) | {self_address})
+        self._SyncObj__serializer = serializer
+        self._tick_calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._tick_loop, name="raft-tick", daemon=True)
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self):
+        self._thread.start()
+
+    def _tick_loop(self):
+        while not self.flotilla_stopping.is_set():
+            try:
+                while True:
+                    try:
+                        fn = self._tick_calls.get_nowait()
+                    except queue.Empty:
+                        break
+                    fn()
+                self.doTick(0.05)
+            except Exception:
+                log.exception("raft tick failed")
+                self.flotilla_stopping.wait(0.05)
+        try:
+            self._doDestroy()
+        finally:
+            self.flotilla_stopped.set()
+
+    def stop(self, timeout: float = 5.0):
+        self.flotilla_stopping.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self.flotilla_stopped.wait(timeout)
+
+    # -- proposing ------------------------------------------------------------
+    def propose(self, payload: bytes, callback):
+        """Append a regular command; ``callback(result, fail_reason)`` runs on
+        the tick thread once it is applied here (or failed)."""
+        if len(payload) > MAX_COMMAND_BYTES:
+            raise ValueError("command too large")
+        self._applyCommand(payload, callback, REGULAR)
+
+    def addNodeToCluster(self, node, callback=None):
+        address = node.address if isinstance(node, TCPNode) else str(node)
+        self._applyCommand(codec.pack(["add", address, address]), callback, MEMBERSHIP)
+
+    def removeNodeFromCluster(self, node, callback=None):
+        address = node.address if isinstance(node, TCPNode) else str(node)
+        self._applyCommand(codec.pack(["rem", address, address]), callback, MEMBERSHIP)
+
+    def setCodeVersion(self, newVersion, callback=None):
+        raise NotImplementedError("code versions are not used by Flotilla")
+
+    # -- pysyncobj hooks (name-mangled private methods of SyncObj) -------------
+    def _SyncObj__doApplyCommand(self, command):
+        kind = command[0]
+        if kind == REGULAR:
+            return self.flotilla_sm.apply(bytes(command[1:]))
+        # Membership changes take effect when appended (pysyncobj does that on
+        # append and on truncation); re-applying old ones at commit or replay
+        # could resurrect a stale configuration, so nothing happens here.
+        return None
+
+    def _SyncObj__parseChangeClusterRequest(self, command):
+        if command[0] != MEMBERSHIP:
+            return None
+        try:
+            request = codec.unpack(bytes(command[1:]))
+        except codec.CodecError:
+            log.error("undecodable membership change ignored")
+            return None
+        if (not isinstance(request, tuple) or len(request) != 3
+                or request[0] not in ("add", "rem") or not isinstance(request[1], str)):
+            log.error("malformed membership change ignored")
+            return None
+        return [request[0], request[1], TCPNode(request[1])]
+
+    # -- introspection ----------------------------------------------------------
+    @property
+    def is_leader(self) -> bool:
+        return self._isLeader()
+
+    @property
+    def leader_address(self) -> str | None:
+        leader = self._getLeader()
+        return leader.address if leader is not None else None
+
+    @property
+    def self_address(self) -> str:
+        return self.selfNode.address
+
+    def member_addresses(self) -> list[str]:
+        return sorted({n.address for n in self.otherNodes} | {self.self_address})
+
+    def connected_addresses(self) -> set[str]:
+        for _ in range(5):
+            try:
+                return self._SyncObj__transport.connected_addresses()
+            except RuntimeError:  # changed under us by the tick thread
+                continue
+        return set()
+
+    def reachable_addresses(self, window: float = 2.0) -> set[str]:
+        """This member plus peers that are connected and, when we lead, have
+        answered within ``window`` seconds."""
+        out = {self.self_address}
+        connected = self.connected_addresses()
+        if not self.is_leader:
+            return out | connected
+        now = _monotonic()
+        for _ in range(5):
+            try:
+                times = dict(self._SyncObj__lastResponseTime)
+                break
+            except RuntimeError:
+                continue
+        else:
+            times = {}
+        for node, t in times.items():
+            if node.address in connected and now - t < window:
+                out.add(node.address)
+        return out
+
+    def transfer_leadership(self) -> bool:
+        """Ask the most caught-up follower to take over; True if asked."""
+        result = {}
+        done = threading.Event()
+
+        def callback(_res, err):
+            result["err"] = err
+            done.set()
+
+        self._tick_calls.put(lambda: self.transferLeadership(None, callback))
+        done.wait(2.0)
+        return result.get("err") == FAIL_REASON.SUCCESS
+
+    def status(self) -> dict:
+        for _ in range(5):
+            try:
+                st = self.getStatus()
+                break
+            except RuntimeError:  # dict changed size while the tick thread ran
+                continue
+        else:
+            return {"state": "unknown"}
+        return {
+            "state": {0: "follower", 1: "candidate", 2: "leader"}.get(st["state"], "unknown"),
+            "term": st["raft_term"],
+            "leader": self.leader_address,
+            "commit_index": st["commit_idx"],
+            "last_applied": st["last_applied"],
+            "log_length": st["log_len"],
+            "members": self.member_addresses(),
+            "connected": sorted(self.connected_addresses()),
+            "has_quorum": st["has_quorum"],
+        }
+
+
+FAIL_TEXT = {
+    FAIL_REASON.QUEUE_FULL: "raft queue full",
+    FAIL_REASON.MISSING_LEADER: "no leader",
+    FAIL_REASON.DISCARDED: "discarded by a new leader",
+    FAIL_REASON.NOT_LEADER: "not the leader",
+    FAIL_REASON.LEADER_CHANGED: "leader changed",
+    FAIL_REASON.REQUEST_DENIED: "request denied",
+    FAIL_REASON.UNKNOWN_OUTCOME: "outcome unknown",
+}

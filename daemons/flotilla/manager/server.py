@@ -1,0 +1,157 @@
+"""The manager daemon: the API under gunicorn, with the Raft member in the
+worker process.
+
+One process owns the Raft member, so gunicorn runs exactly one worker
+(gthread, many threads) and never preloads the app: the member, the store
+and their threads are created in the worker, after the fork. The TLS
+context is rebuilt whenever the node's certificate bundle changes on disk,
+so a renewed certificate is served from the next connection on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import ssl
+import sys
+import time
+
+from gunicorn.app.base import BaseApplication
+
+from ..common import logs, tls
+from ..common.config import NodeConfig
+from ..common.httpclient import ApiError, Client
+from .raft.node import RaftSettings
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent():
+    """Linux: get SIGKILL when the parent process dies (no orphans)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def raft_join(cfg: NodeConfig, timeout: float = 120.0) -> dict:
+    """Ask the leader to add this manager to Raft; returns {addr: node id}."""
+    targets = [a for a in cfg.managers if a != cfg.advertise] or cfg.managers
+    client = Client(targets, cfg.bundle_path, cfg.ca_path, timeout=15, retry_for=5)
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    while True:
+        try:
+            result = client.post("/v1/raft/join", {"raft_addr": cfg.raft_advertise,
+                                                   "api_addr": cfg.advertise})
+            return result["members"]
+        except ApiError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("joining raft: %s (retrying)", exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def raft_settings_from_env() -> RaftSettings:
+    kw = {}
+    for name in ("election_min", "election_max", "heartbeat", "compaction_entries"):
+        value = os.environ.get(f"FLOTILLA_RAFT_{name.upper()}")
+        if value:
+            kw[name] = int(value) if name == "compaction_entries" else float(value)
+    return RaftSettings(**kw)
+
+
+class ManagerApplication(BaseApplication):
+    def __init__(self, cfg: NodeConfig, log_level: str = "info"):
+        self.cfg_node = cfg
+        self.log_level = log_level
+        self.manager = None
+        self.control = None
+        self._ssl = tls.ReloadingContext(self._make_context, [cfg.bundle_path, cfg.ca_path],
+                                         check_interval=0.5)
+        super().__init__()
+
+    def _make_context(self):
+        ctx = tls.server_context(self.cfg_node.bundle_path, self.cfg_node.ca_path,
+                                 client_cert="optional")
+        return tls.install_counting(ctx)
+
+    def load_config(self):
+        cfg = self.cfg_node
+        reloader = self._ssl
+        settings = {
+            "bind": [cfg.listen],
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": int(os.environ.get("FLOTILLA_API_THREADS", "64")),
+            "timeout": 120,
+            "graceful_timeout": 5,
+            "keepalive": 30,
+            "backlog": 512,
+            "certfile": cfg.bundle_path,
+            "keyfile": cfg.bundle_path,
+            "ca_certs": cfg.ca_path,
+            "cert_reqs": ssl.CERT_OPTIONAL,
+            "ssl_context": lambda _conf, _factory: reloader.get(),
+            "post_fork": lambda _server, _worker: die_with_parent(),
+            "worker_exit": lambda _server, _worker: self._shutdown(),
+            "loglevel": self.log_level,
+            "errorlog": "-",
+            "accesslog": None,
+            "proc_name": f"flotilla-manager {cfg.node_id[:12]}",
+            "limit_request_line": 8190,
+            "limit_request_fields": 100,
+            # gunicorn's own admin socket is one more listener nobody needs.
+            "control_socket_disable": True,
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from .api.app import create_app
+        from .control import ControlServer
+        from .manager import Manager
+
+        cfg = self.cfg_node
+        join_members = None
+        members_file = os.path.join(cfg.raft_dir, "members.json")
+        if not os.path.exists(members_file) and not os.path.exists(cfg.bootstrap_path):
+            join_members = raft_join(cfg)
+        self.manager = Manager(cfg, raft_settings_from_env(), join_members=join_members)
+        self.manager.start()
+        app = create_app(self.manager)
+        self.control = ControlServer(cfg.control_socket, app, cfg.cluster_id)
+        self.control.start()
+        return app
+
+    def _shutdown(self):
+        if self.control is not None:
+            self.control.stop()
+        if self.manager is not None:
+            self.manager.stop()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="flotilla-manager")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--log-level", default=os.environ.get("FLOTILLA_LOG_LEVEL", "info"))
+    args = parser.parse_args(argv)
+    logs.setup(args.log_level, "manager")
+    die_with_parent()
+    cfg = NodeConfig.load(args.data_dir)
+    if cfg is None or not cfg.initialised():
+        print(f"flotilla-manager: {args.data_dir} holds no node identity", file=sys.stderr)
+        return 2
+    ManagerApplication(cfg, args.log_level).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""The replicated state machine: typed objects with versions.
+
+Every Raft command is a batch of transactions. A transaction is a list of
+operations (create / update / delete / upsert) applied all-or-nothing with
+compare-and-set on object versions; the whole cluster applies the same
+batches in the same order, so apply must be deterministic: ids and
+timestamps are chosen by the proposer, never here.
+
+Objects are plain JSON-like dicts. A stored dict is never mutated: a write
+replaces it with a new dict. That makes reads cheap (no copies) and a
+snapshot a shallow copy of the per-kind maps.
+
+Each successful transaction advances ``index`` by one and stamps the objects
+it wrote with ``version = index``. Results of transactions that carried a
+request id are remembered (bounded), so a client that retries after an
+unknown outcome gets the original answer instead of a second write (only
+successes are remembered: a refused transaction changed nothing).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import msgpack
+
+from ..raft import codec
+
+KINDS = ("cluster", "node", "config")
+# Fields that must be unique among live objects of a kind.
+UNIQUE = {"config": ("name",)}
+DEDUPE_LIMIT = 100_000
+
+
+class Event:
+    __slots__ = ("seq", "index", "action", "kind", "id", "object", "old")
+
+    def __init__(self, index, action, kind, oid, obj, old):
+        self.seq = 0
+        self.index = index
+        self.action = action  # create | update | delete | reset
+        self.kind = kind
+        self.id = oid
+        self.object = obj
+        self.old = old
+
+    def __repr__(self):
+        return f"Event({self.seq}, {self.action} {self.kind}/{self.id} @{self.index})"
+
+
+class StateMachine:
+    def __init__(self, hub=None):
+        self.lock = threading.RLock()
+        self.objects: dict[str, dict[str, dict]] = {k: {} for k in KINDS}
+        self.index = 0
+        self._unique: dict[tuple[str, str], dict] = {
+            (k, f): {} for k, fields in UNIQUE.items() for f in fields}
+        self._dedupe: collections.OrderedDict = collections.OrderedDict()
+        self.hub = hub
+
+    # -- reads ------------------------------------------------------------------
+    def get(self, kind, oid):
+        return self.objects[kind].get(oid)
+
+    def list(self, kind):
+        with self.lock:
+            return list(self.objects[kind].values())
+
+    def by_unique(self, kind, field, value):
+        oid = self._unique.get((kind, field), {}).get(value)
+        return self.objects[kind].get(oid) if oid is not None else None
+
+    # -- apply --------------------------------------------------------------------
+    def apply(self, payload: bytes):
+        batch = codec.unpack_lists(payload)
+        events: list[Event] = []
+        results = []
+        with self.lock:
+            for txn in batch.get("txns", ()):
+                results.append(self._apply_txn(txn, events))
+        if self.hub is not None and events:
+            self.hub.publish(events)
+        return results
+
+    def _apply_txn(self, txn, events):
+        rid = txn.get("rid")
+        if rid is not None and rid in self._dedupe:
+            return self._replay(self._dedupe[rid])
+        ts = txn.get("ts", 0.0)
+        staged: dict[tuple[str, str], dict | None] = {}
+        order: list[tuple[str, str]] = []
+
+        def current(kind, oid):
+            key = (kind, oid)
+            if key in staged:
+                return staged[key]
+            return self.objects[kind].get(oid)
+
+        for op in txn.get("ops", ()):
+            failure = self._check(op, current, staged)
+            if failure is not None:
+                # Failures change nothing and are not remembered: a retry
+                # with the same request id is simply evaluated again.
+                return {"ok": False, "error": failure}
+            key = (op["kind"], op["id"] if op["op"] == "delete" else op["obj"]["id"])
+            if key not in staged:
+                order.append(key)
+            staged[key] = None if op["op"] == "delete" else op["obj"]
+
+        self.index += 1
+        index = self.index
+        refs = []
+        for kind, oid in order:
+            old = self.objects[kind].get(oid)
+            new = staged[(kind, oid)]
+            if new is None:
+                if old is None:
+                    continue
+                del self.objects[kind][oid]
+                self._unindex(kind, old)
+                events.append(Event(index, "delete", kind, oid, None, old))
+                continue
+            new = dict(new)
+            new["version"] = index
+            new["created_at"] = old["created_at"] if old is not None else ts
+            new["updated_at"] = ts
+            if old is not None:
+                self._unindex(kind, old)
+            self.objects[kind][oid] = new
+            self._index(kind, new)
+            refs.append((kind, oid))
+            events.append(Event(index, "update" if old is not None else "create", kind, oid, new, old))
+        result = {"ok": True, "index": index, "refs": refs}
+        self._remember(rid, result)
+        return self._replay(result)
+
+    def _check(self, op, current, staged):
+        kind = op.get("kind")
+        if kind not in self.objects:
+            return {"code": "invalid", "message": f"unknown kind {kind!r}"}
+        action = op.get("op")
+        if action == "delete":
+            oid = op.get("id")
+            obj = None
+        else:
+            obj = op.get("obj")
+            if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+                return {"code": "invalid", "message": "object without id"}
+            oid = obj["id"]
+        cur = current(kind, oid)
+        if action == "create":
+            if cur is not None:
+                return {"code": "exists", "kind": kind, "id": oid,
+                        "message": f"{kind} {oid} already exists"}
+        elif action in ("update", "delete"):
+            if cur is None:
+                return {"code": "not_found", "kind": kind, "id": oid,
+                        "message": f"{kind} {oid} not found"}
+            want = op.get("version")
+            if want is not None and want != cur.get("version"):
+                return {"code": "conflict", "kind": kind, "id": oid,
+                        "message": f"{kind} {oid} changed (version {cur.get('version')}, "
+                                   f"expected {want})"}
+        elif action != "upsert":
+            return {"code": "invalid", "message": f"unknown operation {action!r}"}
+        if obj is not None:
+            for field in UNIQUE.get(kind, ()):
+                value = obj.get(field)
+                if value is None:
+                    continue
+                holder = self._unique[(kind, field)].get(value)
+                if holder is not None and holder != oid and current(kind, holder) is not None:
+                    return {"code": "exists", "kind": kind, "id": holder,
+                            "message": f"{kind} with {field} {value!r} already exists"}
+                for (skind, sid), sobj in staged.items():
+                    if (skind == kind and sid != oid and sobj is not None
+                            and sobj.get(field) == value):
+                        return {"code": "exists", "kind": kind, "id": sid,
+                                "message": f"{kind} with {field} {value!r} already exists"}
+        return None
+
+    def _index(self, kind, obj):
+        for field in UNIQUE.get(kind, ()):
+            if obj.get(field) is not None:
+                self._unique[(kind, field)][obj[field]] = obj["id"]
+
+    def _unindex(self, kind, obj):
+        for field in UNIQUE.get(kind, ()):
+            table = self._unique[(kind, field)]
+            if table.get(obj.get(field)) == obj["id"]:
+                del table[obj[field]]
+
+    def _remember(self, rid, result):
+        if rid is None:
+            return
+        self._dedupe[rid] = result
+        while len(self._dedupe) > DEDUPE_LIMIT:
+            self._dedupe.popitem(last=False)
+
+    def _replay(self, result):
+        if not result["ok"]:
+            return result
+        objects = []
+        for kind, oid in result["refs"]:
+            obj = self.objects[kind].get(oid)
+            if obj is not None:
+                objects.append(obj)
+        return {"ok": True, "index": result["index"], "objects": objects}
+
+    # -- snapshots --------------------------------------------------------------------
+    def snapshot_capture(self):
+        with self.lock:
+            return (self.index,
+                    {k: dict(v) for k, v in self.objects.items()},
+                    list(self._dedupe.items()))
+
+    @staticmethod
+    def snapshot_write(captured, f):
+        index, objects, dedupe = captured
+        packer = msgpack.Packer(use_bin_type=True)
+        f.write(packer.pack({"index": index, "kinds": list(objects)}))
+        for kind, objs in objects.items():
+            for obj in objs.values():
+                f.write(packer.pack(["o", kind, obj]))
+        for rid, result in dedupe:
+            f.write(packer.pack(["d", rid, result]))
+        f.write(packer.pack(["end"]))
+
+    def snapshot_load(self, unpacker):
+        head = next(unpacker)
+        objects = {k: {} for k in KINDS}
+        dedupe = collections.OrderedDict()
+        complete = False
+        for record in unpacker:
+            tag = record[0]
+            if tag == "o":
+                kind, obj = record[1], record[2]
+                if kind in objects:
+                    objects[kind][obj["id"]] = obj
+            elif tag == "d":
+                result = record[2]
+                if result.get("ok"):
+                    result["refs"] = [tuple(r) for r in result.get("refs", ())]
+                dedupe[record[1]] = result
+            elif tag == "end":
+                complete = True
+                break
+        if not complete:
+            raise codec.CodecError("truncated snapshot")
+        with self.lock:
+            self.index = int(head["index"])
+            self.objects = objects
+            self._dedupe = dedupe
+            self._unique = {key: {} for key in self._unique}
+            for kind, objs in objects.items():
+                for obj in objs.values():
+                    self._index(kind, obj)
+        if self.hub is not None:
+            self.hub.publish([Event(self.index, "reset", None, None, None, None)])

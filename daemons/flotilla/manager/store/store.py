@@ -1,0 +1,223 @@
+"""The store: reads from the local state machine, writes through Raft.
+
+Writes are grouped: a proposer thread takes every transaction waiting at that
+moment and proposes them as one Raft entry, so concurrent writers share the
+cost of replication and of fsync. A few entries may be in flight at once.
+
+``commit()`` returns only after the transaction is applied on this member,
+which happens only after a majority of members have it on disk (the
+transport fsyncs before sending, and the local journal is synced here before
+any result is handed back). If the answer does not come within the timeout
+the outcome is unknown: the caller may retry with the same request id and
+the state machine will return the original result instead of writing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+
+from pysyncobj.config import FAIL_REASON
+
+from ..raft import codec
+from ..raft.node import FAIL_TEXT
+from .state import StateMachine
+from .watch import EventHub
+
+log = logging.getLogger(__name__)
+
+MAX_TXNS_PER_ENTRY = 2000
+MAX_BYTES_PER_ENTRY = 2 * 1024 * 1024
+MAX_IN_FLIGHT = 4
+
+
+class StoreError(Exception):
+    status = 500
+    code = "store_error"
+
+
+class NotLeader(StoreError):
+    status = 503
+    code = "not_leader"
+
+
+class CommitTimeout(StoreError):
+    status = 503
+    code = "outcome_unknown"
+
+
+class TxnFailed(StoreError):
+    """The transaction was applied and refused (conflict, exists, ...)."""
+
+    def __init__(self, error: dict):
+        super().__init__(error.get("message", error.get("code")))
+        self.error = error
+        self.code = error.get("code", "failed")
+        self.status = {"conflict": 409, "exists": 409, "not_found": 404, "invalid": 400}.get(self.code, 400)
+
+
+class _Pending:
+    __slots__ = ("txn", "size", "event", "result", "error")
+
+    def __init__(self, txn, size):
+        self.txn = txn
+        self.size = size
+        self.event = threading.Event()
+        self.result = None
+        self.error = None
+
+
+class Op:
+    """Helpers that build operations."""
+
+    @staticmethod
+    def create(kind, obj):
+        return {"op": "create", "kind": kind, "obj": obj}
+
+    @staticmethod
+    def update(kind, obj, version=None):
+        return {"op": "update", "kind": kind, "obj": obj, "version": version}
+
+    @staticmethod
+    def upsert(kind, obj):
+        return {"op": "upsert", "kind": kind, "obj": obj}
+
+    @staticmethod
+    def delete(kind, oid, version=None):
+        return {"op": "delete", "kind": kind, "id": oid, "version": version}
+
+
+class Store:
+    def __init__(self):
+        self.hub = EventHub()
+        self.sm = StateMachine(self.hub)
+        self.raft = None
+        self._queue: queue.Queue[_Pending] = queue.Queue()
+        self._slots = threading.Semaphore(MAX_IN_FLIGHT)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._propose_loop, name="store-proposer", daemon=True)
+        self.entries_proposed = 0
+        self.txns_proposed = 0
+
+    def attach(self, raft):
+        self.raft = raft
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._queue.put(None)
+
+    # -- reads --------------------------------------------------------------------
+    def get(self, kind, oid):
+        return self.sm.get(kind, oid)
+
+    def list(self, kind):
+        return self.sm.list(kind)
+
+    def by_unique(self, kind, field, value):
+        return self.sm.by_unique(kind, field, value)
+
+    @property
+    def index(self):
+        return self.sm.index
+
+    def watch(self):
+        return self.hub.watch()
+
+    # -- writes -------------------------------------------------------------------
+    def commit(self, ops, rid: str | None = None, timeout: float = 10.0) -> dict:
+        """Apply ``ops`` atomically; returns {"index", "objects"} or raises."""
+        raft = self.raft
+        if raft is None or not raft.is_leader:
+            raise NotLeader("this manager is not the leader")
+        txn = {"rid": rid, "ts": time.time(), "ops": list(ops)}
+        size = len(codec.pack(txn))
+        if size > MAX_BYTES_PER_ENTRY:
+            raise TxnFailed({"code": "invalid", "message": f"transaction too large ({size} bytes)"})
+        pending = _Pending(txn, size)
+        self._queue.put(pending)
+        if not pending.event.wait(timeout):
+            raise CommitTimeout("no answer from the cluster in time; the write may or may not "
+                                "have been applied (retry with the same request id)")
+        if pending.error is not None:
+            raise pending.error
+        result = pending.result
+        if not result["ok"]:
+            raise TxnFailed(result["error"])
+        return result
+
+    def barrier(self, timeout: float = 10.0) -> int:
+        """Commit an empty transaction: when it returns, this member has
+        applied everything committed before it."""
+        return self.commit([], timeout=timeout)["index"]
+
+    def _propose_loop(self):
+        while not self._stop.is_set():
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            size = first.size
+            while len(batch) < MAX_TXNS_PER_ENTRY and size < MAX_BYTES_PER_ENTRY:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._stop.set()
+                    break
+                batch.append(item)
+                size += item.size
+            self._slots.acquire()
+            raft = self.raft
+            if raft is None or not raft.is_leader:
+                self._slots.release()
+                self._fail(batch, NotLeader("leadership lost before the write was proposed"))
+                continue
+            payload = codec.pack({"txns": [p.txn for p in batch]})
+            self.entries_proposed += 1
+            self.txns_proposed += len(batch)
+            try:
+                raft.propose(payload, lambda res, err, b=batch: self._done(b, res, err))
+            except Exception as exc:  # pragma: no cover - defensive
+                self._slots.release()
+                self._fail(batch, StoreError(str(exc)))
+
+    def _done(self, batch, results, err):
+        # Runs on the Raft tick thread.
+        self._slots.release()
+        if err == FAIL_REASON.SUCCESS and isinstance(results, list) and len(results) == len(batch):
+            self.raft.journal.sync()
+            for pending, result in zip(batch, results):
+                pending.result = result
+                pending.event.set()
+            return
+        reason = FAIL_TEXT.get(err, f"raft error {err}")
+        if err in (FAIL_REASON.NOT_LEADER, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
+                   FAIL_REASON.QUEUE_FULL):
+            exc = NotLeader(reason)  # definitely not applied: safe to retry anywhere
+        else:
+            exc = CommitTimeout(f"write outcome unknown: {reason}")
+        self._fail(batch, exc)
+
+    @staticmethod
+    def _fail(batch, exc):
+        for pending in batch:
+            pending.error = exc
+            pending.event.set()
+
+
+def new_id() -> str:
+    """Random object id: 25 base-36 characters (like SwarmKit's)."""
+    n = uuid.uuid4().int
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = []
+    while n:
+        n, r = divmod(n, 36)
+        out.append(digits[r])
+    return "".join(reversed(out)).rjust(25, "0")[:25]

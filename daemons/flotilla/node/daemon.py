@@ -1,0 +1,183 @@
+"""One node = one foreground process.
+
+The node always runs the agent side (session with the dispatcher,
+certificate renewal). While its role is manager it also runs the manager
+daemon as a child process (gunicorn + Raft member), started and stopped at
+run time as the role changes:
+
+- promotion: the dispatcher reports desired role manager; the node renews
+  its certificate (the CA now issues OU=manager), starts the manager, which
+  asks the leader to add it to Raft;
+- demotion: the leader removes the member from Raft, then reports the
+  observed role worker; the node stops its manager, forgets its Raft data and
+  renews its certificate as a worker.
+
+The child dies with the node (PR_SET_PDEATHSIG), so ``kill -9`` of the node
+takes its manager down too, like a host failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from ..agent.session import Session
+from ..ca import certs
+from ..common.httpclient import Client
+from ..manager.server import die_with_parent
+from .renewer import Renewer
+
+log = logging.getLogger(__name__)
+
+EXIT_REMOVED = 3
+
+
+class NodeDaemon:
+    def __init__(self, cfg, log_level: str = "info"):
+        self.cfg = cfg
+        self.log_level = log_level
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._view = None
+        self._child: subprocess.Popen | None = None
+        self._child_backoff = 0.5
+        self._next_start = 0.0
+        self._removed = False
+        self._cert_cache: tuple[tuple, certs.CertIdentity] | None = None
+        self.client = Client(self._addresses(), cfg.bundle_path, cfg.ca_path, timeout=10,
+                             retry_for=5)
+        self.renewer = Renewer(cfg, self.client, on_renewed=self._on_renewed)
+        self.session = Session(cfg, self.client, on_update=self._on_update,
+                               on_removed=self._on_removed)
+
+    # -- addresses and certificate --------------------------------------------------
+    def _addresses(self):
+        addrs = list(self.cfg.managers)
+        if self.cfg.role == "manager":
+            local = self.cfg.advertise
+            addrs = [local] + [a for a in addrs if a != local]
+        return addrs or [self.cfg.advertise]
+
+    def cert(self) -> certs.CertIdentity:
+        st = os.stat(self.cfg.bundle_path)
+        sig = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._cert_cache is None or self._cert_cache[0] != sig:
+            with open(self.cfg.bundle_path, "rb") as f:
+                self._cert_cache = (sig, certs.identity_from_pem(f.read()))
+        return self._cert_cache[1]
+
+    # -- callbacks from the agent side ------------------------------------------------
+    def _on_update(self, reply):
+        view = reply.get("node") or {}
+        managers = reply.get("managers") or []
+        with self._lock:
+            self._view = view
+        if managers and sorted(managers) != sorted(self.cfg.managers):
+            self.cfg.managers = sorted(managers)
+            self.cfg.save()
+            self.client.addresses = self._addresses()
+        want = "manager" if "manager" in (view.get("desired_role"), view.get("role")) else "worker"
+        if want != self.cert().role:
+            log.info("role is changing to %s: renewing the certificate", want)
+            self.renewer.force()
+        self._wake.set()
+
+    def _on_renewed(self, ident):
+        if ident.role != self.cfg.role:
+            self.cfg.role = ident.role
+            self.cfg.save()
+            self.client.addresses = self._addresses()
+        self._wake.set()
+
+    def _on_removed(self):
+        self._removed = True
+        self._stop.set()
+        self._wake.set()
+
+    # -- the manager child ------------------------------------------------------------
+    def _want_manager(self) -> bool:
+        if self.cert().role != "manager":
+            return False
+        with self._lock:
+            view = self._view
+        if view is None:
+            return self.cfg.role == "manager"
+        return "manager" in (view.get("desired_role"), view.get("role"))
+
+    def _child_alive(self) -> bool:
+        return self._child is not None and self._child.poll() is None
+
+    def _start_child(self):
+        cmd = [sys.executable, "-m", "flotilla.manager.server", "--data-dir", self.cfg.data_dir,
+               "--log-level", self.log_level]
+        log.info("starting manager")
+        self._child = subprocess.Popen(cmd, preexec_fn=die_with_parent)
+        self._child_started = time.monotonic()
+
+    def _stop_child(self, timeout: float = 10.0):
+        child = self._child
+        if child is None:
+            return
+        if child.poll() is None:
+            log.info("stopping manager")
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        self._child = None
+
+    def _reconcile(self):
+        want = self._want_manager()
+        alive = self._child_alive()
+        if self._child is not None and not alive:
+            code = self._child.returncode
+            ran = time.monotonic() - self._child_started
+            self._child = None
+            self._child_backoff = 0.5 if ran > 30 else min(self._child_backoff * 2, 10.0)
+            self._next_start = time.monotonic() + self._child_backoff
+            log.warning("manager exited with status %s; restarting in %.1fs", code,
+                        self._child_backoff)
+        if want and self._child is None and time.monotonic() >= self._next_start:
+            self._start_child()
+        elif not want and alive:
+            self._stop_child()
+        if not want:
+            with self._lock:
+                view = self._view
+            if view and view.get("role") == "worker" and os.path.isdir(self.cfg.raft_dir):
+                # Demoted for good: this member's Raft data must not be
+                # reused if the node is promoted again later.
+                shutil.rmtree(self.cfg.raft_dir, ignore_errors=True)
+                log.info("left the managers: raft data removed")
+
+    # -- main loop --------------------------------------------------------------------
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: (self._stop.set(), self._wake.set()))
+        log.info("node %s (%s) of cluster %s starting; role %s", self.cfg.node_id,
+                 self.cfg.hostname, self.cfg.cluster_id, self.cert().role)
+        self.renewer.start()
+        self.session.start()
+        try:
+            while not self._stop.is_set():
+                self._reconcile()
+                self._wake.wait(0.2)
+                self._wake.clear()
+        finally:
+            self.session.stop(timeout=2)
+            self.renewer.stop(timeout=2)
+            self._stop_child()
+            self.client.close()
+        if self._removed:
+            log.error("node removed from the cluster: exiting")
+            return EXIT_REMOVED
+        return 0

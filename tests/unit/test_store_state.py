@@ -1,0 +1,101 @@
+import io
+
+import msgpack
+import pytest
+
+from flotilla.manager.raft import codec
+from flotilla.manager.store.state import StateMachine
+from flotilla.manager.store.store import Op
+from flotilla.manager.store.watch import EventHub
+
+
+def apply(sm, *txns):
+    return sm.apply(codec.pack({"txns": list(txns)}))
+
+
+def txn(*ops, rid=None, ts=1.0):
+    return {"rid": rid, "ts": ts, "ops": list(ops)}
+
+
+def test_create_update_delete_versions():
+    sm = StateMachine()
+    [r] = apply(sm, txn(Op.create("config", {"id": "a", "name": "one"})))
+    assert r["ok"] and r["index"] == 1 and r["objects"][0]["version"] == 1
+    [r] = apply(sm, txn(Op.update("config", {"id": "a", "name": "uno"}, version=1), ts=2.0))
+    obj = r["objects"][0]
+    assert obj["version"] == 2 and obj["created_at"] == 1.0 and obj["updated_at"] == 2.0
+    [r] = apply(sm, txn(Op.update("config", {"id": "a", "name": "x"}, version=1)))
+    assert not r["ok"] and r["error"]["code"] == "conflict"
+    [r] = apply(sm, txn(Op.delete("config", "a", version=2)))
+    assert r["ok"] and sm.get("config", "a") is None
+
+
+def test_transaction_is_all_or_nothing():
+    sm = StateMachine()
+    apply(sm, txn(Op.create("config", {"id": "a", "name": "one"})))
+    [r] = apply(sm, txn(Op.create("config", {"id": "b", "name": "two"}),
+                        Op.create("config", {"id": "a", "name": "dup"})))
+    assert not r["ok"] and r["error"]["code"] == "exists"
+    assert sm.get("config", "b") is None
+    assert sm.index == 1
+
+
+def test_unique_names():
+    sm = StateMachine()
+    apply(sm, txn(Op.create("config", {"id": "a", "name": "one"})))
+    [r] = apply(sm, txn(Op.create("config", {"id": "b", "name": "one"})))
+    assert r["error"]["code"] == "exists"
+    apply(sm, txn(Op.delete("config", "a")))
+    [r] = apply(sm, txn(Op.create("config", {"id": "b", "name": "one"})))
+    assert r["ok"]
+    assert sm.by_unique("config", "name", "one")["id"] == "b"
+
+
+def test_request_id_dedupes():
+    sm = StateMachine()
+    [r1] = apply(sm, txn(Op.create("config", {"id": "a", "name": "one"}), rid="r1"))
+    [r2] = apply(sm, txn(Op.create("config", {"id": "a", "name": "one"}), rid="r1"))
+    assert r1["ok"] and r2["ok"] and r1["index"] == r2["index"] == 1
+    assert sm.index == 1
+
+
+def test_snapshot_round_trip_and_reset_event():
+    hub = EventHub()
+    sm = StateMachine(hub)
+    for i in range(50):
+        apply(sm, txn(Op.create("config", {"id": f"c{i}", "name": f"n{i}"}), rid=f"r{i}"))
+    buf = io.BytesIO()
+    sm.snapshot_write(sm.snapshot_capture(), buf)
+    buf.seek(0)
+    sm2 = StateMachine(hub)
+    w = hub.watch()
+    sm2.snapshot_load(msgpack.Unpacker(buf, raw=False, strict_map_key=False))
+    assert sm2.index == 50 and len(sm2.list("config")) == 50
+    assert sm2.by_unique("config", "name", "n7")["id"] == "c7"
+    [r] = apply(sm2, txn(Op.create("config", {"id": "c3", "name": "n3"}), rid="r3"))
+    assert r["ok"] and r["index"] == 4          # deduped against the restored table
+    assert [e.action for e in w.next(0)] == ["reset"]
+
+
+def test_truncated_snapshot_is_refused():
+    sm = StateMachine()
+    apply(sm, txn(Op.create("config", {"id": "a", "name": "one"})))
+    buf = io.BytesIO()
+    sm.snapshot_write(sm.snapshot_capture(), buf)
+    data = buf.getvalue()[:-3]
+    with pytest.raises(codec.CodecError):
+        StateMachine().snapshot_load(msgpack.Unpacker(io.BytesIO(data), raw=False, strict_map_key=False))
+
+
+def test_watch_sees_events_in_order_and_resets_when_behind():
+    hub = EventHub(size=4)
+    sm = StateMachine(hub)
+    w = hub.watch()
+    apply(sm, txn(Op.create("config", {"id": "a", "name": "1"})))
+    apply(sm, txn(Op.update("config", {"id": "a", "name": "2"})))
+    evs = w.next(0)
+    assert [(e.action, e.id) for e in evs] == [("create", "a"), ("update", "a")]
+    for i in range(10):
+        apply(sm, txn(Op.create("config", {"id": f"x{i}", "name": f"x{i}"})))
+    assert [e.action for e in w.next(0)] == ["reset"]
+    assert w.next(0) == []

@@ -1,0 +1,24 @@
+import pytest
+
+from flotilla.common.units import format_duration, parse_duration
+
+
+@pytest.mark.parametrize("text,seconds", [
+    ("60s", 60), ("5m", 300), ("2h30m", 9000), ("90d", 7776000), ("250ms", 0.25),
+    ("1.5s", 1.5), (" 10S ", 10), ("42", 42), (7, 7.0),
+])
+def test_parse(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "5x", "m5", "-3s", -1, True, None, "5m garbage"])
+def test_parse_rejects(bad):
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_format():
+    assert format_duration(7776000) == "90d"
+    assert format_duration(9000) == "2h30m"
+    assert format_duration(0.25) == "250ms"
+    assert format_duration(0) == "0s"
