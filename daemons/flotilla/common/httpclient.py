@@ -24,7 +24,9 @@ from requests.adapters import HTTPAdapter
 
 from . import tls
 
-RETRYABLE_CODES = {"no_leader", "not_leader", "leader_unreachable"}
+# Answers that are about the manager we reached, not about the request:
+# another manager may well serve it.
+NEXT_MANAGER_CODES = {"no_leader", "not_leader", "leader_unreachable", "forward_refused"}
 
 
 class ApiError(Exception):
@@ -92,7 +94,7 @@ class Client:
         self._lock = threading.Lock()
         self._session = None
         self._generation = -1
-        self._preferred = 0
+        self._preferred: str | None = None
         self._ctx = None
         if tls_dir is not None:
             self._ctx = tls.ReloadingContext(lambda: tls.client_context_from_dir(tls_dir),
@@ -105,13 +107,13 @@ class Client:
         ctx = self._ctx.get()
         with self._lock:
             if self._session is None or self._generation != self._ctx.generation:
-                old = self._session
+                # New connections use the new certificate. The old session is
+                # not closed here: another thread may be using it right now;
+                # its connections close when it is garbage-collected.
                 session = requests.Session()
                 session.mount("https://", _TLSAdapter(ctx, pool_connections=4, pool_maxsize=32))
                 self._session = session
                 self._generation = self._ctx.generation
-                if old is not None:
-                    old.close()
             return self._session
 
     def _send(self, address, method, path, body, headers, timeout):
@@ -152,8 +154,11 @@ class Client:
         delay = 0.05
         last_error: ApiError | None = None
         while True:
-            order = self.addresses[self._preferred:] + self.addresses[:self._preferred]
-            for i, address in enumerate(order):
+            addresses = list(self.addresses)
+            if self._preferred in addresses:
+                k = addresses.index(self._preferred)
+                addresses = addresses[k:] + addresses[:k]
+            for address in addresses:
                 try:
                     resp = self._send(address, method, path, body, headers, timeout)
                 except (requests.ConnectionError, requests.Timeout, OSError) as exc:
@@ -161,15 +166,16 @@ class Client:
                     if not idempotent and not isinstance(exc, requests.ConnectionError):
                         raise last_error
                     continue
-                self._preferred = (self._preferred + i) % len(self.addresses)
                 result = _decode(resp, raw)
                 if isinstance(result, ApiError):
                     last_error = result
-                    if result.status == 503 and result.code in RETRYABLE_CODES and idempotent:
-                        break  # cluster is electing: wait and retry
+                    if result.code in NEXT_MANAGER_CODES and idempotent:
+                        continue  # try another manager, then wait and retry
                     if result.status == 503 and result.code == "outcome_unknown" and idempotent:
-                        break
+                        break  # same request id again after a pause
+                    self._preferred = address
                     raise result
+                self._preferred = address
                 return result
             if time.monotonic() + delay > deadline:
                 raise last_error or Unreachable("no manager reachable")

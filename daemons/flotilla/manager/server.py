@@ -110,6 +110,9 @@ class ManagerApplication(BaseApplication):
             "limit_request_fields": 100,
             # gunicorn's own admin socket is one more listener nobody needs.
             "control_socket_disable": True,
+            # No proxy in front of a manager is trusted with forwarding headers.
+            "forwarded_allow_ips": "",
+            "proxy_allow_ips": "",
         }
         for key, value in settings.items():
             self.cfg.set(key, value)

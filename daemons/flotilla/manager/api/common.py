@@ -81,11 +81,20 @@ def direct_identity() -> Identity | None:
         ident = env_ident
     else:
         sock = request.environ.get("gunicorn.socket")
-        getpeercert = getattr(sock, "getpeercert", None)
-        if getpeercert is not None:
-            parsed = certs.identity_from_peercert(getpeercert())
-            if parsed is not None:
-                ident = Identity(parsed.node_id, parsed.role, parsed.cluster_id)
+        # The verified peer certificate cannot change on a connection: parse
+        # it once per connection, not once per request.
+        ident = getattr(sock, "_flotilla_identity", False)
+        if ident is False:
+            ident = None
+            getpeercert = getattr(sock, "getpeercert", None)
+            if getpeercert is not None:
+                parsed = certs.identity_from_peercert(getpeercert())
+                if parsed is not None:
+                    ident = Identity(parsed.node_id, parsed.role, parsed.cluster_id)
+            try:
+                sock._flotilla_identity = ident
+            except AttributeError:
+                pass
     g.direct_identity = ident
     return ident
 
@@ -98,7 +107,8 @@ def identity() -> Identity | None:
     forwarded = request.headers.get(IDENTITY_HEADER)
     if forwarded is not None:
         if not is_current_manager(ident):
-            raise ApiError(403, "forbidden", "only a manager may forward requests")
+            manager().counters.inc("api.forward_refused")
+            raise ApiError(403, "forward_refused", "only a current manager may forward requests")
         if forwarded == "":
             ident = None
         else:

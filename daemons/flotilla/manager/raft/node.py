@@ -184,6 +184,23 @@ class RaftNode(SyncObj):
         # could resurrect a stale configuration, so nothing happens here.
         return None
 
+    def _SyncObj__onMessageReceived(self, node, message):
+        # pysyncobj pipelines entries to each follower but, on a success
+        # acknowledgement, resets nextIndex to the acknowledged position even
+        # when later entries are already in flight. The follower then gets
+        # entries it has, truncates and re-appends them. A success ack may
+        # only move nextIndex forward.
+        if (message.get("type") == "next_node_idx" and message.get("success")
+                and not message.get("reset") and self._isLeader()):
+            next_index = self._SyncObj__raftNextIndex
+            before = next_index.get(node)
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+            after = next_index.get(node)
+            if before is not None and after is not None and after < before:
+                next_index[node] = before
+            return
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
+
     def _SyncObj__parseChangeClusterRequest(self, command):
         if command[0] != MEMBERSHIP:
             return None

@@ -14,11 +14,12 @@ the state machine will return the original result instead of writing twice.
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 import queue
 import threading
 import time
-import uuid
 
 from pysyncobj.config import FAIL_REASON
 
@@ -213,11 +214,5 @@ class Store:
 
 
 def new_id() -> str:
-    """Random object id: 25 base-36 characters (like SwarmKit's)."""
-    n = uuid.uuid4().int
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = []
-    while n:
-        n, r = divmod(n, 36)
-        out.append(digits[r])
-    return "".join(reversed(out)).rjust(25, "0")[:25]
+    """Random object id: 120 random bits as 24 lowercase base-32 characters."""
+    return base64.b32encode(os.urandom(15)).decode().lower()

@@ -1,0 +1,55 @@
+# Flotilla — common tasks. Everything runs from a virtualenv in .venv.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CLUSTER_DIR ?= $(CURDIR)/.cache/cluster
+FLOTILLA := $(VENV)/bin/flotilla --host 127.0.0.1:4242,127.0.0.1:4243,127.0.0.1:4244 --tls-dir $(CLUSTER_DIR)/manager-1/admin
+
+.PHONY: venv test test-unit test-integration test-slow bench cluster cluster-down clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+## The default test run (what CI runs): unit + integration on real processes.
+test: venv
+	$(PY) -m pytest tests/unit tests/integration -q -m "not slow" --durations=10
+
+test-unit: venv
+	$(PY) -m pytest tests/unit -q
+
+test-integration: venv
+	$(PY) -m pytest tests/integration -q -m "not slow"
+
+## Long-running suites kept out of the default run.
+test-slow: venv
+	$(PY) -m pytest tests -q -m slow
+
+## Benchmarks: print tables and write JSON under bench/results/.
+bench: venv
+	$(PY) bench/raft_writes.py
+	$(PY) bench/failover.py
+
+## A local cluster (3 managers + 2 workers on 127.0.0.1:4242-4246).
+cluster: venv
+	$(PY) -m flotilla.tools.localcluster up --dir $(CLUSTER_DIR)
+	@echo
+	@$(FLOTILLA) node ls
+	@echo
+	@echo "Use the CLI against it:"
+	@echo "  export FLOTILLA_HOST=127.0.0.1:4242,127.0.0.1:4243,127.0.0.1:4244"
+	@echo "  export FLOTILLA_TLS_DIR=$(CLUSTER_DIR)/manager-1/admin"
+	@echo "  $(VENV)/bin/flotilla node ls"
+	@echo "Remove it with: make cluster-down"
+
+cluster-down:
+	@if [ -x $(PY) ]; then $(PY) -m flotilla.tools.localcluster down --dir $(CLUSTER_DIR); fi
+
+clean: cluster-down
+	rm -rf $(VENV) .pytest_cache

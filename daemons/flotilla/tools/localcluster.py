@@ -1,0 +1,158 @@
+"""A local cluster on this machine: 3 managers and 2 workers on loopback,
+each node a ``flotilla node run`` process supervised by supervisord.
+
+    python -m flotilla.tools.localcluster up [--dir DIR]
+    python -m flotilla.tools.localcluster down [--dir DIR]
+    python -m flotilla.tools.localcluster status [--dir DIR]
+
+``up`` is idempotent: nodes that already exist are left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from ..common.httpclient import ApiError, Client
+
+NODES = [("manager-1", 4242, "init"), ("manager-2", 4243, "manager"),
+         ("manager-3", 4244, "manager"), ("worker-1", 4245, "worker"),
+         ("worker-2", 4246, "worker")]
+
+
+def _bin(name):
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def _conf(base, programs):
+    lines = [
+        "[supervisord]",
+        f"logfile={base}/supervisord.log",
+        f"pidfile={base}/supervisord.pid",
+        "nodaemon=false",
+        "",
+        "[unix_http_server]",
+        f"file={base}/supervisor.sock",
+        "chmod=0700",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{base}/supervisor.sock",
+        "",
+    ]
+    for name, command in programs:
+        lines += [
+            f"[program:{name}]",
+            f"command={command}",
+            "autorestart=true",
+            "startsecs=2",
+            "stopsignal=TERM",
+            "stopwaitsecs=20",
+            "killasgroup=true",
+            f"stdout_logfile={base}/{name}.log",
+            "redirect_stderr=true",
+            "",
+        ]
+    path = os.path.join(base, "supervisord.conf")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
+
+
+def _ctl(base, *args, check=True):
+    return subprocess.run([_bin("supervisorctl"), "-c", os.path.join(base, "supervisord.conf"),
+                           *args], capture_output=True, text=True, check=check)
+
+
+def _wait(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except (ApiError, OSError):
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def up(base):
+    os.makedirs(base, exist_ok=True)
+    flotilla = _bin("flotilla")
+    admin = os.path.join(base, "manager-1", "admin")
+    programs = []
+    first_cmd = (f"{flotilla} node run --data-dir {base}/manager-1 --listen 127.0.0.1:4242 "
+                 f"--hostname manager-1 --init")
+    programs.append(("manager-1", first_cmd))
+    running = os.path.exists(os.path.join(base, "supervisor.sock")) and \
+        _ctl(base, "pid", check=False).returncode == 0
+    if not running:
+        _conf(base, programs if not os.path.exists(admin) else _all_programs(base, flotilla, None))
+        subprocess.run([_bin("supervisord"), "-c", os.path.join(base, "supervisord.conf")], check=True)
+    _wait(lambda: os.path.exists(os.path.join(admin, "key.pem")), 60, "the first manager")
+    client = Client(["127.0.0.1:4242"], tls_dir=admin, retry_for=30)
+    _wait(lambda: client.get("/v1/health")["leader_ready"], 60, "a leader")
+    tokens = client.get("/v1/cluster/join-tokens")
+    _conf(base, _all_programs(base, flotilla, tokens))
+    _ctl(base, "reread")
+    _ctl(base, "update")
+
+    def settled():
+        nodes = client.get("/v1/nodes")
+        return (len(nodes) == len(NODES) and all(n["state"] == "ready" for n in nodes)
+                and all(n["role"] == n["desired_role"] for n in nodes))
+
+    _wait(settled, 120, "all nodes to be ready")
+    return client, admin
+
+
+def _all_programs(base, flotilla, tokens):
+    out = []
+    for name, port, kind in NODES:
+        cmd = (f"{flotilla} node run --data-dir {base}/{name} --listen 127.0.0.1:{port} "
+               f"--hostname {name}")
+        if kind == "init":
+            cmd += " --init"
+        elif tokens is not None:
+            cmd += f" --join 127.0.0.1:4242 --token {tokens[kind]}"
+        elif not os.path.exists(os.path.join(base, name, "node.json")):
+            continue
+        out.append((name, cmd))
+    return out
+
+
+def down(base):
+    if os.path.exists(os.path.join(base, "supervisor.sock")):
+        _ctl(base, "shutdown", check=False)
+        deadline = time.monotonic() + 30
+        while os.path.exists(os.path.join(base, "supervisord.pid")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="localcluster")
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--dir", default=os.path.abspath(".cache/cluster"))
+    args = parser.parse_args(argv)
+    base = os.path.abspath(args.dir)
+    if args.action == "down":
+        down(base)
+        print("local cluster removed")
+        return 0
+    if args.action == "status":
+        print(_ctl(base, "status", check=False).stdout)
+        return 0
+    up(base)
+    print(f"local cluster is up ({len(NODES)} nodes, data and logs in {base})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""A cluster of real processes: init, joins, forwarding, tokens, settings, errors."""
+
+import base64
+import json
+
+import pytest
+
+from flotilla.common.httpclient import ApiError
+from tests.helpers.cluster import wait_for
+
+
+@pytest.fixture
+def cluster(make_cluster):
+    c = make_cluster()
+    c.init("m1")
+    c.join("m2", "manager")
+    c.join("m3", "manager")
+    c.join("w1", "worker")
+    return c
+
+
+def test_nodes_roles_and_leader(cluster):
+    nodes = json.loads(cluster.cli("node", "ls", "--format", "json").stdout)
+    by_name = {n["hostname"]: n for n in nodes}
+    assert set(by_name) == {"m1", "m2", "m3", "w1"}
+    assert [n["hostname"] for n in nodes if n["leader"]] == ["m1"]
+    for name in ("m1", "m2", "m3"):
+        assert by_name[name]["role"] == "manager"
+        assert by_name[name]["manager"]["reachability"] == "reachable"
+    assert by_name["w1"]["role"] == "worker" and by_name["w1"]["manager"] is None
+    assert all(n["state"] == "ready" for n in nodes)
+    table = cluster.cli("node", "ls").stdout
+    assert "Leader" in table and "w1" in table
+    # Every manager agrees on the Raft membership.
+    for name in ("m1", "m2", "m3"):
+        h = cluster.health(cluster.nodes[name])
+        assert len(h["raft"]["members"]) == 3
+        assert h["leader"]["node_id"] == by_name["m1"]["id"]
+
+
+def test_followers_forward_writes_and_reads(cluster):
+    follower = cluster.nodes["m3"]
+    client = cluster.admin([follower])
+    created = client.post("/v1/configs", {"name": "via-follower",
+                                          "data": base64.b64encode(b"hello").decode()})
+    assert created["name"] == "via-follower"
+    # Visible from every manager, through the leader.
+    for name in ("m1", "m2", "m3"):
+        names = [c["name"] for c in cluster.admin([cluster.nodes[name]]).get("/v1/configs")]
+        assert "via-follower" in names
+    # And replicated into each manager's own store.
+    wait_for(lambda: all(cluster.health(cluster.nodes[n])["store_index"]
+                         >= cluster.health(cluster.nodes["m1"])["store_index"]
+                         for n in ("m2", "m3")), 10, what="followers to apply")
+
+
+def test_token_rotation(cluster, tmp_path):
+    old = cluster.token("worker")
+    out = cluster.cli("cluster", "join-token", "worker", "--rotate", "-q").stdout.strip()
+    assert out.startswith("FLTKN-1-") and out != old
+    assert cluster.token("worker") == out
+    assert cluster.token("manager") != out
+    # A node holding the old token is refused, with a clear message.
+    from tests.helpers.cluster import NodeProc
+    late = NodeProc(cluster, "late")
+    late.start("--join", cluster.nodes["m1"].addr, "--token", old)
+    assert late.proc.wait(60) != 0
+    assert "invalid join token" in late.log()
+    # Nodes that joined before are unaffected.
+    assert cluster.node_view(cluster.nodes["w1"])["state"] == "ready"
+    # The new token works.
+    cluster.nodes["late2"] = w2 = NodeProc(cluster, "late2")
+    w2.start("--join", cluster.nodes["m2"].addr, "--token", out)
+    cluster.wait_node_ready(w2)
+
+
+def test_cluster_update_and_errors(cluster):
+    res = json.loads(cluster.cli("cluster", "update", "--cert-expiry", "2h",
+                                 "--heartbeat-period", "2s", "--format", "json").stdout)
+    assert res["spec"]["ca"]["node_cert_expiry"] == 7200
+    assert res["spec"]["dispatcher"]["heartbeat_period"] == 2.0
+    client = cluster.admin()
+    with pytest.raises(ApiError) as e:
+        client.patch("/v1/cluster", {"cert_expiry": "10s"})
+    assert e.value.status == 400 and e.value.field == "cert_expiry"
+    with pytest.raises(ApiError) as e:
+        client.patch("/v1/cluster", {"cert_expiry": "1h", "tpyo": 1})
+    assert e.value.status == 400 and e.value.field == "tpyo"
+    with pytest.raises(ApiError) as e:
+        client.patch("/v1/nodes/w1", {"labels_add": {"bad key!": "x"}})
+    assert e.value.status == 400 and e.value.field == "labels_add"
+    with pytest.raises(ApiError) as e:
+        client.get("/v1/nodes/nosuchnode")
+    assert e.value.status == 404
+    with pytest.raises(ApiError) as e:
+        client.request("POST", "/v1/configs", json=None)
+    assert e.value.status == 400
+    bad = cluster.cli("node", "update", "nosuch", "--availability", "drain", check=False)
+    assert bad.returncode == 1 and bad.stderr.startswith("Error:") and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    # Node labels and availability round-trip.
+    cluster.cli("node", "update", "w1", "--label-add", "disk=ssd", "--availability", "pause")
+    w1 = cluster.node_view(cluster.nodes["w1"])
+    assert w1["labels"] == {"disk": "ssd"} and w1["availability"] == "pause"
+
+
+def test_version_and_control_socket(cluster):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "flotilla.cli.main", "--version"],
+                         capture_output=True, text=True).stdout
+    assert out.startswith("flotilla version ")
+    sock = cluster.nodes["m2"].data_dir + "/control.sock"
+    res = subprocess.run([sys.executable, "-m", "flotilla.cli.main", "--host", f"unix://{sock}",
+                          "node", "ls", "-q"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout.split()) == 4

@@ -1,0 +1,68 @@
+"""Acknowledged writes survive kill -9 of every manager at a random moment."""
+
+import base64
+import random
+import threading
+import time
+
+from flotilla.common.httpclient import ApiError
+from tests.helpers.cluster import wait_for
+
+
+def test_acknowledged_writes_survive_killing_all_managers(make_cluster):
+    # Small compaction threshold: snapshots and log truncation happen during the run.
+    c = make_cluster(env={"FLOTILLA_RAFT_COMPACTION_ENTRIES": "300"})
+    c.init("m1")
+    c.join("m2")
+    c.join("m3")
+    managers = list(c.nodes.values())
+    acked: set[str] = set()
+    lock = threading.Lock()
+    stop = threading.Event()
+    kill_after = 1000 + random.randint(0, 500)
+    killed = threading.Event()
+
+    def writer(wid):
+        client = c.admin(managers, timeout=5, retry_for=0)
+        n = 0
+        while not stop.is_set():
+            name = f"w{wid}-{n}"
+            n += 1
+            try:
+                client.post("/v1/configs", {"name": name, "data": base64.b64encode(b"d").decode()})
+            except ApiError:
+                continue
+            if killed.is_set():
+                return   # answers racing the kill do not count
+            with lock:
+                acked.add(name)
+                if len(acked) >= kill_after:
+                    stop.set()
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    wait_for(stop.is_set, 300, interval=0.01, what=f"{kill_after} acknowledged writes")
+    for m in managers:        # kill -9 every manager, as close together as possible
+        import os, signal
+        os.killpg(m.proc.pid, signal.SIGKILL)
+    killed.set()
+    for t in threads:
+        t.join(30)
+    for m in managers:
+        m.kill()
+    with lock:
+        acknowledged = set(acked)
+    print(f"\n{len(acknowledged)} writes acknowledged before kill -9 of all managers")
+    assert len(acknowledged) >= 1000
+
+    for m in managers:
+        m.restart()
+    c.wait_leader_ready(60)
+    present = {x["name"] for x in c.admin().get("/v1/configs")}
+    missing = acknowledged - present
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:5]}"
+    # Every manager converges on the same state.
+    index = c.health(c.leader())["store_index"]
+    for m in managers:
+        wait_for(lambda: c.health(m)["store_index"] >= index, 30, what=f"{m.name} caught up")
