@@ -15,36 +15,20 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "daemons"))
-sys.path.insert(0, ROOT)
+from benchlib import write_result
 
-from flotilla.common.httpclient import ApiError  # noqa: E402
-from tests.helpers.cluster import LocalCluster, wait_for  # noqa: E402
-
-
-def machine():
-    mem = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal"):
-                mem = int(line.split()[1]) // 1024 // 1024
-    return {"cores": os.cpu_count(), "memory_gb": mem, "python": platform.python_version(),
-            "kernel": platform.release()}
+from flotilla.common.httpclient import ApiError
+from tests.helpers.cluster import LocalCluster, wait_for
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "failover.json"))
+    ap.add_argument("--out", default=None, help="JSON path (default bench/results/failover.json)")
     args = ap.parse_args()
     base = tempfile.mkdtemp(prefix="flotilla-failover-")
     c = LocalCluster(base, heartbeat="5s")
@@ -91,9 +75,7 @@ def main():
         "max_s": round(max(results), 4),
         "min_s": round(min(results), 4),
         "target_s": 1.0,
-        "reference": "Docker Swarm: 16 s on a 3-manager cluster of test hosts (see issue)",
-        "machine": machine(),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "reference": "Docker Swarm: 16 s on a 3-manager cluster of test hosts on this kind of machine",
     }
     print()
     print(f"{'metric':<28}{'value':>10}")
@@ -102,10 +84,7 @@ def main():
     print(f"{'min (s)':<28}{summary['min_s']:>10.3f}")
     print(f"{'max (s)':<28}{summary['max_s']:>10.3f}")
     print(f"{'target (s)':<28}{1.0:>10.3f}")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(summary, f, indent=2)
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {write_result('failover', summary, args.out)}")
 
 
 if __name__ == "__main__":

@@ -22,36 +22,12 @@ import http.client
 import json
 import multiprocessing as mp
 import os
-import platform
 import socket
-import ssl
-import statistics
-import sys
 import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "daemons"))
-sys.path.insert(0, ROOT)
-
-
-def machine():
-    mem = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal"):
-                mem = int(line.split()[1]) // 1024 // 1024
-    return {"cores": os.cpu_count(), "memory_gb": mem, "python": platform.python_version(),
-            "kernel": platform.release()}
-
-
-def pct(values, p):
-    if not values:
-        return 0.0
-    values = sorted(values)
-    k = min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))
-    return values[k]
+from benchlib import pct, write_result
 
 
 def summarise(name, latencies, seconds, clients, extra=None):
@@ -224,7 +200,7 @@ def main():
     ap.add_argument("--api-clients", type=int, default=32)
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--runs", type=int, default=3, help="runs per mode; the median run is kept")
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "raft_writes.json"))
+    ap.add_argument("--out", default=None, help="JSON path (default bench/results/raft_writes.json)")
     args = ap.parse_args()
     rows = []
     modes = ["store", "api"] if args.mode == "both" else [args.mode]
@@ -246,13 +222,9 @@ def main():
         print(f"{r['mode']:<8}{r['clients']:>8}{r['writes_per_s']:>11.0f}{r['p50_ms']:>9.1f}"
               f"{r['p99_ms']:>9.1f}{r['errors']:>8}")
     print("targets: >= 5000 durable writes/s, p99 <= 20 ms")
-    out = {"benchmark": "raft_writes", "results": rows, "machine": machine(),
-           "targets": {"writes_per_s": 5000, "p99_ms": 20},
-           "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {args.out}")
+    out = {"benchmark": "raft_writes", "results": rows,
+           "targets": {"writes_per_s": 5000, "p99_ms": 20}}
+    print(f"wrote {write_result('raft_writes', out, args.out)}")
 
 
 if __name__ == "__main__":

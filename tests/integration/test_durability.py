@@ -2,8 +2,9 @@
 
 import base64
 import random
+import os
+import signal
 import threading
-import time
 
 from flotilla.common.httpclient import ApiError
 from tests.helpers.cluster import wait_for
@@ -44,7 +45,6 @@ def test_acknowledged_writes_survive_killing_all_managers(make_cluster):
         t.start()
     wait_for(stop.is_set, 300, interval=0.01, what=f"{kill_after} acknowledged writes")
     for m in managers:        # kill -9 every manager, as close together as possible
-        import os, signal
         os.killpg(m.proc.pid, signal.SIGKILL)
     killed.set()
     for t in threads:

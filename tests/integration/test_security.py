@@ -11,7 +11,6 @@ import struct
 import time
 
 import pytest
-import requests
 
 from flotilla.ca import certs, tokens
 from flotilla.common import tls
@@ -187,6 +186,19 @@ def test_removed_node_certificate_is_useless_at_once(secured):
     assert w2.proc.wait(60) == 3
 
 
+def send_over_tls(addr, as_node, data) -> bytes:
+    """Connect with ``as_node``'s certificate, send ``data``, return what
+    came back before the peer closed (b"" when refused)."""
+    ctx = tls.client_context(as_node.bundle(), as_node.ca())
+    with socket.create_connection(addr, timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=tls.MANAGER_SERVER_NAME) as s:
+            try:
+                s.sendall(data)
+                return s.recv(100)
+            except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+                return b""
+
+
 def _raft_port(node):
     host, port = node.raft_addr.rsplit(":", 1)
     return host, int(port)
@@ -213,34 +225,12 @@ def test_raft_port_refuses_garbage_pickles_and_non_members(secured, tmp_path):
                 pass
 
     # 2. TLS with a worker certificate: refused before any frame is read.
-    ctx = tls.client_context(w1.bundle(), w1.ca())
-    with socket.create_connection(addr, timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname=tls.MANAGER_SERVER_NAME) as s:
-            try:
-                s.sendall(codec.encode_frame(codec.FRAME_MESSAGE, payload))
-                s.recv(100)
-            except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
-                pass
-
+    assert send_over_tls(addr, w1, codec.encode_frame(codec.FRAME_MESSAGE, payload)) == b""
     # 3. TLS with a real manager's certificate, but a pickle as the frame:
     #    even an authenticated member cannot get bytes unpickled.
-    ctx = tls.client_context(m2.bundle(), m2.ca())
-    with socket.create_connection(addr, timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname=tls.MANAGER_SERVER_NAME) as s:
-            try:
-                s.sendall(codec.encode_frame(codec.FRAME_MESSAGE, payload))
-                assert s.recv(100) == b""   # closed on us
-            except (ssl.SSLError, ConnectionResetError):
-                pass
-
+    assert send_over_tls(addr, m2, codec.encode_frame(codec.FRAME_MESSAGE, payload)) == b""
     # 4. A manager certificate claiming another manager's Raft address.
-    with socket.create_connection(addr, timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname=tls.MANAGER_SERVER_NAME) as s:
-            try:
-                s.sendall(codec.encode_message(m1.raft_addr))
-                assert s.recv(100) == b""
-            except (ssl.SSLError, ConnectionResetError):
-                pass
+    assert send_over_tls(addr, m2, codec.encode_message(m1.raft_addr)) == b""
 
     after = wait_for(lambda: (lambda a: a if sum(
         delta(before, a, k) for k in a if k.startswith("raft.")) >= 5 else None)(

@@ -87,11 +87,12 @@ class CAServer:
 
     # -- renewal ------------------------------------------------------------------
     def renew(self, node_id: str, csr: str) -> dict:
-        for _ in range(5):
-            cluster = objects.cluster(self._store)
-            node = self._store.get("node", node_id)
-            if node is None or node_id in cluster.get("revoked", {}):
-                raise JoinRefused("this node has been removed from the cluster", "node_removed")
+        cluster = objects.cluster(self._store)
+        issued = {}
+
+        def change(node):
+            # Signed inside the retry so the role matches the node version
+            # the record is written against.
             role = "manager" if objects.wants_manager_cert(node) else "worker"
             try:
                 cert_pem = self.root().sign_csr(
@@ -99,15 +100,19 @@ class CAServer:
                     lifetime=cluster["spec"]["ca"]["node_cert_expiry"])
             except certs.CertificateError as exc:
                 raise JoinRefused(str(exc), "invalid_csr", 400) from None
-            updated = dict(node, cert=objects.cert_info(certs.identity_from_pem(cert_pem)))
-            try:
-                self._store.commit([Op.update("node", updated, version=node["version"])])
-            except TxnFailed as exc:
-                if exc.code == "conflict":
-                    continue
-                raise
-            return {"cert": cert_pem.decode(), "role": role, "ca": cluster["root_ca"]["cert"]}
-        raise JoinRefused("node changed too often during renewal; retry", "conflict", 409)
+            issued.update(cert=cert_pem.decode(), role=role)
+            return dict(node, cert=objects.cert_info(certs.identity_from_pem(cert_pem)))
+
+        if node_id in cluster.get("revoked", {}):
+            raise JoinRefused("this node has been removed from the cluster", "node_removed")
+        try:
+            self._store.update("node", node_id, change)
+        except TxnFailed as exc:
+            if exc.code == "not_found":
+                raise JoinRefused("this node has been removed from the cluster",
+                                  "node_removed") from None
+            raise
+        return {"cert": issued["cert"], "role": issued["role"], "ca": cluster["root_ca"]["cert"]}
 
     def revoked(self, node_id: str) -> bool:
         cluster = objects.cluster(self._store)

@@ -18,7 +18,7 @@ import time
 
 from ..common.component import Component
 from . import objects
-from .store.store import Op, StoreError, TxnFailed, new_id
+from .store.store import StoreError, TxnFailed, new_id
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,7 @@ class Dispatcher(Component):
 
     # -- state writes ---------------------------------------------------------------
     def _mark(self, node_id, state, message, description=None, addr=None):
-        for _ in range(10):
-            node = self._store.get("node", node_id)
-            if node is None:
-                raise SessionInvalid("node removed")
+        def change(node):
             new = dict(node, status={"state": state, "message": message})
             if description is not None:
                 new["description"] = dict(node.get("description") or {}, **description)
@@ -95,14 +92,14 @@ class Dispatcher(Component):
                     new["hostname"] = description["hostname"]
             if addr:
                 new["addr"] = addr
-            if new == node:
-                return node
-            try:
-                return self._store.commit([Op.update("node", new, version=node["version"])])["objects"][0]
-            except TxnFailed as exc:
-                if exc.code != "conflict":
-                    raise
-        raise StoreError("node changed too often")
+            return new
+
+        try:
+            return self._store.update("node", node_id, change)
+        except TxnFailed as exc:
+            if exc.code == "not_found":
+                raise SessionInvalid("node removed") from None
+            raise
 
     def run(self):
         period = self.period()

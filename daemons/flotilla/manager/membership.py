@@ -28,6 +28,24 @@ class QuorumError(Exception):
     pass
 
 
+class _Outcome:
+    """Collects a pysyncobj callback's result."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.err = None
+
+    def __call__(self, _res, err):
+        self.err = err
+        self.done.set()
+
+    def failed(self) -> bool:
+        return self.done.is_set() and self.err != FAIL_REASON.SUCCESS
+
+    def reason(self) -> str:
+        return str(FAIL_TEXT.get(self.err, self.err))
+
+
 class Membership:
     def __init__(self, raft):
         self._raft = raft
@@ -44,22 +62,15 @@ class Membership:
             if address in self._raft.member_addresses():
                 return
             self._wait_previous(timeout)
-            done = threading.Event()
-            outcome = {}
-
-            def callback(_res, err):
-                outcome["err"] = err
-                done.set()
-
-            self._raft.addNodeToCluster(address, callback=callback)
+            outcome = _Outcome()
+            self._raft.addNodeToCluster(address, callback=outcome)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 if address in self._raft.member_addresses():
-                    self._pending = done
+                    self._pending = outcome.done
                     return
-                if done.is_set() and outcome["err"] != FAIL_REASON.SUCCESS:
-                    raise MembershipError(f"adding {address} failed: "
-                                          f"{FAIL_TEXT.get(outcome['err'], outcome['err'])}")
+                if outcome.failed():
+                    raise MembershipError(f"adding {address} failed: {outcome.reason()}")
                 time.sleep(0.01)
             raise MembershipError(f"adding {address} timed out")
 
@@ -68,20 +79,13 @@ class Membership:
             if address not in self._raft.member_addresses():
                 return
             self._wait_previous(timeout)
-            done = threading.Event()
-            outcome = {}
-
-            def callback(_res, err):
-                outcome["err"] = err
-                done.set()
-
-            self._raft.removeNodeFromCluster(address, callback=callback)
-            self._pending = done
-            if not done.wait(timeout):
+            outcome = _Outcome()
+            self._raft.removeNodeFromCluster(address, callback=outcome)
+            self._pending = outcome.done
+            if not outcome.done.wait(timeout):
                 raise MembershipError(f"removing {address} timed out")
-            if outcome["err"] != FAIL_REASON.SUCCESS:
-                raise MembershipError(f"removing {address} failed: "
-                                      f"{FAIL_TEXT.get(outcome['err'], outcome['err'])}")
+            if outcome.failed():
+                raise MembershipError(f"removing {address} failed: {outcome.reason()}")
 
     def check_removal(self, address: str | None) -> None:
         """Raise QuorumError if removing ``address`` would leave the remaining

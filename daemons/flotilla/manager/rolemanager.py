@@ -14,7 +14,7 @@ import logging
 
 from ..common.component import Component
 from .membership import MembershipBusy, MembershipError, QuorumError
-from .store.store import Op, StoreError
+from .store.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,8 @@ class RoleManager(Component):
                 log.warning("demoting %s: %s", node["id"], exc)
                 return
             log.info("node %s left raft", node["id"])
-        new = dict(node, role="worker", manager=None)
         try:
-            self._store.commit([Op.update("node", new, version=node["version"])])
+            self._store.update("node", node["id"], lambda n: dict(n, role="worker", manager=None))
             log.info("node %s is now a worker", node["id"])
         except StoreError as exc:
             log.info("demotion of %s will be retried: %s", node["id"], exc)

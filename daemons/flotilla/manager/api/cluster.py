@@ -10,7 +10,6 @@ from pydantic import Field, field_validator
 from ...ca import tokens
 from ...common.units import parse_duration
 from .. import objects
-from ..store.store import Op, TxnFailed
 from .common import ApiError, Model, json_response, manager, parse_body, policy, request_id
 
 bp = Blueprint("cluster", __name__, url_prefix="/v1/cluster")
@@ -61,12 +60,8 @@ def get_cluster():
 @policy("control")
 def update_cluster():
     body = parse_body(ClusterUpdate)
-    m = manager()
-    rid = request_id()
-    for _ in range(10):
-        c = _cluster()
-        if body.version is not None and body.version != c["version"]:
-            raise ApiError(409, "conflict", f"cluster changed (version {c['version']})")
+
+    def change(c):
         spec = {k: dict(v) for k, v in c["spec"].items()}
         if body.cert_expiry is not None:
             spec["ca"]["node_cert_expiry"] = int(body.cert_expiry)
@@ -74,15 +69,11 @@ def update_cluster():
             spec["dispatcher"]["heartbeat_period"] = float(body.heartbeat_period)
         if body.task_history_limit is not None:
             spec["orchestration"]["task_history_limit"] = body.task_history_limit
-        try:
-            result = m.store.commit([Op.update("cluster", dict(c, spec=spec), version=c["version"])],
-                                    rid=rid)
-        except TxnFailed as exc:
-            if exc.code == "conflict" and body.version is None:
-                continue
-            raise
-        return json_response(objects.public_cluster(result["objects"][0]))
-    raise ApiError(409, "conflict", "cluster changed too often; retry")
+        return dict(c, spec=spec)
+
+    c = manager().store.update("cluster", _cluster()["id"], change, rid=request_id(),
+                               version=body.version)
+    return json_response(objects.public_cluster(c))
 
 
 def _role(role):
@@ -109,17 +100,10 @@ def get_token(role):
 @policy("control")
 def rotate_token(role):
     _role(role)
-    m = manager()
-    rid = request_id()
-    for _ in range(10):
-        c = _cluster()
-        new = dict(c, tokens=dict(c["tokens"], **{role: tokens.generate_token(
-            c["root_ca"]["cert"].encode())}))
-        try:
-            result = m.store.commit([Op.update("cluster", new, version=c["version"])], rid=rid)
-        except TxnFailed as exc:
-            if exc.code == "conflict":
-                continue
-            raise
-        return json_response({"role": role, "token": result["objects"][0]["tokens"][role]})
-    raise ApiError(409, "conflict", "cluster changed too often; retry")
+
+    def change(c):
+        token = tokens.generate_token(c["root_ca"]["cert"].encode())
+        return dict(c, tokens=dict(c["tokens"], **{role: token}))
+
+    c = manager().store.update("cluster", _cluster()["id"], change, rid=request_id())
+    return json_response({"role": role, "token": c["tokens"][role]})

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from .. import objects
 from ..membership import QuorumError
-from ..store.store import Op, TxnFailed
+from ..store.store import Op
 from .common import ApiError, Model, flag, json_response, manager, parse_body, policy, request_id
 
 bp = Blueprint("nodes", __name__, url_prefix="/v1/nodes")
@@ -102,22 +102,7 @@ def inspect_node(ref):
 
 
 def _update(ref, change, rid, version=None):
-    m = manager()
-    for _ in range(10):
-        node = _get(ref)
-        if version is not None and version != node["version"]:
-            raise ApiError(409, "conflict", f"node changed (version {node['version']})")
-        new = change(node)
-        if new is None:
-            return node
-        try:
-            return m.store.commit([Op.update("node", new, version=node["version"])],
-                                  rid=rid)["objects"][0]
-        except TxnFailed as exc:
-            if exc.code == "conflict" and version is None:
-                continue
-            raise
-    raise ApiError(409, "conflict", "node changed too often; retry")
+    return manager().store.update("node", _get(ref)["id"], change, rid=rid, version=version)
 
 
 @bp.patch("/<ref>")
@@ -189,24 +174,19 @@ def demote(ref):
 def remove(ref):
     m = manager()
     force = flag("force")
-    rid = request_id()
-    for _ in range(10):
-        node = _get(ref)
-        if node.get("role") == "manager" or node["spec"]["role"] == "manager":
-            raise ApiError(409, "is_manager", f"node {node['hostname']} is a manager; demote it first")
-        if node["status"]["state"] == "ready" and not force:
-            raise ApiError(409, "node_ready",
-                           f"node {node['hostname']} is up; stop it first or use --force")
-        cluster = objects.cluster(m.store)
-        not_after = (node.get("cert") or {}).get("not_after") or (time.time() + 90 * 86400)
-        revoked = dict(cluster.get("revoked", {}), **{node["id"]: not_after})
-        try:
-            m.store.commit([Op.delete("node", node["id"], version=node["version"]),
-                            Op.update("cluster", dict(cluster, revoked=revoked),
-                                      version=cluster["version"])], rid=rid)
-        except TxnFailed as exc:
-            if exc.code == "conflict":
-                continue
-            raise
-        return json_response({"id": node["id"], "removed": True})
-    raise ApiError(409, "conflict", "node changed too often; retry")
+    node = _get(ref)
+    if node.get("role") == "manager" or node["spec"]["role"] == "manager":
+        raise ApiError(409, "is_manager", f"node {node['hostname']} is a manager; demote it first")
+    if node["status"]["state"] == "ready" and not force:
+        raise ApiError(409, "node_ready",
+                       f"node {node['hostname']} is up; stop it first or use --force")
+    not_after = (node.get("cert") or {}).get("not_after") or (time.time() + 90 * 86400)
+    cluster = objects.cluster(m.store)
+    # The node and its revocation go in one transaction; a change to the
+    # node in between (a heartbeat) fails it and the whole thing is retried.
+    m.store.update("cluster", cluster["id"],
+                   lambda c: dict(c, revoked=dict(c.get("revoked", {}), **{node["id"]: not_after})),
+                   rid=request_id(),
+                   extra_ops=lambda _c, _n: [Op.delete("node", node["id"],
+                                                       version=_get(node["id"])["version"])])
+    return json_response({"id": node["id"], "removed": True})

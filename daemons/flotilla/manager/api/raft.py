@@ -6,7 +6,6 @@ from flask import Blueprint
 from pydantic import Field, field_validator
 
 from ..membership import MembershipBusy, MembershipError
-from ..store.store import Op, TxnFailed
 from .common import ApiError, Model, identity, json_response, manager, parse_body, policy
 from .join import _address
 
@@ -42,20 +41,8 @@ def join():
     holder = members.get(body.raft_addr)
     if holder is not None and holder != node_id:
         raise ApiError(409, "address_in_use", f"raft address {body.raft_addr} belongs to {holder}")
-    for _ in range(10):
-        node = m.store.get("node", node_id)
-        want = dict(node, role="manager",
-                    manager={"raft_addr": body.raft_addr, "api_addr": body.api_addr})
-        if want == node:
-            break
-        try:
-            m.store.commit([Op.update("node", want, version=node["version"])])
-            break
-        except TxnFailed as exc:
-            if exc.code != "conflict":
-                raise
-    else:
-        raise ApiError(409, "conflict", "node changed too often; retry")
+    m.store.update("node", node_id, lambda node: dict(
+        node, role="manager", manager={"raft_addr": body.raft_addr, "api_addr": body.api_addr}))
     try:
         m.membership.add(body.raft_addr)
     except MembershipBusy as exc:

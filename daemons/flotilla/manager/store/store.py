@@ -152,6 +152,38 @@ class Store:
             raise TxnFailed(result["error"])
         return result
 
+    def update(self, kind, oid, change, *, rid=None, version=None, attempts=10,
+               extra_ops=None):
+        """Read-modify-write with compare-and-set, retried on conflict.
+
+        ``change(current)`` returns the new object, or None to leave it as
+        is (then the current object is returned without a write). A given
+        ``version`` must match, and a conflict is then not retried.
+        ``extra_ops(current, new)`` may add operations to the same
+        transaction. Raises TxnFailed("not_found") if the object is missing.
+        """
+        for _ in range(attempts):
+            current = self.get(kind, oid)
+            if current is None:
+                raise TxnFailed({"code": "not_found", "kind": kind, "id": oid,
+                                 "message": f"{kind} {oid} not found"})
+            if version is not None and version != current.get("version"):
+                raise TxnFailed({"code": "conflict", "kind": kind, "id": oid,
+                                 "message": f"{kind} {oid} changed (version {current.get('version')})"})
+            new = change(current)
+            if new is None or new == current:
+                return current
+            ops = [Op.update(kind, new, version=current["version"])]
+            if extra_ops is not None:
+                ops += extra_ops(current, new)
+            try:
+                return self.commit(ops, rid=rid)["objects"][0]
+            except TxnFailed as exc:
+                if exc.code != "conflict" or version is not None:
+                    raise
+        raise TxnFailed({"code": "conflict", "kind": kind, "id": oid,
+                         "message": f"{kind} {oid} changed too often; retry"})
+
     def barrier(self, timeout: float = 10.0) -> int:
         """Commit an empty transaction: when it returns, this member has
         applied everything committed before it."""
