@@ -87,3 +87,26 @@ def test_demote_the_leader(make_cluster):
     wait_for(lambda: len(members(c)) == 2, 30)
     wait_for(lambda: cert_role(m1) == "worker", 30)
     c.wait_node_ready(m1)
+
+
+def test_five_managers_survive_two_failures(make_cluster):
+    c = make_cluster()
+    c.init("m1")
+    for name in ("m2", "m3", "m4", "m5"):
+        c.join(name)
+    assert len(members(c)) == 5
+    leader = c.wait_leader_ready()
+    # Role changes through the node update endpoint too.
+    w = c.join("w1", "worker")
+    c.admin().patch(f"/v1/nodes/{w.config()['node_id']}", {"role": "manager", "labels_add": {"a": "b"}})
+    c.wait_node_ready(w, manager=True)
+    assert c.node_view(w)["labels"] == {"a": "b"}
+    c.admin().patch(f"/v1/nodes/{w.config()['node_id']}", {"role": "worker"})
+    wait_for(lambda: c.node_view(w)["role"] == "worker" and len(members(c)) == 5, 30)
+    # Two managers down (one of them the leader): the other three carry on.
+    others = [n for n in c.nodes.values() if n is not leader and n.name != "w1"]
+    for victim in (leader, others[0]):
+        victim.kill()
+    survivors = [n for n in c.nodes.values() if n.running and n.name != "w1"]
+    c.admin(survivors).post("/v1/configs", {"name": "after-two-failures", "data": "eA=="})
+    assert c.leader() in survivors

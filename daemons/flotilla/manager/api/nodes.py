@@ -35,6 +35,7 @@ def validate_labels(labels):
 
 
 class NodeUpdate(Model):
+    role: Optional[Literal["manager", "worker"]] = None
     availability: Optional[Literal["active", "pause", "drain"]] = None
     labels: Optional[dict[str, str]] = None
     labels_add: Optional[dict[str, str]] = None
@@ -109,9 +110,13 @@ def _update(ref, change, rid, version=None):
 @policy("control")
 def update_node(ref):
     body = parse_body(NodeUpdate)
+    if body.role == "worker":
+        _check_demotion(_get(ref), flag("force"))
 
     def change(node):
         spec = dict(node["spec"])
+        if body.role is not None:
+            spec["role"] = body.role
         labels = dict(spec.get("labels", {}))
         if body.labels is not None:
             labels = dict(body.labels)
@@ -130,43 +135,40 @@ def update_node(ref):
     return json_response(_views([node])[0])
 
 
-@bp.post("/<ref>/promote")
-@policy("control")
-def promote(ref):
-    def change(node):
-        if node["spec"]["role"] == "manager":
-            return None
-        return dict(node, spec=dict(node["spec"], role="manager"))
-
-    node = _update(ref, change, request_id())
-    return json_response(_views([node])[0])
+def _set_role(node, role):
+    return _update(node["id"], lambda n: None if n["spec"]["role"] == role
+                   else dict(n, spec=dict(n["spec"], role=role)), request_id())
 
 
-@bp.post("/<ref>/demote")
-@policy("control")
-def demote(ref):
+def _check_demotion(node, force):
+    """Refuse to demote the last manager, or one whose departure would leave
+    the remaining managers without a reachable majority (unless forced)."""
     m = manager()
-    force = flag("force")
-    node = _get(ref)
     if node["spec"]["role"] == "worker":
-        return json_response(_views([node])[0])
-    raft_addr = (node.get("manager") or {}).get("raft_addr")
+        return
     managers = [n for n in m.store.list("node") if n["spec"]["role"] == "manager"]
     if len(managers) <= 1:
         raise ApiError(409, "last_manager", "cannot demote the last manager")
+    raft_addr = (node.get("manager") or {}).get("raft_addr")
     if raft_addr and raft_addr in m.raft.member_addresses() and not force:
         try:
             m.membership.check_removal(raft_addr)
         except QuorumError as exc:
             raise ApiError(409, "quorum", str(exc)) from None
 
-    def change(n):
-        if n["spec"]["role"] == "worker":
-            return None
-        return dict(n, spec=dict(n["spec"], role="worker"))
 
-    node = _update(ref, change, request_id())
-    return json_response(_views([node])[0])
+@bp.post("/<ref>/promote")
+@policy("control")
+def promote(ref):
+    return json_response(_views([_set_role(_get(ref), "manager")])[0])
+
+
+@bp.post("/<ref>/demote")
+@policy("control")
+def demote(ref):
+    node = _get(ref)
+    _check_demotion(node, flag("force"))
+    return json_response(_views([_set_role(node, "worker")])[0])
 
 
 @bp.delete("/<ref>")
