@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 CLUSTER_DIR ?= $(CURDIR)/.cache/cluster
 FLOTILLA := $(VENV)/bin/flotilla --host 127.0.0.1:4242,127.0.0.1:4243,127.0.0.1:4244 --tls-dir $(CLUSTER_DIR)/manager-1/admin
 
-.PHONY: venv test test-unit test-integration test-slow bench cluster cluster-down clean
+.PHONY: venv docker test test-unit test-integration test-slow bench cluster cluster-down clean
 
 venv: $(VENV)/.installed
 
@@ -17,14 +17,18 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
+## A running Docker engine and the test images (installs docker.io if missing).
+docker:
+	./tests/images/setup-docker.sh
+
 ## The default test run (what CI runs): unit + integration on real processes.
-test: venv
+test: venv docker
 	$(PY) -m pytest tests/unit tests/integration -q -m "not slow" --durations=10
 
 test-unit: venv
 	$(PY) -m pytest tests/unit -q
 
-test-integration: venv
+test-integration: venv docker
 	$(PY) -m pytest tests/integration -q -m "not slow"
 
 ## Long-running suites kept out of the default run.
@@ -37,7 +41,7 @@ bench: venv
 	$(PY) bench/failover.py
 
 ## A local cluster (3 managers + 2 workers on 127.0.0.1:4242-4246).
-cluster: venv
+cluster: venv docker
 	$(PY) -m flotilla.tools.localcluster up --dir $(CLUSTER_DIR)
 	@echo
 	@$(FLOTILLA) node ls

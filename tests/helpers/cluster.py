@@ -258,6 +258,44 @@ class LocalCluster:
                 node.kill(signal.SIGKILL)
             except Exception:
                 pass
+        try:
+            self.remove_containers()
+        except Exception:
+            pass
+
+    # -- containers (all nodes share this machine's dockerd) --------------------------------
+    def node_ids(self) -> set[str]:
+        out = set()
+        for n in self.nodes.values():
+            try:
+                out.add(n.config()["node_id"])
+            except (OSError, KeyError, ValueError):
+                pass
+        return out
+
+    def containers(self, running_only: bool = True, service: str | None = None) -> list:
+        """Containers created by this cluster's agents."""
+        import docker
+
+        client = docker.from_env()
+        ids = self.node_ids()
+        out = []
+        for ctr in client.containers.list(all=not running_only,
+                                          filters={"label": "flotilla.task.id"}):
+            labels = ctr.labels
+            if labels.get("flotilla.node.id") not in ids:
+                continue
+            if service and labels.get("flotilla.service.name") != service:
+                continue
+            out.append(ctr)
+        return out
+
+    def remove_containers(self):
+        for ctr in self.containers(running_only=False):
+            try:
+                ctr.remove(force=True)
+            except Exception:
+                pass
 
     def dump_logs(self) -> str:
         out = []

@@ -29,24 +29,40 @@ class NodeRemoved(Exception):
 class Session(Component):
     name = "agent-session"
 
-    def __init__(self, cfg, client, on_update, on_removed):
+    def __init__(self, cfg, client, on_update, on_removed, describe=None, on_registered=None):
         super().__init__()
         self._cfg = cfg
         self._client = client
         self._on_update = on_update
         self._on_removed = on_removed
+        self._describe = describe
+        self._on_registered = on_registered
         self.registered = 0
         self.heartbeats = 0
         self.last_view = None
+        self.session_id = None
 
     def _description(self):
-        return {
+        desc = {
             "hostname": self._cfg.hostname,
             "platform": local_platform(),
             "resources": {"cpus": float(os.cpu_count() or 1),
                           "memory": _memory_bytes()},
-            "addr": self._cfg.advertise,
         }
+        if self._describe is not None:
+            try:
+                found = self._describe()
+            except Exception as exc:  # the engine may be down: register anyway
+                log.warning("cannot describe the container engine: %s", exc)
+                found = {}
+            for key in ("platform", "resources", "engine"):
+                if found.get(key):
+                    desc[key] = found[key]
+        desc["hostname"] = self._cfg.hostname or desc.get("hostname")
+        desc["addr"] = self._cfg.advertise
+        if getattr(self._cfg, "agent_advertise", ""):
+            desc["agent_addr"] = self._cfg.agent_advertise
+        return desc
 
     def run(self):
         backoff = 0.1
@@ -56,7 +72,10 @@ class Session(Component):
                                           timeout=10, retry_for=2)
                 self.registered += 1
                 session_id = reply["session_id"]
+                self.session_id = session_id
                 period = float(reply["heartbeat_period"])
+                if self._on_registered is not None:
+                    self._on_registered(reply)
                 self._handle(reply)
                 backoff = 0.1
                 log.info("session %s registered (heartbeat every %.2fs)", session_id[:8], period)

@@ -8,7 +8,7 @@ import sys
 import click
 
 from .. import __version__
-from . import cluster, config, node
+from . import cluster, config, node, service
 from .context import Context
 
 
@@ -31,6 +31,8 @@ def cli(ctx, host, tls_dir, fmt):
 cli.add_command(node.node)
 cli.add_command(cluster.cluster)
 cli.add_command(config.config)
+cli.add_command(service.service)
+cli.add_command(service.task)
 
 
 def main(argv=None):

@@ -37,6 +37,9 @@ def node():
               help="API address other nodes use (default: the listen address).")
 @click.option("--raft-listen", metavar="HOST:PORT", help="Raft address (default: API port + 10000).")
 @click.option("--raft-advertise", metavar="HOST:PORT", help="Raft address other managers use.")
+@click.option("--agent-listen", metavar="HOST:PORT",
+              help="Agent listener, where managers push work (default: API port + 20000).")
+@click.option("--agent-advertise", metavar="HOST:PORT", help="Agent address managers use.")
 @click.option("--init", is_flag=True, help="Create a new cluster with this node as its first manager.")
 @click.option("--join", "join_addr", metavar="HOST:PORT", help="Join the cluster of this manager.")
 @click.option("--token", envvar="FLOTILLA_JOIN_TOKEN", help="Join token (worker or manager).")
@@ -44,8 +47,8 @@ def node():
 @click.option("--cert-expiry", callback=_duration, help="With --init: node certificate lifetime (e.g. 90d, 60s).")
 @click.option("--heartbeat-period", callback=_duration, help="With --init: agent heartbeat period (default 5s).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def run(data_dir, listen, advertise, raft_listen, raft_advertise, init, join_addr, token,
-        hostname, cert_expiry, heartbeat_period, log_level):
+def run(data_dir, listen, advertise, raft_listen, raft_advertise, agent_listen, agent_advertise,
+        init, join_addr, token, hostname, cert_expiry, heartbeat_period, log_level):
     """Run this node in the foreground (agent always; manager when its role is manager)."""
     from ..node import bootstrap
     from ..node.daemon import NodeDaemon
@@ -64,9 +67,13 @@ def run(data_dir, listen, advertise, raft_listen, raft_advertise, init, join_add
             if init or join_addr:
                 click.echo(f"{data_dir} already holds node {cfg.node_id} of cluster "
                            f"{cfg.cluster_id}: resuming it", err=True)
+            if not cfg.agent_listen:   # written by an older version: derive what is missing
+                cfg.fill_addresses(None, None, None, None, agent_listen, agent_advertise)
+                cfg.save()
         elif init or join_addr:
             cfg = NodeConfig(data_dir=data_dir, hostname=hostname or "")
-            cfg.fill_addresses(listen, advertise, raft_listen, raft_advertise)
+            cfg.fill_addresses(listen, advertise, raft_listen, raft_advertise, agent_listen,
+                               agent_advertise)
             if init:
                 bootstrap.init_cluster(cfg, cert_expiry=cert_expiry, heartbeat=heartbeat_period)
                 click.echo(f"Cluster {cfg.cluster_id} created. Admin bundle: {cfg.admin_dir}", err=True)

@@ -80,6 +80,8 @@ class NodeConfig:
     advertise: str = ""                            # manager API address others use
     raft_listen: str = ""
     raft_advertise: str = ""
+    agent_listen: str = ""
+    agent_advertise: str = ""
     role: str = "worker"                           # role of the certificate we hold
     managers: list[str] = dataclasses.field(default_factory=list)  # known API addresses
 
@@ -135,7 +137,8 @@ class NodeConfig:
         return bool(self.node_id) and os.path.exists(self.bundle_path)
 
     def fill_addresses(self, listen: str | None, advertise: str | None,
-                       raft_listen: str | None, raft_advertise: str | None) -> None:
+                       raft_listen: str | None, raft_advertise: str | None,
+                       agent_listen: str | None = None, agent_advertise: str | None = None) -> None:
         if listen:
             host, port = split_addr(listen)
             self.listen = join_addr(host, port)
@@ -159,6 +162,18 @@ class NodeConfig:
             ahost, _ = split_addr(self.advertise)
             _, rport = split_addr(self.raft_listen)
             self.raft_advertise = join_addr(ahost, rport)
+        if agent_listen:
+            ghost, gport = split_addr(agent_listen, default_port=None)
+            self.agent_listen = join_addr(ghost, gport)
+        elif not self.agent_listen:
+            self.agent_listen = derived(self.listen, AGENT_OFFSET)
+        if agent_advertise:
+            ghost, gport = split_addr(agent_advertise, default_port=None)
+            self.agent_advertise = join_addr(ghost, gport)
+        elif not self.agent_advertise:
+            ahost, _ = split_addr(self.advertise)
+            _, gport = split_addr(self.agent_listen)
+            self.agent_advertise = join_addr(ahost, gport)
 
 
 def _guess_address() -> str:

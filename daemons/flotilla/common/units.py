@@ -49,3 +49,33 @@ def format_duration(seconds: float) -> str:
             out.append(f"{s // size}{unit}")
             s %= size
     return "".join(out) or "0s"
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
+
+
+def parse_bytes(value) -> int:
+    """Bytes from a number or a string such as '64M', '512MB', '1.5G', '2GiB'
+    (binary multiples, as Docker uses for memory)."""
+    if isinstance(value, bool):
+        raise ValueError("not a size")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("size must not be negative")
+        return int(value)
+    if not isinstance(value, str):
+        raise ValueError("not a size")
+    m = _SIZE.match(value)
+    if not m:
+        raise ValueError(f"invalid size {value!r} (use e.g. 64M, 512MB, 1G)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def format_bytes(n: int) -> str:
+    n = int(n)
+    for unit, size in (("GB", 1024 ** 3), ("MB", 1024 ** 2), ("KB", 1024)):
+        if n >= size:
+            v = n / size
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{n} B"

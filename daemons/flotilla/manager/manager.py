@@ -37,6 +37,8 @@ class Manager:
         self.membership: Membership | None = None
         self.ca = CAServer(self.store, self.counters)
         self.dispatcher: Dispatcher | None = None
+        self.scheduler = None
+        self.orchestrator = None
         self._components = []
         self._leading = False
         self.leader_ready = threading.Event()
@@ -130,10 +132,17 @@ class Manager:
                 self._stop_components()
 
     def _start_components(self):
+        from .orchestrator.orchestrator import Orchestrator
+        from .orchestrator.taskreaper import TaskReaper
+        from .scheduler.scheduler import Scheduler, constraint_matcher
+
         log.info("became leader: starting leader components")
-        self.dispatcher = Dispatcher(self.store)
+        self.dispatcher = Dispatcher(self.store, (self.cfg.bundle_path, self.cfg.ca_path))
+        self.scheduler = Scheduler(self.store)
+        self.orchestrator = Orchestrator(self.store, constraint_matcher())
         self._components = [self.dispatcher,
-                            RoleManager(self.store, self.raft, self.membership)]
+                            RoleManager(self.store, self.raft, self.membership),
+                            self.orchestrator, self.scheduler, TaskReaper(self.store)]
         for c in self._components:
             c.start()
         self._leading = True
@@ -148,6 +157,8 @@ class Manager:
             c.stop()
         self._components = []
         self.dispatcher = None
+        self.scheduler = None
+        self.orchestrator = None
         self._leading = False
 
     def _bootstrap_if_needed(self):

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 
-from ..agent.session import Session
+from ..agent.agent import Agent
 from ..ca import certs
 from ..common.httpclient import Client
 from ..manager.server import die_with_parent
@@ -54,8 +54,8 @@ class NodeDaemon:
         self.client = Client(self._addresses(), cfg.bundle_path, cfg.ca_path, timeout=10,
                              retry_for=5)
         self.renewer = Renewer(cfg, self.client, on_renewed=self._on_renewed)
-        self.session = Session(cfg, self.client, on_update=self._on_update,
-                               on_removed=self._on_removed)
+        self.agent = Agent(cfg, self.client, on_update=self._on_update,
+                           on_removed=self._on_removed)
 
     # -- addresses and certificate --------------------------------------------------
     def _addresses(self):
@@ -166,14 +166,14 @@ class NodeDaemon:
         log.info("node %s (%s) of cluster %s starting; role %s", self.cfg.node_id,
                  self.cfg.hostname, self.cfg.cluster_id, self.cert().role)
         self.renewer.start()
-        self.session.start()
+        self.agent.start()
         try:
             while not self._stop.is_set():
                 self._reconcile()
                 self._wake.wait(0.2)
                 self._wake.clear()
         finally:
-            self.session.stop(timeout=2)
+            self.agent.stop()
             self.renewer.stop(timeout=2)
             self._stop_child()
             self.client.close()

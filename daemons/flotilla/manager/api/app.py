@@ -8,7 +8,7 @@ from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
 from ..store.store import CommitTimeout, NotLeader, StoreError, TxnFailed
-from . import cluster, common, configs, dispatcher, health, join, nodes, raft
+from . import cluster, common, configs, dispatcher, health, join, nodes, raft, services
 from .forward import Forwarder
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,8 @@ def create_app(manager, forwarder: Forwarder | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["flotilla.manager"] = manager
     app.extensions["flotilla.forwarder"] = forwarder or Forwarder(manager)
-    for bp in (health.bp, join.bp, cluster.bp, nodes.bp, configs.bp, dispatcher.bp, raft.bp):
+    for bp in (health.bp, join.bp, cluster.bp, nodes.bp, configs.bp, dispatcher.bp, raft.bp,
+               services.bp):
         app.register_blueprint(bp)
 
     @app.before_request

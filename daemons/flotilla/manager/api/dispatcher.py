@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Optional
 
 from flask import Blueprint
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from ...common import taskmodel
 from ..caserver import JoinRefused
 from ..dispatcher import SessionInvalid
 from .common import ApiError, Model, identity, json_response, manager, parse_body, policy
@@ -20,12 +21,45 @@ class Resources(Model):
     memory: int = Field(default=0, ge=0)
 
 
+class Engine(Model):
+    version: str = Field(default="", max_length=64)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
 class Register(Model):
     hostname: str = Field(default="", max_length=253)
     platform: Optional[Platform] = None
     resources: Optional[Resources] = None
+    engine: Optional[Engine] = None
     version: str = Field(default="", max_length=64)
     addr: Optional[str] = Field(default=None, max_length=300)
+    agent_addr: Optional[str] = Field(default=None, max_length=300)
+
+
+class TaskStatus(Model):
+    state: str = Field(max_length=16)
+    message: str = Field(default="", max_length=2000)
+    err: Optional[str] = Field(default=None, max_length=2000)
+    exit_code: Optional[int] = None
+    container_id: Optional[str] = Field(default=None, max_length=128)
+    timestamp: Optional[float] = None
+
+    @field_validator("state")
+    @classmethod
+    def _state(cls, v):
+        if v not in taskmodel.STATE_VALUES:
+            raise ValueError(f"unknown task state {v!r}")
+        return v
+
+
+class StatusUpdate(Model):
+    task_id: str = Field(max_length=64)
+    status: TaskStatus
+
+
+class StatusReport(Model):
+    session_id: str = Field(max_length=64)
+    updates: list[StatusUpdate] = Field(max_length=5000)
 
 
 class Heartbeat(Model):
@@ -52,8 +86,11 @@ def register():
         desc["platform"] = body.platform.model_dump()
     if body.resources is not None:
         desc["resources"] = body.resources.model_dump()
+    if body.engine is not None:
+        desc["engine"] = body.engine.model_dump()
     try:
-        return json_response(_dispatcher().register(identity().node_id, desc, body.addr))
+        return json_response(_dispatcher().register(identity().node_id, desc, body.addr,
+                                                    body.agent_addr))
     except SessionInvalid as exc:
         raise ApiError(401, "revoked", str(exc)) from None
 
@@ -66,6 +103,18 @@ def heartbeat():
         return json_response(_dispatcher().heartbeat(identity().node_id, body.session_id))
     except SessionInvalid as exc:
         raise ApiError(409, "session_invalid", str(exc)) from None
+
+
+@bp.post("/dispatcher/status")
+@policy("agent")
+def status():
+    body = parse_body(StatusReport)
+    updates = [{"task_id": u.task_id, "status": u.status.model_dump()} for u in body.updates]
+    try:
+        n = _dispatcher().update_status(identity().node_id, body.session_id, updates)
+    except SessionInvalid as exc:
+        raise ApiError(409, "session_invalid", str(exc)) from None
+    return json_response({"accepted": n})
 
 
 @bp.post("/ca/renew")

@@ -9,6 +9,7 @@ from typing import Literal, Optional
 from flask import Blueprint
 from pydantic import Field, field_validator
 
+from ...common import taskmodel
 from .. import objects
 from ..membership import QuorumError
 from ..store.store import Op
@@ -45,6 +46,24 @@ class NodeUpdate(Model):
     _labels = field_validator("labels", "labels_add")(validate_labels)
 
 
+def resources(node, m):
+    """Total, reserved by active tasks, and free CPU and memory."""
+    total = (node.get("description") or {}).get("resources") or {}
+    cpus = float(total.get("cpus") or 0)
+    memory = int(total.get("memory") or 0)
+    r_cpus, r_mem, count = 0.0, 0, 0
+    for t in m.store.by_index("task", "node_id", node["id"]):
+        if taskmodel.active(t):
+            res = t["spec"]["resources"]["reservations"]
+            r_cpus += float(res.get("cpus") or 0)
+            r_mem += int(res.get("memory") or 0)
+            count += 1
+    return {"total": {"cpus": cpus, "memory": memory},
+            "reserved": {"cpus": round(r_cpus, 6), "memory": r_mem},
+            "free": {"cpus": round(max(cpus - r_cpus, 0.0), 6), "memory": max(memory - r_mem, 0)},
+            "tasks": count}
+
+
 def view(node, m, reachable=None, leader_id=None):
     mgr = node.get("manager") or None
     out = {
@@ -59,6 +78,9 @@ def view(node, m, reachable=None, leader_id=None):
         "message": node["status"].get("message", ""),
         "leader": node["id"] == leader_id,
         "platform": (node.get("description") or {}).get("platform", {}),
+        "engine": (node.get("description") or {}).get("engine", {}),
+        "resources": resources(node, m),
+        "agent_addr": node.get("agent_addr"),
         "cert": node.get("cert"),
         "version": node.get("version"),
         "created_at": node.get("created_at"),

@@ -26,9 +26,12 @@ import msgpack
 
 from ..raft import codec
 
-KINDS = ("cluster", "node", "config")
+KINDS = ("cluster", "node", "config", "service", "task")
 # Fields that must be unique among live objects of a kind.
-UNIQUE = {"config": ("name",)}
+UNIQUE = {"config": ("name",), "service": ("name",)}
+# Fields with a secondary index (value -> ids), for lookups such as "the
+# tasks of this service" or "the tasks on this node".
+INDEXED = {"task": ("service_id", "node_id")}
 DEDUPE_LIMIT = 100_000
 
 
@@ -55,6 +58,8 @@ class StateMachine:
         self.index = 0
         self._unique: dict[tuple[str, str], dict] = {
             (k, f): {} for k, fields in UNIQUE.items() for f in fields}
+        self._indexes: dict[tuple[str, str], dict] = {
+            (k, f): {} for k, fields in INDEXED.items() for f in fields}
         self._dedupe: collections.OrderedDict = collections.OrderedDict()
         self.hub = hub
 
@@ -69,6 +74,12 @@ class StateMachine:
     def by_unique(self, kind, field, value):
         oid = self._unique.get((kind, field), {}).get(value)
         return self.objects[kind].get(oid) if oid is not None else None
+
+    def by_index(self, kind, field, value):
+        with self.lock:
+            ids = list(self._indexes[(kind, field)].get(value, ()))
+            objs = self.objects[kind]
+            return [objs[i] for i in ids if i in objs]
 
     # -- apply --------------------------------------------------------------------
     def apply(self, payload: bytes):
@@ -183,12 +194,24 @@ class StateMachine:
         for field in UNIQUE.get(kind, ()):
             if obj.get(field) is not None:
                 self._unique[(kind, field)][obj[field]] = obj["id"]
+        for field in INDEXED.get(kind, ()):
+            value = obj.get(field)
+            if value is not None:
+                self._indexes[(kind, field)].setdefault(value, set()).add(obj["id"])
 
     def _unindex(self, kind, obj):
         for field in UNIQUE.get(kind, ()):
             table = self._unique[(kind, field)]
             if table.get(obj.get(field)) == obj["id"]:
                 del table[obj[field]]
+        for field in INDEXED.get(kind, ()):
+            value = obj.get(field)
+            if value is not None:
+                ids = self._indexes[(kind, field)].get(value)
+                if ids is not None:
+                    ids.discard(obj["id"])
+                    if not ids:
+                        del self._indexes[(kind, field)][value]
 
     def _remember(self, rid, result):
         if rid is None:
@@ -252,6 +275,7 @@ class StateMachine:
             self.objects = objects
             self._dedupe = dedupe
             self._unique = {key: {} for key in self._unique}
+            self._indexes = {key: {} for key in self._indexes}
             for kind, objs in objects.items():
                 for obj in objs.values():
                     self._index(kind, obj)

@@ -123,6 +123,9 @@ class Store:
     def by_unique(self, kind, field, value):
         return self.sm.by_unique(kind, field, value)
 
+    def by_index(self, kind, field, value):
+        return self.sm.by_index(kind, field, value)
+
     @property
     def index(self):
         return self.sm.index
@@ -131,17 +134,17 @@ class Store:
         return self.hub.watch()
 
     # -- writes -------------------------------------------------------------------
-    def commit(self, ops, rid: str | None = None, timeout: float = 10.0) -> dict:
-        """Apply ``ops`` atomically; returns {"index", "objects"} or raises."""
-        raft = self.raft
-        if raft is None or not raft.is_leader:
-            raise NotLeader("this manager is not the leader")
+    def _submit(self, ops, rid):
         txn = {"rid": rid, "ts": time.time(), "ops": list(ops)}
         size = len(codec.pack(txn))
         if size > MAX_BYTES_PER_ENTRY:
             raise TxnFailed({"code": "invalid", "message": f"transaction too large ({size} bytes)"})
         pending = _Pending(txn, size)
         self._queue.put(pending)
+        return pending
+
+    @staticmethod
+    def _outcome(pending, timeout):
         if not pending.event.wait(timeout):
             raise CommitTimeout("no answer from the cluster in time; the write may or may not "
                                 "have been applied (retry with the same request id)")
@@ -151,6 +154,38 @@ class Store:
         if not result["ok"]:
             raise TxnFailed(result["error"])
         return result
+
+    def commit(self, ops, rid: str | None = None, timeout: float = 10.0) -> dict:
+        """Apply ``ops`` atomically; returns {"index", "objects"} or raises."""
+        raft = self.raft
+        if raft is None or not raft.is_leader:
+            raise NotLeader("this manager is not the leader")
+        return self._outcome(self._submit(ops, rid), timeout)
+
+    def commit_many(self, transactions, timeout: float = 10.0) -> list:
+        """Submit independent transactions together (they share Raft
+        entries) and wait for all. Returns, per transaction, its result or
+        the exception it failed with."""
+        raft = self.raft
+        if raft is None or not raft.is_leader:
+            raise NotLeader("this manager is not the leader")
+        pendings = []
+        for ops in transactions:
+            try:
+                pendings.append(self._submit(ops, None))
+            except StoreError as exc:
+                pendings.append(exc)
+        deadline = time.monotonic() + timeout
+        out = []
+        for p in pendings:
+            if isinstance(p, Exception):
+                out.append(p)
+                continue
+            try:
+                out.append(self._outcome(p, max(0.0, deadline - time.monotonic())))
+            except StoreError as exc:
+                out.append(exc)
+        return out
 
     def update(self, kind, oid, change, *, rid=None, version=None, attempts=10,
                extra_ops=None):

@@ -1,0 +1,52 @@
+"""The agent side of a node: session, task execution, status, listener.
+
+    session ── register ──► dispatcher (complete set of tasks) ──► assignment stream ──► worker
+            ── heartbeat ─►                 pushes to listener ──┘                       │
+    reporter ◄── status changes ─────────────────────────────────────────────────────────┘
+             ── batches ──► dispatcher
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from .assignments import AssignmentStream
+from .executor import DockerExecutor
+from .reporter import Reporter
+from .server import AgentServer
+from .session import Session
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, cfg, client, on_update, on_removed, docker_client=None):
+        self.cfg = cfg
+        self.executor = DockerExecutor(cfg.node_id, docker_client)
+        self.reporter = Reporter(client)
+        self.worker = Worker(cfg.node_id, os.path.join(cfg.data_dir, "agent"), self.executor,
+                             self.reporter.report)
+        self.stream = AssignmentStream(self.worker)
+        self.server = AgentServer(cfg, self.stream)
+        self.session = Session(cfg, client, on_update, on_removed,
+                               describe=self.executor.describe, on_registered=self._registered)
+
+    def _registered(self, reply):
+        self.stream.reset(reply["session_id"], reply.get("assignments") or {"tasks": []})
+        self.reporter.new_session(reply["session_id"], self.worker.statuses())
+
+    def start(self):
+        os.makedirs(os.path.join(self.cfg.data_dir, "agent"), mode=0o700, exist_ok=True)
+        self.worker.start()
+        self.reporter.start()
+        self.server.start()
+        self.session.start()
+
+    def stop(self):
+        self.session.stop(timeout=2)
+        self.server.stop(timeout=2)
+        self.reporter.flush()
+        self.reporter.stop(timeout=2)
+        self.worker.stop(timeout=5)

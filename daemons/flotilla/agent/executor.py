@@ -1,0 +1,280 @@
+"""Running tasks as Docker containers.
+
+The executor is the only part of the agent that talks to the Docker engine.
+It turns a task into a container (name, labels, entrypoint, mounts, limits,
+published ports, healthcheck...), and offers the few container operations a
+task controller needs. Every container it creates or lists carries the label
+``flotilla.node.id=<node id>``: several nodes may share one engine, and each
+only ever sees and touches its own containers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+
+import docker
+from docker import errors as docker_errors
+from docker.types import Healthcheck, Mount
+from docker.utils import parse_repository_tag
+
+from ..common import taskmodel
+
+log = logging.getLogger(__name__)
+
+PULL_TIMEOUT = 60.0
+# Container events that may change a task's observed state.
+WATCHED_EVENTS = ("start", "die", "oom", "kill", "stop", "destroy", "health_status")
+
+_NAME_INVALID = re.compile(r"[^a-zA-Z0-9_.-]")
+_ARCHES = {"x86_64": "amd64", "aarch64": "arm64"}
+
+APIError = docker_errors.APIError
+
+
+class ImageUnavailable(Exception):
+    """The task's image is not on this node and could not be pulled."""
+
+
+def container_name(task: dict, node_id: str) -> str:
+    """``<service name>.<slot or node id>.<task id>``, made a valid Docker name."""
+    slot = task.get("slot")
+    middle = str(slot) if slot is not None else node_id[:12]
+    name = f"{task.get('service_name') or 'task'}.{middle}.{task['id']}"
+    name = _NAME_INVALID.sub("-", name)
+    if not name[0].isalnum():
+        name = "t" + name
+    return name
+
+
+def _nanos(seconds) -> int | None:
+    return int(float(seconds) * 1e9) if seconds else None
+
+
+def _healthcheck(spec: dict | None):
+    if not spec or not spec.get("test"):
+        return None
+    return Healthcheck(test=list(spec["test"]),
+                       interval=_nanos(spec.get("interval")),
+                       timeout=_nanos(spec.get("timeout")),
+                       retries=int(spec["retries"]) if spec.get("retries") else None,
+                       start_period=_nanos(spec.get("start_period")))
+
+
+def _mounts(mounts: list[dict] | None) -> list[Mount]:
+    out = []
+    for m in mounts or ():
+        kind = m.get("type") or "volume"
+        source = m.get("source") or None
+        out.append(Mount(target=m["target"], source=source if kind != "tmpfs" else None,
+                         type=kind, read_only=bool(m.get("readonly"))))
+    return out
+
+
+def grace_seconds(task: dict | None) -> float:
+    if not task:
+        return taskmodel.DEFAULT_STOP_GRACE
+    grace = ((task.get("spec") or {}).get("container") or {}).get("stop_grace_period")
+    return float(grace) if grace is not None else taskmodel.DEFAULT_STOP_GRACE
+
+
+class DockerExecutor:
+    """Docker engine access for one node."""
+
+    def __init__(self, node_id: str, docker_client=None, pull: bool = True,
+                 pull_timeout: float = PULL_TIMEOUT, max_pool_size: int = 32):
+        self.node_id = node_id
+        self.pull = pull
+        self.pull_timeout = pull_timeout
+        self._client = docker_client
+        self._max_pool_size = max_pool_size
+        self._client_lock = threading.Lock()
+
+    # -- engine --------------------------------------------------------------------
+    @property
+    def client(self):
+        """The Docker client, created on first use (creating it asks the engine
+        for its API version)."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = docker.from_env(max_pool_size=self._max_pool_size)
+        return self._client
+
+    @property
+    def api(self):
+        return self.client.api
+
+    def describe(self) -> dict:
+        info = self.api.info()
+        labels = {}
+        for item in info.get("Labels") or ():
+            key, _, val = item.partition("=")
+            labels[key] = val
+        arch = (info.get("Architecture") or "").lower()
+        return {
+            "hostname": info.get("Name") or "",
+            "platform": {"os": (info.get("OSType") or "linux").lower(),
+                         "arch": _ARCHES.get(arch, arch)},
+            "resources": {"cpus": float(info.get("NCPU") or 0),
+                          "memory": int(info.get("MemTotal") or 0)},
+            "engine": {"version": info.get("ServerVersion") or "", "labels": labels},
+        }
+
+    # -- images --------------------------------------------------------------------
+    def image_present(self, image: str) -> bool:
+        try:
+            self.api.inspect_image(image)
+            return True
+        except docker_errors.ImageNotFound:
+            return False
+        except APIError as exc:
+            if exc.status_code == 404:
+                return False
+            raise
+
+    def ensure_image(self, image: str) -> None:
+        """Make sure ``image`` is present, pulling it if allowed.
+
+        Raises ImageUnavailable with a message naming the image."""
+        if self.image_present(image):
+            return
+        if not self.pull:
+            raise ImageUnavailable(f"image {image} is not present on this node "
+                                   "(pulling is disabled)")
+        repo, tag = parse_repository_tag(image)
+        if tag is None:
+            tag = "latest"
+        deadline = time.monotonic() + self.pull_timeout
+        try:
+            stream = self.api.pull(repo, tag=tag, stream=True, decode=True)
+            try:
+                for item in stream:
+                    if isinstance(item, dict) and item.get("error"):
+                        raise ImageUnavailable(f"pulling image {image} failed: {item['error']}")
+                    if time.monotonic() > deadline:
+                        raise ImageUnavailable(f"pulling image {image} timed out after "
+                                               f"{self.pull_timeout:g}s")
+            finally:
+                close = getattr(stream, "close", None)
+                if close:
+                    close()
+        except APIError as exc:
+            raise ImageUnavailable(f"pulling image {image} failed: "
+                                   f"{exc.explanation or exc}") from None
+        if not self.image_present(image):
+            raise ImageUnavailable(f"image {image} is not present after pulling it")
+
+    # -- containers ----------------------------------------------------------------
+    def _label_filter(self, task_id: str | None = None) -> list[str]:
+        flt = [f"{taskmodel.LABEL_NODE}={self.node_id}"]
+        if task_id is not None:
+            flt.append(f"{taskmodel.LABEL_TASK}={task_id}")
+        return flt
+
+    def list(self) -> list[dict]:
+        """Every container (running or not) of this node, as the engine's
+        container summaries."""
+        return self.api.containers(all=True, filters={"label": self._label_filter()})
+
+    def find(self, task_id: str) -> list[dict]:
+        """This node's containers for one task, newest first."""
+        found = self.api.containers(all=True, filters={"label": self._label_filter(task_id)})
+        return sorted(found, key=lambda c: c.get("Created", 0), reverse=True)
+
+    def labels(self, task: dict) -> dict:
+        c = task["spec"]["container"]
+        labels = {str(k): str(v) for k, v in (c.get("labels") or {}).items()}
+        slot = task.get("slot")
+        labels.update({
+            taskmodel.LABEL_NODE: self.node_id,
+            taskmodel.LABEL_TASK: task["id"],
+            taskmodel.LABEL_SERVICE: task.get("service_id") or "",
+            taskmodel.LABEL_SERVICE_NAME: task.get("service_name") or "",
+            taskmodel.LABEL_SLOT: str(slot) if slot is not None else "",
+        })
+        return labels
+
+    def create(self, task: dict) -> str:
+        """Create (not start) the task's container; returns its id."""
+        spec = task["spec"]
+        c = spec["container"]
+        limits = (spec.get("resources") or {}).get("limits") or {}
+        cpus = float(limits.get("cpus") or 0)
+        memory = int(limits.get("memory") or 0)
+        ports, bindings = [], {}
+        for p in task.get("ports") or ():
+            proto = (p.get("protocol") or "tcp").lower()
+            target = int(p["target"])
+            key = f"{target}/{proto}"
+            if (target, proto) not in ports:
+                ports.append((target, proto))
+            bindings.setdefault(key, []).append(p.get("published") or None)
+        host_config = self.api.create_host_config(
+            mounts=_mounts(c.get("mounts")) or None,
+            nano_cpus=int(cpus * 1e9) if cpus > 0 else None,
+            mem_limit=memory if memory > 0 else None,
+            port_bindings=bindings or None,
+            restart_policy={"Name": "no"},
+            init=c.get("init"),
+        )
+        grace = grace_seconds(task)
+        result = self.api.create_container(
+            image=c["image"],
+            name=container_name(task, self.node_id),
+            entrypoint=c.get("command"),
+            command=c.get("args"),
+            environment=list(c.get("env") or ()) or None,
+            working_dir=c.get("workdir") or None,
+            user=c.get("user") or None,
+            hostname=c.get("hostname") or None,
+            labels=self.labels(task),
+            ports=ports or None,
+            healthcheck=_healthcheck(c.get("healthcheck")),
+            stop_signal=c.get("stop_signal") or None,
+            stop_timeout=int(math.ceil(grace)),
+            detach=True,
+            host_config=host_config,
+        )
+        return result["Id"]
+
+    def start(self, container_id: str) -> None:
+        self.api.start(container_id)
+
+    def inspect(self, container_id: str) -> dict | None:
+        """The container's details, or None if it does not exist."""
+        try:
+            return self.api.inspect_container(container_id)
+        except docker_errors.NotFound:
+            return None
+
+    def stop(self, container_id: str, grace: float | None = None) -> None:
+        """Stop with the container's stop signal, then SIGKILL after
+        ``grace`` seconds (None: the container's own stop timeout)."""
+        try:
+            self.api.stop(container_id, timeout=None if grace is None else int(math.ceil(grace)))
+        except docker_errors.NotFound:
+            pass
+
+    def remove(self, container_id: str) -> None:
+        """Remove the container and its anonymous volumes (named volumes stay)."""
+        try:
+            self.api.remove_container(container_id, v=True, force=True)
+        except docker_errors.NotFound:
+            pass
+        except APIError as exc:
+            # "removal already in progress" is as good as done.
+            if exc.status_code != 409:
+                raise
+
+    def events(self):
+        """A blocking stream of this node's container events (decoded dicts);
+        ``close()`` it from another thread to stop reading."""
+        return self.api.events(decode=True, filters={
+            "type": ["container"],
+            "label": self._label_filter(),
+            "event": list(WATCHED_EVENTS),
+        })

@@ -1,0 +1,82 @@
+"""Batches task status changes and sends them to the dispatcher.
+
+The latest status per task is kept; a batch goes out every 100 ms (or at
+once when 200 are waiting). If the dispatcher does not know our session
+(a new leader), the statuses wait for the next registration; after each
+registration every known status is sent again, so a new leader learns the
+node's real state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..common.component import Component
+from ..common.httpclient import ApiError
+
+log = logging.getLogger(__name__)
+
+INTERVAL = 0.1
+BATCH = 200
+
+
+class Reporter(Component):
+    name = "status-reporter"
+
+    def __init__(self, client):
+        super().__init__()
+        self._client = client
+        self._lock = threading.Lock()
+        self._pending: dict[str, dict] = {}
+        self._kick = threading.Event()
+        self.session_id: str | None = None
+        self.sent = 0
+
+    def report(self, task_id: str, status: dict):
+        with self._lock:
+            self._pending[task_id] = dict(status)
+            full = len(self._pending) >= BATCH
+        if full:
+            self._kick.set()
+
+    def new_session(self, session_id: str, statuses: dict[str, dict]):
+        with self._lock:
+            self.session_id = session_id
+            for task_id, status in statuses.items():
+                self._pending.setdefault(task_id, dict(status))
+        self._kick.set()
+
+    def wake(self):
+        self._kick.set()
+
+    def run(self):
+        while not self.stopping.is_set():
+            self._kick.wait(INTERVAL)
+            self._kick.clear()
+            self.flush()
+
+    def flush(self):
+        with self._lock:
+            if not self._pending or self.session_id is None:
+                return
+            batch = dict(self._pending)
+            session_id = self.session_id
+        updates = [{"task_id": k, "status": v} for k, v in batch.items()]
+        try:
+            self._client.post("/v1/dispatcher/status",
+                              {"session_id": session_id, "updates": updates},
+                              timeout=10, retry_for=1)
+        except ApiError as exc:
+            if exc.code == "session_invalid":
+                with self._lock:
+                    if self.session_id == session_id:
+                        self.session_id = None
+            else:
+                log.info("status report failed (will retry): %s", exc)
+            return
+        with self._lock:
+            for task_id, status in batch.items():
+                if self._pending.get(task_id) == status:
+                    del self._pending[task_id]
+        self.sent += len(updates)

@@ -1,0 +1,103 @@
+"""The agent's HTTPS listener (mutual TLS): the leader pushes assignments here.
+
+Only a manager of this cluster may call it (client certificate with
+OU=manager and O=cluster id). Pushes must also name the agent's current
+session, which only the leader that registered it knows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Flask, request
+
+from ..ca import certs
+from ..common import tls
+from ..common.component import Component
+from ..common.tlsserver import TLSWSGIServer, bind_address
+from .assignments import Refused
+
+log = logging.getLogger(__name__)
+
+
+def _json(app, payload, status=200):
+    return app.response_class(json.dumps(payload) + "\n", status=status, mimetype="application/json")
+
+
+def _error(app, status, code, message):
+    return _json(app, {"error": {"code": code, "message": message}}, status)
+
+
+def create_agent_app(stream, node_id: str, cluster_id: str, counters=None) -> Flask:
+    app = Flask("flotilla.agent")
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+
+    @app.before_request
+    def _authorize():
+        sock = request.environ.get("werkzeug.socket")
+        ident = certs.identity_from_peercert(sock.getpeercert()) if sock is not None else None
+        if ident is None or ident.role != certs.ROLE_MANAGER or ident.cluster_id != cluster_id:
+            if counters is not None:
+                counters["forbidden"] = counters.get("forbidden", 0) + 1
+            return _error(app, 403, "forbidden", "only a manager of this cluster may call an agent")
+        return None
+
+    @app.post("/v1/assignments")
+    def assignments():
+        try:
+            msg = json.loads(request.get_data() or b"{}")
+        except ValueError:
+            return _error(app, 400, "invalid_json", "request body is not valid JSON")
+        if not isinstance(msg, dict):
+            return _error(app, 400, "invalid_json", "request body must be a JSON object")
+        try:
+            seq = stream.push(msg)
+        except Refused as exc:
+            return _error(app, 409, exc.code, str(exc))
+        return _json(app, {"seq": seq})
+
+    @app.get("/v1/health")
+    def health():
+        return _json(app, {"status": "ok", "node_id": node_id, "session_id": stream.session_id,
+                           "seq": stream.seq})
+
+    @app.errorhandler(404)
+    def _not_found(_exc):
+        return _error(app, 404, "not_found", "no such endpoint")
+
+    @app.errorhandler(405)
+    def _not_allowed(_exc):
+        return _error(app, 405, "method_not_allowed", "method not allowed")
+
+    return app
+
+
+class AgentServer(Component):
+    name = "agent-listener"
+
+    def __init__(self, cfg, stream):
+        super().__init__()
+        self._cfg = cfg
+        self._stream = stream
+        self._server = None
+        self.counters: dict[str, int] = {}
+        self._ctx = tls.ReloadingContext(
+            lambda: tls.server_context(cfg.bundle_path, cfg.ca_path, client_cert="required"),
+            [cfg.bundle_path, cfg.ca_path], check_interval=0.5)
+
+    def _refused(self, exc):
+        reason = tls.failure_reason(exc)
+        self.counters[f"tls.{reason}"] = self.counters.get(f"tls.{reason}", 0) + 1
+
+    def run(self):
+        host, port = bind_address(self._cfg.agent_listen)
+        app = create_agent_app(self._stream, self._cfg.node_id, self._cfg.cluster_id, self.counters)
+        self._server = TLSWSGIServer(host, port, app, self._ctx.get, on_refused=self._refused)
+        log.info("agent listening on %s", self._cfg.agent_listen)
+        self._server.serve_forever(poll_interval=0.5)
+
+    def wake(self):
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

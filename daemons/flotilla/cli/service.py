@@ -1,0 +1,324 @@
+"""``flotilla service`` and ``flotilla task``."""
+
+from __future__ import annotations
+
+import click
+
+from ..common.units import parse_bytes, parse_duration
+from .context import call
+from .fmt import format_option
+from .output import age, emit_json, table
+
+
+def _kv(values, what):
+    out = {}
+    for v in values:
+        key, sep, val = v.partition("=")
+        if not key or not sep:
+            raise click.BadParameter(f"{v!r} is not KEY=VALUE", param_hint=what)
+        out[key] = val
+    return out
+
+
+def parse_publish(value: str) -> dict:
+    """'8080:80', '8080:80/udp' or 'published=8080,target=80,protocol=tcp,mode=host'."""
+    if "=" in value:
+        fields = dict(part.partition("=")[::2] for part in value.split(","))
+        try:
+            port = {"published": int(fields.pop("published")), "target": int(fields.pop("target"))}
+        except (KeyError, ValueError):
+            raise click.BadParameter(f"{value!r} needs published=N,target=N", param_hint="--publish")
+        if "protocol" in fields:
+            port["protocol"] = fields.pop("protocol")
+        mode = fields.pop("mode", "host")
+        if mode != "host":
+            raise click.BadParameter("only host mode publishing is supported (mode=host)",
+                                     param_hint="--publish")
+        if fields:
+            raise click.BadParameter(f"unknown field {sorted(fields)[0]!r}", param_hint="--publish")
+        return port
+    spec, _, proto = value.partition("/")
+    published, sep, target = spec.partition(":")
+    try:
+        port = {"published": int(published), "target": int(target if sep else published)}
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not PUBLISHED:TARGET[/PROTOCOL]",
+                                 param_hint="--publish") from None
+    if proto:
+        port["protocol"] = proto
+    return port
+
+
+def parse_mount(value: str) -> dict:
+    """'type=bind,source=/a,target=/b,readonly' (Docker's --mount syntax)."""
+    mount = {}
+    for part in value.split(","):
+        key, sep, val = part.partition("=")
+        key = {"src": "source", "dst": "target", "destination": "target", "ro": "readonly"}.get(key, key)
+        if key == "readonly":
+            mount["readonly"] = (not sep) or val.lower() in ("1", "true", "yes")
+        elif key in ("type", "source", "target"):
+            mount[key] = val
+        else:
+            raise click.BadParameter(f"unknown mount option {key!r}", param_hint="--mount")
+    return mount
+
+
+def _dur(_c, _p, v):
+    if v is None:
+        return None
+    try:
+        return parse_duration(v)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _size(_c, _p, v):
+    if v is None:
+        return None
+    try:
+        return parse_bytes(v)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def build_spec(o: dict, image: str, command: tuple) -> dict:
+    container = {"image": image}
+    if command:
+        container["args"] = list(command)
+    if o["entrypoint"]:
+        container["command"] = o["entrypoint"].split()
+    if o["env"]:
+        container["env"] = list(o["env"])
+    if o["container_label"]:
+        container["labels"] = _kv(o["container_label"], "--container-label")
+    for key, opt in (("workdir", "workdir"), ("user", "user"), ("hostname", "hostname"),
+                     ("stop_signal", "stop_signal")):
+        if o[opt]:
+            container[key] = o[opt]
+    if o["stop_grace_period"] is not None:
+        container["stop_grace_period"] = o["stop_grace_period"]
+    if o["init"]:
+        container["init"] = True
+    if o["mount"]:
+        container["mounts"] = [parse_mount(m) for m in o["mount"]]
+    if o["no_healthcheck"]:
+        container["healthcheck"] = {"test": ["NONE"]}
+    elif o["health_cmd"]:
+        hc = {"test": ["CMD-SHELL", o["health_cmd"]]}
+        for key in ("interval", "timeout", "start_period"):
+            if o[f"health_{key}"] is not None:
+                hc[key] = o[f"health_{key}"]
+        if o["health_retries"] is not None:
+            hc["retries"] = o["health_retries"]
+        container["healthcheck"] = hc
+    task = {"container": container}
+    resources = {}
+    for kind, cpu, mem in (("limits", "limit_cpu", "limit_memory"),
+                           ("reservations", "reserve_cpu", "reserve_memory")):
+        part = {}
+        if o[cpu] is not None:
+            part["cpus"] = o[cpu]
+        if o[mem] is not None:
+            part["memory"] = o[mem]
+        if part:
+            resources[kind] = part
+    if resources:
+        task["resources"] = resources
+    restart = {}
+    for key in ("condition", "delay", "max_attempts", "window"):
+        if o[f"restart_{key}"] is not None:
+            restart[key] = o[f"restart_{key}"]
+    if restart:
+        task["restart"] = restart
+    placement = {}
+    if o["constraint"]:
+        placement["constraints"] = list(o["constraint"])
+    if o["placement_pref"]:
+        prefs = []
+        for p in o["placement_pref"]:
+            kind, _, what = p.partition("=")
+            if kind != "spread" or not what:
+                raise click.BadParameter(f"{p!r}: use spread=node.labels.KEY",
+                                         param_hint="--placement-pref")
+            prefs.append({"spread": what})
+        placement["preferences"] = prefs
+    if o["replicas_max_per_node"] is not None:
+        placement["max_replicas"] = o["replicas_max_per_node"]
+    if placement:
+        task["placement"] = placement
+    spec = {"name": o["name"], "mode": o["mode"], "task": task}
+    if o["replicas"] is not None:
+        spec["replicas"] = o["replicas"]
+    if o["label"]:
+        spec["labels"] = _kv(o["label"], "--label")
+    if o["publish"]:
+        spec["endpoint"] = {"ports": [parse_publish(p) for p in o["publish"]]}
+    return spec
+
+
+def service_options(fn):
+    opts = [
+        click.option("--name", required=True, help="Service name."),
+        click.option("--mode", type=click.Choice(["replicated", "global"]), default="replicated"),
+        click.option("--replicas", type=int, help="Number of tasks (replicated mode)."),
+        click.option("--env", "-e", multiple=True, metavar="KEY=VALUE"),
+        click.option("--label", "-l", multiple=True, metavar="KEY=VALUE", help="Service label."),
+        click.option("--container-label", multiple=True, metavar="KEY=VALUE"),
+        click.option("--mount", multiple=True, metavar="type=bind,source=/x,target=/y"),
+        click.option("--publish", "-p", multiple=True, metavar="PUBLISHED:TARGET[/udp]",
+                     help="Publish a port on the node running the task (host mode)."),
+        click.option("--constraint", multiple=True, metavar="EXPR", help="e.g. node.labels.disk==ssd"),
+        click.option("--placement-pref", multiple=True, metavar="spread=node.labels.KEY"),
+        click.option("--replicas-max-per-node", type=int),
+        click.option("--reserve-cpu", type=float), click.option("--reserve-memory", callback=_size),
+        click.option("--limit-cpu", type=float), click.option("--limit-memory", callback=_size),
+        click.option("--restart-condition", type=click.Choice(["none", "on-failure", "any"])),
+        click.option("--restart-delay", callback=_dur),
+        click.option("--restart-max-attempts", type=int),
+        click.option("--restart-window", callback=_dur),
+        click.option("--health-cmd"), click.option("--health-interval", callback=_dur),
+        click.option("--health-timeout", callback=_dur), click.option("--health-retries", type=int),
+        click.option("--health-start-period", callback=_dur),
+        click.option("--no-healthcheck", is_flag=True, help="Disable the image's HEALTHCHECK."),
+        click.option("--entrypoint"), click.option("--workdir", "-w"), click.option("--user", "-u"),
+        click.option("--hostname"), click.option("--stop-grace-period", callback=_dur),
+        click.option("--stop-signal"), click.option("--init", is_flag=True),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+@click.group()
+def service():
+    """Manage services."""
+
+
+@service.command("create", context_settings={"allow_interspersed_args": False})
+@service_options
+@format_option
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def create(ctx, image, command, **o):
+    """Create a service running IMAGE [COMMAND [ARG...]]."""
+    if o["mode"] == "global" and o["replicas"] is not None:
+        raise click.UsageError("--replicas cannot be used with --mode global")
+    res = call(ctx, "POST", "/v1/services", json=build_spec(o, image, command))
+    emit_json(res) if ctx.json else click.echo(res["id"])
+
+
+SERVICE_COLUMNS = [("ID", "id12"), ("NAME", "name"), ("MODE", "mode"), ("REPLICAS", "reps"),
+                   ("IMAGE", "image"), ("PORTS", "ports_col")]
+
+
+@service.command("ls")
+@format_option
+@click.option("-q", "--quiet", is_flag=True)
+@click.pass_obj
+def ls(ctx, quiet):
+    """List services."""
+    items = call(ctx, "GET", "/v1/services")
+    if quiet:
+        for s in items:
+            click.echo(s["id"])
+    elif ctx.json:
+        emit_json(items)
+    else:
+        rows = []
+        for s in items:
+            rows.append(dict(s, id12=s["id"][:12],
+                             reps=f"{s['replicas']['running']}/{s['replicas']['desired']}",
+                             ports_col=", ".join(f"*:{p['published']}->{p['target']}/{p['protocol']}"
+                                                 for p in s["ports"])))
+        table(rows, SERVICE_COLUMNS)
+
+
+@service.command("inspect")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_obj
+def inspect(ctx, refs):
+    """Show services as JSON."""
+    emit_json([call(ctx, "GET", f"/v1/services/{r}") for r in refs])
+
+
+TASK_COLUMNS = [("ID", "id12"), ("NAME", "name"), ("IMAGE", "image"), ("NODE", "node"),
+                ("DESIRED STATE", "desired_col"), ("CURRENT STATE", "current"), ("ERROR", "err"),
+                ("CONTAINER", "container")]
+
+
+def print_tasks(ctx, tasks, quiet=False):
+    if quiet:
+        for t in tasks:
+            click.echo(t["id"])
+    elif ctx.json:
+        emit_json(tasks)
+    else:
+        rows = []
+        for t in tasks:
+            name = t["service_name"] + (f".{t['slot']}" if t["slot"] is not None
+                                        else f".{(t['node_id'] or '')[:12]}")
+            err = t["error"] or (t["message"] if t["state"] == "pending" else "")
+            rows.append(dict(t, id12=t["id"][:12], name=name, desired_col=t["desired_state"].capitalize(),
+                             current=f"{t['state'].capitalize()} {age(t['timestamp'])}",
+                             err=(err or "")[:70], container=(t["container_id"] or "")[:12]))
+        table(rows, TASK_COLUMNS)
+
+
+@service.command("ps")
+@click.argument("ref")
+@format_option
+@click.option("-q", "--quiet", is_flag=True)
+@click.pass_obj
+def ps(ctx, ref, quiet):
+    """List a service's tasks: id, slot, node, desired and current state, error, container."""
+    print_tasks(ctx, call(ctx, "GET", f"/v1/services/{ref}/tasks"), quiet)
+
+
+@service.command("scale")
+@click.argument("pairs", nargs=-1, required=True, metavar="SERVICE=REPLICAS...")
+@click.pass_obj
+def scale(ctx, pairs):
+    """Set the number of replicas of services."""
+    for pair in pairs:
+        name, sep, n = pair.partition("=")
+        if not sep or not n.isdigit():
+            raise click.BadParameter(f"{pair!r} is not SERVICE=REPLICAS")
+        call(ctx, "PATCH", f"/v1/services/{name}", json={"replicas": int(n)})
+        click.echo(f"{name} scaled to {n}")
+
+
+@service.command("rm")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_obj
+def rm(ctx, refs):
+    """Remove services (their containers are stopped and removed)."""
+    for ref in refs:
+        click.echo(call(ctx, "DELETE", f"/v1/services/{ref}")["id"])
+
+
+@click.group()
+def task():
+    """Inspect tasks."""
+
+
+@task.command("ls")
+@click.option("--service", "service_ref", help="Only this service's tasks.")
+@click.option("--node", help="Only tasks on this node.")
+@click.option("--desired", help="Only tasks with this desired state (e.g. running).")
+@format_option
+@click.option("-q", "--quiet", is_flag=True)
+@click.pass_obj
+def task_ls(ctx, service_ref, node, desired, quiet):
+    """List tasks."""
+    params = {"service": service_ref, "node": node, "desired": desired}
+    print_tasks(ctx, call(ctx, "GET", "/v1/tasks", params=params), quiet)
+
+
+@task.command("inspect")
+@click.argument("task_id")
+@click.pass_obj
+def task_inspect(ctx, task_id):
+    """Show a task as JSON."""
+    emit_json(call(ctx, "GET", f"/v1/tasks/{task_id}"))

@@ -1,0 +1,220 @@
+"""Services and tasks: create, list, inspect, scale/update, remove, ps."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from flask import Blueprint, request
+from pydantic import Field
+
+from ...common import taskmodel
+from .. import specs
+from ..store.store import Op, new_id
+from .common import ApiError, Model, json_response, manager, parse_body, policy, request_id
+
+bp = Blueprint("services", __name__, url_prefix="/v1")
+
+
+class ServiceUpdate(Model):
+    replicas: Optional[int] = Field(default=None, ge=0, le=specs.MAX_REPLICAS)
+    spec: Optional[specs.ServiceSpec] = None
+    version: Optional[int] = None
+
+
+def service_view(s, counts=None):
+    counts = counts if counts is not None else _counts(s["id"])
+    return {
+        "id": s["id"],
+        "name": s["name"],
+        "mode": s["spec"]["mode"],
+        "replicas": {"desired": s["spec"]["replicas"] if s["spec"]["mode"] == "replicated"
+                     else counts["desired"], "running": counts["running"]},
+        "image": s["spec"]["task"]["container"]["image"],
+        "ports": s["spec"]["endpoint"]["ports"],
+        "spec": s["spec"],
+        "spec_version": s["spec_version"],
+        "version": s["version"],
+        "created_at": s["created_at"],
+        "updated_at": s["updated_at"],
+    }
+
+
+def _counts(service_id):
+    running = desired = 0
+    for t in manager().store.by_index("task", "service_id", service_id):
+        if t["desired_state"] == "running":
+            desired += 1
+            if t["status"]["state"] == "running":
+                running += 1
+    return {"running": running, "desired": desired}
+
+
+def task_view(t, nodes=None):
+    node = None
+    if t.get("node_id"):
+        node = (nodes or {}).get(t["node_id"]) if nodes is not None else \
+            manager().store.get("node", t["node_id"])
+    st = t["status"]
+    return {
+        "id": t["id"],
+        "service_id": t["service_id"],
+        "service_name": t["service_name"],
+        "slot": t["slot"],
+        "node_id": t["node_id"],
+        "node": node["hostname"] if node else None,
+        "desired_state": t["desired_state"],
+        "state": st["state"],
+        "message": st.get("message", ""),
+        "error": st.get("err"),
+        "exit_code": st.get("exit_code"),
+        "container_id": st.get("container_id"),
+        "timestamp": st.get("timestamp"),
+        "image": t["spec"]["container"]["image"],
+        "spec_version": t["spec_version"],
+        "created_at": t.get("created_at"),
+        "updated_at": t.get("updated_at"),
+    }
+
+
+def _get_service(ref):
+    store = manager().store
+    s = store.get("service", ref) or store.by_unique("service", "name", ref)
+    if s is None:
+        matches = [x for x in store.list("service") if x["id"].startswith(ref)] if len(ref) >= 4 else []
+        if len(matches) == 1:
+            return matches[0]
+        raise ApiError(404, "not_found", f"service {ref} not found")
+    return s
+
+
+def _check_ports(spec: dict, exclude: str | None = None):
+    """Two services may not publish the same host port: with host-mode
+    publishing they could never share a node."""
+    mine = {(p["published"], p["protocol"]) for p in spec["endpoint"]["ports"]}
+    if not mine:
+        return
+    for other in manager().store.list("service"):
+        if other["id"] == exclude:
+            continue
+        theirs = {(p["published"], p["protocol"]) for p in other["spec"]["endpoint"]["ports"]}
+        clash = mine & theirs
+        if clash:
+            port, proto = sorted(clash)[0]
+            raise ApiError(409, "port_in_use",
+                           f"port {port}/{proto} is already published by service {other['name']}",
+                           field="endpoint.ports")
+
+
+@bp.post("/services")
+@policy("control")
+def create_service():
+    spec = specs.canonical(parse_body(specs.ServiceSpec))
+    _check_ports(spec)
+    obj = {"id": new_id(), "name": spec["name"], "spec": spec, "spec_version": 1}
+    result = manager().store.commit([Op.create("service", obj)], rid=request_id())
+    return json_response(service_view(result["objects"][0]), 201)
+
+
+@bp.get("/services")
+@policy("control")
+def list_services():
+    items = sorted(manager().store.list("service"), key=lambda s: s["name"])
+    return json_response([service_view(s) for s in items])
+
+
+@bp.get("/services/<ref>")
+@policy("control")
+def inspect_service(ref):
+    return json_response(service_view(_get_service(ref)))
+
+
+@bp.patch("/services/<ref>")
+@policy("control")
+def update_service(ref):
+    body = parse_body(ServiceUpdate)
+    current = _get_service(ref)
+    if body.replicas is not None and current["spec"]["mode"] != "replicated":
+        raise ApiError(400, "invalid", "only replicated services can be scaled", field="replicas")
+    new_spec = specs.canonical(body.spec) if body.spec is not None else None
+    if new_spec is not None:
+        if new_spec["name"] != current["name"]:
+            raise ApiError(400, "invalid", "a service cannot be renamed", field="spec.name")
+        if new_spec["mode"] != current["spec"]["mode"]:
+            raise ApiError(400, "invalid", "a service's mode cannot change", field="spec.mode")
+        _check_ports(new_spec, exclude=current["id"])
+
+    def change(s):
+        spec = dict(new_spec if new_spec is not None else s["spec"])
+        if body.replicas is not None:
+            spec["replicas"] = body.replicas
+        if spec == s["spec"]:
+            return None
+        return dict(s, spec=spec, spec_version=s["spec_version"] + 1)
+
+    s = manager().store.update("service", current["id"], change, rid=request_id(),
+                               version=body.version)
+    return json_response(service_view(s))
+
+
+@bp.delete("/services/<ref>")
+@policy("control")
+def remove_service(ref):
+    s = _get_service(ref)
+    manager().store.commit([Op.delete("service", s["id"])], rid=request_id())
+    return json_response({"id": s["id"], "removed": True})
+
+
+@bp.get("/services/<ref>/tasks")
+@policy("control")
+def service_tasks(ref):
+    s = _get_service(ref)
+    tasks = manager().store.by_index("task", "service_id", s["id"])
+    return json_response(_task_list(tasks))
+
+
+def _task_list(tasks):
+    nodes = {n["id"]: n for n in manager().store.list("node")}
+    tasks = sorted(tasks, key=lambda t: (t["service_name"], t["slot"] or 0,
+                                         nodes.get(t["node_id"], {}).get("hostname") or "",
+                                         -(t.get("created_at") or 0)))
+    return [task_view(t, nodes) for t in tasks]
+
+
+@bp.get("/tasks")
+@policy("control")
+def list_tasks():
+    store = manager().store
+    service = request.args.get("service")
+    node = request.args.get("node")
+    if service:
+        tasks = store.by_index("task", "service_id", _get_service(service)["id"])
+    elif node:
+        from .nodes import _get as get_node
+        tasks = store.by_index("task", "node_id", get_node(node)["id"])
+    else:
+        tasks = store.list("task")
+    if node and service:
+        from .nodes import _get as get_node
+        node_id = get_node(node)["id"]
+        tasks = [t for t in tasks if t["node_id"] == node_id]
+    state = request.args.get("desired")
+    if state:
+        if state not in taskmodel.STATE_VALUES:
+            raise ApiError(400, "invalid", f"unknown state {state!r}", field="desired")
+        tasks = [t for t in tasks if t["desired_state"] == state]
+    return json_response(_task_list(tasks))
+
+
+@bp.get("/tasks/<task_id>")
+@policy("control")
+def inspect_task(task_id):
+    t = manager().store.get("task", task_id)
+    if t is None:
+        matches = [x for x in manager().store.list("task") if x["id"].startswith(task_id)]
+        if len(matches) != 1 or len(task_id) < 4:
+            raise ApiError(404, "not_found", f"task {task_id} not found")
+        t = matches[0]
+    view = task_view(t)
+    view["spec"] = t["spec"]
+    view["ports"] = t["ports"]
+    return json_response(view)

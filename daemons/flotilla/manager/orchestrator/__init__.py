@@ -1,0 +1,1 @@
+"""Leader-only orchestration: keep each service's tasks as its spec says."""

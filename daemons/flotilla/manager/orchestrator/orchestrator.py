@@ -1,0 +1,150 @@
+"""The orchestrator component (leader only).
+
+Watches the store; when a service, one of its tasks (created, deleted, ended,
+moved) or a node changes, the affected services are reconciled — replicated
+or global — and the resulting task creations and updates are committed, one
+transaction per service (compare-and-set on every task it touches; a
+conflict simply reconciles that service again). It also raises restarted
+tasks to ``running`` when their restart delay is over, and marks the tasks
+of removed services for removal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ...common import taskmodel
+from ...common.component import Component
+from ..store.store import Op, StoreError
+from . import globalsvc, replicated
+from .restart import RestartSupervisor
+from . import tasks as T
+
+log = logging.getLogger(__name__)
+
+FULL_PASS = 10.0
+
+
+class Orchestrator(Component):
+    name = "orchestrator"
+
+    def __init__(self, store, constraint_matcher):
+        super().__init__()
+        self._store = store
+        self._matches = constraint_matcher      # (constraints, node) -> bool
+        self.restarts = RestartSupervisor(store)
+        self.passes = 0
+
+    def run(self):
+        watcher = self._store.watch()
+        self.restarts.resume(self._store.list("task"))
+        dirty = {s["id"] for s in self._store.list("service")}
+        last_full = time.monotonic()
+        while not self.stopping.is_set():
+            try:
+                self._start_due()
+                if dirty:
+                    dirty = self._reconcile(dirty)
+            except StoreError as exc:
+                log.info("orchestration postponed: %s", exc)
+                dirty = {s["id"] for s in self._store.list("service")}
+                if self.sleep(0.2):
+                    return
+            wait = 1.0
+            nxt = self.restarts.next_due()
+            if nxt is not None:
+                wait = max(0.01, min(wait, nxt - time.time()))
+            events = watcher.next(timeout=wait)
+            for e in events:
+                dirty |= self._affected(e)
+            if time.monotonic() - last_full > FULL_PASS:
+                dirty |= {s["id"] for s in self._store.list("service")}
+                last_full = time.monotonic()
+
+    # -- what an event touches ---------------------------------------------------------
+    def _affected(self, e) -> set[str]:
+        if e.action == "reset":
+            return {s["id"] for s in self._store.list("service")}
+        if e.kind == "service":
+            if e.action == "delete":
+                self._remove_service_tasks(e.id)
+                return set()
+            return {e.id}
+        if e.kind == "task":
+            old, new = e.old, e.object
+            t = new or old
+            if old is None or new is None:
+                return {t["service_id"]}
+            if (old["desired_state"] != new["desired_state"] or old["node_id"] != new["node_id"]
+                    or T.finished(old) != T.finished(new)):
+                return {t["service_id"]}
+            return set()
+        if e.kind == "node":
+            old, new = e.old, e.object
+            if old is not None and new is not None and (
+                    old["status"]["state"] == new["status"]["state"]
+                    and old["spec"] == new["spec"] and old.get("role") == new.get("role")):
+                return set()
+            node_id = e.id
+            out = {t["service_id"] for t in self._store.by_index("task", "node_id", node_id)
+                   if taskmodel.runnable(t)}
+            out |= {s["id"] for s in self._store.list("service") if s["spec"]["mode"] == "global"}
+            return out
+        return set()
+
+    # -- reconciliation ------------------------------------------------------------------
+    def _reconcile(self, service_ids) -> set[str]:
+        """Reconcile these services; returns those to try again."""
+        nodes = {n["id"]: n for n in self._store.list("node")}
+        txns, sids = [], []
+        for sid in service_ids:
+            service = self._store.get("service", sid)
+            if service is None:
+                continue
+            tasks = self._store.by_index("task", "service_id", sid)
+            if service["spec"]["mode"] == "global":
+                constraints = service["spec"]["task"]["placement"]["constraints"]
+                changes = globalsvc.reconcile(service, tasks, nodes, self.restarts,
+                                              lambda node, c=constraints: self._matches(c, node))
+            else:
+                changes = replicated.reconcile(service, tasks, nodes, self.restarts)
+            if changes:
+                txns.append(self._ops(changes))
+                sids.append(sid)
+        self.passes += 1
+        if not txns:
+            return set()
+        retry = set()
+        for sid, result in zip(sids, self._store.commit_many(txns)):
+            if isinstance(result, Exception):
+                log.debug("reconciling service %s again: %s", sid, result)
+                retry.add(sid)
+        return retry
+
+    @staticmethod
+    def _ops(changes):
+        ops = []
+        for action, obj in changes:
+            if action == "create":
+                ops.append(Op.create("task", obj))
+            else:
+                ops.append(Op.update("task", obj, version=obj["version"]))
+        return ops
+
+    def _start_due(self):
+        txns = []
+        for task_id in self.restarts.due():
+            task = self._store.get("task", task_id)
+            if task is not None and task["desired_state"] == "ready":
+                txns.append([Op.update("task", T.with_desired(task, "running"),
+                                       version=task["version"])])
+        if txns:
+            self._store.commit_many(txns)
+
+    def _remove_service_tasks(self, service_id):
+        txns = [[Op.update("task", T.with_desired(t, "remove"), version=t["version"])]
+                for t in self._store.by_index("task", "service_id", service_id)
+                if t["desired_state"] != "remove"]
+        if txns:
+            self._store.commit_many(txns)

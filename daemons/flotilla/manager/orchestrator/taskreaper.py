@@ -1,0 +1,80 @@
+"""The task reaper (leader only): deletes task history nobody needs.
+
+- Per slot (replicated) or node (global), at most ``task_history_limit``
+  finished tasks are kept (cluster setting, default 5; negative keeps all);
+  older ones are deleted.
+- Tasks with desired state ``remove`` (scaled away, service removed) are
+  deleted once they have stopped, were never assigned, or their node is
+  gone or down.
+- Tasks whose service no longer exists are set to desired ``remove``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+from ...common import taskmodel
+from ...common.component import Component
+from .. import objects
+from ..store.store import Op, StoreError
+from . import tasks as T
+
+log = logging.getLogger(__name__)
+
+INTERVAL = 0.5
+MAX_DELETES_PER_PASS = 2000
+
+
+class TaskReaper(Component):
+    name = "task-reaper"
+
+    def __init__(self, store):
+        super().__init__()
+        self._store = store
+        self.deleted = 0
+
+    def run(self):
+        while not self.sleep(INTERVAL):
+            try:
+                self.reap()
+            except StoreError as exc:
+                log.info("reaping postponed: %s", exc)
+
+    def reap(self):
+        cluster = objects.cluster(self._store)
+        limit = objects.DEFAULT_TASK_HISTORY
+        if cluster is not None:
+            limit = cluster["spec"]["orchestration"]["task_history_limit"]
+        nodes = {n["id"]: n for n in self._store.list("node")}
+        services = {s["id"] for s in self._store.list("service")}
+        deletes, orphans = [], []
+        history = collections.defaultdict(list)
+        for t in self._store.list("task"):
+            if t["service_id"] not in services and t["desired_state"] != "remove":
+                orphans.append(t)
+                continue
+            if t["desired_state"] == "remove":
+                node = nodes.get(t["node_id"]) if t["node_id"] else None
+                if (T.finished(t) or taskmodel.before(t["status"]["state"], "assigned")
+                        or not t["node_id"] or T.node_unusable(node) in ("node removed", "node down")):
+                    deletes.append(t)
+                continue
+            if taskmodel.runnable(t):
+                continue
+            key = (t["service_id"], t["slot"] if t["slot"] is not None else t["node_id"])
+            history[key].append(t)
+        if limit >= 0:
+            for ts in history.values():
+                done = [t for t in ts if T.finished(t)
+                        or taskmodel.before(t["status"]["state"], "assigned")]
+                if len(done) > limit:
+                    done.sort(key=lambda t: (t.get("created_at") or 0, t["id"]))
+                    deletes.extend(done[:len(done) - limit])
+        txns = [[Op.delete("task", t["id"], version=t["version"])]
+                for t in deletes[:MAX_DELETES_PER_PASS]]
+        txns += [[Op.update("task", T.with_desired(t, "remove"), version=t["version"])]
+                 for t in orphans[:MAX_DELETES_PER_PASS]]
+        if txns:
+            results = self._store.commit_many(txns)
+            self.deleted += sum(1 for r, _ in zip(results, deletes) if not isinstance(r, Exception))

@@ -1,0 +1,56 @@
+"""Building tasks from services, and small predicates over tasks and nodes."""
+
+from __future__ import annotations
+
+import time
+
+from ...common import taskmodel
+from ..specs import task_ports
+from ..store.store import new_id
+
+
+def new_task(service: dict, *, slot: int | None = None, node_id: str | None = None,
+             desired: str = "running", now: float | None = None) -> dict:
+    spec = service["spec"]
+    return {
+        "id": new_id(),
+        "service_id": service["id"],
+        "service_name": service["name"],
+        "slot": slot,
+        "node_id": node_id,
+        "spec": spec["task"],
+        "spec_version": service["spec_version"],
+        "ports": task_ports(spec),
+        "desired_state": desired,
+        "status": status("pending", "pending task scheduling", now=now),
+    }
+
+
+def status(state: str, message: str = "", *, err: str | None = None, exit_code=None,
+           container_id=None, now: float | None = None) -> dict:
+    return {"state": state, "message": message, "err": err, "exit_code": exit_code,
+            "container_id": container_id, "timestamp": now if now is not None else time.time()}
+
+
+def with_desired(task: dict, desired: str) -> dict:
+    return dict(task, desired_state=desired)
+
+
+def is_dirty(task: dict, service: dict) -> bool:
+    """The task runs an older spec than the service's (replicas do not count)."""
+    return task["spec"] != service["spec"]["task"] or task["ports"] != task_ports(service["spec"])
+
+
+def node_unusable(node: dict | None) -> str | None:
+    """Why tasks on this node must move elsewhere, or None."""
+    if node is None:
+        return "node removed"
+    if node["status"]["state"] == "down":
+        return "node down"
+    if node["spec"]["availability"] == "drain":
+        return "node drained"
+    return None
+
+
+def finished(task: dict) -> bool:
+    return taskmodel.finished(task["status"]["state"])

@@ -1,0 +1,162 @@
+"""The scheduler component (leader only).
+
+Keeps a ``SchedulerCore`` in step with the store (nodes, and every task's
+node and reservations) and places pending tasks: a task in state ``pending``
+whose desired state is ``ready`` or ``running``. Changes are gathered for a
+short moment (20 ms, at most 200 ms) so that many placements are decided
+together, and the decisions are committed as independent transactions that
+share Raft entries: a task changed meanwhile fails its own compare-and-set
+alone and is placed again. A task that fits nowhere stays pending with the
+explanation in its status message, and is retried whenever nodes or tasks
+change (and every second).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ...common.component import Component
+from ..orchestrator import tasks as T
+from ..store.store import Op, StoreError
+from .core import SchedulerCore
+
+log = logging.getLogger(__name__)
+
+DEBOUNCE = 0.02
+MAX_LATENCY = 0.2
+RETRY = 1.0
+
+
+def needs_scheduling(task: dict | None) -> bool:
+    return (task is not None and task["status"]["state"] == "pending"
+            and task["desired_state"] in ("ready", "running"))
+
+
+class Scheduler(Component):
+    name = "scheduler"
+
+    def __init__(self, store):
+        super().__init__()
+        self._store = store
+        self.core = SchedulerCore()
+        self._pending: dict[str, dict] = {}
+        self.placed = 0
+        self.latencies: list[float] = []     # seconds from creation to assignment (recent)
+
+    def _load(self):
+        self.core = SchedulerCore()
+        self._pending = {}
+        for node in self._store.list("node"):
+            self.core.set_node(node)
+        for task in self._store.list("task"):
+            self._track(task)
+
+    def _track(self, task):
+        if needs_scheduling(task):
+            self._pending[task["id"]] = task
+            self.core.forget_task(task["id"])
+        else:
+            self._pending.pop(task["id"], None)
+            self.core.track_task(task)
+
+    def _apply(self, events) -> bool:
+        changed = False
+        for e in events:
+            if e.action == "reset":
+                self._load()
+                return True
+            if e.kind == "node":
+                if e.object is None:
+                    self.core.remove_node(e.id)
+                else:
+                    self.core.set_node(e.object)
+                changed = True
+            elif e.kind == "task":
+                new, old = e.object, e.old
+                if new is None:
+                    self._pending.pop(e.id, None)
+                    self.core.forget_task(e.id)
+                else:
+                    if (new["status"]["state"] in ("failed", "rejected") and new.get("node_id")
+                            and (old is None or old["status"]["state"] != new["status"]["state"])):
+                        self.core.note_failure(new)
+                    self._track(new)
+                changed = True
+        return changed
+
+    def run(self):
+        watcher = self._store.watch()
+        self._load()
+        last_tick = 0.0
+        while not self.stopping.is_set():
+            events = watcher.next(timeout=RETRY)
+            changed = self._apply(events)
+            if changed:
+                start = time.monotonic()
+                while time.monotonic() - start < MAX_LATENCY:
+                    more = watcher.next(timeout=DEBOUNCE)
+                    if not more:
+                        break
+                    self._apply(more)
+            if self._pending and (changed or time.monotonic() - last_tick >= RETRY):
+                try:
+                    self.tick()
+                except StoreError as exc:
+                    log.info("scheduling postponed: %s", exc)
+                last_tick = time.monotonic()
+
+    def tick(self):
+        pending = list(self._pending.values())
+        decisions = self.core.schedule(pending)
+        txns, kinds = [], []
+        now = time.time()
+        for task_id, node_id in decisions.assigned:
+            task = self._pending.get(task_id)
+            if task is None:
+                self.core.forget_task(task_id)
+                continue
+            new = dict(task, node_id=node_id,
+                       status=T.status("assigned", "scheduled", now=now))
+            txns.append([Op.update("task", new, version=task["version"])])
+            kinds.append(("assign", task))
+        for task_id, why in decisions.unschedulable.items():
+            task = self._pending.get(task_id)
+            if task is None or task["status"].get("message") == why:
+                continue
+            new = dict(task, status=dict(task["status"], message=why, timestamp=now))
+            txns.append([Op.update("task", new, version=task["version"])])
+            kinds.append(("explain", task))
+        if not txns:
+            return
+        results = self._store.commit_many(txns)
+        for (kind, task), result in zip(kinds, results):
+            if kind != "assign":
+                continue
+            if isinstance(result, Exception):
+                self.core.forget_task(task["id"])       # release the reservation
+            else:
+                self.placed += 1
+                self._pending.pop(task["id"], None)
+                created = task.get("created_at")
+                if created:
+                    self.latencies.append(now - created)
+                    if len(self.latencies) > 10000:
+                        del self.latencies[:5000]
+
+
+def constraint_matcher():
+    """(constraints, node) -> bool, for the global orchestrator."""
+    from .constraint import parse_constraints
+
+    cache: dict[tuple, object] = {}
+
+    def matches(constraints, node):
+        key = tuple(constraints)
+        parsed = cache.get(key)
+        if parsed is None:
+            parsed = cache[key] = parse_constraints(list(constraints))
+        return all(c.matches(node) for c in parsed)
+
+    return matches
+

@@ -1,0 +1,262 @@
+"""Service specifications: validation and the canonical stored form.
+
+A spec arrives as JSON (from the CLI or any client), is validated here with
+unknown keys refused, and is stored in canonical form: durations in seconds,
+sizes in bytes, every field present. The task part is copied into each task
+(see ``flotilla.common.taskmodel``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, Optional, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from ..common.units import parse_bytes, parse_duration
+from .api.common import Model
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
+MAX_REPLICAS = 10000
+
+Duration = Union[str, float]
+Size = Union[str, int]
+
+
+def _seconds(value, lo=0.0, hi=365 * 86400, what="duration"):
+    seconds = parse_duration(value)
+    if seconds < lo or seconds > hi:
+        raise ValueError(f"{what} must be between {lo:g}s and {hi:g}s")
+    return seconds
+
+
+def _labels(labels):
+    if len(labels) > 64:
+        raise ValueError("at most 64 labels")
+    for k, v in labels.items():
+        if not LABEL_KEY.match(k):
+            raise ValueError(f"invalid label key {k[:40]!r}")
+        if len(v) > 1024:
+            raise ValueError(f"label {k} is longer than 1024 characters")
+    return labels
+
+
+class Mount(Model):
+    type: Literal["bind", "volume", "tmpfs"] = "volume"
+    source: str = Field(default="", max_length=4096)
+    target: str = Field(max_length=4096)
+    readonly: bool = False
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.target.startswith("/"):
+            raise ValueError("mount target must be an absolute path")
+        if self.type == "bind" and not self.source.startswith("/"):
+            raise ValueError("bind mount source must be an absolute path")
+        if self.type == "volume" and self.source and not NAME.match(self.source):
+            raise ValueError("volume name must be letters, digits, '_', '.', '-'")
+        if self.type == "tmpfs" and self.source:
+            raise ValueError("tmpfs mounts take no source")
+        return self
+
+
+class Healthcheck(Model):
+    test: list[str] = Field(min_length=1, max_length=64)
+    interval: Duration = 30.0
+    timeout: Duration = 30.0
+    retries: int = Field(default=3, ge=0, le=100)
+    start_period: Duration = 0.0
+
+    @field_validator("test")
+    @classmethod
+    def _test(cls, v):
+        if v[0] not in ("CMD", "CMD-SHELL", "NONE"):
+            raise ValueError("test must start with CMD, CMD-SHELL or NONE")
+        if v[0] != "NONE" and len(v) < 2:
+            raise ValueError("test needs a command after " + v[0])
+        return v
+
+    @field_validator("interval", "timeout")
+    @classmethod
+    def _period(cls, v):
+        return _seconds(v, 0.001, 86400)
+
+    @field_validator("start_period")
+    @classmethod
+    def _start(cls, v):
+        return _seconds(v, 0, 86400)
+
+
+class ContainerSpec(Model):
+    image: str = Field(min_length=1, max_length=512)
+    command: Optional[list[str]] = Field(default=None, max_length=256)
+    args: Optional[list[str]] = Field(default=None, max_length=4096)
+    env: list[str] = Field(default_factory=list, max_length=1024)
+    labels: dict[str, str] = Field(default_factory=dict)
+    workdir: Optional[str] = Field(default=None, max_length=4096)
+    user: Optional[str] = Field(default=None, max_length=256)
+    hostname: Optional[str] = Field(default=None, max_length=253)
+    mounts: list[Mount] = Field(default_factory=list, max_length=64)
+    healthcheck: Optional[Healthcheck] = None
+    stop_grace_period: Duration = 10.0
+    stop_signal: Optional[str] = Field(default=None, max_length=16)
+    init: Optional[bool] = None
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v):
+        if any(c.isspace() for c in v):
+            raise ValueError("image reference must not contain spaces")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v):
+        for item in v:
+            key, sep, _ = item.partition("=")
+            if not sep or not ENV_KEY.match(key):
+                raise ValueError(f"environment entry {item[:40]!r} is not KEY=VALUE")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v):
+        return _labels(v)
+
+    @field_validator("stop_grace_period")
+    @classmethod
+    def _grace(cls, v):
+        return _seconds(v, 0, 3600, "stop grace period")
+
+
+class ResourceSet(Model):
+    cpus: float = Field(default=0.0, ge=0, le=1024)
+    memory: Size = 0
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v):
+        n = parse_bytes(v)
+        if n and n < 4 * 1024 * 1024:
+            raise ValueError("memory must be at least 4 MB (or 0 for none)")
+        return n
+
+
+class Resources(Model):
+    limits: ResourceSet = Field(default_factory=ResourceSet)
+    reservations: ResourceSet = Field(default_factory=ResourceSet)
+
+
+class RestartPolicy(Model):
+    condition: Literal["none", "on-failure", "any"] = "any"
+    delay: Duration = 5.0
+    max_attempts: int = Field(default=0, ge=0, le=1_000_000)
+    window: Duration = 0.0
+
+    @field_validator("delay", "window")
+    @classmethod
+    def _dur(cls, v):
+        return _seconds(v, 0, 86400)
+
+
+class Preference(Model):
+    spread: str = Field(max_length=256)
+
+    @field_validator("spread")
+    @classmethod
+    def _spread(cls, v):
+        if not (v.startswith("node.labels.") or v.startswith("engine.labels.")) or v.endswith("."):
+            raise ValueError("spread takes node.labels.<key> or engine.labels.<key>")
+        return v
+
+
+class Placement(Model):
+    constraints: list[str] = Field(default_factory=list, max_length=64)
+    preferences: list[Preference] = Field(default_factory=list, max_length=8)
+    max_replicas: int = Field(default=0, ge=0, le=MAX_REPLICAS)
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, v):
+        from .scheduler.constraint import parse_constraints
+        parse_constraints(v)  # raises ValueError naming the bad expression
+        return v
+
+
+class TaskSpec(Model):
+    container: ContainerSpec
+    resources: Resources = Field(default_factory=Resources)
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    placement: Placement = Field(default_factory=Placement)
+
+    @model_validator(mode="after")
+    def _check(self):
+        lim, res = self.resources.limits, self.resources.reservations
+        if lim.memory and res.memory and res.memory > lim.memory:
+            raise ValueError("memory reservation is larger than the memory limit")
+        if lim.cpus and res.cpus and res.cpus > lim.cpus:
+            raise ValueError("CPU reservation is larger than the CPU limit")
+        return self
+
+
+class Port(Model):
+    target: int = Field(ge=1, le=65535)
+    published: int = Field(ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "tcp"
+    mode: Literal["host"] = "host"
+
+
+class Endpoint(Model):
+    ports: list[Port] = Field(default_factory=list, max_length=128)
+
+    @field_validator("ports")
+    @classmethod
+    def _unique(cls, v):
+        seen = set()
+        for p in v:
+            key = (p.published, p.protocol)
+            if key in seen:
+                raise ValueError(f"published port {p.published}/{p.protocol} listed twice")
+            seen.add(key)
+        return v
+
+
+class ServiceSpec(Model):
+    name: str = Field(max_length=63)
+    labels: dict[str, str] = Field(default_factory=dict)
+    mode: Literal["replicated", "global"] = "replicated"
+    replicas: Optional[int] = Field(default=None, ge=0, le=MAX_REPLICAS)
+    task: TaskSpec
+    endpoint: Endpoint = Field(default_factory=Endpoint)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not NAME.match(v):
+            raise ValueError("must be 1-63 characters: letters, digits, '_', '.', '-'")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v):
+        return _labels(v)
+
+    @model_validator(mode="after")
+    def _mode(self):
+        if self.mode == "global" and self.replicas is not None:
+            raise ValueError("replicas cannot be set for a global service")
+        if self.mode == "replicated" and self.replicas is None:
+            self.replicas = 1
+        return self
+
+
+def canonical(spec: ServiceSpec) -> dict:
+    """The stored form: plain data, every field present."""
+    return spec.model_dump(mode="json")
+
+
+def task_ports(service_spec: dict) -> list[dict]:
+    return [{"target": p["target"], "published": p["published"], "protocol": p["protocol"]}
+            for p in service_spec.get("endpoint", {}).get("ports", [])]

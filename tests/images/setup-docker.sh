@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Make sure a Docker engine runs on this machine and the test images exist.
+# Idempotent. Installs Debian's docker.io and busybox-static when missing
+# (needs root), starts dockerd without systemd when it is not running, and
+# builds the images tests use from Debian packages (no registry needed).
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+if ! command -v dockerd >/dev/null || [ ! -x /bin/busybox ]; then
+    apt-get update -qq
+    apt-get install -y -qq docker.io busybox-static >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        systemctl start docker
+    else
+        nohup dockerd --host unix:///var/run/docker.sock >/var/log/dockerd.log 2>&1 &
+    fi
+    for _ in $(seq 120); do
+        docker info >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    docker info >/dev/null
+fi
+
+if ! docker image inspect flotilla-test/busybox:1 >/dev/null 2>&1; then
+    root=$(mktemp -d)
+    mkdir -p "$root/bin" "$root/tmp" "$root/www"
+    cp /bin/busybox "$root/bin/"
+    for c in sh echo sleep httpd ls cat wget nc true false test touch kill rm mkdir date; do
+        ln -s busybox "$root/bin/$c"
+    done
+    echo "flotilla test image" > "$root/www/index.html"
+    tar -C "$root" -c . | docker import -c 'ENV PATH=/bin' - flotilla-test/busybox:1 >/dev/null
+    rm -rf "$root"
+fi
+docker run --rm flotilla-test/busybox:1 true
+echo "docker ready: $(docker version --format '{{.Server.Version}}')"
