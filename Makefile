@@ -39,6 +39,8 @@ test-slow: venv
 bench: venv
 	$(PY) bench/raft_writes.py
 	$(PY) bench/failover.py
+	$(PY) bench/converge.py
+	$(PY) bench/converge.py --init
 
 ## A local cluster (3 managers + 2 workers on 127.0.0.1:4242-4246).
 cluster: venv docker
@@ -46,10 +48,15 @@ cluster: venv docker
 	@echo
 	@$(FLOTILLA) node ls
 	@echo
+	@$(FLOTILLA) service ls
+	@echo
+	@echo "The demo web service answers on http://127.0.0.1:8080/  (try: curl http://127.0.0.1:8080/)"
 	@echo "Use the CLI against it:"
 	@echo "  export FLOTILLA_HOST=127.0.0.1:4242,127.0.0.1:4243,127.0.0.1:4244"
 	@echo "  export FLOTILLA_TLS_DIR=$(CLUSTER_DIR)/manager-1/admin"
 	@echo "  $(VENV)/bin/flotilla node ls"
+	@echo "  $(VENV)/bin/flotilla service ps demo-workers"
+	@echo "  $(VENV)/bin/flotilla service scale demo-workers=8"
 	@echo "Remove it with: make cluster-down"
 
 cluster-down:

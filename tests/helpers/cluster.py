@@ -280,7 +280,7 @@ class LocalCluster:
         client = docker.from_env()
         ids = self.node_ids()
         out = []
-        for ctr in client.containers.list(all=not running_only,
+        for ctr in client.containers.list(all=not running_only, ignore_removed=True,
                                           filters={"label": "flotilla.task.id"}):
             labels = ctr.labels
             if labels.get("flotilla.node.id") not in ids:

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 class Agent:
     def __init__(self, cfg, client, on_update, on_removed, docker_client=None):
         self.cfg = cfg
-        self.executor = DockerExecutor(cfg.node_id, docker_client)
+        # Enough engine connections for the worker's stop pool (see worker.py).
+        self.executor = DockerExecutor(cfg.node_id, docker_client, max_pool_size=160)
         self.reporter = Reporter(client)
         self.worker = Worker(cfg.node_id, os.path.join(cfg.data_dir, "agent"), self.executor,
                              self.reporter.report)

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 RECONCILE_INTERVAL = 3.0
 EVENTS_BACKOFF_MAX = 5.0
+STOP_CONCURRENCY = 128
+_TEARDOWN = ("shutdown", "remove", "complete", "failed", "rejected", "orphaned")
 _SUMMARY_HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
 
 
@@ -61,6 +63,10 @@ class Worker(Component):
         self.node_id = node_id
         self.state_dir = state_dir
         self.concurrency = max(1, int(concurrency))
+        # Stopping mostly waits out grace periods, so it gets many more
+        # threads: removing 100 tasks must not take 100 / concurrency grace
+        # periods.
+        self.stop_concurrency = max(self.concurrency, STOP_CONCURRENCY)
         self.reconcile_interval = RECONCILE_INTERVAL
         self._executor = executor
         self._report = report
@@ -73,6 +79,7 @@ class Worker(Component):
         self._swept = False                      # a complete assignment was applied
         self._pending: list[tuple[list[dict], bool, tuple[str, ...]]] = []
         self._pool: ThreadPoolExecutor | None = None
+        self._stop_pool: ThreadPoolExecutor | None = None
         self._events_thread: threading.Thread | None = None
         self._stream = None
 
@@ -103,6 +110,8 @@ class Worker(Component):
         self._store.open()
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency,
                                         thread_name_prefix=f"task-{self.node_id[:8]}")
+        self._stop_pool = ThreadPoolExecutor(max_workers=self.stop_concurrency,
+                                             thread_name_prefix=f"stop-{self.node_id[:8]}")
         try:
             if not self._load():
                 return
@@ -123,9 +132,11 @@ class Worker(Component):
         if thread is not None:
             thread.join(5.0)
         self._events_thread = None
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        for attr in ("_pool", "_stop_pool"):
+            pool = getattr(self, attr)
+            setattr(self, attr, None)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         with self._assign_lock:
             self._loaded = False
         with self._lock:
@@ -233,7 +244,9 @@ class Worker(Component):
             if ctl.queued:
                 ctl.dirty = True
                 return
-            pool = self._pool
+            tearing_down = ctl.dropped or (
+                ctl.task is not None and ctl.task["desired_state"] in _TEARDOWN)
+            pool = self._stop_pool if tearing_down else self._pool
             if pool is None or self.stopping.is_set():
                 return
             ctl.queued = True

@@ -11,6 +11,7 @@ each node a ``flotilla node run`` process supervised by supervisord.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -109,7 +110,37 @@ def up(base):
                 and all(n["role"] == n["desired_role"] for n in nodes))
 
     _wait(settled, 120, "all nodes to be ready")
+    _demo(client)
     return client, admin
+
+
+DEMO = [
+    {"name": "demo-web", "replicas": 1,
+     "task": {"container": {"image": "flotilla-test/busybox:1",
+                            "args": ["httpd", "-f", "-p", "80", "-h", "/www"],
+                            "healthcheck": {"test": ["CMD-SHELL", "wget -q -O /dev/null http://127.0.0.1/"],
+                                            "interval": "2s", "timeout": "2s", "retries": 3}}},
+     "endpoint": {"ports": [{"published": 8080, "target": 80}]}},
+    {"name": "demo-workers", "replicas": 4,
+     "task": {"container": {"image": "flotilla-test/busybox:1", "args": ["sleep", "86400"]},
+              "placement": {"constraints": ["node.role==worker"]}}},
+]
+
+
+def _demo(client):
+    """Deploy the demo services (once) and wait until they run."""
+    existing = {s["name"] for s in client.get("/v1/services")}
+    for spec in DEMO:
+        if spec["name"] not in existing:
+            client.post("/v1/services", spec)
+
+    def running():
+        for s in client.get("/v1/services"):
+            if s["name"].startswith("demo-") and s["replicas"]["running"] < s["replicas"]["desired"]:
+                return False
+        return True
+
+    _wait(running, 120, "the demo services to run")
 
 
 def _all_programs(base, flotilla, tokens):
@@ -127,12 +158,47 @@ def _all_programs(base, flotilla, tokens):
     return out
 
 
+def _node_ids(base):
+    ids = set()
+    for name, _port, _kind in NODES:
+        try:
+            with open(os.path.join(base, name, "node.json")) as f:
+                ids.add(json.load(f)["node_id"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return ids
+
+
+def _remove_containers(node_ids):
+    """Containers outlive their agents by design; remove this cluster's."""
+    try:
+        import docker
+        client = docker.from_env()
+        for c in client.api.containers(all=True, filters={"label": "flotilla.node.id"}):
+            if c["Labels"].get("flotilla.node.id") in node_ids:
+                client.api.remove_container(c["Id"], force=True)
+    except Exception as exc:  # the engine may be gone too
+        print(f"could not remove containers: {exc}", file=sys.stderr)
+
+
 def down(base):
+    node_ids = _node_ids(base)
+    admin = os.path.join(base, "manager-1", "admin")
+    if os.path.exists(os.path.join(admin, "key.pem")):
+        try:  # graceful first: remove the services and let the agents stop their tasks
+            client = Client(["127.0.0.1:4242", "127.0.0.1:4243", "127.0.0.1:4244"], tls_dir=admin,
+                            retry_for=2, timeout=5)
+            for svc in client.get("/v1/services"):
+                client.delete(f"/v1/services/{svc['id']}")
+            _wait(lambda: not client.get("/v1/tasks"), 30, "the tasks to stop")
+        except (ApiError, OSError, SystemExit):
+            pass
     if os.path.exists(os.path.join(base, "supervisor.sock")):
         _ctl(base, "shutdown", check=False)
         deadline = time.monotonic() + 30
         while os.path.exists(os.path.join(base, "supervisord.pid")) and time.monotonic() < deadline:
             time.sleep(0.2)
+    _remove_containers(node_ids)
     shutil.rmtree(base, ignore_errors=True)
 
 
