@@ -218,3 +218,19 @@ def test_leader_failover_while_scaling(make_cluster):
     wait_for(lambda: converged(c, "web", 12), 90, what="the new leader to finish scaling")
     assert slots_ok(c, "web")
     assert sorted(t["slot"] for t in running(c, "web")) == list(range(1, 13))
+
+
+def test_removed_node_tasks_are_orphaned_and_replaced(cluster):
+    c = cluster
+    create(c, "--name", "web", "--replicas", "6", IMAGE, "sleep", "3600")
+    wait_for(lambda: converged(c, "web", 6), 60)
+    w2 = c.nodes["w2"]
+    w2_id = c.node_view(w2)["id"]
+    on_w2 = {t["id"] for t in running(c, "web") if t["node_id"] == w2_id}
+    assert on_w2
+    w2.kill()
+    c.cli("node", "rm", "--force", w2_id)
+    wait_for(lambda: len([t for t in running(c, "web") if t["node_id"] != w2_id]) == 6, 30,
+             what="replacements running elsewhere")
+    states = {t["id"]: t["state"] for t in ps(c, "web")}
+    assert {states[i] for i in on_w2 if i in states} <= {"orphaned"}

@@ -206,11 +206,19 @@ def remove(ref):
                        f"node {node['hostname']} is up; stop it first or use --force")
     not_after = (node.get("cert") or {}).get("not_after") or (time.time() + 90 * 86400)
     cluster = objects.cluster(m.store)
-    # The node and its revocation go in one transaction; a change to the
-    # node in between (a heartbeat) fails it and the whole thing is retried.
+    # The node, its revocation and its unfinished tasks (now orphaned: they
+    # will never report again) go in one transaction; a change to any of
+    # them in between fails it and the whole thing is retried.
+    def extra(_c, _n):
+        ops = [Op.delete("node", node["id"], version=_get(node["id"])["version"])]
+        for t in m.store.by_index("task", "node_id", node["id"]):
+            if not taskmodel.finished(t["status"]["state"]):
+                status = dict(t["status"], state="orphaned", message="node removed",
+                              timestamp=time.time())
+                ops.append(Op.update("task", dict(t, status=status), version=t["version"]))
+        return ops
+
     m.store.update("cluster", cluster["id"],
                    lambda c: dict(c, revoked=dict(c.get("revoked", {}), **{node["id"]: not_after})),
-                   rid=request_id(),
-                   extra_ops=lambda _c, _n: [Op.delete("node", node["id"],
-                                                       version=_get(node["id"])["version"])])
+                   rid=request_id(), extra_ops=extra)
     return json_response({"id": node["id"], "removed": True})
