@@ -3,8 +3,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-CLUSTER_DIR ?= $(CURDIR)/.cache/cluster
+CLUSTER_DIR := $(CURDIR)/.cache/cluster
 FLOTILLA := $(VENV)/bin/flotilla --host 127.0.0.1:4242,127.0.0.1:4243,127.0.0.1:4244 --tls-dir $(CLUSTER_DIR)/manager-1/admin
+PLAYBOOK := $(VENV)/bin/ansible-playbook
 
 .PHONY: venv docker test test-unit test-integration test-slow bench cluster cluster-down clean
 
@@ -42,9 +43,11 @@ bench: venv
 	$(PY) bench/converge.py
 	$(PY) bench/converge.py --init
 
-## A local cluster (3 managers + 2 workers on 127.0.0.1:4242-4246).
+## A local cluster (3 managers + 2 workers on 127.0.0.1:4242-4246) with demo services,
+## deployed by Ansible with inventory/local (supervisord keeps the nodes running).
 cluster: venv docker
-	$(PY) -m flotilla.tools.localcluster up --dir $(CLUSTER_DIR)
+	$(PLAYBOOK) -i inventory/local playbooks/site.yml
+	$(PLAYBOOK) -i inventory/local playbooks/demo.yml
 	@echo
 	@$(FLOTILLA) node ls
 	@echo
@@ -60,7 +63,8 @@ cluster: venv docker
 	@echo "Remove it with: make cluster-down"
 
 cluster-down:
-	@if [ -x $(PY) ]; then $(PY) -m flotilla.tools.localcluster down --dir $(CLUSTER_DIR); fi
+	@if [ -x $(PLAYBOOK) ] && [ -d $(CLUSTER_DIR) ]; then $(PLAYBOOK) -i inventory/local playbooks/teardown.yml; fi
+	rm -rf $(CLUSTER_DIR)
 
 clean: cluster-down
 	rm -rf $(VENV) .pytest_cache

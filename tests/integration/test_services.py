@@ -8,6 +8,7 @@ with their own node id.
 
 import collections
 import json
+import threading
 import time
 
 import pytest
@@ -185,11 +186,27 @@ def test_agent_restart_adopts_containers(cluster):
 
 def test_drain_and_pause(cluster):
     c = cluster
-    create(c, "--name", "web", "--replicas", "6", IMAGE, "sleep", "3600")
+    create(c, "--name", "web", "--replicas", "6", "--init", IMAGE, "sleep", "3600")
     wait_for(lambda: converged(c, "web", 6), 60)
-    c.cli("node", "update", "w1", "--availability", "drain")
-    wait_for(lambda: converged(c, "web", 6) and "w1" not in {t["node"] for t in running(c, "web")}, 60,
-             what="tasks off the drained node")
+    counts, stop = [], threading.Event()
+
+    def watch():
+        client = c.admin(retry_for=5)
+        while not stop.is_set():
+            counts.append(len([t for t in client.get("/v1/services/web/tasks")
+                               if t["desired_state"] == "running" and t["state"] == "running"]))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        c.cli("node", "update", "w1", "--availability", "drain")
+        wait_for(lambda: converged(c, "web", 6) and "w1" not in {t["node"] for t in running(c, "web")},
+                 60, what="tasks off the drained node")
+    finally:
+        stop.set()
+        watcher.join()
+    # Replacements start before the drained tasks stop: never below 6.
+    assert len(counts) > 10 and min(counts) >= 6, counts
     assert not [x for x in c.containers() if x.labels["flotilla.node.id"] == c.node_view(c.nodes["w1"])["id"]]
     c.cli("node", "update", "w1", "--availability", "active")
     c.cli("node", "update", "w2", "--availability", "pause")

@@ -1,10 +1,11 @@
 """Batches task status changes and sends them to the dispatcher.
 
-The latest status per task is kept; a batch goes out every 100 ms (or at
-once when 200 are waiting). If the dispatcher does not know our session
-(a new leader), the statuses wait for the next registration; after each
-registration every known status is sent again, so a new leader learns the
-node's real state.
+The latest status per task is kept. A change is sent at once; changes that
+arrive while a send is in flight go together in the next one (at most 200
+per request, after a 5 ms pause to gather a burst). If the dispatcher does
+not know our session (a new leader), the statuses wait for the next
+registration; after each registration every known status is sent again, so
+a new leader learns the node's real state.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from ..common.httpclient import ApiError
 
 log = logging.getLogger(__name__)
 
-INTERVAL = 0.1
+GATHER = 0.005
+RETRY = 1.0
 BATCH = 200
 
 
@@ -36,9 +38,7 @@ class Reporter(Component):
     def report(self, task_id: str, status: dict):
         with self._lock:
             self._pending[task_id] = dict(status)
-            full = len(self._pending) >= BATCH
-        if full:
-            self._kick.set()
+        self._kick.set()
 
     def new_session(self, session_id: str, statuses: dict[str, dict]):
         with self._lock:
@@ -52,15 +52,20 @@ class Reporter(Component):
 
     def run(self):
         while not self.stopping.is_set():
-            self._kick.wait(INTERVAL)
+            self._kick.wait(RETRY)
+            if self.stopping.is_set():
+                return
+            self.stopping.wait(GATHER)
             self._kick.clear()
-            self.flush()
+            while self.flush():
+                pass
 
-    def flush(self):
+    def flush(self) -> bool:
+        """Send one batch; True if more are waiting and the send went well."""
         with self._lock:
             if not self._pending or self.session_id is None:
-                return
-            batch = dict(self._pending)
+                return False
+            batch = dict(list(self._pending.items())[:BATCH])
             session_id = self.session_id
         updates = [{"task_id": k, "status": v} for k, v in batch.items()]
         try:
@@ -74,9 +79,11 @@ class Reporter(Component):
                         self.session_id = None
             else:
                 log.info("status report failed (will retry): %s", exc)
-            return
+            return False
         with self._lock:
             for task_id, status in batch.items():
                 if self._pending.get(task_id) == status:
                     del self._pending[task_id]
+            more = bool(self._pending)
         self.sent += len(updates)
+        return more

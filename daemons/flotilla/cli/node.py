@@ -29,61 +29,104 @@ def node():
     """Run this node, or manage the cluster's nodes."""
 
 
-@node.command("run")
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False),
-              help="Where this node keeps its identity, certificates and Raft data.")
-@click.option("--listen", metavar="HOST:PORT", help="Manager API address (default 0.0.0.0:4242).")
-@click.option("--advertise", metavar="HOST[:PORT]",
-              help="API address other nodes use (default: the listen address).")
-@click.option("--raft-listen", metavar="HOST:PORT", help="Raft address (default: API port + 10000).")
-@click.option("--raft-advertise", metavar="HOST:PORT", help="Raft address other managers use.")
-@click.option("--agent-listen", metavar="HOST:PORT",
-              help="Agent listener, where managers push work (default: API port + 20000).")
-@click.option("--agent-advertise", metavar="HOST:PORT", help="Agent address managers use.")
-@click.option("--init", is_flag=True, help="Create a new cluster with this node as its first manager.")
-@click.option("--join", "join_addr", metavar="HOST:PORT", help="Join the cluster of this manager.")
-@click.option("--token", envvar="FLOTILLA_JOIN_TOKEN", help="Join token (worker or manager).")
-@click.option("--hostname", help="Name shown for this node (default: the host name).")
-@click.option("--cert-expiry", callback=_duration, help="With --init: node certificate lifetime (e.g. 90d, 60s).")
-@click.option("--heartbeat-period", callback=_duration, help="With --init: agent heartbeat period (default 5s).")
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def run(data_dir, listen, advertise, raft_listen, raft_advertise, agent_listen, agent_advertise,
-        init, join_addr, token, hostname, cert_expiry, heartbeat_period, log_level):
-    """Run this node in the foreground (agent always; manager when its role is manager)."""
-    from ..node import bootstrap
-    from ..node.daemon import NodeDaemon
+def address_options(fn):
+    for opt in reversed([
+        click.option("--data-dir", required=True, type=click.Path(file_okay=False),
+                     help="Where this node keeps its identity, certificates and Raft data."),
+        click.option("--listen", metavar="HOST:PORT", help="Manager API address (default 0.0.0.0:4242)."),
+        click.option("--advertise", metavar="HOST[:PORT]",
+                     help="API address other nodes use (default: the listen address)."),
+        click.option("--raft-listen", metavar="HOST:PORT", help="Raft address (default: API port + 10000)."),
+        click.option("--raft-advertise", metavar="HOST:PORT", help="Raft address other managers use."),
+        click.option("--agent-listen", metavar="HOST:PORT",
+                     help="Agent listener, where managers push work (default: API port + 20000)."),
+        click.option("--agent-advertise", metavar="HOST:PORT", help="Agent address managers use."),
+        click.option("--hostname", help="Name shown for this node (default: the host name)."),
+    ]):
+        fn = opt(fn)
+    return fn
 
-    logs.setup(log_level, "node")
+
+def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume_ok):
+    """Create or join a cluster in the data dir, or load the node already
+    there. Returns the node configuration."""
+    from ..node import bootstrap
+
     if init and join_addr:
         raise click.UsageError("--init and --join are mutually exclusive")
     if join_addr and not token:
         raise click.UsageError("--join needs --token")
     if cert_expiry is not None and cert_expiry < 60:
         raise click.BadParameter("must be at least 60s", param_hint="--cert-expiry")
-    data_dir = os.path.abspath(data_dir)
+    data_dir = os.path.abspath(o["data_dir"])
     cfg = NodeConfig.load(data_dir)
+    addrs = (o["listen"], o["advertise"], o["raft_listen"], o["raft_advertise"],
+             o["agent_listen"], o["agent_advertise"])
     try:
         if cfg is not None and cfg.initialised():
+            if not resume_ok:
+                raise click.ClickException(f"{data_dir} already holds node {cfg.node_id} of "
+                                           f"cluster {cfg.cluster_id}")
             if init or join_addr:
                 click.echo(f"{data_dir} already holds node {cfg.node_id} of cluster "
                            f"{cfg.cluster_id}: resuming it", err=True)
             if not cfg.agent_listen:   # written by an older version: derive what is missing
-                cfg.fill_addresses(None, None, None, None, agent_listen, agent_advertise)
+                cfg.fill_addresses(None, None, None, None, o["agent_listen"], o["agent_advertise"])
                 cfg.save()
-        elif init or join_addr:
-            cfg = NodeConfig(data_dir=data_dir, hostname=hostname or "")
-            cfg.fill_addresses(listen, advertise, raft_listen, raft_advertise, agent_listen,
-                               agent_advertise)
-            if init:
-                bootstrap.init_cluster(cfg, cert_expiry=cert_expiry, heartbeat=heartbeat_period)
-                click.echo(f"Cluster {cfg.cluster_id} created. Admin bundle: {cfg.admin_dir}", err=True)
-            else:
-                bootstrap.join_cluster(cfg, join_addr, token)
-        else:
+            return cfg
+        if not (init or join_addr):
             raise click.ClickException(f"{data_dir} holds no node: start with --init or --join")
+        cfg = NodeConfig(data_dir=data_dir, hostname=o["hostname"] or "")
+        cfg.fill_addresses(*addrs)
+        if init:
+            bootstrap.init_cluster(cfg, cert_expiry=cert_expiry, heartbeat=heartbeat_period)
+            click.echo(f"Cluster {cfg.cluster_id} created. Admin bundle: {cfg.admin_dir}", err=True)
+        else:
+            bootstrap.join_cluster(cfg, join_addr, token)
+            click.echo(f"Joined cluster {cfg.cluster_id} as {cfg.role} {cfg.node_id}", err=True)
+        return cfg
     except (bootstrap.BootstrapError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@node.command("run")
+@address_options
+@click.option("--init", is_flag=True, help="Create a new cluster with this node as its first manager.")
+@click.option("--join", "join_addr", metavar="HOST:PORT", help="Join the cluster of this manager.")
+@click.option("--token", envvar="FLOTILLA_JOIN_TOKEN", help="Join token (worker or manager).")
+@click.option("--cert-expiry", callback=_duration, help="With --init: node certificate lifetime (e.g. 90d, 60s).")
+@click.option("--heartbeat-period", callback=_duration, help="With --init: agent heartbeat period (default 1s).")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def run(init, join_addr, token, cert_expiry, heartbeat_period, log_level, **o):
+    """Run this node in the foreground (agent always; manager when its role is manager)."""
+    from ..node.daemon import NodeDaemon
+
+    logs.setup(log_level, "node")
+    cfg = _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, resume_ok=True)
     sys.exit(NodeDaemon(cfg, log_level).run())
+
+
+@node.command("init")
+@address_options
+@click.option("--cert-expiry", callback=_duration, help="Node certificate lifetime (e.g. 90d, 60s).")
+@click.option("--heartbeat-period", callback=_duration, help="Agent heartbeat period (default 1s).")
+def init_cmd(cert_expiry, heartbeat_period, **o):
+    """Create a new cluster in --data-dir and exit; start it with `node run --data-dir`."""
+    logs.setup("warning", "node")
+    cfg = _prepare(o, True, None, None, cert_expiry, heartbeat_period, resume_ok=False)
+    click.echo(cfg.node_id)
+
+
+@node.command("join")
+@address_options
+@click.option("--join", "join_addr", required=True, metavar="HOST:PORT", help="A manager of the cluster.")
+@click.option("--token", envvar="FLOTILLA_JOIN_TOKEN", required=True,
+              help="Join token (or FLOTILLA_JOIN_TOKEN, which keeps it out of process listings).")
+def join_cmd(join_addr, token, **o):
+    """Join a cluster with --data-dir and exit; start it with `node run --data-dir`."""
+    logs.setup("warning", "node")
+    cfg = _prepare(o, False, join_addr, token, None, None, resume_ok=False)
+    click.echo(cfg.node_id)
 
 
 NODE_COLUMNS = [("ID", "id"), ("HOSTNAME", "hostname"), ("ADDRESS", "addr"), ("ROLE", "role_col"),

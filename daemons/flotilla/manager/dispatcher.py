@@ -19,10 +19,10 @@ applied twice. Only changes that matter to the agent are pushed (a task
 newly assigned, a new desired state or spec, a deletion) — not the agent's
 own status reports.
 
-Status. Agents report task status in batches; the dispatcher checks that
-each task belongs to the reporting node, keeps the latest per task, drops
-any that would move a task's state backwards, and writes them in batches
-every 50 ms.
+Status. Agents report task status as it changes, in batches; the dispatcher
+checks that each task belongs to the reporting node, keeps the latest per
+task, drops any that would move a task's state backwards, and writes what
+has arrived at once, as independent transactions sharing Raft entries.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ GRACE_MULTIPLIER = 3
 LEADER_CHANGE_MULTIPLIER = 6
 MAX_HEARTBEATS_PER_S = 200
 FLUSH_INTERVAL = 0.05
-PUSH_DEBOUNCE = 0.02
+PUSH_DEBOUNCE = 0.005
 PUSH_WORKERS = 16
 AGENT_FIELDS = ("id", "service_id", "service_name", "slot", "node_id", "spec", "spec_version",
                 "ports", "desired_state")
@@ -92,7 +92,6 @@ class Dispatcher(Component):
         self._sessions: dict[str, _Session] = {}
         self._grace: dict[str, float] = {}
         self._statuses: dict[str, tuple[str, dict]] = {}   # task id -> (node id, status)
-        self._wake = threading.Event()
         self._pool = None
         self._pools: dict[str, urllib3.HTTPSConnectionPool] = {}
         self._ctx = None
@@ -152,7 +151,7 @@ class Dispatcher(Component):
             with self._lock:
                 self._statuses[u["task_id"]] = (node_id, u["status"])
             accepted += 1
-        self._wake.set()
+        self._store.hub.wake_all()      # the main loop writes them now
         return accepted
 
     def _session(self, node_id, session_id) -> _Session:
@@ -206,17 +205,21 @@ class Dispatcher(Component):
         watcher = self._store.watch()
         try:
             while not self.stopping.is_set():
-                for e in watcher.next(timeout=FLUSH_INTERVAL):
+                events = watcher.next(timeout=FLUSH_INTERVAL)
+                if events:
+                    # gather a burst of task changes into one push per node
+                    time.sleep(PUSH_DEBOUNCE)
+                    events += watcher.next(timeout=0)
+                for e in events:
                     self._on_event(e)
                 self._expire()
                 self._flush_statuses()
-                time.sleep(PUSH_DEBOUNCE)
                 self._push_all()
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def wake(self):
-        self._wake.set()
+        self._store.hub.wake_all()
 
     def _on_event(self, e):
         if e.action == "reset":

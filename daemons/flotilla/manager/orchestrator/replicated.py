@@ -2,8 +2,12 @@
 
 ``reconcile()`` is a pure function of the service, its tasks and the nodes;
 it returns changes for the orchestrator to commit:
-- a slot's task that ended, or sits on a node that is down, drained or
-  removed, goes through the restart supervisor;
+- a slot's task that ended, or sits on a node that is down or removed,
+  goes through the restart supervisor;
+- a task on a drained node is replaced *first*: a new task for the same slot
+  is placed elsewhere and the old one stops only once the new one runs (or
+  after ``DRAIN_WAIT`` seconds if it fits nowhere), so a drain never takes a
+  service below its replica count where capacity allows;
 - a task running an older spec is replaced (the rolling updater refines
   this with batches and health gating);
 - missing slots are created at the lowest free numbers; surplus slots are
@@ -14,12 +18,36 @@ it returns changes for the orchestrator to commit:
 from __future__ import annotations
 
 import collections
+import time
 
 from ...common import taskmodel
 from . import tasks as T
 
+DRAIN_WAIT = 30.0
 
-def reconcile(service: dict, tasks: list[dict], nodes: dict, restarts) -> list[tuple[str, dict]]:
+
+def _draining(task: dict, nodes: dict) -> bool:
+    """On a drained node that is still up: worth keeping until replaced."""
+    node = nodes.get(task["node_id"]) if task["node_id"] else None
+    return (node is not None and T.node_unusable(node) == "node drained"
+            and task["status"]["state"] == "running")
+
+
+def _handoff(olds, new, nodes, now) -> bool:
+    """Keep the old tasks of a slot running while their replacement starts."""
+    if not olds or not all(_draining(t, nodes) for t in olds):
+        return False
+    if new["node_id"] and T.node_unusable(nodes.get(new["node_id"])):
+        return False
+    if new["status"]["state"] == "running" or T.finished(new):
+        return False
+    waited = now - (new.get("created_at") or now)
+    return waited < DRAIN_WAIT
+
+
+def reconcile(service: dict, tasks: list[dict], nodes: dict, restarts,
+              now: float | None = None) -> list[tuple[str, dict]]:
+    now = time.time() if now is None else now
     changes: list[tuple[str, dict]] = []
     by_slot: dict[int, list[dict]] = collections.defaultdict(list)
     for t in tasks:
@@ -28,14 +56,19 @@ def reconcile(service: dict, tasks: list[dict], nodes: dict, restarts) -> list[t
     live: dict[int, dict] = {}
     for slot, ts in by_slot.items():
         ts.sort(key=lambda t: (t.get("created_at") or 0, t["id"]))
-        for extra in ts[:-1]:
-            changes.append(("update", T.with_desired(extra, "shutdown")))
+        if not _handoff(ts[:-1], ts[-1], nodes, now):
+            for extra in ts[:-1]:
+                changes.append(("update", T.with_desired(extra, "shutdown")))
         live[slot] = ts[-1]
 
     for slot, t in list(live.items()):
         node = nodes.get(t["node_id"]) if t["node_id"] else None
         if T.finished(t):
             changes += restarts.restart(service, t, f"task {t['status']['state']}", nodes)
+        elif _draining(t, nodes):
+            replacement = T.new_task(service, slot=slot, now=now)
+            replacement["status"]["message"] = "replacing a task on a drained node"
+            changes.append(("create", replacement))
         elif t["node_id"] and T.node_unusable(node):
             changes += restarts.restart(service, t, T.node_unusable(node), nodes)
         elif T.is_dirty(t, service):
