@@ -7,7 +7,7 @@ CLUSTER_DIR := $(CURDIR)/.cache/cluster
 FLOTILLA := $(VENV)/bin/flotilla --host 127.0.0.1:4242,127.0.0.1:4243,127.0.0.1:4244 --tls-dir $(CLUSTER_DIR)/manager-1/admin
 PLAYBOOK := $(VENV)/bin/ansible-playbook
 
-.PHONY: venv docker test test-unit test-integration test-slow bench cluster cluster-down clean
+.PHONY: venv docker test test-unit test-integration test-deploy vagrant-test test-slow wheelhouse bench cluster cluster-down clean
 
 venv: $(VENV)/.installed
 
@@ -22,15 +22,30 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 docker:
 	./tests/images/setup-docker.sh
 
-## The default test run (what CI runs): unit + integration on real processes.
+## Everything CI runs (about 25 minutes): unit, integration on real processes and
+## Docker, deployment with Ansible on five test hosts, make cluster, and Vagrant.
 test: venv docker
-	$(PY) -m pytest tests/unit tests/integration -q -m "not slow" --durations=10
+	$(PY) -m pytest tests/unit tests/integration tests/deploy -q -m "not slow" --durations=10
+	./tests/deploy/vagrant_test.sh
 
 test-unit: venv
 	$(PY) -m pytest tests/unit -q
 
 test-integration: venv docker
 	$(PY) -m pytest tests/integration -q -m "not slow"
+
+## Ansible on test hosts (containers with systemd, sshd and dockerd) and make cluster.
+test-deploy: venv docker
+	$(PY) -m pytest tests/deploy -q
+
+## vagrant up --provider=docker, a service deployment, vagrant destroy.
+vagrant-test: venv docker
+	./tests/deploy/vagrant_test.sh
+
+## Wheels of flotilla and its dependencies for hosts without a package index.
+wheelhouse: venv
+	rm -rf .cache/wheelhouse .cache/wheelhouse.tar
+	$(PY) -m pip wheel --quiet --wheel-dir .cache/wheelhouse --constraint requirements.txt .
 
 ## Long-running suites kept out of the default run.
 test-slow: venv

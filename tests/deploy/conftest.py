@@ -17,24 +17,33 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def deploy_artifacts():
-    """Everything the hosts need, built once and cached under .cache/:
-    the node image, the SSH key, the busybox image archive and the wheelhouse
-    (a dict of paths, as ``testhosts.prepare()``)."""
+    """What the hosts need, built once and cached under .cache/: the node image,
+    the SSH key, the busybox image archive and the wheelhouse (a dict of paths,
+    as returned by ``testhosts.prepare()``)."""
     if os.geteuid() != 0:
-        pytest.skip("deployment tests need root (debootstrap, containers with systemd)")
+        pytest.skip("deployment tests need root (debootstrap, containers that boot systemd)")
     testhosts.ensure_docker()
     return testhosts.prepare()
 
 
 @pytest.fixture(scope="module")
-def test_hosts(deploy_artifacts):
-    """Three managers (flt-m1..3) and two workers (flt-w1..2), ready for SSH,
-    with an inventory using the cached wheelhouse. Fresh for every test module;
-    removed afterwards."""
-    hosts = testhosts.TestHosts(prefix="flt")
+def test_hosts(deploy_artifacts, request, tmp_path_factory):
+    """Three managers (flt-m1..3) and two workers (flt-w1..2), ready for SSH, with
+    an inventory that installs from the cached wheelhouse. Fresh for every test
+    module and removed afterwards (FLOTILLA_KEEP_HOSTS=1 keeps them). When a test
+    of the module failed, the hosts' journals are saved next to the ansible logs
+    in the fixture's directory (printed)."""
+    failed_before = request.session.testsfailed
+    hosts = testhosts.TestHosts(prefix="flt", workdir=tmp_path_factory.mktemp("hosts"))
     try:
         hosts.start(managers=3, workers=2)
         hosts.write_inventory(wheelhouse=deploy_artifacts["wheelhouse"])
         yield hosts
     finally:
-        hosts.teardown()
+        if request.session.testsfailed > failed_before and hosts.hosts:
+            print(f"\nansible logs and host journals: {hosts.save_diagnostics()}")
+        if os.environ.get("FLOTILLA_KEEP_HOSTS") == "1":
+            print(f"\nhosts kept; inventory: {hosts.inventory_dir}; "
+                  "remove them with: .venv/bin/python tests/deploy/testhosts.py down")
+        else:
+            hosts.teardown()

@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -73,7 +74,8 @@ SYSTEMD_RUN_ARGS = (
 BUSYBOX_APPLETS = ("sh", "echo", "sleep", "httpd", "ls", "cat", "wget", "nc", "true", "false",
                    "test", "touch", "kill", "rm", "mkdir", "date")
 
-# Installed next to flotilla when its wheel declares no dependencies.
+# Runtime dependencies, declared in the built package when pyproject.toml declares none
+# (versions come from requirements.txt, used as constraints).
 RUNTIME_PACKAGES = ("flask", "werkzeug", "gunicorn", "pysyncobj", "cryptography", "requests",
                     "click", "pydantic", "msgpack", "docker", "supervisor")
 
@@ -400,11 +402,17 @@ def _copy_source(dest: Path) -> None:
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
 
 
-def _declares_dependencies(wheel: Path) -> bool:
-    import zipfile
-    with zipfile.ZipFile(wheel) as zf:
-        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
-        return "\nRequires-Dist:" in zf.read(meta).decode()
+def _declare_dependencies(pyproject: Path) -> None:
+    """Declare the runtime dependencies in a copied pyproject.toml that has none,
+    so that installing the wheel from the wheelhouse installs them too."""
+    text = pyproject.read_text()
+    if re.search(r"^dependencies\s*=", text, flags=re.M):
+        return
+    deps = ", ".join(f'"{name}"' for name in RUNTIME_PACKAGES)
+    text, n = re.subn(r"^\[project\]\s*$", f"[project]\ndependencies = [{deps}]", text, count=1, flags=re.M)
+    if n != 1:
+        raise RuntimeError(f"no [project] table in {pyproject}")
+    pyproject.write_text(text)
 
 
 def build_wheelhouse(version: str | None = None) -> Path:
@@ -436,11 +444,8 @@ def build_wheelhouse(version: str | None = None) -> Path:
                 init.write_text(text)
             pip = [VENV / "bin/python", "-m", "pip", "wheel", "--quiet", "--wheel-dir", partial,
                    "--constraint", ROOT / "requirements.txt"]
+            _declare_dependencies(src / "pyproject.toml")
             run([*pip, src], timeout=900)
-            wheel = next(partial.glob("flotilla-*.whl"))
-            if not _declares_dependencies(wheel):
-                # The package does not declare its runtime dependencies: add them.
-                run([*pip, *RUNTIME_PACKAGES], timeout=900)
             staging = out.with_name(out.name + ".partial")
             shutil.rmtree(staging, ignore_errors=True)
             shutil.copytree(partial, staging)
@@ -566,14 +571,14 @@ def docker_exec(name: str, cmd, *, check: bool = True, timeout: float | None = 1
 
 
 class TestHosts:
-    """A set of test hosts on the test network, with an inventory for Ansible.
+    """A set of test hosts on the test network, with an inventory for Ansible::
 
-    >>> hosts = TestHosts()
-    >>> hosts.start(managers=3, workers=2)      # flt-m1..3, flt-w1..2, ready for SSH
-    >>> hosts.write_inventory(wheelhouse=build_wheelhouse())
-    >>> hosts.run_playbook("site.yml").check().recap
-    >>> hosts.exec("flt-m1", "docker ps")
-    >>> hosts.teardown()
+        hosts = TestHosts()
+        hosts.start(managers=3, workers=2)      # flt-m1..3, flt-w1..2, ready for SSH
+        hosts.write_inventory(wheelhouse=build_wheelhouse())
+        hosts.run_playbook("site").check().recap
+        hosts.exec("flt-m1", "docker ps")
+        hosts.teardown()
     """
 
     __test__ = False  # not a pytest test class
@@ -590,6 +595,8 @@ class TestHosts:
         self.inventory_vars: dict = {}
         self.private_key, _ = ssh_keypair()
         self.label = f"{HOST_LABEL}={prefix}"
+        # Added to the environment of ansible commands (e.g. ANSIBLE_ROLES_PATH).
+        self.extra_env: dict[str, str] = {}
 
     # -- lookup
     def __getitem__(self, name: str) -> Host:
@@ -720,6 +727,17 @@ class TestHosts:
         return self.exec(host, ["journalctl", "--no-pager", "-n", str(lines), "-u", unit],
                          check=False).stdout
 
+    def save_diagnostics(self) -> Path:
+        """Write each host's journal (flotilla, docker, systemd state) under ``<workdir>/logs``."""
+        logs = self.workdir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for h in self.hosts:
+            out = self.exec(h, "systemctl is-system-running; systemctl --failed --no-legend; "
+                               "journalctl -b --no-pager -n 2000 -u 'flotilla@*' -u docker -u ssh",
+                            check=False).stdout
+            (logs / f"{h.name}-journal.txt").write_text(out)
+        return logs
+
     # -- Ansible
     def write_inventory(self, wheelhouse: str | os.PathLike | None = None,
                         extra_vars: dict | None = None) -> Path:
@@ -762,18 +780,43 @@ class TestHosts:
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.workdir / "cp"),
             "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"),
             "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
         }
 
-    def _ansible(self, argv: list, timeout: float, log_name: str, env=None) -> subprocess.CompletedProcess:
+    def _ansible(self, argv: list, timeout: float, log_name: str) -> tuple[int, str]:
+        """Run an ansible command; return (rc, output). The output also goes, line by
+        line with the seconds since the start, to ``<workdir>/logs/`` while it runs."""
         if not (self.inventory_dir / "hosts.yml").exists():
             self.write_inventory()
-        proc = subprocess.run([str(a) for a in argv], cwd=ROOT, env={**self.ansible_env(), **(env or {})},
-                              text=True, stdout=subprocess.PIPE, timeout=timeout,
-                              stderr=subprocess.PIPE if env else subprocess.STDOUT)
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
-        (logs / f"{time.strftime('%H%M%S')}-{log_name}.log").write_text(proc.stdout + (proc.stderr or ""))
-        return proc
+        log_path = logs / f"{time.strftime('%H%M%S')}-{log_name}.log"
+        lines: list[str] = []
+        t0 = time.monotonic()
+        with open(log_path, "w") as log_file:
+            log_file.write(f"$ {shlex.join(map(str, argv))}\n")
+            proc = subprocess.Popen([str(a) for a in argv], cwd=ROOT, env=self.ansible_env(), text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
+            def pump():
+                for line in proc.stdout:
+                    lines.append(line)
+                    log_file.write(f"[{time.monotonic() - t0:7.1f}s] {line}")
+                    log_file.flush()
+
+            reader = threading.Thread(target=pump, daemon=True)
+            reader.start()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+                reader.join(5)
+                raise TimeoutError(f"{argv[0]} timed out after {timeout}s; log: {log_path}\n"
+                                   + "".join(lines[-40:])) from None
+            reader.join()
+        return proc.returncode, "".join(lines)
 
     def run_playbook(self, playbook: str, limit: str | None = None, extra_vars: dict | None = None,
                      args=(), timeout: float = 1800) -> PlaybookResult:
@@ -790,8 +833,8 @@ class TestHosts:
             argv += ["-e", json.dumps(extra_vars)]
         argv += list(args)
         t0 = time.monotonic()
-        proc = self._ansible(argv, timeout, path.stem)
-        return PlaybookResult(proc.returncode, proc.stdout, parse_recap(proc.stdout), time.monotonic() - t0)
+        rc, output = self._ansible(argv, timeout, path.stem)
+        return PlaybookResult(rc, output, parse_recap(output), time.monotonic() - t0)
 
     def run_ansible(self, pattern: str, module: str, module_args: str | None = None,
                     args=(), timeout: float = 300) -> PlaybookResult:
@@ -806,7 +849,7 @@ class TestHosts:
             argv += ["-a", module_args]
         argv += list(args)
         t0 = time.monotonic()
-        proc = self._ansible(argv, timeout, f"adhoc-{module.rsplit('.', 1)[-1]}")
+        rc, output = self._ansible(argv, timeout, f"adhoc-{module.rsplit('.', 1)[-1]}")
         results, recap = {}, {}
         for path in sorted(tree.iterdir()):
             res = json.loads(path.read_text())
@@ -816,16 +859,20 @@ class TestHosts:
             recap[path.name] = {"ok": int(not (failed or unreachable)), "changed": int(bool(res.get("changed"))),
                                 "unreachable": unreachable, "failed": failed}
         shutil.rmtree(tree, ignore_errors=True)
-        output = proc.stdout
-        return PlaybookResult(proc.returncode, output, recap, time.monotonic() - t0, results)
+        return PlaybookResult(rc, output, recap, time.monotonic() - t0, results)
 
 
 def _write_yaml(path: Path, data, comment: str) -> None:
     try:
         import yaml
-        text = yaml.safe_dump(data, default_flow_style=False, sort_keys=False)
     except ImportError:  # JSON is YAML too
         text = json.dumps(data, indent=2) + "\n"
+    else:
+        class Dumper(yaml.SafeDumper):
+            def increase_indent(self, flow=False, indentless=False):  # indented lists
+                return super().increase_indent(flow, False)
+
+        text = yaml.dump(data, Dumper=Dumper, default_flow_style=False, sort_keys=False, width=1000)
     path.write_text(f"---\n# {comment}\n{text}")
 
 

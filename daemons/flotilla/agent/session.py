@@ -13,6 +13,7 @@ import logging
 import os
 import random
 
+from .. import __version__
 from ..common.component import Component
 from ..common.httpclient import ApiError
 from ..node.bootstrap import local_platform
@@ -59,6 +60,7 @@ class Session(Component):
                 if found.get(key):
                     desc[key] = found[key]
         desc["hostname"] = self._cfg.hostname or desc.get("hostname")
+        desc["version"] = __version__
         desc["addr"] = self._cfg.advertise
         if getattr(self._cfg, "agent_advertise", ""):
             desc["agent_addr"] = self._cfg.agent_advertise

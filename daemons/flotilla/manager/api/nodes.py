@@ -81,6 +81,7 @@ def view(node, m, reachable=None, leader_id=None):
         "engine": (node.get("description") or {}).get("engine", {}),
         "resources": resources(node, m),
         "agent_addr": node.get("agent_addr"),
+        "flotilla_version": (node.get("description") or {}).get("version"),
         "cert": node.get("cert"),
         "version": node.get("version"),
         "created_at": node.get("created_at"),

@@ -1,0 +1,121 @@
+"""Ansible against real hosts: 3 managers + 2 workers, each a container with
+its own systemd, sshd and dockerd, reached over SSH.
+
+The tests share one set of hosts and run in order: bootstrap, idempotence,
+scale out and in, rolling upgrade.
+"""
+
+import json
+import threading
+import time
+
+import pytest
+
+from tests.deploy import testhosts
+
+pytestmark = pytest.mark.deploy
+
+CLI = "/opt/flotilla/venv/bin/flotilla"
+ADMIN = "/var/lib/flotilla/admin"
+
+
+def flotilla(hosts, *args, check=True):
+    m1 = hosts.managers[0]
+    res = hosts.exec(m1, [CLI, "--host", f"{m1.ip}:4242", "--tls-dir", ADMIN, *args], check=check)
+    return res
+
+
+def fjson(hosts, *args):
+    return json.loads(flotilla(hosts, *args, "--format", "json").stdout)
+
+
+def running(hosts, service):
+    return [t for t in fjson(hosts, "service", "ps", service)
+            if t["desired_state"] == "running" and t["state"] == "running"]
+
+
+def engine_count(hosts, host, service):
+    out = hosts.exec(host, ["docker", "ps", "-q", "--filter", f"label=flotilla.service.name={service}"])
+    return len(out.stdout.split())
+
+
+def poll(pred, timeout=180, interval=1.0, what="condition"):
+    return testhosts.wait_until(pred, timeout=timeout, interval=interval, what=what)
+
+
+def test_site_bootstraps_a_healthy_cluster(test_hosts):
+    hosts = test_hosts
+    hosts.run_playbook("site").check()
+    nodes = {n["hostname"]: n for n in fjson(hosts, "node", "ls")}
+    assert set(nodes) == {h.name for h in hosts.hosts}
+    assert all(n["state"] == "ready" for n in nodes.values())
+    managers = [n for n in nodes.values() if n["role"] == "manager"]
+    assert len(managers) == 3 and all(n["manager"]["reachability"] == "reachable" for n in managers)
+    assert sum(1 for n in managers if n["leader"]) == 1
+    # The node runs under systemd with its data directory private.
+    for h in hosts.hosts:
+        assert hosts.exec(h, ["systemctl", "is-active", "flotilla@" + h.name]).stdout.strip() == "active"
+        assert hosts.exec(h, ["stat", "-c", "%a", "/var/lib/flotilla"]).stdout.strip() == "700"
+    # A 6-replica service spreads over both workers' own engines.
+    flotilla(hosts, "service", "create", "--name", "web", "--replicas", "6",
+             "--constraint", "node.role==worker", "--init", "flotilla-test/busybox:1", "sleep", "86400")
+    poll(lambda: len(running(hosts, "web")) == 6, what="6 running tasks")
+    w1, w2 = hosts.workers
+    assert engine_count(hosts, w1, "web") == 3 and engine_count(hosts, w2, "web") == 3
+
+
+def test_second_run_changes_nothing(test_hosts):
+    res = test_hosts.run_playbook("site").check()
+    assert res.changed == 0, {h: r for h, r in res.recap.items() if r["changed"]}
+
+
+def test_add_then_remove_a_worker(test_hosts):
+    hosts = test_hosts
+    new = hosts.add_host("worker")
+    hosts.run_playbook("add_node", limit=new.name).check()
+    view = json.loads(flotilla(hosts, "node", "inspect", new.name).stdout)
+    assert view["state"] == "ready" and view["role"] == "worker"
+    flotilla(hosts, "service", "scale", "web=9")
+    poll(lambda: len(running(hosts, "web")) == 9 and engine_count(hosts, new, "web") == 3,
+         what="the new worker to take its share")
+    hosts.run_playbook("remove_node", limit=new.name).check()
+    assert new.name not in {n["hostname"] for n in fjson(hosts, "node", "ls")}
+    poll(lambda: len(running(hosts, "web")) == 9, what="its tasks running elsewhere")
+    assert {t["node"] for t in running(hosts, "web")} <= {h.name for h in hosts.workers if h is not new}
+    assert engine_count(hosts, new, "web") == 0
+    hosts.remove_host(new.name)
+    hosts.write_inventory(**hosts.inventory_vars)
+
+
+def test_rolling_upgrade_keeps_the_service_up(test_hosts):
+    hosts = test_hosts
+    flotilla(hosts, "service", "scale", "web=6")
+    poll(lambda: len(running(hosts, "web")) == 6, what="6 running tasks")
+    new_wheels = testhosts.build_wheelhouse(version="0.1.0.post1")
+    hosts.write_inventory(wheelhouse=new_wheels)
+    counts, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            try:
+                counts.append(len(running(hosts, "web")))
+            except Exception:       # a manager restarting: the CLI retries, then we do
+                counts.append(None)
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        hosts.run_playbook("upgrade").check()
+    finally:
+        stop.set()
+        watcher.join()
+    seen = [c for c in counts if c is not None]
+    print(f"\nreplicas running during the upgrade: min {min(seen)}, samples {len(seen)}")
+    assert len(seen) > 20 and min(seen) >= 5          # N-1 at the very least
+    for h in hosts.hosts:
+        assert hosts.exec(h, [CLI, "--version"]).stdout.strip().endswith("0.1.0.post1")
+    nodes = fjson(hosts, "node", "ls")
+    assert {n["flotilla_version"] for n in nodes} == {"0.1.0.post1"}
+    assert all(n["state"] == "ready" and n["availability"] == "active" for n in nodes)
+    poll(lambda: len(running(hosts, "web")) == 6, what="the service whole after the upgrade")
