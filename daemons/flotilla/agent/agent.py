@@ -13,6 +13,7 @@ import os
 
 from .assignments import AssignmentStream
 from .executor import DockerExecutor
+from .metrics import AgentMetrics
 from .reporter import Reporter
 from .server import AgentServer
 from .session import Session
@@ -30,7 +31,8 @@ class Agent:
         self.worker = Worker(cfg.node_id, os.path.join(cfg.data_dir, "agent"), self.executor,
                              self.reporter.report)
         self.stream = AssignmentStream(self.worker)
-        self.server = AgentServer(cfg, self.stream)
+        self.metrics = AgentMetrics(self)
+        self.server = AgentServer(cfg, self.stream, self.metrics, executor=self.executor)
         self.session = Session(cfg, client, on_update, on_removed,
                                describe=self.executor.describe, on_registered=self._registered)
 

@@ -10,6 +10,7 @@ only ever sees and touches its own containers.
 
 from __future__ import annotations
 
+import calendar
 import logging
 import math
 import re
@@ -33,6 +34,9 @@ _NAME_INVALID = re.compile(r"[^a-zA-Z0-9_.-]")
 _ARCHES = {"x86_64": "amd64", "aarch64": "arm64"}
 
 APIError = docker_errors.APIError
+# Container logs: most lines returned per request, longest line kept.
+MAX_LOG_LINES = 10_000
+MAX_LOG_LINE = 16 * 1024
 
 
 class ImageUnavailable(Exception):
@@ -72,6 +76,23 @@ def _mounts(mounts: list[dict] | None) -> list[Mount]:
         out.append(Mount(target=m["target"], source=source if kind != "tmpfs" else None,
                          type=kind, read_only=bool(m.get("readonly"))))
     return out
+
+
+def log_timestamp(text: str) -> tuple[str, float] | None:
+    """Docker's RFC 3339 log timestamp (UTC, trailing zeros trimmed) as a
+    fixed-width string (nine fractional digits, so that strings sort in time
+    order) and as unix seconds; None if it is not one."""
+    if not text.endswith("Z"):
+        return None
+    main, _, frac = text[:-1].partition(".")
+    if not frac.isdigit() and frac:
+        return None
+    try:
+        secs = calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+    frac = (frac + "000000000")[:9]
+    return f"{main}.{frac}Z", secs + int(frac) / 1e9
 
 
 def grace_seconds(task: dict | None) -> float:
@@ -269,6 +290,32 @@ class DockerExecutor:
             # "removal already in progress" is as good as done.
             if exc.status_code != 409:
                 raise
+
+    def logs(self, container_id: str, tail: int | None = None, since: float | None = None) -> dict:
+        """The last ``tail`` lines (at most :data:`MAX_LOG_LINES`) a container
+        of this node wrote at or after ``since`` (unix seconds), oldest first,
+        each tagged with its stream. LookupError if the container does not
+        exist or is not this node's."""
+        info = self.inspect(container_id)
+        labels = ((info or {}).get("Config") or {}).get("Labels") or {}
+        if info is None or labels.get(taskmodel.LABEL_NODE) != self.node_id:
+            raise LookupError(f"no container {container_id} on this node")
+        limit = MAX_LOG_LINES if tail is None else max(0, min(int(tail), MAX_LOG_LINES))
+        entries = []
+        for stream in ("stdout", "stderr") if limit else ():
+            raw = self.api.logs(info["Id"], stdout=stream == "stdout", stderr=stream == "stderr",
+                                timestamps=True, tail=limit,
+                                since=float(since) if since else None)
+            for line in raw.decode("utf-8", "replace").split("\n"):
+                stamp, _, text = line.partition(" ")
+                parsed = log_timestamp(stamp)
+                if parsed is None:
+                    continue
+                entries.append({"timestamp": parsed[0], "time": parsed[1], "stream": stream,
+                                "line": text.rstrip("\r")[:MAX_LOG_LINE]})
+        entries.sort(key=lambda e: e["timestamp"])   # stable: each stream keeps its order
+        return {"container_id": info["Id"], "task_id": labels.get(taskmodel.LABEL_TASK),
+                "entries": entries[-limit:] if limit else []}
 
     def events(self):
         """A blocking stream of this node's container events (decoded dicts);

@@ -1,16 +1,21 @@
 """The agent's HTTPS listener (mutual TLS): the leader pushes assignments here.
 
 Only a manager of this cluster may call it (client certificate with
-OU=manager and O=cluster id). Pushes must also name the agent's current
-session, which only the leader that registered it knows.
+OU=manager and O=cluster id); ``/metrics`` also admits an admin certificate
+of the cluster. Pushes must also name the agent's current session, which
+only the leader that registered it knows. Managers also read the logs of
+this node's containers here (``service logs``); a container without this
+node's label is answered as not found.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 
 from flask import Flask, request
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..ca import certs
 from ..common import tls
@@ -29,7 +34,24 @@ def _error(app, status, code, message):
     return _json(app, {"error": {"code": code, "message": message}}, status)
 
 
-def create_agent_app(stream, node_id: str, cluster_id: str, counters=None) -> Flask:
+_CONTAINER_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _number_arg(name, kind, minimum=0):
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}: not a number") from None
+    if not value >= minimum or value == float("inf"):
+        raise ValueError(f"{name}: must be at least {minimum}")
+    return value
+
+
+def create_agent_app(stream, node_id: str, cluster_id: str, counters=None,
+                     metrics=None, executor=None) -> Flask:
     app = Flask("flotilla.agent")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
 
@@ -37,7 +59,9 @@ def create_agent_app(stream, node_id: str, cluster_id: str, counters=None) -> Fl
     def _authorize():
         sock = request.environ.get("werkzeug.socket")
         ident = certs.identity_from_peercert(sock.getpeercert()) if sock is not None else None
-        if ident is None or ident.role != certs.ROLE_MANAGER or ident.cluster_id != cluster_id:
+        roles = (certs.ROLE_MANAGER, certs.ROLE_ADMIN) if request.endpoint == "metrics" \
+            else (certs.ROLE_MANAGER,)
+        if ident is None or ident.role not in roles or ident.cluster_id != cluster_id:
             if counters is not None:
                 counters["forbidden"] = counters.get("forbidden", 0) + 1
             return _error(app, 403, "forbidden", "only a manager of this cluster may call an agent")
@@ -62,6 +86,30 @@ def create_agent_app(stream, node_id: str, cluster_id: str, counters=None) -> Fl
         return _json(app, {"status": "ok", "node_id": node_id, "session_id": stream.session_id,
                            "seq": stream.seq})
 
+    if executor is not None:
+        @app.get("/v1/containers/<container_id>/logs")
+        def container_logs(container_id):
+            if not _CONTAINER_REF.match(container_id):
+                return _error(app, 404, "not_found", "no such container on this node")
+            try:
+                tail = _number_arg("tail", int)
+                since = _number_arg("since", float)
+            except ValueError as exc:
+                return _error(app, 400, "invalid", str(exc))
+            try:
+                return _json(app, executor.logs(container_id, tail=tail, since=since))
+            except LookupError:
+                return _error(app, 404, "not_found", "no such container on this node")
+            except Exception as exc:  # the engine failed or is unreachable
+                log.info("reading logs of container %s failed: %s", container_id, exc)
+                return _error(app, 502, "engine_error",
+                              f"the container engine failed: {str(exc)[:200]}")
+
+    if metrics is not None:
+        @app.get("/metrics", endpoint="metrics")
+        def metrics_view():
+            return app.response_class(metrics.render(), content_type=CONTENT_TYPE_LATEST)
+
     @app.errorhandler(404)
     def _not_found(_exc):
         return _error(app, 404, "not_found", "no such endpoint")
@@ -76,10 +124,12 @@ def create_agent_app(stream, node_id: str, cluster_id: str, counters=None) -> Fl
 class AgentServer(Component):
     name = "agent-listener"
 
-    def __init__(self, cfg, stream):
+    def __init__(self, cfg, stream, metrics=None, executor=None):
         super().__init__()
         self._cfg = cfg
         self._stream = stream
+        self._metrics = metrics
+        self._executor = executor
         self._server = None
         self.counters: dict[str, int] = {}
         self._ctx = tls.ReloadingContext(
@@ -92,7 +142,8 @@ class AgentServer(Component):
 
     def run(self):
         host, port = bind_address(self._cfg.agent_listen)
-        app = create_agent_app(self._stream, self._cfg.node_id, self._cfg.cluster_id, self.counters)
+        app = create_agent_app(self._stream, self._cfg.node_id, self._cfg.cluster_id, self.counters,
+                               self._metrics, executor=self._executor)
         self._server = TLSWSGIServer(host, port, app, self._ctx.get, on_refused=self._refused)
         log.info("agent listening on %s", self._cfg.agent_listen)
         self._server.serve_forever(poll_interval=0.5)

@@ -40,6 +40,7 @@ class Session(Component):
         self._on_registered = on_registered
         self.registered = 0
         self.heartbeats = 0
+        self.connected = False      # the last registration or heartbeat succeeded
         self.last_view = None
         self.session_id = None
 
@@ -73,6 +74,7 @@ class Session(Component):
                 reply = self._client.post("/v1/dispatcher/register", self._description(),
                                           timeout=10, retry_for=2)
                 self.registered += 1
+                self.connected = True
                 session_id = reply["session_id"]
                 self.session_id = session_id
                 period = float(reply["heartbeat_period"])
@@ -89,6 +91,7 @@ class Session(Component):
                     period = float(reply["heartbeat_period"])
                     self._handle(reply)
             except ApiError as exc:
+                self.connected = False
                 if exc.code == "revoked":
                     log.error("this node was removed from the cluster")
                     self._on_removed()
@@ -100,6 +103,7 @@ class Session(Component):
                     return
                 backoff = min(backoff * 2 + 0.1, MAX_BACKOFF)
             except Exception:
+                self.connected = False
                 log.exception("agent session failed")
                 if self.sleep(1.0):
                     return

@@ -100,6 +100,18 @@ class Worker(Component):
         with self._lock:
             return {tid: dict(c.status) for tid, c in self._ctls.items() if c.task is not None}
 
+    def container_states(self) -> dict[str, int]:
+        """This node's task containers by last observed engine state
+        (``unknown`` until observed)."""
+        with self._lock:
+            ctls = [c for c in self._ctls.values() if c.container_id is not None]
+        counts: dict[str, int] = {}
+        for c in ctls:
+            seen = c.seen
+            state = (seen[1] if seen else None) or "unknown"
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
     def tasks(self) -> dict[str, dict]:
         with self._lock:
             ctls = [c for c in self._ctls.values() if not c.dropped and c.task is not None]

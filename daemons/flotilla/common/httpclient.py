@@ -60,6 +60,16 @@ class _TLSAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
+def tls_session(tls_dir: str) -> requests.Session:
+    """A requests session that presents the client bundle in ``tls_dir`` and
+    verifies managers against its ca.pem (by the managers' certificate name,
+    whatever address is used)."""
+    session = requests.Session()
+    session.trust_env = False
+    session.mount("https://", _TLSAdapter(tls.client_context_from_dir(tls_dir)))
+    return session
+
+
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path, timeout):
         super().__init__("localhost", timeout=timeout)

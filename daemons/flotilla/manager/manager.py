@@ -18,7 +18,9 @@ from ..common.config import NodeConfig
 from . import objects
 from .caserver import CAServer
 from .dispatcher import Dispatcher
+from .events import EventLog
 from .membership import Membership
+from .metrics import ManagerMetrics
 from .raft.node import RaftNode, RaftSettings
 from .raftsecurity import RaftSecurity, SecurityCounters, saved_members
 from .rolemanager import RoleManager
@@ -32,7 +34,9 @@ class Manager:
         self.cfg = cfg
         self.settings = settings or RaftSettings()
         self.counters = SecurityCounters()
+        self.metrics = ManagerMetrics(self)
         self.store = Store()
+        self.events = EventLog(self.store)
         self.raft: RaftNode | None = None
         self.membership: Membership | None = None
         self.ca = CAServer(self.store, self.counters)
@@ -54,6 +58,7 @@ class Manager:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self):
+        self.events.start()   # first: it records the changes replayed from disk too
         members_path = os.path.join(self.cfg.raft_dir, "members.json")
         peers = saved_members(members_path)
         if not peers:
@@ -81,6 +86,7 @@ class Manager:
         self._stop.set()
         self._state_changed.set()
         self._stop_components()
+        self.events.stop()
         self.store.stop()
         if self.raft is not None:
             self.raft.stop()
@@ -138,7 +144,7 @@ class Manager:
 
         log.info("became leader: starting leader components")
         self.dispatcher = Dispatcher(self.store, (self.cfg.bundle_path, self.cfg.ca_path))
-        self.scheduler = Scheduler(self.store)
+        self.scheduler = Scheduler(self.store, on_placed=self.metrics.observe_scheduling)
         self.orchestrator = Orchestrator(self.store, constraint_matcher())
         self._components = [self.dispatcher,
                             RoleManager(self.store, self.raft, self.membership),

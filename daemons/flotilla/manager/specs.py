@@ -190,6 +190,8 @@ class TaskSpec(Model):
     resources: Resources = Field(default_factory=Resources)
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     placement: Placement = Field(default_factory=Placement)
+    # Raised by ``service update --force``: a new value replaces every task.
+    force_update: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _check(self):
@@ -223,6 +225,34 @@ class Endpoint(Model):
         return v
 
 
+class UpdateConfig(Model):
+    """How tasks are replaced when the task spec changes (also used, with its
+    own values, for rollbacks). Defaults are Docker Swarm's."""
+    parallelism: int = Field(default=1, ge=0, le=MAX_REPLICAS)
+    delay: Duration = 0.0
+    failure_action: Literal["pause", "continue", "rollback"] = "pause"
+    monitor: Duration = 5.0
+    max_failure_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    order: Literal["stop-first", "start-first"] = "stop-first"
+
+    @field_validator("delay", "monitor")
+    @classmethod
+    def _dur(cls, v):
+        return _seconds(v, 0, 86400)
+
+
+class Dependency(Model):
+    service: str = Field(max_length=63)
+    condition: Literal["started", "healthy", "completed"] = "started"
+
+    @field_validator("service")
+    @classmethod
+    def _name(cls, v):
+        if not NAME.match(v):
+            raise ValueError("must be a service name")
+        return v
+
+
 class ServiceSpec(Model):
     name: str = Field(max_length=63)
     labels: dict[str, str] = Field(default_factory=dict)
@@ -230,6 +260,19 @@ class ServiceSpec(Model):
     replicas: Optional[int] = Field(default=None, ge=0, le=MAX_REPLICAS)
     task: TaskSpec
     endpoint: Endpoint = Field(default_factory=Endpoint)
+    update: UpdateConfig = Field(default_factory=UpdateConfig)
+    rollback: UpdateConfig = Field(default_factory=lambda: UpdateConfig(failure_action="pause"))
+    depends_on: list[Dependency] = Field(default_factory=list, max_length=64)
+
+    @field_validator("depends_on")
+    @classmethod
+    def _deps(cls, v):
+        seen = set()
+        for d in v:
+            if d.service in seen:
+                raise ValueError(f"service {d.service} is listed twice")
+            seen.add(d.service)
+        return v
 
     @field_validator("name")
     @classmethod
@@ -249,6 +292,8 @@ class ServiceSpec(Model):
             raise ValueError("replicas cannot be set for a global service")
         if self.mode == "replicated" and self.replicas is None:
             self.replicas = 1
+        if any(d.service == self.name for d in self.depends_on):
+            raise ValueError("a service cannot depend on itself")
         return self
 
 

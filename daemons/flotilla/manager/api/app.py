@@ -8,7 +8,9 @@ from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
 from ..store.store import CommitTimeout, NotLeader, StoreError, TxnFailed
-from . import cluster, common, configs, dispatcher, health, join, nodes, raft, services
+from . import cluster, common, configs, dispatcher, health, join, nodes, openapi, raft, services
+from . import metrics
+from . import events, logs
 from .forward import Forwarder
 
 log = logging.getLogger(__name__)
@@ -22,11 +24,15 @@ def create_app(manager, forwarder: Forwarder | None = None) -> Flask:
     app.extensions["flotilla.manager"] = manager
     app.extensions["flotilla.forwarder"] = forwarder or Forwarder(manager)
     for bp in (health.bp, join.bp, cluster.bp, nodes.bp, configs.bp, dispatcher.bp, raft.bp,
-               services.bp):
+               services.bp, openapi.bp, metrics.bp, events.bp, logs.bp):
         app.register_blueprint(bp)
+    # Timing first, so that requests refused or forwarded below are timed too.
+    app.before_request(metrics.start_timer)
+    app.after_request(metrics.observe_request)
 
     @app.before_request
     def _authenticate_and_route():
+        common.refuse_oversized_body()
         view = app.view_functions.get(request.endpoint) if request.endpoint else None
         if view is None:
             return None  # 404/405 handled by Flask

@@ -10,6 +10,8 @@ from pydantic import Field, field_validator
 from ...ca import tokens
 from ...common.units import parse_duration
 from .. import objects
+from . import models
+from .openapi import doc
 from .common import ApiError, Model, json_response, manager, parse_body, policy, request_id
 
 bp = Blueprint("cluster", __name__, url_prefix="/v1/cluster")
@@ -52,12 +54,14 @@ def _cluster():
 
 @bp.get("")
 @policy("control")
+@doc("The cluster's settings and root CA.", response=models.Cluster, tags=("cluster",))
 def get_cluster():
     return json_response(objects.public_cluster(_cluster()))
 
 
 @bp.patch("")
 @policy("control")
+@doc("Change cluster settings.", body=ClusterUpdate, response=models.Cluster, tags=("cluster",))
 def update_cluster():
     body = parse_body(ClusterUpdate)
 
@@ -84,6 +88,7 @@ def _role(role):
 
 @bp.get("/join-tokens")
 @policy("control")
+@doc("Both join tokens.", response=models.JoinTokens, tags=("cluster",))
 def get_tokens():
     c = _cluster()
     return json_response(dict(c["tokens"]))
@@ -91,6 +96,7 @@ def get_tokens():
 
 @bp.get("/join-tokens/<role>")
 @policy("control")
+@doc("The join token for a role (worker or manager).", response=models.JoinToken, tags=("cluster",))
 def get_token(role):
     c = _cluster()
     return json_response({"role": _role(role), "token": c["tokens"][role]})
@@ -98,6 +104,7 @@ def get_token(role):
 
 @bp.post("/join-tokens/<role>/rotate")
 @policy("control")
+@doc("Replace the join token for a role.", response=models.JoinToken, tags=("cluster",))
 def rotate_token(role):
     _role(role)
 

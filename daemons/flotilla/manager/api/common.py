@@ -194,9 +194,35 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+# A body over the limit but under this size is read and thrown away before
+# the refusal, so that the client, still sending, sees the 413 rather than a
+# connection reset; anything larger is refused without reading it.
+DRAIN_LIMIT = 64 * 1024 * 1024
+
+
+def _drain(length: int) -> None:
+    stream = request.environ.get("wsgi.input")
+    left = length
+    while stream is not None and left > 0:
+        chunk = stream.read(min(left, 256 * 1024))
+        if not chunk:
+            break
+        left -= len(chunk)
+
+
+def refuse_oversized_body() -> None:
+    """Refuse a body over the limit before anything else looks at the request."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length and request.content_length > limit:
+        if request.content_length <= DRAIN_LIMIT:
+            _drain(request.content_length)
+        raise ApiError(413, "too_large",
+                       f"request body too large ({request.content_length} bytes; "
+                       f"the limit is {limit})")
+
+
 def parse_body(model: type[Model]):
-    if request.content_length and request.content_length > current_app.config["MAX_CONTENT_LENGTH"]:
-        raise ApiError(413, "too_large", "request body too large")
+    refuse_oversized_body()
     raw = request.get_data(cache=True)
     if not raw.strip():
         data = {}
@@ -215,6 +241,22 @@ def parse_body(model: type[Model]):
         message = first["msg"]
         if first["type"] == "extra_forbidden":
             message = "unknown field"
+        raise ApiError(400, "invalid", f"{field}: {message}" if field else message,
+                       field=field) from None
+
+
+def parse_query(model: type[Model]):
+    """Validate the query string with ``model`` (unknown parameters refused)."""
+    data = {}
+    for key in request.args:
+        values = request.args.getlist(key)
+        data[key] = values[0] if len(values) == 1 else values
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        message = "unknown parameter" if first["type"] == "extra_forbidden" else first["msg"]
         raise ApiError(400, "invalid", f"{field}: {message}" if field else message,
                        field=field) from None
 

@@ -11,6 +11,8 @@ from flask import Blueprint
 from pydantic import Field, field_validator
 
 from ..store.store import Op, new_id
+from . import models
+from .openapi import doc
 from .common import ApiError, Model, json_response, manager, parse_body, policy, request_id
 from .nodes import validate_labels
 
@@ -67,6 +69,7 @@ def _get(ref):
 
 @bp.get("")
 @policy("control")
+@doc("List configs.", response=list[models.Config], tags=("configs",))
 def list_configs():
     items = sorted(manager().store.list("config"), key=lambda c: c["name"])
     return json_response([view(c) for c in items])
@@ -74,6 +77,7 @@ def list_configs():
 
 @bp.post("")
 @policy("control")
+@doc("Create a config (base64 data, at most 500 KB).", body=ConfigCreate, response=models.Config, status=201, tags=("configs",))
 def create_config():
     body = parse_body(ConfigCreate)
     obj = {"id": new_id(), "name": body.name, "data": body.data, "labels": body.labels}
@@ -83,12 +87,14 @@ def create_config():
 
 @bp.get("/<ref>")
 @policy("control")
+@doc("Inspect a config, with its data.", response=models.Config, tags=("configs",))
 def inspect_config(ref):
     return json_response(view(_get(ref), with_data=True))
 
 
 @bp.delete("/<ref>")
 @policy("control")
+@doc("Remove a config.", response=models.Removed, tags=("configs",))
 def remove_config(ref):
     c = _get(ref)
     manager().store.commit([Op.delete("config", c["id"])], rid=request_id())

@@ -10,6 +10,8 @@ from pydantic import Field, field_validator
 from ...common import taskmodel
 from ..caserver import JoinRefused
 from ..dispatcher import SessionInvalid
+from . import models
+from .openapi import doc
 from .common import ApiError, Model, identity, json_response, manager, parse_body, policy
 from .join import Platform
 
@@ -59,7 +61,7 @@ class StatusUpdate(Model):
 
 class StatusReport(Model):
     session_id: str = Field(max_length=64)
-    updates: list[StatusUpdate] = Field(max_length=5000)
+    updates: list[StatusUpdate] = Field(max_length=1000)
 
 
 class Heartbeat(Model):
@@ -79,6 +81,7 @@ def _dispatcher():
 
 @bp.post("/dispatcher/register")
 @policy("agent")
+@doc("Agent: open a session.", body=Register, tags=("agents",))
 def register():
     body = parse_body(Register)
     desc = {"hostname": body.hostname, "version": body.version}
@@ -97,6 +100,7 @@ def register():
 
 @bp.post("/dispatcher/heartbeat")
 @policy("agent")
+@doc("Agent: heartbeat.", body=Heartbeat, tags=("agents",))
 def heartbeat():
     body = parse_body(Heartbeat)
     try:
@@ -107,6 +111,7 @@ def heartbeat():
 
 @bp.post("/dispatcher/status")
 @policy("agent")
+@doc("Agent: report task states.", body=StatusReport, response=models.Accepted, tags=("agents",))
 def status():
     body = parse_body(StatusReport)
     updates = [{"task_id": u.task_id, "status": u.status.model_dump()} for u in body.updates]
@@ -119,6 +124,7 @@ def status():
 
 @bp.post("/ca/renew")
 @policy("agent")
+@doc("Agent: renew this node's certificate.", body=Renew, tags=("agents",))
 def renew():
     body = parse_body(Renew)
     try:

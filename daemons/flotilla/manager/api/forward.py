@@ -23,7 +23,8 @@ PASS_HEADERS = ("Content-Type", "Idempotency-Key", "Accept")
 
 
 class Forwarder:
-    def __init__(self, manager, timeout: float = 30.0):
+    # Longer than the longest long poll (GET /v1/events?wait=60).
+    def __init__(self, manager, timeout: float = 75.0):
         self._manager = manager
         self._timeout = timeout
         cfg = manager.cfg

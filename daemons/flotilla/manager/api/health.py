@@ -6,6 +6,8 @@ from flask import Blueprint
 
 from ... import __version__
 from ...common import tls
+from . import models
+from .openapi import doc
 from .common import json_response, manager, policy
 
 bp = Blueprint("health", __name__, url_prefix="/v1")
@@ -13,6 +15,7 @@ bp = Blueprint("health", __name__, url_prefix="/v1")
 
 @bp.get("/health")
 @policy("any", local=True)
+@doc("Health of this manager as it sees itself.", response=models.Health, tags=("meta",))
 def health():
     m = manager()
     raft = m.raft.status() if m.raft is not None else {"state": "starting"}

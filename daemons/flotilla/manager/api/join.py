@@ -15,6 +15,8 @@ from pydantic import Field, field_validator
 
 from ...common.config import ConfigError, split_addr
 from ..caserver import JoinRefused
+from . import models
+from .openapi import doc
 from .common import ApiError, Model, json_response, manager, parse_body, policy
 
 bp = Blueprint("join", __name__, url_prefix="/v1")
@@ -60,6 +62,7 @@ class JoinRequest(Model):
 
 @bp.get("/join/ca")
 @policy("public", local=True)
+@doc("The cluster's root CA certificate (PEM); check it against the join token's digest.", content_type="application/x-pem-file", tags=("join",))
 def root_ca():
     m = manager()
     with open(m.cfg.ca_path, "rb") as f:
@@ -69,6 +72,7 @@ def root_ca():
 
 @bp.post("/join")
 @policy("public")
+@doc("Join with a token and a certificate signing request.", body=JoinRequest, status=201, tags=("join",))
 def join():
     body = parse_body(JoinRequest)
     m = manager()

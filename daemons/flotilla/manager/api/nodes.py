@@ -13,7 +13,10 @@ from ...common import taskmodel
 from .. import objects
 from ..membership import QuorumError
 from ..store.store import Op
-from .common import ApiError, Model, flag, json_response, manager, parse_body, policy, request_id
+from . import models
+from .openapi import doc
+from .common import (ApiError, Model, json_response, manager, parse_body, parse_query, policy,
+                     request_id)
 
 bp = Blueprint("nodes", __name__, url_prefix="/v1/nodes")
 
@@ -33,6 +36,10 @@ def validate_labels(labels):
         if len(v) > MAX_LABEL_VALUE:
             raise ValueError(f"label {k} is longer than {MAX_LABEL_VALUE} characters")
     return labels
+
+
+class ForceQuery(Model):
+    force: bool = False
 
 
 class NodeUpdate(Model):
@@ -114,6 +121,7 @@ def _views(nodes):
 
 @bp.get("")
 @policy("control")
+@doc("List nodes.", response=list[models.Node], tags=("nodes",))
 def list_nodes():
     nodes = sorted(manager().store.list("node"), key=lambda n: (n.get("hostname") or "", n["id"]))
     return json_response(_views(nodes))
@@ -121,6 +129,7 @@ def list_nodes():
 
 @bp.get("/<ref>")
 @policy("control")
+@doc("Inspect a node by id, hostname or id prefix.", response=models.Node, tags=("nodes",))
 def inspect_node(ref):
     return json_response(_views([_get(ref)])[0])
 
@@ -131,10 +140,11 @@ def _update(ref, change, rid, version=None):
 
 @bp.patch("/<ref>")
 @policy("control")
+@doc("Change a node's role, availability or labels.", body=NodeUpdate, query=ForceQuery, response=models.Node, tags=("nodes",))
 def update_node(ref):
     body = parse_body(NodeUpdate)
     if body.role == "worker":
-        _check_demotion(_get(ref), flag("force"))
+        _check_demotion(_get(ref), parse_query(ForceQuery).force)
 
     def change(node):
         spec = dict(node["spec"])
@@ -182,23 +192,26 @@ def _check_demotion(node, force):
 
 @bp.post("/<ref>/promote")
 @policy("control")
+@doc("Make a node a manager.", response=models.Node, tags=("nodes",))
 def promote(ref):
     return json_response(_views([_set_role(_get(ref), "manager")])[0])
 
 
 @bp.post("/<ref>/demote")
 @policy("control")
+@doc("Make a manager a worker.", query=ForceQuery, response=models.Node, tags=("nodes",))
 def demote(ref):
     node = _get(ref)
-    _check_demotion(node, flag("force"))
+    _check_demotion(node, parse_query(ForceQuery).force)
     return json_response(_views([_set_role(node, "worker")])[0])
 
 
 @bp.delete("/<ref>")
 @policy("control")
+@doc("Remove a node from the cluster (its certificate is revoked).", query=ForceQuery, response=models.Removed, tags=("nodes",))
 def remove(ref):
     m = manager()
-    force = flag("force")
+    force = parse_query(ForceQuery).force
     node = _get(ref)
     if node.get("role") == "manager" or node["spec"]["role"] == "manager":
         raise ApiError(409, "is_manager", f"node {node['hostname']} is a manager; demote it first")

@@ -6,6 +6,8 @@ from flask import Blueprint
 from pydantic import Field, field_validator
 
 from ..membership import MembershipBusy, MembershipError
+from . import models
+from .openapi import doc
 from .common import ApiError, Model, identity, json_response, manager, parse_body, policy
 from .join import _address
 
@@ -24,6 +26,7 @@ class RaftJoin(Model):
 
 @bp.get("")
 @policy("control")
+@doc("Raft status of the leader.", tags=("managers",))
 def status():
     m = manager()
     return json_response(m.raft.status())
@@ -31,6 +34,7 @@ def status():
 
 @bp.post("/join")
 @policy("manager")
+@doc("Manager: join the Raft group.", body=RaftJoin, response=models.RaftMembers, tags=("managers",))
 def join():
     """Record the caller's addresses, add it to the Raft configuration and
     return the members (address -> node id) it must start with."""

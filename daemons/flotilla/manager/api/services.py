@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from typing import Optional
 
-from flask import Blueprint, request
+from flask import Blueprint
 from pydantic import Field
 
 from ...common import taskmodel
 from .. import specs
+from ..orchestrator import tasks as T
 from ..store.store import Op, new_id
-from .common import ApiError, Model, json_response, manager, parse_body, policy, request_id
+from . import models
+from .openapi import doc
+from .common import (ApiError, Model, json_response, manager, parse_body, parse_query, policy,
+                     request_id)
 
 bp = Blueprint("services", __name__, url_prefix="/v1")
+
+
+class TaskQuery(Model):
+    service: Optional[str] = Field(default=None, min_length=1, max_length=128)
+    node: Optional[str] = Field(default=None, min_length=1, max_length=253)
+    desired: Optional[str] = Field(default=None, max_length=32)
 
 
 class ServiceUpdate(Model):
@@ -49,12 +59,14 @@ def _counts(service_id):
     return {"running": running, "desired": desired}
 
 
-def task_view(t, nodes=None):
+def task_view(t, nodes=None, services=None):
     node = None
     if t.get("node_id"):
         node = (nodes or {}).get(t["node_id"]) if nodes is not None else \
             manager().store.get("node", t["node_id"])
     st = t["status"]
+    service = services.get(t["service_id"]) if services is not None else \
+        manager().store.get("service", t["service_id"])
     return {
         "id": t["id"],
         "service_id": t["service_id"],
@@ -71,6 +83,7 @@ def task_view(t, nodes=None):
         "timestamp": st.get("timestamp"),
         "image": t["spec"]["container"]["image"],
         "spec_version": t["spec_version"],
+        "up_to_date": service is not None and not T.is_dirty(t, service),
         "created_at": t.get("created_at"),
         "updated_at": t.get("updated_at"),
     }
@@ -107,6 +120,7 @@ def _check_ports(spec: dict, exclude: str | None = None):
 
 @bp.post("/services")
 @policy("control")
+@doc("Create a service.", body=specs.ServiceSpec, response=models.Service, status=201, tags=("services",))
 def create_service():
     spec = specs.canonical(parse_body(specs.ServiceSpec))
     _check_ports(spec)
@@ -117,6 +131,7 @@ def create_service():
 
 @bp.get("/services")
 @policy("control")
+@doc("List services.", response=list[models.Service], tags=("services",))
 def list_services():
     items = sorted(manager().store.list("service"), key=lambda s: s["name"])
     return json_response([service_view(s) for s in items])
@@ -124,12 +139,14 @@ def list_services():
 
 @bp.get("/services/<ref>")
 @policy("control")
+@doc("Inspect a service by id, name or id prefix.", response=models.Service, tags=("services",))
 def inspect_service(ref):
     return json_response(service_view(_get_service(ref)))
 
 
 @bp.patch("/services/<ref>")
 @policy("control")
+@doc("Scale a service or replace its spec.", body=ServiceUpdate, response=models.Service, tags=("services",))
 def update_service(ref):
     body = parse_body(ServiceUpdate)
     current = _get_service(ref)
@@ -158,6 +175,7 @@ def update_service(ref):
 
 @bp.delete("/services/<ref>")
 @policy("control")
+@doc("Remove a service; its tasks stop and are removed.", response=models.Removed, tags=("services",))
 def remove_service(ref):
     s = _get_service(ref)
     manager().store.commit([Op.delete("service", s["id"])], rid=request_id())
@@ -166,6 +184,7 @@ def remove_service(ref):
 
 @bp.get("/services/<ref>/tasks")
 @policy("control")
+@doc("A service's tasks.", response=list[models.Task], tags=("tasks",))
 def service_tasks(ref):
     s = _get_service(ref)
     tasks = manager().store.by_index("task", "service_id", s["id"])
@@ -174,20 +193,26 @@ def service_tasks(ref):
 
 def _task_list(tasks):
     nodes = {n["id"]: n for n in manager().store.list("node")}
+    store = manager().store
+    services = {sid: store.get("service", sid) for sid in {t["service_id"] for t in tasks}}
     tasks = sorted(tasks, key=lambda t: (t["service_name"], t["slot"] or 0,
                                          nodes.get(t["node_id"], {}).get("hostname") or "",
                                          -(t.get("created_at") or 0)))
-    return [task_view(t, nodes) for t in tasks]
+    return [task_view(t, nodes, services) for t in tasks]
 
 
 @bp.get("/tasks")
 @policy("control")
+@doc("List tasks.", query=TaskQuery, response=list[models.Task], tags=("tasks",))
 def list_tasks():
     store = manager().store
-    service = request.args.get("service")
-    node = request.args.get("node")
+    query = parse_query(TaskQuery)
+    service, node = query.service, query.node
     if service:
-        tasks = store.by_index("task", "service_id", _get_service(service)["id"])
+        # A removed service's tasks are still found by its id while they stop.
+        tasks = store.by_index("task", "service_id", service)
+        if not tasks:
+            tasks = store.by_index("task", "service_id", _get_service(service)["id"])
     elif node:
         from .nodes import _get as get_node
         tasks = store.by_index("task", "node_id", get_node(node)["id"])
@@ -197,7 +222,7 @@ def list_tasks():
         from .nodes import _get as get_node
         node_id = get_node(node)["id"]
         tasks = [t for t in tasks if t["node_id"] == node_id]
-    state = request.args.get("desired")
+    state = query.desired
     if state:
         if state not in taskmodel.STATE_VALUES:
             raise ApiError(400, "invalid", f"unknown state {state!r}", field="desired")
@@ -207,6 +232,7 @@ def list_tasks():
 
 @bp.get("/tasks/<task_id>")
 @policy("control")
+@doc("Inspect a task by id or id prefix.", response=models.TaskDetail, tags=("tasks",))
 def inspect_task(task_id):
     t = manager().store.get("task", task_id)
     if t is None:

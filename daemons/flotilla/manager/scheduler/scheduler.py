@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 from ...common.component import Component
 from ..orchestrator import tasks as T
@@ -36,9 +37,12 @@ def needs_scheduling(task: dict | None) -> bool:
 class Scheduler(Component):
     name = "scheduler"
 
-    def __init__(self, store):
+    def __init__(self, store, on_placed: Callable[[float], None] | None = None):
+        """``on_placed`` is called with the seconds from a task's creation to
+        its assignment, for every task placed."""
         super().__init__()
         self._store = store
+        self._on_placed = on_placed
         self.core = SchedulerCore()
         self._pending: dict[str, dict] = {}
         self.placed = 0
@@ -141,6 +145,8 @@ class Scheduler(Component):
                 created = task.get("created_at")
                 if created:
                     self.latencies.append(now - created)
+                    if self._on_placed is not None:
+                        self._on_placed(now - created)
                     if len(self.latencies) > 10000:
                         del self.latencies[:5000]
 

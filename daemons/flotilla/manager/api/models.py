@@ -1,0 +1,174 @@
+"""Response models of the API: what each view returns, for the OpenAPI
+document (request models live next to the views that validate them)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel
+
+from .. import specs
+
+
+class Removed(BaseModel):
+    id: str
+    removed: bool
+
+
+class Replicas(BaseModel):
+    desired: int
+    running: int
+
+
+class PublishedPort(BaseModel):
+    target: int
+    published: int
+    protocol: str
+    mode: Optional[str] = None
+
+
+class Service(BaseModel):
+    id: str
+    name: str
+    mode: str
+    replicas: Replicas
+    image: str
+    ports: list[PublishedPort]
+    spec: specs.ServiceSpec
+    spec_version: int
+    version: Optional[int] = None
+    created_at: Optional[float] = None
+    updated_at: Optional[float] = None
+
+
+class Task(BaseModel):
+    id: str
+    service_id: str
+    service_name: str
+    slot: Optional[int] = None
+    node_id: Optional[str] = None
+    node: Optional[str] = None
+    desired_state: str
+    state: str
+    message: str
+    error: Optional[str] = None
+    exit_code: Optional[int] = None
+    container_id: Optional[str] = None
+    timestamp: Optional[float] = None
+    image: str
+    spec_version: int
+    up_to_date: bool
+    created_at: Optional[float] = None
+    updated_at: Optional[float] = None
+
+
+class TaskPort(BaseModel):
+    target: int
+    published: int
+    protocol: str
+
+
+class TaskDetail(Task):
+    spec: specs.TaskSpec
+    ports: list[TaskPort]
+
+
+class CpuMemory(BaseModel):
+    cpus: float
+    memory: int
+
+
+class NodeResources(BaseModel):
+    total: CpuMemory
+    reserved: CpuMemory
+    free: CpuMemory
+    tasks: int
+
+
+class ManagerStatus(BaseModel):
+    raft_addr: Optional[str] = None
+    api_addr: Optional[str] = None
+    reachability: str
+
+
+class Node(BaseModel):
+    id: str
+    hostname: Optional[str] = None
+    addr: Optional[str] = None
+    role: Optional[str] = None
+    desired_role: str
+    availability: str
+    labels: dict[str, str]
+    state: str
+    message: str
+    leader: bool
+    platform: dict[str, Any]
+    engine: dict[str, Any]
+    resources: NodeResources
+    agent_addr: Optional[str] = None
+    flotilla_version: Optional[str] = None
+    cert: Optional[dict[str, Any]] = None
+    version: Optional[int] = None
+    created_at: Optional[float] = None
+    updated_at: Optional[float] = None
+    manager: Optional[ManagerStatus] = None
+
+
+class RootCA(BaseModel):
+    cert: str
+    digest: str
+
+
+class Cluster(BaseModel):
+    id: str
+    name: str
+    spec: dict[str, dict[str, Any]]
+    root_ca: RootCA
+    revoked: list[str]
+    version: Optional[int] = None
+    created_at: Optional[float] = None
+    updated_at: Optional[float] = None
+
+
+class JoinTokens(BaseModel):
+    worker: str
+    manager: str
+
+
+class JoinToken(BaseModel):
+    role: str
+    token: str
+
+
+class Config(BaseModel):
+    id: str
+    name: str
+    labels: dict[str, str]
+    size: int
+    data: Optional[str] = None
+    version: Optional[int] = None
+    created_at: Optional[float] = None
+    updated_at: Optional[float] = None
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    node_id: str
+    cluster_id: str
+    role: str
+    addr: str
+    is_leader: bool
+    leader_ready: bool
+    leader: Optional[dict[str, Any]] = None
+    raft: dict[str, Any]
+    store_index: int
+    refused: dict[str, int]
+
+
+class Accepted(BaseModel):
+    accepted: int
+
+
+class RaftMembers(BaseModel):
+    members: list[Any]
