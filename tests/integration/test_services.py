@@ -43,7 +43,7 @@ def slots_ok(c, service):
 
 
 def create(c, *args):
-    return c.cli("service", "create", *args).stdout.strip()
+    return c.cli("service", "create", "--detach", *args).stdout.strip()
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_replicated_converge_scale_and_remove(cluster):
     assert ctr.labels["flotilla.service.name"] == "web" and ctr.labels["flotilla.task.slot"]
     out = json.loads(c.cli("service", "ps", "web", "--format", "json").stdout)
     assert {"id", "slot", "node", "desired_state", "state", "error", "container_id"} <= set(out[0])
-    c.cli("service", "scale", "web=10")
+    c.cli("service", "scale", "--detach", "web=10")
     wait_for(lambda: converged(c, "web", 10), 60, what="10 running tasks")
     assert sorted(t["slot"] for t in running(c, "web")) == list(range(1, 11))
     c.cli("service", "scale", "web=2")
@@ -114,7 +114,7 @@ def test_constraints_and_reservations(cluster):
     wait_for(explained, 30, what="pending with an explanation")
     [t] = ps(c, "late")
     assert "memory" in t["message"]
-    huge = c.cli("service", "create", "--name", "huge", "--reserve-memory", "100T", IMAGE, "true")
+    huge = c.cli("service", "create", "--detach", "--name", "huge", "--reserve-memory", "100T", IMAGE, "true")
     assert huge.returncode == 0
     wait_for(lambda: ps(c, "huge")[0]["message"] == "no suitable node (3 nodes lack 100 TB memory)", 30)
     c.cli("service", "scale", "hog=2")          # frees one node's memory
@@ -211,7 +211,7 @@ def test_drain_and_pause(cluster):
     c.cli("node", "update", "w1", "--availability", "active")
     c.cli("node", "update", "w2", "--availability", "pause")
     on_w2 = {t["id"] for t in running(c, "web") if t["node"] == "w2"}
-    c.cli("service", "scale", "web=10")
+    c.cli("service", "scale", "--detach", "web=10")
     wait_for(lambda: converged(c, "web", 10), 60)
     now_w2 = {t["id"] for t in running(c, "web") if t["node"] == "w2"}
     assert now_w2 == on_w2                         # paused: kept its tasks, got no new one

@@ -8,7 +8,9 @@ import sys
 import click
 
 from .. import __version__
-from . import cluster, config, node, service
+from . import cluster, completion, config, contexts, node, service
+from . import events, logs
+from . import stack
 from .context import Context
 
 
@@ -20,12 +22,14 @@ from .context import Context
 @click.option("--tls-dir", envvar="FLOTILLA_TLS_DIR", metavar="DIR",
               type=click.Path(file_okay=False),
               help="Client bundle directory with ca.pem, cert.pem and key.pem.")
+@click.option("--context", "context_name", envvar="FLOTILLA_CONTEXT", metavar="NAME",
+              help="Saved context to use (see 'flotilla context'); default: the current one.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="Output format.")
 @click.pass_context
-def cli(ctx, host, tls_dir, fmt):
+def cli(ctx, host, tls_dir, context_name, fmt):
     """Flotilla: a small, secure, durable container orchestrator."""
-    ctx.obj = Context(host, tls_dir, fmt)
+    ctx.obj = Context(host, tls_dir, fmt, context_name)
 
 
 cli.add_command(node.node)
@@ -33,6 +37,11 @@ cli.add_command(cluster.cluster)
 cli.add_command(config.config)
 cli.add_command(service.service)
 cli.add_command(service.task)
+cli.add_command(stack.stack)
+cli.add_command(contexts.context)
+cli.add_command(completion.completion)
+cli.add_command(events.events)
+service.service.add_command(logs.logs)
 
 
 def main(argv=None):

@@ -4,22 +4,38 @@ from __future__ import annotations
 
 import datetime
 import json
+import sys
 
 import click
+from rich.console import Console
+from rich.table import Table
 
 
 def emit_json(data):
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
+def console() -> Console:
+    """A console that never wraps or truncates table cells when piped."""
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(width=4096, highlight=False, color_system=None, soft_wrap=True)
+
+
 def table(rows: list[dict], columns: list[tuple[str, str]]):
-    """columns: (header, key). Values are rendered with str()."""
-    cells = [[h for h, _ in columns]]
+    """columns: (header, key). Values are rendered with str(), aligned like
+    docker's tables (no borders, three spaces between columns)."""
+    t = Table(box=None, show_edge=False, pad_edge=False,
+              padding=(0, 3, 0, 0), header_style="bold", expand=False)
+    for header, _ in columns:
+        t.add_column(header, no_wrap=True, overflow="ignore")
     for row in rows:
-        cells.append(["" if row.get(k) is None else str(row.get(k)) for _, k in columns])
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    for r in cells:
-        click.echo("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        t.add_row(*["" if row.get(k) is None else str(row.get(k)) for _, k in columns])
+    out = console()
+    with out.capture() as cap:
+        out.print(t, markup=False)
+    for line in cap.get().splitlines():
+        click.echo(line.rstrip())
 
 
 def age(ts) -> str:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
+import shlex
+
 import click
 
 from ..common.units import parse_bytes, parse_duration
+from . import progress
 from .context import call
 from .fmt import format_option
 from .output import age, emit_json, table
@@ -195,18 +201,41 @@ def service():
     """Manage services."""
 
 
+def wait_options(fn):
+    fn = click.option("--timeout", default=120.0, show_default=True, type=float, metavar="SECONDS",
+                      help="How long to wait for convergence.")(fn)
+    fn = click.option("--detach", "-d", is_flag=True,
+                      help="Return at once instead of waiting for the tasks to converge.")(fn)
+    return fn
+
+
 @service.command("create", context_settings={"allow_interspersed_args": False})
 @service_options
+@wait_options
 @format_option
+@click.option("-q", "--quiet", is_flag=True, help="Print only the service id.")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-def create(ctx, image, command, **o):
-    """Create a service running IMAGE [COMMAND [ARG...]]."""
+def create(ctx, image, command, detach, timeout, quiet, **o):
+    """Create a service running IMAGE [COMMAND [ARG...]] and wait until it converges."""
     if o["mode"] == "global" and o["replicas"] is not None:
         raise click.UsageError("--replicas cannot be used with --mode global")
     res = call(ctx, "POST", "/v1/services", json=build_spec(o, image, command))
-    emit_json(res) if ctx.json else click.echo(res["id"])
+    if ctx.json:
+        emit_json(res)
+    else:
+        click.echo(res["id"])
+    if not detach:
+        _converge(ctx, [res["id"]], timeout, quiet or ctx.json)
+
+
+def _converge(ctx, refs, timeout, quiet=False):
+    if quiet:
+        with contextlib.redirect_stdout(io.StringIO()):
+            progress.converge(ctx, refs, timeout)
+    else:
+        progress.converge(ctx, refs, timeout)
 
 
 SERVICE_COLUMNS = [("ID", "id12"), ("NAME", "name"), ("MODE", "mode"), ("REPLICAS", "reps"),
@@ -278,24 +307,166 @@ def ps(ctx, ref, quiet):
 
 @service.command("scale")
 @click.argument("pairs", nargs=-1, required=True, metavar="SERVICE=REPLICAS...")
+@wait_options
 @click.pass_obj
-def scale(ctx, pairs):
-    """Set the number of replicas of services."""
+def scale(ctx, pairs, detach, timeout):
+    """Set the number of replicas of services and wait until they converge."""
+    wanted = []
     for pair in pairs:
         name, sep, n = pair.partition("=")
         if not sep or not n.isdigit():
             raise click.BadParameter(f"{pair!r} is not SERVICE=REPLICAS")
-        call(ctx, "PATCH", f"/v1/services/{name}", json={"replicas": int(n)})
+        wanted.append((name, int(n)))
+    ids = []
+    for name, n in wanted:
+        ids.append(call(ctx, "PATCH", f"/v1/services/{name}", json={"replicas": n})["id"])
         click.echo(f"{name} scaled to {n}")
+    if not detach:
+        _converge(ctx, ids, timeout)
+
+
+@service.command("update", context_settings={"allow_interspersed_args": True})
+@click.argument("ref")
+@click.option("--image", help="New image.")
+@click.option("--args", "args_", metavar="\"ARG ...\"", help="New command arguments (shell words).")
+@click.option("--entrypoint", help="New entrypoint (shell words; '' for the image's).")
+@click.option("--replicas", type=int)
+@click.option("--env-add", multiple=True, metavar="KEY=VALUE")
+@click.option("--env-rm", multiple=True, metavar="KEY")
+@click.option("--label-add", multiple=True, metavar="KEY=VALUE", help="Service label.")
+@click.option("--label-rm", multiple=True, metavar="KEY")
+@click.option("--container-label-add", multiple=True, metavar="KEY=VALUE")
+@click.option("--container-label-rm", multiple=True, metavar="KEY")
+@click.option("--publish-add", multiple=True, metavar="PUBLISHED:TARGET[/udp]")
+@click.option("--publish-rm", multiple=True, metavar="PUBLISHED[/udp]")
+@click.option("--constraint-add", multiple=True, metavar="EXPR")
+@click.option("--constraint-rm", multiple=True, metavar="EXPR")
+@click.option("--mount-add", multiple=True, metavar="type=bind,source=/x,target=/y")
+@click.option("--mount-rm", multiple=True, metavar="TARGET")
+@click.option("--reserve-cpu", type=float)
+@click.option("--reserve-memory", callback=_size)
+@click.option("--limit-cpu", type=float)
+@click.option("--limit-memory", callback=_size)
+@click.option("--restart-condition", type=click.Choice(["none", "on-failure", "any"]))
+@click.option("--restart-delay", callback=_dur)
+@click.option("--restart-max-attempts", type=int)
+@click.option("--restart-window", callback=_dur)
+@click.option("--health-cmd")
+@click.option("--no-healthcheck", is_flag=True)
+@click.option("--stop-grace-period", callback=_dur)
+@click.option("--update-parallelism", type=int)
+@click.option("--update-delay", callback=_dur)
+@click.option("--update-failure-action", type=click.Choice(["pause", "continue", "rollback"]))
+@click.option("--update-monitor", callback=_dur)
+@click.option("--update-max-failure-ratio", type=float)
+@click.option("--update-order", type=click.Choice(["stop-first", "start-first"]))
+@click.option("--force", is_flag=True, help="Replace every task even if nothing changed.")
+@wait_options
+@format_option
+@click.pass_obj
+def update(ctx, ref, detach, timeout, **o):
+    """Change a service's spec; its tasks are replaced to match."""
+    current = call(ctx, "GET", f"/v1/services/{ref}")
+    spec = update_spec(current["spec"], o)
+    res = call(ctx, "PATCH", f"/v1/services/{current['id']}",
+               json={"spec": spec, "version": current["version"]})
+    if ctx.json:
+        emit_json(res)
+    elif res["spec_version"] == current["spec_version"]:
+        click.echo(f"{res['name']}: nothing to change")
+    else:
+        click.echo(res["id"])
+    if not detach:
+        _converge(ctx, [res["id"]], timeout, ctx.json)
+
+
+def _apply_kv(mapping: dict, add, rm, what):
+    out = dict(mapping)
+    for key in rm:
+        out.pop(key, None)
+    out.update(_kv(add, what))
+    return out
+
+
+def update_spec(spec: dict, o: dict) -> dict:
+    """The new spec: ``spec`` (the stored one) with the flags in ``o`` applied."""
+    spec = copy.deepcopy(spec)
+    task = spec["task"]
+    c = task["container"]
+    if o["image"]:
+        c["image"] = o["image"]
+    if o["args_"] is not None:
+        c["args"] = shlex.split(o["args_"]) or None
+    if o["entrypoint"] is not None:
+        c["command"] = shlex.split(o["entrypoint"]) or None
+    if o["replicas"] is not None:
+        if spec["mode"] != "replicated":
+            raise click.UsageError("--replicas applies only to replicated services")
+        spec["replicas"] = o["replicas"]
+    if o["env_add"] or o["env_rm"]:
+        env = {e.partition("=")[0]: e for e in c["env"]}
+        for key in o["env_rm"]:
+            env.pop(key.partition("=")[0], None)
+        for item in o["env_add"]:
+            if "=" not in item:
+                raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env-add")
+            env[item.partition("=")[0]] = item
+        c["env"] = list(env.values())
+    spec["labels"] = _apply_kv(spec["labels"], o["label_add"], o["label_rm"], "--label-add")
+    c["labels"] = _apply_kv(c["labels"], o["container_label_add"], o["container_label_rm"],
+                            "--container-label-add")
+    ports = spec["endpoint"]["ports"]
+    for item in o["publish_rm"]:
+        num, _, proto = item.partition("/")
+        ports = [p for p in ports if not (str(p["published"]) == num
+                                          and p["protocol"] == (proto or "tcp"))]
+    for item in o["publish_add"]:
+        new = dict({"protocol": "tcp", "mode": "host"}, **parse_publish(item))
+        ports = [p for p in ports if (p["published"], p["protocol"])
+                 != (new["published"], new["protocol"])] + [new]
+    spec["endpoint"]["ports"] = ports
+    placement = task["placement"]
+    placement["constraints"] = [x for x in placement["constraints"] if x not in o["constraint_rm"]]
+    placement["constraints"] += [x for x in o["constraint_add"] if x not in placement["constraints"]]
+    c["mounts"] = [m for m in c["mounts"] if m["target"] not in o["mount_rm"]]
+    c["mounts"] += [parse_mount(m) for m in o["mount_add"]]
+    for kind, cpu, mem in (("limits", "limit_cpu", "limit_memory"),
+                           ("reservations", "reserve_cpu", "reserve_memory")):
+        if o[cpu] is not None:
+            task["resources"][kind]["cpus"] = o[cpu]
+        if o[mem] is not None:
+            task["resources"][kind]["memory"] = o[mem]
+    for key in ("condition", "delay", "max_attempts", "window"):
+        if o[f"restart_{key}"] is not None:
+            task["restart"][key] = o[f"restart_{key}"]
+    if o["no_healthcheck"]:
+        c["healthcheck"] = {"test": ["NONE"]}
+    elif o["health_cmd"]:
+        c["healthcheck"] = {"test": ["CMD-SHELL", o["health_cmd"]]}
+    if o["stop_grace_period"] is not None:
+        c["stop_grace_period"] = o["stop_grace_period"]
+    upd = spec.setdefault("update", {})
+    for key in ("parallelism", "delay", "failure_action", "monitor", "max_failure_ratio", "order"):
+        if o[f"update_{key}"] is not None:
+            upd[key] = o[f"update_{key}"]
+    if o["force"]:
+        task["force_update"] = int(task.get("force_update") or 0) + 1
+    return spec
 
 
 @service.command("rm")
 @click.argument("refs", nargs=-1, required=True)
+@wait_options
 @click.pass_obj
-def rm(ctx, refs):
-    """Remove services (their containers are stopped and removed)."""
+def rm(ctx, refs, detach, timeout):
+    """Remove services; waits until their containers are stopped and removed."""
+    ids = []
     for ref in refs:
-        click.echo(call(ctx, "DELETE", f"/v1/services/{ref}")["id"])
+        sid = call(ctx, "DELETE", f"/v1/services/{ref}")["id"]
+        ids.append(sid)
+        click.echo(ref)
+    if not detach:
+        progress.removed(ctx, ids, timeout)
 
 
 @click.group()
