@@ -88,7 +88,7 @@ def test_fuzzing_the_api_finds_no_server_error(cluster, tmp_path):
            "--phases", "examples,coverage,fuzzing", "--request-timeout", "30",
            "--suppress-health-check", "all", "--no-color",
            "--report", "junit", "--report-dir", str(report)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path,
                          env=dict(os.environ, SCHEMATHESIS_HOOKS=""))
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-6000:]
