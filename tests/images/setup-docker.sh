@@ -36,4 +36,20 @@ if ! docker image inspect flotilla-test/busybox:1 >/dev/null 2>&1; then
     rm -rf "$root"
 fi
 docker run --rm flotilla-test/busybox:1 true
+
+# Two versions of a small web service with a HEALTHCHECK, and a version whose
+# healthcheck never passes (rolling update and rollback tests).
+web_image() {
+    tag=$1 body=$2 health=$3
+    docker image inspect "flotilla-test/web:$tag" >/dev/null 2>&1 && return
+    docker build -q -t "flotilla-test/web:$tag" - >/dev/null <<EOF
+FROM flotilla-test/busybox:1
+RUN mkdir -p /www && echo "$body" > /www/index.html && echo ok > /www/health
+HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD wget -q -O /dev/null http://127.0.0.1$health || exit 1
+CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
+EOF
+}
+web_image 1 "web v1" /health
+web_image 2 "web v2" /health
+web_image bad "web bad" /missing
 echo "docker ready: $(docker version --format '{{.Server.Version}}')"
