@@ -84,7 +84,7 @@ def test_fuzzing_the_api_finds_no_server_error(cluster, tmp_path):
            "--tls-verify", "false",
            "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
                        "response_schema_conformance",
-           "--max-examples", str(FUZZ_EXAMPLES), "--seed", "20261127", "--workers", "2",
+           "--max-examples", str(FUZZ_EXAMPLES), "--seed", "20261127", "--workers", "1",
            "--phases", "examples,coverage,fuzzing", "--request-timeout", "30",
            "--suppress-health-check", "all", "--no-color",
            "--report", "junit", "--report-dir", str(report)]

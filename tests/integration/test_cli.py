@@ -28,7 +28,8 @@ def running(c, service):
 def test_service_lifecycle_waits_for_convergence(cluster):
     c = cluster
     # create waits until every task runs, printing per-task progress.
-    res = c.cli("service", "create", "--name", "web", "--replicas", "3", IMAGE, "sleep", "3600")
+    res = c.cli("service", "create", "--name", "web", "--replicas", "3", "--init", IMAGE,
+                "sleep", "3600")
     lines = res.stdout.splitlines()
     service_id = lines[0]
     assert lines[-1] == "web: converged (3/3 running)"

@@ -20,6 +20,11 @@ A controller drives its task toward ``min(desired state, running)``::
   image's) has not passed yet;
 - running: the container runs and has no healthcheck or is healthy.
 
+An engine healthcheck (a ``test``, or the image's) is read from the
+container's state; an ``http`` or ``tcp`` one is probed by the agent
+(``health.Prober``): the controller watches the task while its container
+runs, and the prober has the task synced again when its health changes.
+
 States only move forward; every state reached is published once, including
 the intermediate ones when several steps happen at once. Nothing is ever
 restarted here: a finished task stays finished, restarting is the
@@ -40,7 +45,8 @@ from typing import Callable
 
 from ..common import taskmodel
 from ..common.taskmodel import at_least, before, finished
-from .executor import APIError, ImageUnavailable, grace_seconds
+from .executor import (APIError, ImageUnavailable, container_address, grace_seconds,
+                       log_timestamp, probed)
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +97,10 @@ class Controller:
     when built without a task)."""
 
     def __init__(self, task_id: str, executor, publish: Callable[["Controller", dict], None],
-                 task: dict | None = None, status: dict | None = None):
+                 task: dict | None = None, status: dict | None = None, prober=None):
         self.id = task_id
         self._executor = executor
+        self._prober = prober
         self._publish = publish
         self._lock = threading.Lock()
         self._task = task
@@ -240,6 +247,7 @@ class Controller:
         info = self._find_container()
         if info is None:
             self.seen = None
+            self._unwatch()
             if self.state == "ready":
                 self._report("rejected", "container removed before it started",
                              err="task: container removed")
@@ -264,9 +272,12 @@ class Controller:
         if status in _RUNNING_STATES:
             if desired == "ready" and self.state == "ready":
                 return False
+            health, why = self._health(task, info, health)
             if health == "unhealthy":
+                self._unwatch()
                 self._executor.stop(info["Id"], grace_seconds(task))
-                self._report("failed", "container unhealthy", err="task: container unhealthy")
+                self._report("failed", "container unhealthy",
+                             err="task: container unhealthy" + (f" ({why})" if why else ""))
                 return False
             if health in (None, "healthy"):
                 self._report("running")
@@ -274,11 +285,29 @@ class Controller:
                 self._report("starting", "waiting for the container to become healthy")
             return False
         if status == "removing":
+            self._unwatch()
             return False
         self._exited(st)
         return False
 
+    def _health(self, task: dict, info: dict, engine: str | None) -> tuple[str | None, str | None]:
+        """The running container's health and, for a probed healthcheck, the
+        last failure: the engine's health unless the spec's healthcheck is
+        an ``http`` or ``tcp`` one."""
+        spec = task["spec"]["container"].get("healthcheck")
+        if self._prober is None or not probed(spec):
+            return engine, None
+        started = log_timestamp(info["State"].get("StartedAt") or "")
+        health = self._prober.watch(self.id, info["Id"], container_address(info), spec,
+                                    started[1] if started else None)
+        return health.status, health.detail
+
+    def _unwatch(self) -> None:
+        if self._prober is not None:
+            self._prober.unwatch(self.id)
+
     def _exited(self, st: dict) -> None:
+        self._unwatch()
         code = st.get("ExitCode")
         if st.get("OOMKilled"):
             self._report("failed", "container ran out of memory",
@@ -292,6 +321,7 @@ class Controller:
     def _shutdown(self, task: dict | None) -> None:
         """Stop the container and report ``shutdown``, unless the task is
         already finished (a terminal state is kept)."""
+        self._unwatch()
         if finished(self.state):
             return
         info = self._find_container()
@@ -307,6 +337,7 @@ class Controller:
         self._report("shutdown")
 
     def _teardown(self, task: dict | None) -> None:
+        self._unwatch()
         if task is not None:
             self._shutdown(task)
         ids = [c["Id"] for c in self._executor.find(self.id)]

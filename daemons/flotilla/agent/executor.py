@@ -58,7 +58,16 @@ def _nanos(seconds) -> int | None:
     return int(float(seconds) * 1e9) if seconds else None
 
 
+def probed(spec: dict | None) -> bool:
+    """The healthcheck is an ``http`` or ``tcp`` one, run by the agent."""
+    return bool(spec and (spec.get("http") or spec.get("tcp")))
+
+
 def _healthcheck(spec: dict | None):
+    if probed(spec):
+        # the agent probes the container itself; the image's HEALTHCHECK
+        # must not run as well
+        return Healthcheck(test=["NONE"])
     if not spec or not spec.get("test"):
         return None
     return Healthcheck(test=list(spec["test"]),
@@ -66,6 +75,23 @@ def _healthcheck(spec: dict | None):
                        timeout=_nanos(spec.get("timeout")),
                        retries=int(spec["retries"]) if spec.get("retries") else None,
                        start_period=_nanos(spec.get("start_period")))
+
+
+def container_address(info: dict) -> str | None:
+    """The container's IP address on its network, from its inspect details
+    (reachable from the node for the default bridge network)."""
+    settings = info.get("NetworkSettings") or {}
+    if settings.get("IPAddress"):
+        return settings["IPAddress"]
+    networks = settings.get("Networks") or {}
+    for name in sorted(networks, key=lambda n: (n != "bridge", n)):
+        net = networks[name] or {}
+        if net.get("IPAddress"):
+            return net["IPAddress"]
+    for name in sorted(networks):
+        if (networks[name] or {}).get("GlobalIPv6Address"):
+            return networks[name]["GlobalIPv6Address"]
+    return None
 
 
 def _mounts(mounts: list[dict] | None) -> list[Mount]:

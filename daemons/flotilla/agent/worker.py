@@ -8,7 +8,8 @@ threads at once), so that many tasks are prepared and started in parallel.
 The worker reacts to the Docker events of its own containers (those
 labelled ``flotilla.node.id=<node id>``) as they happen, and reconciles every
 few seconds as a safety net against missed events (the event stream is
-re-opened when the engine restarts).
+re-opened when the engine restarts). Its prober (``health.py``) runs the
+``http`` and ``tcp`` healthchecks and reports their changes the same way.
 
 Tasks and their statuses are kept in ``<state dir>/agent.db``. When the
 worker starts, it loads them and re-attaches the containers of this node by
@@ -34,6 +35,7 @@ from typing import Callable, Iterable
 from ..common import taskmodel
 from ..common.component import Component
 from .controller import Controller
+from .health import Prober
 from .storage import TaskStore
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ class Worker(Component):
         self._stop_pool: ThreadPoolExecutor | None = None
         self._events_thread: threading.Thread | None = None
         self._stream = None
+        self.prober = Prober(self._on_health)
 
     # -- public interface ----------------------------------------------------------------
     def assign(self, tasks: list[dict], *, complete: bool, removed: Iterable[str] = ()) -> None:
@@ -124,6 +127,7 @@ class Worker(Component):
                                         thread_name_prefix=f"task-{self.node_id[:8]}")
         self._stop_pool = ThreadPoolExecutor(max_workers=self.stop_concurrency,
                                              thread_name_prefix=f"stop-{self.node_id[:8]}")
+        self.prober.start()
         try:
             if not self._load():
                 return
@@ -149,6 +153,7 @@ class Worker(Component):
             setattr(self, attr, None)
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+        self.prober.stop()
         with self._assign_lock:
             self._loaded = False
         with self._lock:
@@ -177,7 +182,8 @@ class Worker(Component):
             by_task.setdefault(tid, []).append(c)
         ctls, strays = {}, {}
         for tid, rec in records.items():
-            ctl = Controller(tid, self._executor, self._publish, rec.task, rec.status)
+            ctl = Controller(tid, self._executor, self._publish, rec.task, rec.status,
+                             prober=self.prober)
             if rec.dropped:
                 ctl.drop()
             found = sorted(by_task.pop(tid, []), key=lambda c: c.get("Created", 0), reverse=True)
@@ -216,7 +222,8 @@ class Worker(Component):
             for tid, task in wanted.items():
                 ctl = self._ctls.get(tid)
                 if ctl is None or ctl.forgotten:
-                    ctl = Controller(tid, self._executor, self._publish, task)
+                    ctl = Controller(tid, self._executor, self._publish, task,
+                                     prober=self.prober)
                     # a container of this task found at start is adopted by
                     # the controller instead of being removed
                     self._strays.pop(tid, None)
@@ -361,6 +368,13 @@ class Worker(Component):
             return
         with self._lock:
             ctl = self._ctls.get(tid)
+        if ctl is not None:
+            self._kick(ctl)
+
+    def _on_health(self, task_id: str) -> None:
+        """A probed healthcheck changed its verdict."""
+        with self._lock:
+            ctl = self._ctls.get(task_id)
         if ctl is not None:
             self._kick(ctl)
 

@@ -37,8 +37,10 @@ def _task_name(t) -> str:
 class _Service:
     """Progress of one service towards its desired state."""
 
-    def __init__(self, ctx, ref: str, started: float):
+    def __init__(self, ctx, ref: str, started: float, rollback: bool = False):
         self.ctx = ctx
+        self.rollback = rollback
+        self.stopped = ""
         self.ref = ref
         self.started = started
         self.name = ref
@@ -51,6 +53,14 @@ class _Service:
     def poll(self):
         svc = call(self.ctx, "GET", f"/v1/services/{self.ref}")
         self.name = svc["name"]
+        update = svc.get("update_status") or {}
+        state = update.get("state")
+        # A rolling update that paused or rolled back will not converge to
+        # what was asked for: say why instead of waiting.
+        recent = (update.get("started_at") or 0) >= self.started - 1
+        if state in ("paused", "rollback_paused") or (
+                recent and state in ("rollback_started", "rollback_completed") and not self.rollback):
+            self.stopped = update.get("reason") or update.get("message") or state
         tasks = call(self.ctx, "GET", f"/v1/services/{svc['id']}/tasks")
         current = [t for t in tasks if t["up_to_date"]]
         for t in current:
@@ -67,7 +77,9 @@ class _Service:
         # Replaced tasks still stopping: not converged until they are down.
         stale = [t for t in tasks if t["state"] == "running" and (
             not t["up_to_date"] or t["desired_state"] not in ("running", "ready"))]
-        self.done = len(running) >= self.desired and len(running) == len(self.current) and not stale
+        self.done = (len(running) >= self.desired and len(running) == len(self.current)
+                     and not stale and state not in ("updating", "rollback_started", "paused",
+                                                     "rollback_paused"))
         if self.failures and not self.done:
             last = max(self.failures.values(), key=lambda t: t["timestamp"] or 0)
             self.reason = f"task {_task_name(last)} {last['state']}: {last['error'] or last['message']}"
@@ -103,11 +115,11 @@ def _is_tty() -> bool:
     return sys.stdout.isatty()
 
 
-def converge(ctx, service_refs: list[str], timeout: float = 120.0) -> None:
+def converge(ctx, service_refs: list[str], timeout: float = 120.0, rollback: bool = False) -> None:
     """Block until every service runs its desired tasks, or fail with the reason."""
     started = time.time()
     deadline = time.monotonic() + timeout
-    services = [_Service(ctx, ref, started) for ref in service_refs]
+    services = [_Service(ctx, ref, started, rollback) for ref in service_refs]
     seen: dict[str, str] = {}
     live = Live(console=Console(), auto_refresh=False, transient=False) if _is_tty() else None
     try:
@@ -123,6 +135,9 @@ def converge(ctx, service_refs: list[str], timeout: float = 120.0) -> None:
                 _print_changes(services, seen)
             if all(s.done for s in services):
                 break
+            stopped = [s for s in services if s.stopped]
+            if stopped:
+                raise ConvergeFailed(f"service {stopped[0].name}: {stopped[0].stopped}")
             broken = [s for s in services if not s.done and s.failing()]
             if broken:
                 raise ConvergeFailed(f"service {broken[0].name} is failing: {broken[0].reason}")

@@ -70,6 +70,19 @@ def parse_mount(value: str) -> dict:
     return mount
 
 
+DEPENDENCY_CONDITIONS = ("started", "healthy", "completed")
+
+
+def parse_dependency(value: str, hint: str = "--depends-on") -> dict:
+    """'db' or 'db:healthy' (conditions: started, the default, healthy, completed)."""
+    name, _, condition = value.partition(":")
+    condition = condition or "started"
+    if not name or condition not in DEPENDENCY_CONDITIONS:
+        raise click.BadParameter(f"{value!r} is not SERVICE[:started|healthy|completed]",
+                                 param_hint=hint)
+    return {"service": name, "condition": condition}
+
+
 def _dur(_c, _p, v):
     if v is None:
         return None
@@ -86,6 +99,55 @@ def _size(_c, _p, v):
         return parse_bytes(v)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+HEALTH_FORMS = ("health_cmd", "health_http", "health_tcp", "no_healthcheck")
+HEALTH_TIMINGS = ("interval", "timeout", "retries", "start_period")
+
+
+def parse_health_http(value: str) -> dict:
+    """'80' or '80/health': the port inside the container, then the path."""
+    port, sep, path = value.partition("/")
+    try:
+        check = {"port": int(port)}
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not PORT[/PATH]", param_hint="--health-http") from None
+    if sep:
+        check["path"] = "/" + path
+    return check
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def health_form(o: dict) -> dict | None:
+    """The healthcheck the flags ask for, without timings (None: no form flag)."""
+    chosen = [f for f in HEALTH_FORMS if o.get(f)]
+    if len(chosen) > 1:
+        raise click.UsageError(f"{_flag(chosen[0])} and {_flag(chosen[1])} cannot be used together")
+    timed = [k for k in HEALTH_TIMINGS if o.get(f"health_{k}") is not None]
+    if o.get("no_healthcheck") and timed:
+        raise click.UsageError(f"{_flag('health_' + timed[0])} cannot be used with --no-healthcheck")
+    if o.get("no_healthcheck"):
+        return {"test": ["NONE"]}
+    if o.get("health_cmd"):
+        return {"test": ["CMD-SHELL", o["health_cmd"]]}
+    if o.get("health_http"):
+        return {"http": parse_health_http(o["health_http"])}
+    if o.get("health_tcp") is not None:
+        return {"tcp": {"port": o["health_tcp"]}}
+    return None
+
+
+def health_timings(o: dict) -> dict:
+    return {k: o[f"health_{k}"] for k in HEALTH_TIMINGS if o.get(f"health_{k}") is not None}
+
+
+def _own_healthcheck(hc: dict | None) -> bool:
+    """The spec has a healthcheck of its own (not none, not disabled)."""
+    return bool(hc and (hc.get("http") or hc.get("tcp")
+                        or (hc.get("test") and hc["test"][0] != "NONE")))
 
 
 def build_spec(o: dict, image: str, command: tuple) -> dict:
@@ -108,16 +170,13 @@ def build_spec(o: dict, image: str, command: tuple) -> dict:
         container["init"] = True
     if o["mount"]:
         container["mounts"] = [parse_mount(m) for m in o["mount"]]
-    if o["no_healthcheck"]:
-        container["healthcheck"] = {"test": ["NONE"]}
-    elif o["health_cmd"]:
-        hc = {"test": ["CMD-SHELL", o["health_cmd"]]}
-        for key in ("interval", "timeout", "start_period"):
-            if o[f"health_{key}"] is not None:
-                hc[key] = o[f"health_{key}"]
-        if o["health_retries"] is not None:
-            hc["retries"] = o["health_retries"]
-        container["healthcheck"] = hc
+    hc = health_form(o)
+    if hc is None and health_timings(o):
+        raise click.UsageError("--health-interval, --health-timeout, --health-retries and "
+                               "--health-start-period need --health-cmd, --health-http or "
+                               "--health-tcp")
+    if hc is not None:
+        container["healthcheck"] = dict(hc, **health_timings(o))
     task = {"container": container}
     resources = {}
     for kind, cpu, mem in (("limits", "limit_cpu", "limit_memory"),
@@ -154,12 +213,20 @@ def build_spec(o: dict, image: str, command: tuple) -> dict:
     if placement:
         task["placement"] = placement
     spec = {"name": o["name"], "mode": o["mode"], "task": task}
+    for section in ("update", "rollback"):
+        cfg = {key: o[f"{section}_{key}"] for key in ("parallelism", "delay", "failure_action",
+                                                       "monitor", "max_failure_ratio", "order")
+               if o.get(f"{section}_{key}") is not None}
+        if cfg:
+            spec[section] = cfg
     if o["replicas"] is not None:
         spec["replicas"] = o["replicas"]
     if o["label"]:
         spec["labels"] = _kv(o["label"], "--label")
     if o["publish"]:
         spec["endpoint"] = {"ports": [parse_publish(p) for p in o["publish"]]}
+    if o.get("depends_on"):
+        spec["depends_on"] = [parse_dependency(d) for d in o["depends_on"]]
     return spec
 
 
@@ -168,6 +235,9 @@ def service_options(fn):
         click.option("--name", required=True, help="Service name."),
         click.option("--mode", type=click.Choice(["replicated", "global"]), default="replicated"),
         click.option("--replicas", type=int, help="Number of tasks (replicated mode)."),
+        click.option("--depends-on", multiple=True, metavar="SERVICE[:CONDITION]",
+                     help="Start tasks only once SERVICE is started (default), healthy or "
+                          "completed."),
         click.option("--env", "-e", multiple=True, metavar="KEY=VALUE"),
         click.option("--label", "-l", multiple=True, metavar="KEY=VALUE", help="Service label."),
         click.option("--container-label", multiple=True, metavar="KEY=VALUE"),
@@ -183,13 +253,31 @@ def service_options(fn):
         click.option("--restart-delay", callback=_dur),
         click.option("--restart-max-attempts", type=int),
         click.option("--restart-window", callback=_dur),
-        click.option("--health-cmd"), click.option("--health-interval", callback=_dur),
+        click.option("--health-cmd", help="Healthcheck command, run in the container by the engine."),
+        click.option("--health-http", metavar="PORT[/PATH]",
+                     help="Healthcheck: GET on this port inside the container, e.g. 80/health."),
+        click.option("--health-tcp", type=click.IntRange(1, 65535), metavar="PORT",
+                     help="Healthcheck: a TCP connection to this port inside the container."),
+        click.option("--health-interval", callback=_dur),
         click.option("--health-timeout", callback=_dur), click.option("--health-retries", type=int),
         click.option("--health-start-period", callback=_dur),
         click.option("--no-healthcheck", is_flag=True, help="Disable the image's HEALTHCHECK."),
         click.option("--entrypoint"), click.option("--workdir", "-w"), click.option("--user", "-u"),
         click.option("--hostname"), click.option("--stop-grace-period", callback=_dur),
         click.option("--stop-signal"), click.option("--init", is_flag=True),
+        click.option("--update-parallelism", type=int, help="Tasks replaced at a time (0: all)."),
+        click.option("--update-delay", callback=_dur, help="Wait between batches."),
+        click.option("--update-failure-action", type=click.Choice(["pause", "continue", "rollback"])),
+        click.option("--update-monitor", callback=_dur,
+                     help="How long each new task is watched for failure."),
+        click.option("--update-max-failure-ratio", type=float),
+        click.option("--update-order", type=click.Choice(["stop-first", "start-first"])),
+        click.option("--rollback-parallelism", type=int),
+        click.option("--rollback-delay", callback=_dur),
+        click.option("--rollback-failure-action", type=click.Choice(["pause", "continue"])),
+        click.option("--rollback-monitor", callback=_dur),
+        click.option("--rollback-max-failure-ratio", type=float),
+        click.option("--rollback-order", type=click.Choice(["stop-first", "start-first"])),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -230,12 +318,12 @@ def create(ctx, image, command, detach, timeout, quiet, **o):
         _converge(ctx, [res["id"]], timeout, quiet or ctx.json)
 
 
-def _converge(ctx, refs, timeout, quiet=False):
+def _converge(ctx, refs, timeout, quiet=False, rollback=False):
     if quiet:
         with contextlib.redirect_stdout(io.StringIO()):
-            progress.converge(ctx, refs, timeout)
+            progress.converge(ctx, refs, timeout, rollback=rollback)
     else:
-        progress.converge(ctx, refs, timeout)
+        progress.converge(ctx, refs, timeout, rollback=rollback)
 
 
 SERVICE_COLUMNS = [("ID", "id12"), ("NAME", "name"), ("MODE", "mode"), ("REPLICAS", "reps"),
@@ -288,7 +376,8 @@ def print_tasks(ctx, tasks, quiet=False):
         for t in tasks:
             name = t["service_name"] + (f".{t['slot']}" if t["slot"] is not None
                                         else f".{(t['node_id'] or '')[:12]}")
-            err = t["error"] or (t["message"] if t["state"] == "pending" else "")
+            err = t["error"] or (t["message"] if t["state"] == "pending"
+                                 or t["desired_state"] == "ready" else "")
             rows.append(dict(t, id12=t["id"][:12], name=name, desired_col=t["desired_state"].capitalize(),
                              current=f"{t['state'].capitalize()} {age(t['timestamp'])}",
                              err=(err or "")[:70], container=(t["container_id"] or "")[:12]))
@@ -343,6 +432,9 @@ def scale(ctx, pairs, detach, timeout):
 @click.option("--constraint-rm", multiple=True, metavar="EXPR")
 @click.option("--mount-add", multiple=True, metavar="type=bind,source=/x,target=/y")
 @click.option("--mount-rm", multiple=True, metavar="TARGET")
+@click.option("--depends-on-add", multiple=True, metavar="SERVICE[:CONDITION]",
+              help="Add or change a dependency (condition started, healthy or completed).")
+@click.option("--depends-on-rm", multiple=True, metavar="SERVICE")
 @click.option("--reserve-cpu", type=float)
 @click.option("--reserve-memory", callback=_size)
 @click.option("--limit-cpu", type=float)
@@ -352,6 +444,12 @@ def scale(ctx, pairs, detach, timeout):
 @click.option("--restart-max-attempts", type=int)
 @click.option("--restart-window", callback=_dur)
 @click.option("--health-cmd")
+@click.option("--health-http", metavar="PORT[/PATH]")
+@click.option("--health-tcp", type=click.IntRange(1, 65535), metavar="PORT")
+@click.option("--health-interval", callback=_dur)
+@click.option("--health-timeout", callback=_dur)
+@click.option("--health-retries", type=int)
+@click.option("--health-start-period", callback=_dur)
 @click.option("--no-healthcheck", is_flag=True)
 @click.option("--stop-grace-period", callback=_dur)
 @click.option("--update-parallelism", type=int)
@@ -360,6 +458,12 @@ def scale(ctx, pairs, detach, timeout):
 @click.option("--update-monitor", callback=_dur)
 @click.option("--update-max-failure-ratio", type=float)
 @click.option("--update-order", type=click.Choice(["stop-first", "start-first"]))
+@click.option("--rollback-parallelism", type=int)
+@click.option("--rollback-delay", callback=_dur)
+@click.option("--rollback-failure-action", type=click.Choice(["pause", "continue"]))
+@click.option("--rollback-monitor", callback=_dur)
+@click.option("--rollback-max-failure-ratio", type=float)
+@click.option("--rollback-order", type=click.Choice(["stop-first", "start-first"]))
 @click.option("--force", is_flag=True, help="Replace every task even if nothing changed.")
 @wait_options
 @format_option
@@ -430,6 +534,11 @@ def update_spec(spec: dict, o: dict) -> dict:
     placement["constraints"] += [x for x in o["constraint_add"] if x not in placement["constraints"]]
     c["mounts"] = [m for m in c["mounts"] if m["target"] not in o["mount_rm"]]
     c["mounts"] += [parse_mount(m) for m in o["mount_add"]]
+    if o.get("depends_on_add") or o.get("depends_on_rm"):
+        added = [parse_dependency(d, "--depends-on-add") for d in o["depends_on_add"]]
+        gone = set(o["depends_on_rm"]) | {d["service"] for d in added}
+        spec["depends_on"] = [d for d in spec.get("depends_on") or ()
+                              if d["service"] not in gone] + added
     for kind, cpu, mem in (("limits", "limit_cpu", "limit_memory"),
                            ("reservations", "reserve_cpu", "reserve_memory")):
         if o[cpu] is not None:
@@ -439,19 +548,66 @@ def update_spec(spec: dict, o: dict) -> dict:
     for key in ("condition", "delay", "max_attempts", "window"):
         if o[f"restart_{key}"] is not None:
             task["restart"][key] = o[f"restart_{key}"]
-    if o["no_healthcheck"]:
-        c["healthcheck"] = {"test": ["NONE"]}
-    elif o["health_cmd"]:
-        c["healthcheck"] = {"test": ["CMD-SHELL", o["health_cmd"]]}
+    form, timings = health_form(o), health_timings(o)
+    if form == {"test": ["NONE"]}:
+        c["healthcheck"] = form
+    elif form is not None or timings:
+        # a new form keeps the timings already set, as Docker's update does
+        old = c.get("healthcheck")
+        if not _own_healthcheck(old):
+            if form is None:
+                raise click.UsageError("the service has no healthcheck of its own to change: "
+                                       "add --health-cmd, --health-http or --health-tcp")
+            old = {}
+        hc = {k: old[k] for k in HEALTH_TIMINGS if k in old}
+        hc.update(form or {k: old[k] for k in ("test", "http", "tcp") if old.get(k) is not None})
+        c["healthcheck"] = dict(hc, **timings)
     if o["stop_grace_period"] is not None:
         c["stop_grace_period"] = o["stop_grace_period"]
-    upd = spec.setdefault("update", {})
-    for key in ("parallelism", "delay", "failure_action", "monitor", "max_failure_ratio", "order"):
-        if o[f"update_{key}"] is not None:
-            upd[key] = o[f"update_{key}"]
+    for section in ("update", "rollback"):
+        cfg = spec.setdefault(section, {})
+        for key in ("parallelism", "delay", "failure_action", "monitor", "max_failure_ratio",
+                    "order"):
+            if o.get(f"{section}_{key}") is not None:
+                cfg[key] = o[f"{section}_{key}"]
     if o["force"]:
         task["force_update"] = int(task.get("force_update") or 0) + 1
     return spec
+
+
+@service.command("rollback")
+@click.argument("ref")
+@wait_options
+@format_option
+@click.pass_obj
+def rollback(ctx, ref, detach, timeout):
+    """Go back to the service's previous spec (with its rollback settings)."""
+    res = call(ctx, "POST", f"/v1/services/{ref}/rollback")
+    emit_json(res) if ctx.json else click.echo(res["id"])
+    if not detach:
+        _converge(ctx, [res["id"]], timeout, ctx.json, rollback=True)
+
+
+@service.command("pause")
+@click.argument("ref")
+@click.pass_obj
+def pause(ctx, ref):
+    """Pause the service's rolling update (or rollback) after the batch under way."""
+    res = call(ctx, "POST", f"/v1/services/{ref}/pause")
+    click.echo(f"{res['name']}: {res['update_status']['state'].replace('_', ' ')}")
+
+
+@service.command("resume")
+@click.argument("ref")
+@wait_options
+@click.pass_obj
+def resume(ctx, ref, detach, timeout):
+    """Resume the service's paused rolling update (or rollback)."""
+    res = call(ctx, "POST", f"/v1/services/{ref}/resume")
+    click.echo(f"{res['name']}: {res['update_status']['state'].replace('_', ' ')}")
+    if not detach:
+        _converge(ctx, [res["id"]], timeout,
+                  rollback=res["update_status"]["state"].startswith("rollback"))
 
 
 @service.command("rm")

@@ -8,8 +8,10 @@ comparing them is meaningful)::
 
 Who moves what:
 - the orchestrator creates a task in ``pending`` with a desired state of
-  ``running`` (``ready`` while a restart delay runs), and sets the desired
-  state to ``shutdown`` to stop it or ``remove`` to stop and delete it;
+  ``running`` (``ready`` while a restart delay runs, or while its service's
+  dependencies do not hold: then the task carries ``"gated": True``), and
+  sets the desired state to ``shutdown`` to stop it or ``remove`` to stop
+  and delete it;
 - the scheduler moves ``pending`` -> ``assigned`` and sets ``node_id``;
 - the agent moves ``assigned`` -> ... -> ``running`` (never past the desired
   state) and then to ``complete`` / ``failed`` / ``shutdown``; an error
@@ -43,9 +45,13 @@ TaskSpec::
         "workdir": str | None, "user": str | None, "hostname": str | None,
         "mounts": [{"type": "bind" | "volume" | "tmpfs", "source": str,
                     "target": str, "readonly": bool}],
-        "healthcheck": {"test": ["CMD-SHELL", "..."] | ["CMD", ...] | ["NONE"],
-                        "interval": float, "timeout": float, "retries": int,
-                        "start_period": float} | None,   # None: the image's own
+        "healthcheck": {                  # None: the image's own
+            # exactly one of test (run by the engine), http, tcp (probed by the agent)
+            "test": ["CMD-SHELL", "..."] | ["CMD", ...] | ["NONE"] | None,
+            "http": {"port": int, "path": "/...", "status": ["200-399", "204", ...]} | None,
+            "tcp": {"port": int} | None,  # keys absent in specs stored before http/tcp
+            "interval": float, "timeout": float, "retries": int,
+            "start_period": float} | None,
         "stop_grace_period": float,   # seconds, default 10
         "stop_signal": str | None,
         "init": bool | None,

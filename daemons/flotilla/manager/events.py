@@ -136,6 +136,12 @@ def _service_event(e, obj):
     old_image = ((old_spec.get("task") or {}).get("container") or {}).get("image")
     if old_image != attrs["image"]:
         attrs["previous_image"] = old_image
+    status = new.get("update_status") or {}
+    if status and status != (old.get("update_status") or {}):
+        # The rolling updater's progress: updating, paused (with the reason),
+        # completed, rollback_started, ...
+        attrs["update_state"] = status.get("state")
+        attrs["update_message"] = status.get("message")
     return "update", obj.get("name"), attrs
 
 

@@ -140,6 +140,7 @@ class Manager:
     def _start_components(self):
         from .orchestrator.orchestrator import Orchestrator
         from .orchestrator.taskreaper import TaskReaper
+        from .orchestrator.updater import Updater
         from .scheduler.scheduler import Scheduler, constraint_matcher
 
         log.info("became leader: starting leader components")
@@ -148,7 +149,8 @@ class Manager:
         self.orchestrator = Orchestrator(self.store, constraint_matcher())
         self._components = [self.dispatcher,
                             RoleManager(self.store, self.raft, self.membership),
-                            self.orchestrator, self.scheduler, TaskReaper(self.store)]
+                            self.orchestrator, Updater(self.store), self.scheduler,
+                            TaskReaper(self.store)]
         for c in self._components:
             c.start()
         self._leading = True

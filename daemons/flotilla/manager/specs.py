@@ -9,9 +9,9 @@ sizes in bytes, every field present. The task part is copied into each task
 from __future__ import annotations
 
 import re
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ..common.units import parse_bytes, parse_duration
 from .api.common import Model
@@ -62,8 +62,56 @@ class Mount(Model):
         return self
 
 
+HTTP_STATUS = re.compile(r"^([1-5][0-9][0-9])(?:-([1-5][0-9][0-9]))?$")
+HEALTH_FORMS = ("test", "http", "tcp")
+
+
+class HttpCheck(Model):
+    """GET http://<container address>:<port><path>, answered with one of the
+    ``status`` codes (codes like ``204`` or ranges like ``200-299``)."""
+    port: int = Field(ge=1, le=65535)
+    path: str = Field(default="/", max_length=2048)
+    status: list[Union[int, str]] = Field(default_factory=lambda: ["200-399"],
+                                          min_length=1, max_length=32)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v):
+        if not v.startswith("/"):
+            raise ValueError("path must start with '/'")
+        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError("path must not contain spaces or control characters")
+        return v
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _one_status(cls, v):
+        return [v] if isinstance(v, (int, str)) else v
+
+    @field_validator("status")
+    @classmethod
+    def _status(cls, v):
+        out = []
+        for item in v:
+            m = HTTP_STATUS.match(str(item)) if not isinstance(item, bool) else None
+            if not m or int(m.group(1)) > int(m.group(2) or m.group(1)):
+                raise ValueError(f"status {str(item)[:20]!r} is not a code (e.g. 200) "
+                                 "or a range (e.g. 200-299) within 100-599")
+            out.append(m.group(0))
+        return out
+
+
+class TcpCheck(Model):
+    """A TCP connection to <container address>:<port> is accepted."""
+    port: int = Field(ge=1, le=65535)
+
+
 class Healthcheck(Model):
-    test: list[str] = Field(min_length=1, max_length=64)
+    """Exactly one of ``test`` (run by the engine inside the container),
+    ``http`` or ``tcp`` (probed by the agent from the node)."""
+    test: Optional[Annotated[list[str], Field(min_length=1, max_length=64)]] = None
+    http: Optional[HttpCheck] = None
+    tcp: Optional[TcpCheck] = None
     interval: Duration = 30.0
     timeout: Duration = 30.0
     retries: int = Field(default=3, ge=0, le=100)
@@ -72,10 +120,22 @@ class Healthcheck(Model):
     @field_validator("test")
     @classmethod
     def _test(cls, v):
+        if v is None:
+            return v
         if v[0] not in ("CMD", "CMD-SHELL", "NONE"):
             raise ValueError("test must start with CMD, CMD-SHELL or NONE")
         if v[0] != "NONE" and len(v) < 2:
             raise ValueError("test needs a command after " + v[0])
+        return v
+
+    @field_validator("http", "tcp")
+    @classmethod
+    def _only_one(cls, v, info: ValidationInfo):
+        if v is not None:
+            for other in HEALTH_FORMS[:HEALTH_FORMS.index(info.field_name)]:
+                if info.data.get(other) is not None:
+                    raise ValueError(f"only one of test, http or tcp may be set "
+                                     f"({other} is set too)")
         return v
 
     @field_validator("interval", "timeout")
@@ -87,6 +147,12 @@ class Healthcheck(Model):
     @classmethod
     def _start(cls, v):
         return _seconds(v, 0, 86400)
+
+    @model_validator(mode="after")
+    def _form(self):
+        if all(getattr(self, form) is None for form in HEALTH_FORMS):
+            raise ValueError("one of test, http or tcp is required")
+        return self
 
 
 class ContainerSpec(Model):
@@ -266,9 +332,11 @@ class ServiceSpec(Model):
 
     @field_validator("depends_on")
     @classmethod
-    def _deps(cls, v):
+    def _deps(cls, v, info: ValidationInfo):
         seen = set()
         for d in v:
+            if d.service == info.data.get("name"):
+                raise ValueError("a service cannot depend on itself")
             if d.service in seen:
                 raise ValueError(f"service {d.service} is listed twice")
             seen.add(d.service)
@@ -292,8 +360,6 @@ class ServiceSpec(Model):
             raise ValueError("replicas cannot be set for a global service")
         if self.mode == "replicated" and self.replicas is None:
             self.replicas = 1
-        if any(d.service == self.name for d in self.depends_on):
-            raise ValueError("a service cannot depend on itself")
         return self
 
 

@@ -27,6 +27,14 @@ class PublishedPort(BaseModel):
     mode: Optional[str] = None
 
 
+class UpdateStatus(BaseModel):
+    state: str
+    message: str = ""
+    reason: Optional[str] = None
+    started_at: Optional[float] = None
+    completed_at: Optional[float] = None
+
+
 class Service(BaseModel):
     id: str
     name: str
@@ -36,6 +44,8 @@ class Service(BaseModel):
     ports: list[PublishedPort]
     spec: specs.ServiceSpec
     spec_version: int
+    update_status: Optional[UpdateStatus] = None
+    previous_spec: Optional[specs.ServiceSpec] = None
     version: Optional[int] = None
     created_at: Optional[float] = None
     updated_at: Optional[float] = None

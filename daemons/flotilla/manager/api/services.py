@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 from flask import Blueprint
@@ -10,6 +11,8 @@ from pydantic import Field
 from ...common import taskmodel
 from .. import specs
 from ..orchestrator import tasks as T
+from ..orchestrator.dependencies import cycle_error
+from ..orchestrator import updater
 from ..store.store import Op, new_id
 from . import models
 from .openapi import doc
@@ -43,6 +46,8 @@ def service_view(s, counts=None):
         "ports": s["spec"]["endpoint"]["ports"],
         "spec": s["spec"],
         "spec_version": s["spec_version"],
+        "update_status": s.get("update_status"),
+        "previous_spec": s.get("previous_spec"),
         "version": s["version"],
         "created_at": s["created_at"],
         "updated_at": s["updated_at"],
@@ -124,6 +129,8 @@ def _check_ports(spec: dict, exclude: str | None = None):
 def create_service():
     spec = specs.canonical(parse_body(specs.ServiceSpec))
     _check_ports(spec)
+    if cycle := cycle_error(spec, manager().store.list("service")):
+        raise ApiError(400, "invalid", f"depends_on: {cycle}", field="depends_on")
     obj = {"id": new_id(), "name": spec["name"], "spec": spec, "spec_version": 1}
     result = manager().store.commit([Op.create("service", obj)], rid=request_id())
     return json_response(service_view(result["objects"][0]), 201)
@@ -159,6 +166,8 @@ def update_service(ref):
         if new_spec["mode"] != current["spec"]["mode"]:
             raise ApiError(400, "invalid", "a service's mode cannot change", field="spec.mode")
         _check_ports(new_spec, exclude=current["id"])
+        if cycle := cycle_error(new_spec, manager().store.list("service")):
+            raise ApiError(400, "invalid", f"spec.depends_on: {cycle}", field="spec.depends_on")
 
     def change(s):
         spec = dict(new_spec if new_spec is not None else s["spec"])
@@ -166,11 +175,73 @@ def update_service(ref):
             spec["replicas"] = body.replicas
         if spec == s["spec"]:
             return None
-        return dict(s, spec=spec, spec_version=s["spec_version"] + 1)
+        new = dict(s, spec=spec, spec_version=s["spec_version"] + 1)
+        if _rolls_out(s["spec"], spec):
+            # Tasks must be replaced: the rolling updater takes it from here.
+            new["previous_spec"] = s["spec"]
+            new["update_status"] = {"state": "updating", "message": "update in progress",
+                                    "started_at": time.time()}
+        return new
 
     s = manager().store.update("service", current["id"], change, rid=request_id(),
                                version=body.version)
     return json_response(service_view(s))
+
+
+def _rolls_out(old: dict, new: dict) -> bool:
+    return old["task"] != new["task"] or specs.task_ports(old) != specs.task_ports(new)
+
+
+@bp.post("/services/<ref>/rollback")
+@policy("control")
+@doc("Go back to the service's previous spec, with its rollback settings.",
+     response=models.Service, tags=("services",))
+def rollback_service(ref):
+    current = _get_service(ref)
+
+    def change(s):
+        try:
+            return updater.rollback(s, "manual rollback", time.time())
+        except ValueError as exc:
+            raise ApiError(409, "no_previous_spec", str(exc)) from None
+
+    s = manager().store.update("service", current["id"], change, rid=request_id())
+    return json_response(service_view(s))
+
+
+def _set_update_state(ref, states: dict, what: str):
+    current = _get_service(ref)
+
+    def change(s):
+        status = s.get("update_status") or {}
+        state = status.get("state")
+        if state not in states:
+            raise ApiError(409, "no_update",
+                           f"service {s['name']} has no {what} (update state: {state or 'none'})")
+        message = f"{states[state].replace('_', ' ')} (requested by an operator)"
+        return dict(s, update_status=dict(status, state=states[state], message=message,
+                                          reason=message if "paused" in states[state] else None))
+
+    s = manager().store.update("service", current["id"], change, rid=request_id())
+    return json_response(service_view(s))
+
+
+@bp.post("/services/<ref>/pause")
+@policy("control")
+@doc("Pause the service's rolling update or rollback.", response=models.Service,
+     tags=("services",))
+def pause_update(ref):
+    return _set_update_state(ref, {"updating": "paused", "rollback_started": "rollback_paused"},
+                             "update or rollback in progress")
+
+
+@bp.post("/services/<ref>/resume")
+@policy("control")
+@doc("Resume the service's paused update or rollback.", response=models.Service,
+     tags=("services",))
+def resume_update(ref):
+    return _set_update_state(ref, {"paused": "updating", "rollback_paused": "rollback_started"},
+                             "paused update or rollback")
 
 
 @bp.delete("/services/<ref>")

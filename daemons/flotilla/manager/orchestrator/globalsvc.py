@@ -4,7 +4,8 @@ A node is eligible when it is not down, not drained and matches the
 service's constraints. A paused node keeps its task but gets no new one.
 Tasks are created with the node already chosen; the scheduler only checks
 that the node can take them. Nodes that join later get their task as soon
-as they are known.
+as they are known. Tasks running an older spec are left to the rolling
+updater.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import collections
 
 from ...common import taskmodel
 from . import tasks as T
-from .replicated import _merge
+from .replicated import _merge, _pair
 
 
 def reconcile(service: dict, tasks: list[dict], nodes: dict, restarts, matches) -> list[tuple[str, dict]]:
@@ -31,14 +32,12 @@ def reconcile(service: dict, tasks: list[dict], nodes: dict, restarts, matches) 
             for t in ts:
                 changes.append(("update", T.with_desired(t, "shutdown")))
             continue
-        for extra in ts[:-1]:
-            changes.append(("update", T.with_desired(extra, "shutdown")))
-        t = ts[-1]
+        keep, t = _pair(ts, service)
+        for extra in ts:
+            if extra is not t and extra not in keep:
+                changes.append(("update", T.with_desired(extra, "shutdown")))
         if T.finished(t):
             changes += restarts.restart(service, t, f"task {t['status']['state']}", nodes)
-        elif T.is_dirty(t, service) and node["spec"]["availability"] != "pause":
-            changes.append(("update", T.with_desired(t, "shutdown")))
-            changes.append(("create", T.new_task(service, node_id=node_id)))
     for node in nodes.values():
         if node["id"] in by_node or T.node_unusable(node) is not None:
             continue

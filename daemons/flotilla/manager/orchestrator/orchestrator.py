@@ -7,6 +7,12 @@ transaction per service (compare-and-set on every task it touches; a
 conflict simply reconciles that service again). It also raises restarted
 tasks to ``running`` when their restart delay is over, and marks the tasks
 of removed services for removal.
+
+Dependencies (``dependencies.py``): a service whose dependencies do not hold
+gets its new tasks gated, and they are raised to ``running`` once they do.
+A reverse map (service name -> ids of the services depending on it), derived
+from the store and rebuilt whenever a service changes, tells which services
+to check again when a task of a dependency changes state.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import time
 from ...common import taskmodel
 from ...common.component import Component
 from ..store.store import Op, StoreError
-from . import globalsvc, replicated
+from . import dependencies, globalsvc, replicated
 from .restart import RestartSupervisor
 from . import tasks as T
 
@@ -35,10 +41,12 @@ class Orchestrator(Component):
         self._matches = constraint_matcher      # (constraints, node) -> bool
         self.restarts = RestartSupervisor(store)
         self.passes = 0
+        self._dependents: dict[str, set[str]] = {}
 
     def run(self):
         watcher = self._store.watch()
         self.restarts.resume(self._store.list("task"))
+        self._dependents = dependencies.dependents(self._store.list("service"))
         dirty = {s["id"] for s in self._store.list("service")}
         last_full = time.monotonic()
         while not self.stopping.is_set():
@@ -65,21 +73,31 @@ class Orchestrator(Component):
     # -- what an event touches ---------------------------------------------------------
     def _affected(self, e) -> set[str]:
         if e.action == "reset":
+            self._dependents = dependencies.dependents(self._store.list("service"))
             return {s["id"] for s in self._store.list("service")}
         if e.kind == "service":
+            self._dependents = dependencies.dependents(self._store.list("service"))
+            name = (e.object or e.old)["name"]
+            out = set(self._dependents.get(name, ()))
             if e.action == "delete":
                 self._remove_service_tasks(e.id)
-                return set()
-            return {e.id}
+                return out
+            return out | {e.id}
         if e.kind == "task":
             old, new = e.old, e.object
             t = new or old
+            out = set()
+            if (old is None or new is None or old["status"]["state"] != new["status"]["state"]
+                    or old["desired_state"] != new["desired_state"]):
+                out |= self._dependents.get(t["service_name"], set())
             if old is None or new is None:
-                return {t["service_id"]}
+                return out | {t["service_id"]}
             if (old["desired_state"] != new["desired_state"] or old["node_id"] != new["node_id"]
                     or T.finished(old) != T.finished(new)):
-                return {t["service_id"]}
-            return set()
+                return out | {t["service_id"]}
+            if dependencies.gated(new) and old["status"] != new["status"]:
+                out.add(t["service_id"])        # its waiting message may need restoring
+            return out
         if e.kind == "node":
             old, new = e.old, e.object
             if old is not None and new is not None and (
@@ -109,6 +127,7 @@ class Orchestrator(Component):
                                               lambda node, c=constraints: self._matches(c, node))
             else:
                 changes = replicated.reconcile(service, tasks, nodes, self.restarts)
+            changes = self._gate(service, tasks, changes)
             if changes:
                 txns.append(self._ops(changes))
                 sids.append(sid)
@@ -132,13 +151,44 @@ class Orchestrator(Component):
                 ops.append(Op.update("task", obj, version=obj["version"]))
         return ops
 
+    # -- dependencies ---------------------------------------------------------------------
+    def _waiting_for(self, service) -> str | None:
+        """What the service's new tasks wait for, or None if they may start."""
+        deps = service["spec"].get("depends_on")
+        if not deps:
+            return None
+
+        def lookup(name):
+            dep = self._store.by_unique("service", "name", name)
+            return dep, (self._store.by_index("task", "service_id", dep["id"]) if dep else [])
+
+        return dependencies.waiting(deps, lookup)
+
+    def _gate(self, service, tasks, changes):
+        """Hold the tasks the reconciliation creates while the service's
+        dependencies do not hold; raise its gated tasks once they do."""
+        if not any(a == "create" for a, _ in changes) and not any(
+                dependencies.gated(t) for t in tasks):
+            return changes
+        return dependencies.gate(changes, tasks, self._waiting_for(service))
+
     def _start_due(self):
+        """Restarted tasks whose delay is over start, or wait for their
+        service's dependencies."""
         txns = []
         for task_id in self.restarts.due():
             task = self._store.get("task", task_id)
-            if task is not None and task["desired_state"] == "ready":
-                txns.append([Op.update("task", T.with_desired(task, "running"),
-                                       version=task["version"])])
+            if task is None or task["desired_state"] != "ready":
+                continue
+            service = self._store.get("service", task["service_id"])
+            message = self._waiting_for(service) if service is not None else None
+            if message is None:
+                new = dependencies.release(task)
+            elif not dependencies.gated(task):
+                new = dependencies.hold(task, message)
+            else:
+                continue
+            txns.append([Op.update("task", new, version=task["version"])])
         if txns:
             self._store.commit_many(txns)
 

@@ -8,8 +8,9 @@ it returns changes for the orchestrator to commit:
   is placed elsewhere and the old one stops only once the new one runs (or
   after ``DRAIN_WAIT`` seconds if it fits nowhere), so a drain never takes a
   service below its replica count where capacity allows;
-- a task running an older spec is replaced (the rolling updater refines
-  this with batches and health gating);
+- tasks running an older spec are left to the rolling updater
+  (``updater.py``), which replaces them in batches; while it starts a
+  replacement first, the slot holds both tasks (see ``_pair``);
 - missing slots are created at the lowest free numbers; surplus slots are
   removed from the busiest nodes first, non-running tasks before running
   ones (desired state ``remove``).
@@ -45,6 +46,24 @@ def _handoff(olds, new, nodes, now) -> bool:
     return waited < DRAIN_WAIT
 
 
+def _pair(ts: list[dict], service: dict) -> tuple[list[dict], dict]:
+    """A slot's (or node's) runnable tasks, oldest first -> (tasks to keep
+    besides the live one, the live one).
+
+    The rolling updater's start-first replacement names the task it
+    replaces; both stay until the updater stops the old one. If the
+    replacement ended, or runs a spec the service no longer has (the update
+    was rolled back) while the old one runs the service's spec, the old one
+    stays live and the replacement goes."""
+    newest = ts[-1]
+    replaced = next((t for t in ts[:-1] if t["id"] == newest.get("replaces")), None)
+    if replaced is None or T.finished(replaced):
+        return [], newest
+    if T.finished(newest) or (T.is_dirty(newest, service) and not T.is_dirty(replaced, service)):
+        return [], replaced
+    return [replaced], newest
+
+
 def reconcile(service: dict, tasks: list[dict], nodes: dict, restarts,
               now: float | None = None) -> list[tuple[str, dict]]:
     now = time.time() if now is None else now
@@ -56,10 +75,13 @@ def reconcile(service: dict, tasks: list[dict], nodes: dict, restarts,
     live: dict[int, dict] = {}
     for slot, ts in by_slot.items():
         ts.sort(key=lambda t: (t.get("created_at") or 0, t["id"]))
-        if not _handoff(ts[:-1], ts[-1], nodes, now):
-            for extra in ts[:-1]:
+        keep, current = _pair(ts, service)
+        if not keep and current is ts[-1] and _handoff(ts[:-1], ts[-1], nodes, now):
+            keep = ts[:-1]
+        for extra in ts:
+            if extra is not current and extra not in keep:
                 changes.append(("update", T.with_desired(extra, "shutdown")))
-        live[slot] = ts[-1]
+        live[slot] = current
 
     for slot, t in list(live.items()):
         node = nodes.get(t["node_id"]) if t["node_id"] else None
@@ -71,9 +93,6 @@ def reconcile(service: dict, tasks: list[dict], nodes: dict, restarts,
             changes.append(("create", replacement))
         elif t["node_id"] and T.node_unusable(node):
             changes += restarts.restart(service, t, T.node_unusable(node), nodes)
-        elif T.is_dirty(t, service):
-            changes.append(("update", T.with_desired(t, "shutdown")))
-            changes.append(("create", T.new_task(service, slot=slot)))
 
     replicas = service["spec"]["replicas"]
     if len(live) < replicas:

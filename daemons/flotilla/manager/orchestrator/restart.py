@@ -97,6 +97,10 @@ class RestartSupervisor:
         now = self._clock()
         with self._lock:
             for task in all_tasks:
+                # Tasks waiting for something else (a dependency, the task
+                # an update replaces) are not the restart supervisor's.
+                if task.get("gated") or task.get("after"):
+                    continue
                 if task["desired_state"] == "ready":
                     delay = float(task["spec"]["restart"]["delay"])
                     due = max(now, (task.get("created_at") or now) + delay)
