@@ -7,8 +7,6 @@ import os
 
 import pytest
 
-from tests.helpers.cluster import wait_for
-
 IMAGE = "flotilla-test/busybox:1"
 
 

@@ -6,24 +6,12 @@ registry of its own (never the process-wide default one).
 
 from __future__ import annotations
 
-import time
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..ca import certs
 from ..common import taskmodel
-
-
-def cert_expiry_seconds(bundle_path: str) -> float | None:
-    """Seconds until the certificate in ``bundle_path`` expires (negative
-    once expired), or None if it cannot be read."""
-    try:
-        with open(bundle_path, "rb") as f:
-            ident = certs.identity_from_pem(f.read())
-    except (OSError, certs.CertificateError):
-        return None
-    return ident.not_after.timestamp() - time.time()
 
 
 class AgentMetrics:
@@ -79,7 +67,7 @@ class AgentCollector:
             refused.add_metric([reason], n)
         yield refused
 
-        expiry = cert_expiry_seconds(a.cfg.bundle_path)
+        expiry = certs.seconds_until_expiry(a.cfg.bundle_path)
         if expiry is not None:
             yield GaugeMetricFamily("flotilla_cert_expiry_seconds",
                                     "Seconds until this node's certificate expires.",

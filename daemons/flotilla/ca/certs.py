@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import re
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -453,3 +454,14 @@ def split_node_bundle(bundle_pem: bytes) -> tuple[bytes, bytes]:
 def write_node_bundle(path: str, key_pem: bytes, cert_pem: bytes) -> None:
     """Atomically replace ``path`` with the key+certificate bundle (0600)."""
     fsutil.atomic_write(path, node_bundle_pem(key_pem, cert_pem), mode=0o600)
+
+
+def seconds_until_expiry(bundle_path: str) -> float | None:
+    """Seconds until the certificate in ``bundle_path`` expires (negative
+    once expired), or None if it cannot be read."""
+    try:
+        with open(bundle_path, "rb") as f:
+            ident = identity_from_pem(f.read())
+    except (OSError, CertificateError):
+        return None
+    return ident.not_after.timestamp() - time.time()

@@ -11,7 +11,6 @@ forwarded to the leader included).
 
 from __future__ import annotations
 
-import time
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -24,17 +23,6 @@ NODE_ROLES = ("manager", "worker")
 HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 SCHEDULING_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-def cert_expiry_seconds(bundle_path: str) -> float | None:
-    """Seconds until the certificate in ``bundle_path`` expires (negative
-    once expired), or None if it cannot be read."""
-    try:
-        with open(bundle_path, "rb") as f:
-            ident = certs.identity_from_pem(f.read())
-    except (OSError, certs.CertificateError):
-        return None
-    return ident.not_after.timestamp() - time.time()
 
 
 class ManagerMetrics:
@@ -76,7 +64,7 @@ class StateCollector:
         yield from self._raft(m)
         yield from self._nodes(m.store.list("node"))
         yield from self._tasks(m.store.list("task"))
-        expiry = cert_expiry_seconds(m.cfg.bundle_path)
+        expiry = certs.seconds_until_expiry(m.cfg.bundle_path)
         if expiry is not None:
             yield GaugeMetricFamily("flotilla_cert_expiry_seconds",
                                     "Seconds until this node's certificate expires.",

@@ -15,7 +15,6 @@ from pydantic import Field, field_validator
 
 from ...common.config import ConfigError, split_addr
 from ..caserver import JoinRefused
-from . import models
 from .openapi import doc
 from .common import ApiError, Model, json_response, manager, parse_body, policy
 
