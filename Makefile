@@ -22,11 +22,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 docker:
 	./tests/images/setup-docker.sh
 
-## Everything CI runs (about 25 minutes): unit, integration on real processes and
-## Docker, deployment with Ansible on five test hosts, make cluster, and Vagrant.
+## Everything CI runs (about 30 minutes): unit, integration on real processes and
+## Docker, deployment with Ansible on five test hosts, and make cluster.
 test: venv docker
 	$(PY) -m pytest tests/unit tests/integration tests/deploy -q -m "not slow" --durations=10
-	./tests/deploy/vagrant_test.sh
 
 test-unit: venv
 	$(PY) -m pytest tests/unit -q
@@ -47,9 +46,10 @@ wheelhouse: venv
 	rm -rf .cache/wheelhouse .cache/wheelhouse.tar
 	$(PY) -m pip wheel --quiet --wheel-dir .cache/wheelhouse --constraint requirements.txt .
 
-## Long-running suites kept out of the default run.
-test-slow: venv
+## Long-running suites kept out of the default run, and the Vagrant cluster.
+test-slow: venv docker
 	$(PY) -m pytest tests -q -m slow
+	./tests/deploy/vagrant_test.sh
 
 ## Benchmarks: print tables and write JSON under bench/results/.
 bench: venv
