@@ -81,7 +81,7 @@ def test_convergence_failure_exits_non_zero_with_the_reason(cluster):
     assert len(err) == 1 and "did not converge within 3s" in err[0]
     assert "no suitable node" in err[0] and "memory" in err[0]
     # A crash loop is reported as such, long before the timeout.
-    res = c.cli("service", "create", "--name", "crash", "--restart-delay", "0s", "--timeout", "60",
+    res = c.cli("service", "create", "--name", "crash", "--restart-delay", "0s", "--timeout", "100",
                 IMAGE, "sh", "-c", "exit 3", check=False)
     assert res.returncode == 1
     assert "service crash is failing" in res.stderr and "exit" in res.stderr

@@ -179,7 +179,7 @@ def test_events_cli(c, web):
                  what="the update in the followed stream")
     finally:
         proc.send_signal(signal.SIGINT)
-        rc = proc.wait(10)
+        rc = proc.wait(60)
     assert rc == 130 and "Traceback" not in proc.stderr.read()
 
 
@@ -243,7 +243,7 @@ def test_service_logs(c, web):
         assert ticks
     finally:
         proc.send_signal(signal.SIGINT)
-        rc = proc.wait(10)
+        rc = proc.wait(60)
     assert rc == 130 and "Traceback" not in proc.stderr.read()
 
     missing = c.cli("service", "logs", "nosuch", check=False)

@@ -21,6 +21,9 @@ from rich.table import Table
 from .context import call
 
 POLL = 0.5
+# Converged must hold this long: a task that starts and dies at once is not
+# a running service (Docker verifies for 5 s).
+STABLE = 3.0
 FAILED = ("failed", "rejected")
 
 
@@ -121,20 +124,24 @@ def converge(ctx, service_refs: list[str], timeout: float = 120.0, rollback: boo
     deadline = time.monotonic() + timeout
     services = [_Service(ctx, ref, started, rollback) for ref in service_refs]
     seen: dict[str, str] = {}
+    stable_since = None
     live = Live(console=Console(), auto_refresh=False, transient=False) if _is_tty() else None
     try:
         if live is not None:
             live.start()
         while True:
             for s in services:
-                if not s.done:
-                    s.poll()
+                s.poll()
             if live is not None:
                 live.update(_render(services, time.time() - started), refresh=True)
             else:
                 _print_changes(services, seen)
             if all(s.done for s in services):
-                break
+                stable_since = stable_since or time.monotonic()
+                if time.monotonic() - stable_since >= STABLE:
+                    break
+            else:
+                stable_since = None
             stopped = [s for s in services if s.stopped]
             if stopped:
                 raise ConvergeFailed(f"service {stopped[0].name}: {stopped[0].stopped}")
