@@ -76,6 +76,15 @@ def test_unknown_key_parses_but_never_matches():
     assert not parse_constraint("zone!=x").matches(node())
 
 
+def test_known_keys():
+    # Service specs refuse constraints on keys that name nothing.
+    for expr in ("node.colour==red", "zone!=x", "node.labels.==x", "engine.labels.!=x"):
+        assert not parse_constraint(expr).known, expr
+    for expr in ("node.role==worker", "NODE.ID!=x", "node.labels.disk==ssd",
+                 "engine.labels.os==linux", "node.ip==10.0.0.0/8"):
+        assert parse_constraint(expr).known, expr
+
+
 # -- evaluation ---------------------------------------------------------------
 
 def test_simple_attributes_and_case():

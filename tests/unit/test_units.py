@@ -11,7 +11,9 @@ def test_parse(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["", "abc", "5x", "m5", "-3s", -1, True, None, "5m garbage"])
+@pytest.mark.parametrize("bad", ["", "abc", "5x", "m5", "-3s", -1, True, None, "5m garbage",
+                                 "nan", "inf", "-inf", "1e400", "9" * 400 + "s",
+                                 float("nan"), float("inf")])
 def test_parse_rejects(bad):
     with pytest.raises(ValueError):
         parse_duration(bad)
@@ -34,7 +36,8 @@ def test_parse_bytes(text, n):
     assert parse_bytes(text) == n
 
 
-@pytest.mark.parametrize("bad", ["", "M", "12Q", "-1M", -5, True])
+@pytest.mark.parametrize("bad", ["", "M", "12Q", "-1M", -5, True, "9" * 400 + "T",
+                                 float("inf"), float("nan")])
 def test_parse_bytes_rejects(bad):
     with pytest.raises(ValueError):
         parse_bytes(bad)

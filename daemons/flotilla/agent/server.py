@@ -133,12 +133,12 @@ class AgentServer(Component):
         self._server = None
         self.counters: dict[str, int] = {}
         self._ctx = tls.ReloadingContext(
-            lambda: tls.server_context(cfg.bundle_path, cfg.ca_path, client_cert="required"),
+            lambda: tls.install_bounded(
+                tls.server_context(cfg.bundle_path, cfg.ca_path, client_cert="required")),
             [cfg.bundle_path, cfg.ca_path], check_interval=0.5)
 
-    def _refused(self, exc):
-        reason = tls.failure_reason(exc)
-        self.counters[f"tls.{reason}"] = self.counters.get(f"tls.{reason}", 0) + 1
+    def _refused(self, reason):
+        self.counters[reason] = self.counters.get(reason, 0) + 1
 
     def run(self):
         host, port = bind_address(self._cfg.agent_listen)

@@ -311,6 +311,11 @@ def _count_failure(reason: str) -> None:
         _failures[reason] = _failures.get(reason, 0) + 1
 
 
+def count_handshake_failure(reason: str) -> None:
+    """Count a handshake refused other than by an exception (a timeout)."""
+    _count_failure(reason)
+
+
 def handshake_failures() -> dict[str, int]:
     """Copy of the refused-handshake counters, by reason."""
     with _counter_lock:
@@ -334,9 +339,69 @@ class CountingSSLSocket(ssl.SSLSocket):
             raise
 
 
-def install_counting(ctx: ssl.SSLContext) -> ssl.SSLContext:
-    """Make sockets wrapped by ``ctx`` count refused handshakes."""
-    ctx.sslsocket_class = CountingSSLSocket
+class BoundedSSLSocket(ssl.SSLSocket):
+    """Server-side TLS socket on which no blocking call waits forever.
+
+    In blocking mode every call times out after ``io_timeout`` seconds
+    without progress (``setblocking(True)`` means that here), and reads also
+    fail once ``read_deadline`` (a ``time.monotonic()`` value, set by the
+    server per request) has passed, so a client cannot keep a thread by
+    sending its request a byte at a time. Non-blocking use is unaffected.
+    """
+
+    io_timeout = 10.0
+    read_deadline: float | None = None
+
+    def setblocking(self, flag):
+        self.settimeout(self.io_timeout if flag else 0.0)
+
+    def _read_timeout(self):
+        """The timeout the next read needs, or None to leave it as it is."""
+        timeout = self.gettimeout()
+        if self.read_deadline is None or timeout == 0.0:
+            return None
+        remaining = self.read_deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        return remaining if timeout is None or remaining < timeout else None
+
+    def recv(self, buflen=1024, flags=0):
+        timeout = self._read_timeout()
+        if timeout is None:
+            return super().recv(buflen, flags)
+        saved = self.gettimeout()
+        self.settimeout(timeout)
+        try:
+            return super().recv(buflen, flags)
+        finally:
+            self.settimeout(saved)
+
+    def recv_into(self, buffer, nbytes=None, flags=0):
+        timeout = self._read_timeout()
+        if timeout is None:
+            return super().recv_into(buffer, nbytes, flags)
+        saved = self.gettimeout()
+        self.settimeout(timeout)
+        try:
+            return super().recv_into(buffer, nbytes, flags)
+        finally:
+            self.settimeout(saved)
+
+
+class BoundedCountingSSLSocket(BoundedSSLSocket, CountingSSLSocket):
+    """Both of the above."""
+
+
+def install_bounded(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """Make sockets wrapped by ``ctx`` time out as :class:`BoundedSSLSocket` does."""
+    ctx.sslsocket_class = BoundedSSLSocket
+    return ctx
+
+
+def install_counting(ctx: ssl.SSLContext, bounded: bool = False) -> ssl.SSLContext:
+    """Make sockets wrapped by ``ctx`` count refused handshakes (and, if
+    ``bounded``, time out as :class:`BoundedSSLSocket` does)."""
+    ctx.sslsocket_class = BoundedCountingSSLSocket if bounded else CountingSSLSocket
     return ctx
 
 

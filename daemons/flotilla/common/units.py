@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -13,6 +14,8 @@ def parse_duration(value) -> float:
     if isinstance(value, bool):
         raise ValueError("not a duration")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError("duration must be a finite number")
         if value < 0:
             raise ValueError("duration must not be negative")
         return float(value)
@@ -32,7 +35,9 @@ def parse_duration(value) -> float:
             seconds += float(m.group(1)) * _UNITS[m.group(2)]
             pos = m.end()
         if pos != len(text) or pos == 0:
-            raise ValueError(f"invalid duration {value!r} (use e.g. 90s, 5m, 2h, 90d)") from None
+            raise ValueError(f"invalid duration {value[:40]!r} (use e.g. 90s, 5m, 2h, 90d)") from None
+    if not math.isfinite(seconds):   # "nan", "inf", or beyond 1e308
+        raise ValueError(f"invalid duration {value[:40]!r} (use e.g. 90s, 5m, 2h, 90d)")
     if seconds < 0:
         raise ValueError("duration must not be negative")
     return seconds
@@ -61,6 +66,8 @@ def parse_bytes(value) -> int:
     if isinstance(value, bool):
         raise ValueError("not a size")
     if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("size must be a finite number")
         if value < 0:
             raise ValueError("size must not be negative")
         return int(value)
@@ -68,8 +75,11 @@ def parse_bytes(value) -> int:
         raise ValueError("not a size")
     m = _SIZE.match(value)
     if not m:
-        raise ValueError(f"invalid size {value!r} (use e.g. 64M, 512MB, 1G)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+        raise ValueError(f"invalid size {value[:40]!r} (use e.g. 64M, 512MB, 1G)")
+    n = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if not math.isfinite(n):
+        raise ValueError(f"size {value[:40]!r} is too large")
+    return int(n)
 
 
 def format_bytes(n: int) -> str:

@@ -3,7 +3,9 @@ worker process.
 
 One process owns the Raft member, so gunicorn runs exactly one worker
 (gthread, many threads) and never preloads the app: the member, the store
-and their threads are created in the worker, after the fork. The TLS
+and their threads are created in the worker, after the fork. The worker is
+``apiworker.ApiWorker``, which reads the TLS handshake and request head
+without a thread, so slow clients cannot hold the threads. The TLS
 context is rebuilt whenever the node's certificate bundle changes on disk,
 so a renewed certificate is served from the next connection on.
 """
@@ -81,7 +83,13 @@ class ManagerApplication(BaseApplication):
     def _make_context(self):
         ctx = tls.server_context(self.cfg_node.bundle_path, self.cfg_node.ca_path,
                                  client_cert="optional")
-        return tls.install_counting(ctx)
+        # Refused handshakes are counted; blocking reads and writes time out.
+        return tls.install_counting(ctx, bounded=True)
+
+    def refused(self, reason: str) -> None:
+        """Count a refused connection (called by the worker)."""
+        if self.manager is not None:
+            self.manager.counters.inc(reason)
 
     def load_config(self):
         cfg = self.cfg_node
@@ -89,8 +97,11 @@ class ManagerApplication(BaseApplication):
         settings = {
             "bind": [cfg.listen],
             "workers": 1,
-            "worker_class": "gthread",
+            "worker_class": "flotilla.manager.apiworker.ApiWorker",
             "threads": int(os.environ.get("FLOTILLA_API_THREADS", "64")),
+            # Connections open at once, idle and slow ones included (they
+            # hold no thread); beyond this, new ones wait in the backlog.
+            "worker_connections": 1000,
             "timeout": 120,
             "graceful_timeout": 5,
             "keepalive": 30,
@@ -108,6 +119,7 @@ class ManagerApplication(BaseApplication):
             "proc_name": f"flotilla-manager {cfg.node_id[:12]}",
             "limit_request_line": 8190,
             "limit_request_fields": 100,
+            "limit_request_field_size": 8190,
             # gunicorn's own admin socket is one more listener nobody needs.
             "control_socket_disable": True,
             # No proxy in front of a manager is trusted with forwarding headers.

@@ -14,12 +14,16 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ..common.units import parse_bytes, parse_duration
-from .api.common import Model
+from .api.common import Model, Text
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
 MAX_REPLICAS = 10000
+# The engine takes memory as a signed 64-bit byte count.
+MAX_MEMORY = 2 ** 63 - 1
+# node.labels.<key, at most 128>==<value, at most 1024>, with room to spare.
+MAX_CONSTRAINT = 1200
 
 Duration = Union[str, float]
 Size = Union[str, int]
@@ -30,6 +34,14 @@ def _seconds(value, lo=0.0, hi=365 * 86400, what="duration"):
     if seconds < lo or seconds > hi:
         raise ValueError(f"{what} must be between {lo:g}s and {hi:g}s")
     return seconds
+
+
+def _no_nul(items, what):
+    # The kernel takes arguments and environment as C strings.
+    for item in items or ():
+        if "\x00" in item:
+            raise ValueError(f"{what} must not contain NUL characters")
+    return items
 
 
 def _labels(labels):
@@ -109,7 +121,7 @@ class TcpCheck(Model):
 class Healthcheck(Model):
     """Exactly one of ``test`` (run by the engine inside the container),
     ``http`` or ``tcp`` (probed by the agent from the node)."""
-    test: Optional[Annotated[list[str], Field(min_length=1, max_length=64)]] = None
+    test: Optional[Annotated[list[Text], Field(min_length=1, max_length=64)]] = None
     http: Optional[HttpCheck] = None
     tcp: Optional[TcpCheck] = None
     interval: Duration = 30.0
@@ -126,7 +138,7 @@ class Healthcheck(Model):
             raise ValueError("test must start with CMD, CMD-SHELL or NONE")
         if v[0] != "NONE" and len(v) < 2:
             raise ValueError("test needs a command after " + v[0])
-        return v
+        return _no_nul(v, "test")
 
     @field_validator("http", "tcp")
     @classmethod
@@ -157,10 +169,10 @@ class Healthcheck(Model):
 
 class ContainerSpec(Model):
     image: str = Field(min_length=1, max_length=512)
-    command: Optional[list[str]] = Field(default=None, max_length=256)
-    args: Optional[list[str]] = Field(default=None, max_length=4096)
-    env: list[str] = Field(default_factory=list, max_length=1024)
-    labels: dict[str, str] = Field(default_factory=dict)
+    command: Optional[list[Text]] = Field(default=None, max_length=256)
+    args: Optional[list[Text]] = Field(default=None, max_length=4096)
+    env: list[Text] = Field(default_factory=list, max_length=1024)
+    labels: dict[str, Text] = Field(default_factory=dict)
     workdir: Optional[str] = Field(default=None, max_length=4096)
     user: Optional[str] = Field(default=None, max_length=256)
     hostname: Optional[str] = Field(default=None, max_length=253)
@@ -184,7 +196,12 @@ class ContainerSpec(Model):
             key, sep, _ = item.partition("=")
             if not sep or not ENV_KEY.match(key):
                 raise ValueError(f"environment entry {item[:40]!r} is not KEY=VALUE")
-        return v
+        return _no_nul(v, "environment entries")
+
+    @field_validator("command", "args")
+    @classmethod
+    def _argv(cls, v, info: ValidationInfo):
+        return _no_nul(v, info.field_name)
 
     @field_validator("labels")
     @classmethod
@@ -207,6 +224,8 @@ class ResourceSet(Model):
         n = parse_bytes(v)
         if n and n < 4 * 1024 * 1024:
             raise ValueError("memory must be at least 4 MB (or 0 for none)")
+        if n > MAX_MEMORY:
+            raise ValueError("memory must be less than 8 EB (2^63 bytes)")
         return n
 
 
@@ -247,7 +266,18 @@ class Placement(Model):
     @classmethod
     def _constraints(cls, v):
         from .scheduler.constraint import parse_constraints
-        parse_constraints(v)  # raises ValueError naming the bad expression
+        for expr in v:
+            if len(expr) > MAX_CONSTRAINT:
+                raise ValueError(f"constraint {expr[:40]!r}... is longer than "
+                                 f"{MAX_CONSTRAINT} characters")
+        # parse_constraints raises ValueError naming the bad expression. A
+        # key that names nothing would never match: refuse the typo here.
+        for c in parse_constraints(v):
+            if not c.known:
+                raise ValueError(f"invalid constraint {c.expr!r}: unknown key {c.key!r} "
+                                 "(use node.id, node.hostname, node.ip, node.role, "
+                                 "node.platform.os, node.platform.arch, node.labels.<key> "
+                                 "or engine.labels.<key>)")
         return v
 
 
@@ -257,7 +287,7 @@ class TaskSpec(Model):
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     placement: Placement = Field(default_factory=Placement)
     # Raised by ``service update --force``: a new value replaces every task.
-    force_update: int = Field(default=0, ge=0)
+    force_update: int = Field(default=0, ge=0, le=2 ** 63 - 1)
 
     @model_validator(mode="after")
     def _check(self):
@@ -321,7 +351,7 @@ class Dependency(Model):
 
 class ServiceSpec(Model):
     name: str = Field(max_length=63)
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, Text] = Field(default_factory=dict)
     mode: Literal["replicated", "global"] = "replicated"
     replicas: Optional[int] = Field(default=None, ge=0, le=MAX_REPLICAS)
     task: TaskSpec

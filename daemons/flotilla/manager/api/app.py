@@ -52,6 +52,7 @@ def create_app(manager, forwarder: Forwarder | None = None) -> Flask:
             return common.error_response(503, "no_leader",
                                          "the leader is still starting up; retry shortly")
         common.authorize(pol, common.identity())
+        common.refuse_unknown_query(view)
         return None
 
     @app.errorhandler(common.ApiError)

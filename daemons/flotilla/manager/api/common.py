@@ -22,9 +22,11 @@ import dataclasses
 import functools
 import json
 import logging
+import math
+from typing import Annotated
 
 from flask import current_app, g, request
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from ...ca import certs
 from .. import objects
@@ -44,12 +46,16 @@ class ApiError(Exception):
         self.field = field
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None):
+def error_body(code: str, message: str, field: str | None = None) -> dict:
     body = {"error": {"code": code, "message": message}}
     if field is not None:
         body["error"]["field"] = field
-    return current_app.response_class(json.dumps(body) + "\n", status=status,
-                                      mimetype="application/json")
+    return body
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None):
+    return current_app.response_class(json.dumps(error_body(code, message, field)) + "\n",
+                                      status=status, mimetype="application/json")
 
 
 def json_response(payload, status: int = 200):
@@ -191,7 +197,12 @@ def policy(name: str, *, local: bool = False):
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
+
+
+# Free text (environment entries, arguments, label values) is kept exactly as
+# sent: only names and identifiers lose surrounding whitespace.
+Text = Annotated[str, StringConstraints(strip_whitespace=False)]
 
 
 # A body over the limit but under this size is read and thrown away before
@@ -203,11 +214,14 @@ DRAIN_LIMIT = 64 * 1024 * 1024
 def _drain(length: int) -> None:
     stream = request.environ.get("wsgi.input")
     left = length
-    while stream is not None and left > 0:
-        chunk = stream.read(min(left, 256 * 1024))
-        if not chunk:
-            break
-        left -= len(chunk)
+    try:
+        while stream is not None and left > 0:
+            chunk = stream.read(min(left, 256 * 1024))
+            if not chunk:
+                break
+            left -= len(chunk)
+    except OSError:  # the client stopped sending, or went away
+        pass
 
 
 def refuse_oversized_body() -> None:
@@ -221,28 +235,143 @@ def refuse_oversized_body() -> None:
                        f"the limit is {limit})")
 
 
-def parse_body(model: type[Model]):
+def body_bytes() -> bytes:
+    """The request body, at most the limit long, whether or not the client
+    announced its length (a chunked body over the limit is refused too)."""
     refuse_oversized_body()
-    raw = request.get_data(cache=True)
+    try:
+        if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+            return request.get_data(cache=True)
+        if "unsized_body" not in g:
+            limit = current_app.config["MAX_CONTENT_LENGTH"]
+            data = request.environ["wsgi.input"].read(limit + 1)
+            if len(data) > limit:
+                raise ApiError(413, "too_large", f"request body too large (the limit is {limit})")
+            g.unsized_body = data
+        return g.unsized_body
+    except OSError:  # timed out or reset while reading (see manager/apiworker.py)
+        raise ApiError(400, "incomplete_body", "the request body did not arrive in time") from None
+
+
+# What msgpack (the store's encoding) and every JSON reader can carry.
+INT_MIN, INT_MAX = -(2 ** 63), 2 ** 64 - 1
+
+
+class _Constant(ValueError):
+    pass
+
+
+def _refuse_constant(name):
+    raise _Constant(name)
+
+
+def _decode_json(raw: bytes):
+    """Strict JSON: UTF-8 only, no NaN or Infinity."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_json", "request body is not valid UTF-8") from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except _Constant as exc:
+        raise ApiError(400, "invalid_json",
+                       f"request body is not valid JSON ({exc} is not a JSON number)") from None
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
+
+
+def _check_values(data) -> None:
+    """Refuse numbers and strings no field may hold, wherever they are:
+    integers beyond 64 bits, infinite floats (1e999), unpaired surrogates."""
+    stack = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        problem = None
+        if isinstance(value, dict):
+            stack.extend((v, path + (k,)) for k, v in value.items())
+            continue
+        if isinstance(value, list):
+            stack.extend((v, path + (i,)) for i, v in enumerate(value))
+            continue
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int):
+            if not INT_MIN <= value <= INT_MAX:
+                problem = "number out of range (integers must fit in 64 bits)"
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                problem = "number out of range"
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                problem = "string is not valid Unicode (unpaired surrogate)"
+        if problem:
+            field = ".".join(str(p) for p in path) or None
+            raise ApiError(400, "invalid", f"{field}: {problem}" if field else problem,
+                           field=field)
+
+
+def _check_content_type() -> None:
+    mimetype = request.mimetype
+    if mimetype != "application/json" and not (
+            mimetype.startswith("application/") and mimetype.endswith("+json")):
+        raise ApiError(415, "unsupported_media_type",
+                       "the request body must be JSON (Content-Type: application/json), not "
+                       + (repr(request.content_type) if request.content_type else "untyped"),
+                       field="Content-Type")
+
+
+def _field_path(error: dict, data) -> str | None:
+    """The dotted path of an error within what the client sent. pydantic
+    also names the members of a union it tried (``memory.str``); those name
+    no place in the body and are left out."""
+    parts = []
+    cur = data
+    loc = error["loc"]
+    for i, elem in enumerate(loc):
+        if isinstance(cur, dict) and isinstance(elem, str) and elem in cur:
+            cur = cur[elem]
+        elif isinstance(cur, list) and isinstance(elem, int) and 0 <= elem < len(cur):
+            cur = cur[elem]
+        elif error["type"] == "missing" and i == len(loc) - 1:
+            pass
+        else:
+            break
+        parts.append(str(elem))
+    return ".".join(parts) or None
+
+
+def _validation_error(exc: ValidationError, data, unknown: str) -> ApiError:
+    errors = exc.errors()
+    first = errors[0]
+    field = _field_path(first, data)
+    message = unknown if first["type"] == "extra_forbidden" else first["msg"]
+    # A value that fits none of a union's members fails once per member:
+    # say what each would have taken.
+    others = [e["msg"] for e in errors[1:] if _field_path(e, data) == field
+              and e["type"] != "extra_forbidden"]
+    if others:
+        message = " or ".join(dict.fromkeys([message] + others))
+    return ApiError(400, "invalid", f"{field}: {message}" if field else message, field=field)
+
+
+def parse_body(model: type[Model]):
+    """The request body, validated by ``model``. The body must be a JSON
+    object sent as ``application/json``; values must have the JSON types
+    the model declares (``"3"`` is not a number)."""
+    raw = body_bytes()
     if not raw.strip():
-        data = {}
-    else:
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
+        raise ApiError(400, "invalid_json", "a request body (a JSON object) is required")
+    _check_content_type()
+    data = _decode_json(raw)
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "request body must be a JSON object")
+    _check_values(data)
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=True)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        message = first["msg"]
-        if first["type"] == "extra_forbidden":
-            message = "unknown field"
-        raise ApiError(400, "invalid", f"{field}: {message}" if field else message,
-                       field=field) from None
+        raise _validation_error(exc, data, "unknown field") from None
 
 
 def parse_query(model: type[Model]):
@@ -254,11 +383,15 @@ def parse_query(model: type[Model]):
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        message = "unknown parameter" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ApiError(400, "invalid", f"{field}: {message}" if field else message,
-                       field=field) from None
+        raise _validation_error(exc, data, "unknown parameter") from None
+
+
+def refuse_unknown_query(view) -> None:
+    """A view that declares no query parameters takes none."""
+    d = getattr(view, "flotilla_doc", None)
+    if d is not None and d.query is None and request.args:
+        name = next(iter(request.args))
+        raise ApiError(400, "invalid", f"{name}: unknown parameter", field=name)
 
 
 def request_id() -> str | None:

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 from ..store.store import Op, new_id
 from . import models
 from .openapi import doc
-from .common import ApiError, Model, json_response, manager, parse_body, policy, request_id
+from .common import ApiError, Model, Text, json_response, manager, parse_body, policy, request_id
 from .nodes import validate_labels
 
 bp = Blueprint("configs", __name__, url_prefix="/v1/configs")
@@ -25,7 +25,7 @@ MAX_DATA = 500 * 1024
 class ConfigCreate(Model):
     name: str = Field(max_length=64)
     data: str = Field(max_length=(MAX_DATA * 4) // 3 + 8)
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, Text] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod

@@ -20,7 +20,7 @@ bp = Blueprint("dispatcher", __name__, url_prefix="/v1")
 
 class Resources(Model):
     cpus: float = Field(default=0, ge=0, le=4096)
-    memory: int = Field(default=0, ge=0)
+    memory: int = Field(default=0, ge=0, le=2 ** 63 - 1)
 
 
 class Engine(Model):
@@ -42,7 +42,7 @@ class TaskStatus(Model):
     state: str = Field(max_length=16)
     message: str = Field(default="", max_length=2000)
     err: Optional[str] = Field(default=None, max_length=2000)
-    exit_code: Optional[int] = None
+    exit_code: Optional[int] = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)
     container_id: Optional[str] = Field(default=None, max_length=128)
     timestamp: Optional[float] = None
 

@@ -51,7 +51,7 @@ class Forwarder:
         headers[common.FORWARDED_HEADER] = self._manager.cfg.node_id
         url = f"https://{leader}{request.full_path if request.query_string else request.path}"
         try:
-            resp = self._client().request(request.method, url, data=request.get_data(),
+            resp = self._client().request(request.method, url, data=common.body_bytes(),
                                           headers=headers, timeout=self._timeout)
         except requests.RequestException as exc:
             log.info("forwarding to leader %s failed: %s", leader, exc)

@@ -15,8 +15,8 @@ from ..membership import QuorumError
 from ..store.store import Op
 from . import models
 from .openapi import doc
-from .common import (ApiError, Model, json_response, manager, parse_body, parse_query, policy,
-                     request_id)
+from .common import (ApiError, Model, Text, json_response, manager, parse_body, parse_query,
+                     policy, request_id)
 
 bp = Blueprint("nodes", __name__, url_prefix="/v1/nodes")
 
@@ -45,12 +45,20 @@ class ForceQuery(Model):
 class NodeUpdate(Model):
     role: Optional[Literal["manager", "worker"]] = None
     availability: Optional[Literal["active", "pause", "drain"]] = None
-    labels: Optional[dict[str, str]] = None
-    labels_add: Optional[dict[str, str]] = None
+    labels: Optional[dict[str, Text]] = None
+    labels_add: Optional[dict[str, Text]] = None
     labels_rm: Optional[list[str]] = Field(default=None, max_length=MAX_LABELS)
     version: Optional[int] = None
 
     _labels = field_validator("labels", "labels_add")(validate_labels)
+
+    @field_validator("labels_rm")
+    @classmethod
+    def _label_keys(cls, v):
+        for k in v or ():
+            if not LABEL_KEY.match(k):
+                raise ValueError(f"invalid label key {k[:40]!r}")
+        return v
 
 
 def resources(node, m):

@@ -29,6 +29,10 @@ COMMON_ERRORS = {
     "413": "Request body too large.",
     "503": "No leader, or the outcome of a write is unknown; retry.",
 }
+# ...and those that take a body.
+BODY_ERRORS = {
+    "415": "The body is not sent as application/json.",
+}
 
 
 class ErrorDetail(BaseModel):
@@ -119,7 +123,8 @@ def build(app) -> dict:
             responses[str(d.status)] = {"description": "Success.",
                                         "content": {d.content_type: {"schema": schema}}}
             pol = getattr(view, "flotilla_policy", "control")
-            for code, why in COMMON_ERRORS.items():
+            errors = dict(COMMON_ERRORS, **(BODY_ERRORS if d.body is not None else {}))
+            for code, why in sorted(errors.items()):
                 if pol == "public" and code in ("401", "403"):
                     continue
                 responses[code] = {"description": why, "content": {

@@ -132,6 +132,12 @@ class Constraint:
     def expr(self) -> str:
         return f"{self.key}{self.op}{self.value}"
 
+    @property
+    def known(self) -> bool:
+        """Whether the key names something a node has (a label key must
+        not be empty); an unknown key parses but never matches."""
+        return self._kind is not None and self._label != ""
+
     def __str__(self) -> str:
         return self.expr
 
