@@ -99,3 +99,24 @@ def test_watch_sees_events_in_order_and_resets_when_behind():
         apply(sm, txn(Op.create("config", {"id": f"x{i}", "name": f"x{i}"})))
     assert [e.action for e in w.next(0)] == ["reset"]
     assert w.next(0) == []
+
+
+def test_watch_returns_a_long_tail_in_order():
+    hub = EventHub(size=1000)
+    sm = StateMachine(hub)
+    apply(sm, txn(*[Op.create("config", {"id": f"p{i}", "name": f"p{i}"}) for i in range(300)]))
+    w = hub.watch()
+    apply(sm, txn(*[Op.create("config", {"id": f"c{i}", "name": f"c{i}"}) for i in range(500)]))
+    assert [e.id for e in w.next(0)] == [f"c{i}" for i in range(500)]
+
+
+def test_first_count_and_node_role_index():
+    sm = StateMachine()
+    assert sm.first("cluster") is None and sm.count("node") == 0
+    apply(sm, txn(Op.create("cluster", {"id": "c", "name": "default"}),
+                  Op.create("node", {"id": "m", "role": "manager"}),
+                  Op.create("node", {"id": "w", "role": "worker"})))
+    assert sm.first("cluster")["id"] == "c" and sm.count("node") == 2
+    assert [n["id"] for n in sm.by_index("node", "role", "manager")] == ["m"]
+    apply(sm, txn(Op.update("node", {"id": "w", "role": "manager"})))
+    assert sorted(n["id"] for n in sm.by_index("node", "role", "manager")) == ["m", "w"]

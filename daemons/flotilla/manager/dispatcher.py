@@ -109,7 +109,7 @@ class Dispatcher(Component):
     def period(self) -> float:
         c = objects.cluster(self._store)
         base = float(c["spec"]["dispatcher"]["heartbeat_period"]) if c else objects.DEFAULT_HEARTBEAT
-        return max(base, len(self._store.list("node")) / MAX_HEARTBEATS_PER_S)
+        return max(base, self._store.count("node") / MAX_HEARTBEATS_PER_S)
 
     def _jittered(self) -> float:
         return round(self.period() * random.uniform(0.9, 1.1), 3)

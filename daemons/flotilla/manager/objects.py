@@ -29,8 +29,7 @@ DEFAULT_TASK_HISTORY = 5
 
 
 def cluster(store):
-    items = store.list("cluster")
-    return items[0] if items else None
+    return store.first("cluster")
 
 
 def default_cluster_spec(cert_expiry=None, heartbeat=None):
@@ -77,18 +76,23 @@ def is_manager(node) -> bool:
 
 
 def manager_api_addrs(store) -> list[str]:
+    # Every heartbeat answer carries this list: read the few managers
+    # through the role index, not all nodes.
     out = []
-    for node in store.list("node"):
+    for node in store.by_index("node", "role", "manager"):
         mgr = node.get("manager") or {}
-        if node.get("role") == "manager" and mgr.get("api_addr"):
+        if mgr.get("api_addr"):
             out.append(mgr["api_addr"])
     return sorted(out)
 
 
 def node_by_raft_addr(store, raft_addr):
-    for node in store.list("node"):
-        if (node.get("manager") or {}).get("raft_addr") == raft_addr:
-            return node
+    # Managers first (the index); a node whose role is still changing may
+    # hold a Raft address too, so fall back to all nodes.
+    for nodes in (store.by_index("node", "role", "manager"), None):
+        for node in nodes if nodes is not None else store.list("node"):
+            if (node.get("manager") or {}).get("raft_addr") == raft_addr:
+                return node
     return None
 
 

@@ -31,7 +31,7 @@ KINDS = ("cluster", "node", "config", "service", "task")
 UNIQUE = {"config": ("name",), "service": ("name",)}
 # Fields with a secondary index (value -> ids), for lookups such as "the
 # tasks of this service" or "the tasks on this node".
-INDEXED = {"task": ("service_id", "node_id")}
+INDEXED = {"task": ("service_id", "node_id"), "node": ("role",)}
 DEDUPE_LIMIT = 100_000
 
 
@@ -70,6 +70,20 @@ class StateMachine:
     def list(self, kind):
         with self.lock:
             return list(self.objects[kind].values())
+
+    def count(self, kind):
+        return len(self.objects[kind])
+
+    def first(self, kind):
+        """One object of ``kind`` (for kinds that hold a single object, such
+        as the cluster), read without waiting for the lock: an apply of a
+        large Raft entry holds it for a while, and every API request reads
+        the cluster object. Replacing an object is one dict assignment."""
+        try:
+            return next(iter(self.objects[kind].values()), None)
+        except RuntimeError:        # the kind gained or lost an object meanwhile
+            items = self.list(kind)
+            return items[0] if items else None
 
     def by_unique(self, kind, field, value):
         oid = self._unique.get((kind, field), {}).get(value)

@@ -120,6 +120,12 @@ class Store:
     def list(self, kind):
         return self.sm.list(kind)
 
+    def first(self, kind):
+        return self.sm.first(kind)
+
+    def count(self, kind):
+        return self.sm.count(kind)
+
     def by_unique(self, kind, field, value):
         return self.sm.by_unique(kind, field, value)
 

@@ -8,6 +8,7 @@ gets a ``reset`` event and must re-read the state it cares about.
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 
 from .state import Event
@@ -46,8 +47,10 @@ class EventHub:
                 reset = Event(None, "reset", None, None, None, None)
                 reset.seq = self._seq
                 return self._seq, [reset]
-            start = len(self._ring) - (self._seq - seq)
-            events = [self._ring[i] for i in range(start, len(self._ring))]
+            # The last k events, copied from the right end: indexing a deque
+            # walks it block by block, which made a watcher k events behind
+            # cost O(k^2).
+            events = list(itertools.islice(reversed(self._ring), self._seq - seq))[::-1]
             return self._seq, events
 
     def wake_all(self):
