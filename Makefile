@@ -7,7 +7,7 @@ CLUSTER_DIR := $(CURDIR)/.cache/cluster
 FLOTILLA := $(VENV)/bin/flotilla --host 127.0.0.1:4242,127.0.0.1:4243,127.0.0.1:4244 --tls-dir $(CLUSTER_DIR)/manager-1/admin
 PLAYBOOK := $(VENV)/bin/ansible-playbook
 
-.PHONY: venv docker test test-unit test-integration test-deploy vagrant-test test-slow wheelhouse bench cluster cluster-down clean
+.PHONY: venv docker test test-unit test-integration test-deploy vagrant-test test-slow wheelhouse bench bench-deps bench-scale cluster cluster-down clean
 
 venv: $(VENV)/.installed
 
@@ -52,11 +52,25 @@ test-slow: venv docker
 	./tests/deploy/vagrant_test.sh
 
 ## Benchmarks: print tables and write JSON under bench/results/.
-bench: venv
-	$(PY) bench/raft_writes.py
+bench: venv bench-deps
+	$(PY) bench/raft_writes.py --etcd-check-perf
 	$(PY) bench/failover.py
 	$(PY) bench/converge.py
 	$(PY) bench/converge.py --init
+
+## What the benchmarks need besides the virtualenv: etcd, run side by side with the
+## replicated store in bench/raft_writes.py (Debian's etcd-server and etcd-client).
+bench-deps:
+	@if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null; \
+	fi
+
+## 3 managers + 1,000 simulated agents (real joins, sessions and mTLS listeners),
+## services totalling 30,000 tasks; a py-spy profile of the leader goes to
+## bench/results/scale-leader.svg. Not part of `make bench` (about 5 minutes).
+bench-scale: venv
+	$(PY) bench/scale.py --profile bench/results/scale-leader.svg
 
 ## A local cluster (3 managers + 2 workers on 127.0.0.1:4242-4246) with demo services,
 ## deployed by Ansible with inventory/local (supervisord keeps the nodes running).

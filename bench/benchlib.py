@@ -34,6 +34,43 @@ def pct(values, p: float) -> float:
     return values[k]
 
 
+def machine_cpu() -> tuple[float, float]:
+    """Busy and total CPU seconds of the whole machine so far (all cores)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]  # user .. steal
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / hz, sum(fields) / hz
+
+
+def _stat(pid) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()  # fields from "state" on
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds that one process has used so far (0 once it is gone)."""
+    try:
+        fields = _stat(pid)
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu(pgids) -> float:
+    """User + system CPU seconds used so far by the live processes of some process groups."""
+    pgids, ticks = set(pgids), 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                fields = _stat(pid)
+            except OSError:
+                continue
+            if int(fields[2]) in pgids:
+                ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def write_result(name: str, payload: dict, path: str | None = None) -> str:
     payload = dict(payload, machine=machine(),
                    timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
