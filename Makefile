@@ -52,7 +52,7 @@ test-slow: venv docker
 	./tests/deploy/vagrant_test.sh
 
 ## Benchmarks: print tables and write JSON under bench/results/.
-bench: venv bench-deps
+bench: venv docker bench-deps
 	$(PY) bench/raft_writes.py --etcd-check-perf
 	$(PY) bench/failover.py
 	$(PY) bench/converge.py
