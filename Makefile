@@ -7,7 +7,7 @@ CLUSTER_DIR := $(CURDIR)/.cache/cluster
 FLOTILLA := $(VENV)/bin/flotilla --host 127.0.0.1:4242,127.0.0.1:4243,127.0.0.1:4244 --tls-dir $(CLUSTER_DIR)/manager-1/admin
 PLAYBOOK := $(VENV)/bin/ansible-playbook
 
-.PHONY: venv docker test test-unit test-integration test-deploy vagrant-test test-slow wheelhouse bench bench-deps bench-scale cluster cluster-down clean
+.PHONY: venv docker test test-unit test-integration test-deploy chaos vagrant-test test-slow wheelhouse bench bench-deps bench-scale cluster cluster-down clean
 
 venv: $(VENV)/.installed
 
@@ -23,9 +23,10 @@ docker:
 	./tests/images/setup-docker.sh
 
 ## Everything CI runs (about 30 minutes): unit, integration on real processes and
-## Docker, deployment with Ansible on five test hosts, and make cluster.
+## Docker, deployment with Ansible on five test hosts, make cluster, and a short
+## seeded chaos run (8 faults).
 test: venv docker
-	$(PY) -m pytest tests/unit tests/integration tests/deploy -q -m "not slow" --durations=10
+	$(PY) -m pytest tests/unit tests/integration tests/deploy tests/chaos -q -m "not slow" --durations=10
 
 test-unit: venv
 	$(PY) -m pytest tests/unit -q
@@ -36,6 +37,12 @@ test-integration: venv docker
 ## Ansible on test hosts (containers with systemd, sshd and dockerd) and make cluster.
 test-deploy: venv docker
 	$(PY) -m pytest tests/deploy -q
+
+## The chaos suite: 3 managers and 3 agents, each in its own network namespace
+## with its own Docker engine, under 100 seeded faults (about 30 minutes).
+## FLOTILLA_CHAOS_SEED and FLOTILLA_CHAOS_FAULTS change the run.
+chaos: venv docker
+	$(PY) -m pytest tests/chaos -m slow -q -s
 
 ## vagrant up --provider=docker, a service deployment, vagrant destroy.
 vagrant-test: venv docker
