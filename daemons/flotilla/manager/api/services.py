@@ -55,12 +55,8 @@ def service_view(s, counts=None):
 
 
 def _counts(service_id):
-    running = desired = 0
-    for t in manager().store.by_index("task", "service_id", service_id):
-        if t["desired_state"] == "running":
-            desired += 1
-            if t["status"]["state"] == "running":
-                running += 1
+    # Kept up to date by the store on apply: no walk over the tasks.
+    desired, running = manager().store.task_counts(service_id)
     return {"running": running, "desired": desired}
 
 

@@ -38,6 +38,13 @@ def pack(value) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
 
+def pack_batch(key: str, packed_items: list[bytes]) -> bytes:
+    """``pack({key: [items]})`` from items packed already (each once)."""
+    packer = msgpack.Packer(use_bin_type=True)
+    return b"".join([packer.pack_map_header(1), packer.pack(key),
+                     packer.pack_array_header(len(packed_items)), *packed_items])
+
+
 def unpack(data: bytes):
     # Frame size is bounded by the reader (MAX_FRAME) before this is called.
     try:

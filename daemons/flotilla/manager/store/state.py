@@ -10,6 +10,20 @@ Objects are plain JSON-like dicts. A stored dict is never mutated: a write
 replaces it with a new dict. That makes reads cheap (no copies) and a
 snapshot a shallow copy of the per-kind maps.
 
+Readers never take the lock. Only apply (on the Raft thread) and loading a
+snapshot change the maps, and they serialise on ``lock`` with each other
+only: a reader copies what it needs with single C-level operations
+(``list(d.values())``, ``dict(d)``, ``list(ids)``), which CPython performs
+without letting another thread run, so a request thread can never make
+the Raft thread wait, however much it reads. An update that keeps an
+object's indexed value leaves its index entry alone, so a reader never
+misses it. A reader may see a transaction half applied (as a reader of
+several ``get`` calls always could); writers are protected by
+compare-and-set on versions.
+
+Per-service task counts (desired running, observed running) are kept up to
+date on apply, so listing services costs O(services), not O(tasks).
+
 Each successful transaction advances ``index`` by one and stamps the objects
 it wrote with ``version = index``. Results of transactions that carried a
 request id are remembered (bounded), so a client that retries after an
@@ -61,13 +75,20 @@ class StateMachine:
         self._indexes: dict[tuple[str, str], dict] = {
             (k, f): {} for k, fields in INDEXED.items() for f in fields}
         self._dedupe: collections.OrderedDict = collections.OrderedDict()
+        self._counts: dict[str, tuple[int, int]] = {}
         self.hub = hub
 
-    # -- reads ------------------------------------------------------------------
+    # -- reads (lock-free) --------------------------------------------------------
     def get(self, kind, oid):
         return self.objects[kind].get(oid)
 
     def list(self, kind):
+        objs = self.objects[kind]
+        for _ in range(10):
+            try:
+                return list(objs.values())
+            except RuntimeError:    # changed during the copy (a finaliser ran): again
+                continue
         with self.lock:
             return list(self.objects[kind].values())
 
@@ -85,15 +106,34 @@ class StateMachine:
             items = self.list(kind)
             return items[0] if items else None
 
+    def task_counts(self, service_id) -> tuple[int, int]:
+        """(tasks desired running, of those observed running) of a service."""
+        return self._counts.get(service_id, (0, 0))
+
     def by_unique(self, kind, field, value):
         oid = self._unique.get((kind, field), {}).get(value)
         return self.objects[kind].get(oid) if oid is not None else None
 
     def by_index(self, kind, field, value):
-        with self.lock:
-            ids = list(self._indexes[(kind, field)].get(value, ()))
-            objs = self.objects[kind]
-            return [objs[i] for i in ids if i in objs]
+        ids = self._indexes[(kind, field)].get(value)
+        if not ids:
+            return []
+        for _ in range(10):
+            try:
+                ids = list(ids)         # one C-level copy: atomic for other threads
+                break
+            except RuntimeError:        # changed during the copy (a finaliser ran)
+                continue
+        else:
+            with self.lock:
+                ids = list(ids)
+        objs = self.objects[kind]
+        out = []
+        for i in ids:
+            obj = objs.get(i)
+            if obj is not None:
+                out.append(obj)
+        return out
 
     # -- apply --------------------------------------------------------------------
     def apply(self, payload: bytes):
@@ -143,16 +183,24 @@ class StateMachine:
                     continue
                 del self.objects[kind][oid]
                 self._unindex(kind, old)
+                if kind == "task":
+                    self._count(old, None)
                 events.append(Event(index, "delete", kind, oid, None, old))
                 continue
             new = dict(new)
+            if kind == "task":
+                self._share(new, old)
             new["version"] = index
             new["created_at"] = old["created_at"] if old is not None else ts
             new["updated_at"] = ts
-            if old is not None:
-                self._unindex(kind, old)
+            # An object whose indexed value did not change stays in its
+            # index entry throughout: a reader never misses it.
             self.objects[kind][oid] = new
-            self._index(kind, new)
+            if old is not None:
+                self._unindex(kind, old, new)
+            self._index(kind, new, old)
+            if kind == "task":
+                self._count(old, new)
             refs.append((kind, oid))
             events.append(Event(index, "update" if old is not None else "create", kind, oid, new, old))
         result = {"ok": True, "index": index, "refs": refs}
@@ -204,28 +252,63 @@ class StateMachine:
                                 "message": f"{kind} with {field} {value!r} already exists"}
         return None
 
-    def _index(self, kind, obj):
+    def _share(self, new, old):
+        """Let a task share its spec with its previous version or its
+        service instead of holding its own copy (every applied object is
+        freshly decoded): 30,000 tasks of 30 services then hold 30 specs,
+        and the watch ring's old versions cost little."""
+        spec = new.get("spec")
+        if spec is None:
+            return
+        if old is not None and old.get("spec") == spec:
+            new["spec"] = old["spec"]
+        else:
+            service = self.objects["service"].get(new.get("service_id"))
+            if service is not None and service["spec"].get("task") == spec:
+                new["spec"] = service["spec"]["task"]
+        if old is not None and old.get("ports") == new.get("ports"):
+            new["ports"] = old["ports"]
+
+    def _index(self, kind, obj, old=None):
         for field in UNIQUE.get(kind, ()):
             if obj.get(field) is not None:
                 self._unique[(kind, field)][obj[field]] = obj["id"]
         for field in INDEXED.get(kind, ()):
             value = obj.get(field)
-            if value is not None:
+            if value is not None and (old is None or old.get(field) != value):
                 self._indexes[(kind, field)].setdefault(value, set()).add(obj["id"])
 
-    def _unindex(self, kind, obj):
+    def _unindex(self, kind, obj, new=None):
         for field in UNIQUE.get(kind, ()):
             table = self._unique[(kind, field)]
-            if table.get(obj.get(field)) == obj["id"]:
+            if table.get(obj.get(field)) == obj["id"] and \
+                    (new is None or new.get(field) != obj.get(field)):
                 del table[obj[field]]
         for field in INDEXED.get(kind, ()):
             value = obj.get(field)
-            if value is not None:
+            if value is not None and (new is None or new.get(field) != value):
                 ids = self._indexes[(kind, field)].get(value)
                 if ids is not None:
                     ids.discard(obj["id"])
                     if not ids:
                         del self._indexes[(kind, field)][value]
+
+    def _count(self, old, new):
+        """Move a task's contribution to its service's counts (one
+        assignment per service, so readers never see a half-made change)."""
+        changes = {}
+        for task, sign in ((old, -1), (new, 1)):
+            if task is None or task.get("desired_state") != "running":
+                continue
+            sid = task.get("service_id")
+            running = 1 if (task.get("status") or {}).get("state") == "running" else 0
+            desired, up = changes.get(sid) or self._counts.get(sid, (0, 0))
+            changes[sid] = (desired + sign, up + sign * running)
+        for sid, (desired, up) in changes.items():
+            if desired <= 0:
+                self._counts.pop(sid, None)
+            else:
+                self._counts[sid] = (desired, up)
 
     def _remember(self, rid, result):
         if rid is None:
@@ -290,8 +373,12 @@ class StateMachine:
             self._dedupe = dedupe
             self._unique = {key: {} for key in self._unique}
             self._indexes = {key: {} for key in self._indexes}
+            self._counts = {}
             for kind, objs in objects.items():
                 for obj in objs.values():
+                    if kind == "task":
+                        self._share(obj, None)
+                        self._count(None, obj)
                     self._index(kind, obj)
         if self.hub is not None:
             self.hub.publish([Event(self.index, "reset", None, None, None, None)])

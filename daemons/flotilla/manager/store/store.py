@@ -23,6 +23,7 @@ import time
 
 from pysyncobj.config import FAIL_REASON
 
+from ...common import admission
 from ..raft import codec
 from ..raft.node import FAIL_TEXT
 from .state import StateMachine
@@ -60,15 +61,42 @@ class TxnFailed(StoreError):
         self.status = {"conflict": 409, "exists": 409, "not_found": 404, "invalid": 400}.get(self.code, 400)
 
 
-class _Pending:
-    __slots__ = ("txn", "size", "event", "result", "error")
+class _Waiter:
+    """Completion of a group of transactions submitted together: one lock
+    and one event for the whole group, not one per transaction. ``then`` is
+    called (on the Raft thread) when the last one is answered."""
+    __slots__ = ("count", "event", "lock", "then")
 
-    def __init__(self, txn, size):
-        self.txn = txn
-        self.size = size
-        self.event = threading.Event()
+    def __init__(self, count, then=None):
+        self.count = count
+        self.event = threading.Event() if then is None else None
+        self.lock = threading.Lock()
+        self.then = then
+
+    def one_done(self):
+        with self.lock:
+            self.count -= 1
+            last = self.count == 0
+        if last:
+            if self.then is not None:
+                self.then()
+            else:
+                self.event.set()
+
+
+class _Pending:
+    __slots__ = ("data", "size", "waiter", "result", "error")
+
+    def __init__(self, data, waiter):
+        self.data = data            # the transaction, packed once
+        self.size = len(data)
+        self.waiter = waiter
         self.result = None
         self.error = None
+
+    def answer(self, result=None, error=None):
+        self.result, self.error = result, error
+        self.waiter.one_done()
 
 
 class Op:
@@ -132,6 +160,9 @@ class Store:
     def by_index(self, kind, field, value):
         return self.sm.by_index(kind, field, value)
 
+    def task_counts(self, service_id) -> tuple[int, int]:
+        return self.sm.task_counts(service_id)
+
     @property
     def index(self):
         return self.sm.index
@@ -140,20 +171,26 @@ class Store:
         return self.hub.watch()
 
     # -- writes -------------------------------------------------------------------
-    def _submit(self, ops, rid):
+    def _submit(self, ops, rid, waiter=None):
         txn = {"rid": rid, "ts": time.time(), "ops": list(ops)}
-        size = len(codec.pack(txn))
-        if size > MAX_BYTES_PER_ENTRY:
-            raise TxnFailed({"code": "invalid", "message": f"transaction too large ({size} bytes)"})
-        pending = _Pending(txn, size)
+        data = codec.pack(txn)
+        if len(data) > MAX_BYTES_PER_ENTRY:
+            raise TxnFailed({"code": "invalid",
+                             "message": f"transaction too large ({len(data)} bytes)"})
+        pending = _Pending(data, waiter or _Waiter(1))
         self._queue.put(pending)
         return pending
 
     @staticmethod
-    def _outcome(pending, timeout):
-        if not pending.event.wait(timeout):
+    def _wait(waiter, timeout):
+        with admission.blocking():
+            answered = waiter.event.wait(timeout)
+        if not answered:
             raise CommitTimeout("no answer from the cluster in time; the write may or may not "
                                 "have been applied (retry with the same request id)")
+
+    @staticmethod
+    def _result(pending):
         if pending.error is not None:
             raise pending.error
         result = pending.result
@@ -166,7 +203,9 @@ class Store:
         raft = self.raft
         if raft is None or not raft.is_leader:
             raise NotLeader("this manager is not the leader")
-        return self._outcome(self._submit(ops, rid), timeout)
+        pending = self._submit(ops, rid)
+        self._wait(pending.waiter, timeout)
+        return self._result(pending)
 
     def commit_many(self, transactions, timeout: float = 10.0) -> list:
         """Submit independent transactions together (they share Raft
@@ -175,23 +214,57 @@ class Store:
         raft = self.raft
         if raft is None or not raft.is_leader:
             raise NotLeader("this manager is not the leader")
-        pendings = []
-        for ops in transactions:
-            try:
-                pendings.append(self._submit(ops, None))
-            except StoreError as exc:
-                pendings.append(exc)
-        deadline = time.monotonic() + timeout
+        if not transactions:
+            return []
+        waiter = _Waiter(len(transactions))
+        pendings = self._submit_all(transactions, waiter)
+        timed_out = None
+        try:
+            self._wait(waiter, timeout)
+        except CommitTimeout as exc:
+            timed_out = exc
         out = []
         for p in pendings:
             if isinstance(p, Exception):
                 out.append(p)
-                continue
-            try:
-                out.append(self._outcome(p, max(0.0, deadline - time.monotonic())))
-            except StoreError as exc:
-                out.append(exc)
+            elif p.result is None and p.error is None:
+                out.append(timed_out)       # not answered in time: outcome unknown
+            else:
+                out.append(self._result_or_error(p))
         return out
+
+    def submit_many(self, transactions, then) -> None:
+        """Like commit_many() without waiting: ``then(results)`` is called
+        on the Raft thread once every transaction is answered (keep it
+        short). There is no timeout: an entry is always answered, applied
+        or failed, when leadership is lost at the latest."""
+        raft = self.raft
+        if raft is None or not raft.is_leader:
+            raise NotLeader("this manager is not the leader")
+        box = []
+        # One extra count, released once ``box`` is filled: ``then`` must not
+        # run before (every transaction may fail at once, or be answered
+        # while later ones are still being submitted).
+        waiter = _Waiter(len(transactions) + 1, then=lambda: then(
+            [p if isinstance(p, Exception) else self._result_or_error(p) for p in box]))
+        box.extend(self._submit_all(transactions, waiter))
+        waiter.one_done()
+
+    def _submit_all(self, transactions, waiter):
+        pendings = []
+        for ops in transactions:
+            try:
+                pendings.append(self._submit(ops, None, waiter))
+            except StoreError as exc:
+                pendings.append(exc)
+                waiter.one_done()
+        return pendings
+
+    def _result_or_error(self, pending):
+        try:
+            return self._result(pending)
+        except StoreError as exc:
+            return exc
 
     def update(self, kind, oid, change, *, rid=None, version=None, attempts=10,
                extra_ops=None):
@@ -253,7 +326,7 @@ class Store:
                 self._slots.release()
                 self._fail(batch, NotLeader("leadership lost before the write was proposed"))
                 continue
-            payload = codec.pack({"txns": [p.txn for p in batch]})
+            payload = codec.pack_batch("txns", [p.data for p in batch])
             self.entries_proposed += 1
             self.txns_proposed += len(batch)
             try:
@@ -268,8 +341,7 @@ class Store:
         if err == FAIL_REASON.SUCCESS and isinstance(results, list) and len(results) == len(batch):
             self.raft.journal.sync()
             for pending, result in zip(batch, results):
-                pending.result = result
-                pending.event.set()
+                pending.answer(result=result)
             return
         reason = FAIL_TEXT.get(err, f"raft error {err}")
         if err in (FAIL_REASON.NOT_LEADER, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
@@ -282,8 +354,7 @@ class Store:
     @staticmethod
     def _fail(batch, exc):
         for pending in batch:
-            pending.error = exc
-            pending.event.set()
+            pending.answer(error=exc)
 
 
 def new_id() -> str:
