@@ -17,12 +17,19 @@ began) is disconnected and counted. In the thread, the body must be
 complete ``BODY_TIMEOUT`` seconds after the head, and every read or write
 must make progress within ``tls.BoundedSSLSocket.io_timeout``.
 
+Requests from agents (sessions, status reports, joins) are many; every
+other request (operators, other managers) runs on a small pool of its own
+(``CONTROL_THREADS``), so that it never waits in line behind a backlog of
+agent traffic (the request path is read from the head, which is here
+before any thread is involved).
+
 gunicorn's own refusals of requests it cannot parse are answered in the
 API's error shape too (``handle_error``).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import selectors
 import ssl
@@ -49,6 +56,7 @@ HEAD_END = b"\r\n\r\n"
 # or reads the rest (within BODY_TIMEOUT). This bounds what each waiting
 # connection holds in memory.
 MAX_HEAD = 64 * 1024
+CONTROL_THREADS = 8
 
 
 class ApiWorker(ThreadWorker):
@@ -56,6 +64,14 @@ class ApiWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         # Connections whose request head is being read, oldest deadline first.
         self.head_conns = []
+        self.control_pool = None
+
+    def run(self):
+        try:
+            super().run()
+        finally:
+            if self.control_pool is not None:
+                self.control_pool.shutdown(wait=False)
 
     # Every path that hands a connection to the thread pool (a new
     # connection, a kept-alive one turning readable, pipelined bytes left
@@ -65,6 +81,15 @@ class ApiWorker(ThreadWorker):
             conn.head_ready = False
             if self.cfg.is_ssl:
                 conn.sock.read_deadline = time.monotonic() + BODY_TIMEOUT
+            if getattr(conn, "control", False):
+                conn.control = False
+                if self.control_pool is None:
+                    self.control_pool = concurrent.futures.ThreadPoolExecutor(
+                        CONTROL_THREADS, thread_name_prefix="api-control")
+                fs = self.control_pool.submit(self.handle, conn)
+                fs.add_done_callback(
+                    lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
+                return
             super().enqueue_req(conn)
             return
         self._start_head(conn)
@@ -121,6 +146,7 @@ class ApiWorker(ThreadWorker):
         if conn.parser is None:
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
             conn.initialized = True
+        conn.control = not _is_agent_request(conn.head)
         conn.parser.unreader.unread(bytes(conn.head))
         conn.head = None
         conn.data_ready = True
@@ -182,6 +208,14 @@ class ApiWorker(ThreadWorker):
             util.write_nonblock(client, head.encode() + data)
         except Exception:   # the client is gone: nothing to tell it
             pass
+
+
+def _is_agent_request(head: bytearray) -> bool:
+    from .api.app import is_agent_path
+
+    line = bytes(head[:head.find(b"\r\n")]) if b"\r\n" in head else b""
+    parts = line.split(b" ")
+    return len(parts) >= 2 and is_agent_path(parts[1].decode("latin-1"))
 
 
 class _Capture:

@@ -19,9 +19,11 @@ cluster's keys and tokens).
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 
+from ..common import admission
 from ..common.component import Component
 
 RING_SIZE = 10_000
@@ -322,7 +324,11 @@ class EventLog(Component):
         """
         match = match or (lambda _ev: True)
         deadline = time.monotonic() + max(0.0, wait)
-        with self._cond:
+        # A long poll gives its request slot back for the whole query (not
+        # just the wait: taking a slot back while holding the condition's
+        # lock could deadlock with a request waiting for that lock).
+        waiting = admission.blocking() if wait > 0 else contextlib.nullcontext()
+        with waiting, self._cond:
             if since is None:
                 since = self._index
             truncated = since < self._floor

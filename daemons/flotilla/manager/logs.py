@@ -20,7 +20,7 @@ import urllib.parse
 
 import urllib3
 
-from ..common import tls
+from ..common import admission, tls
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,9 @@ class LogCollector:
                     continue
                 futures[pool.submit(self._fetch_node, nid, node["agent_addr"], node_tasks,
                                     query, deadline)] = nid
-            done, pending = concurrent.futures.wait(
-                futures, timeout=max(0.0, deadline - time.monotonic()) + 0.5)
+            with admission.blocking():
+                done, pending = concurrent.futures.wait(
+                    futures, timeout=max(0.0, deadline - time.monotonic()) + 0.5)
             for fut, nid in futures.items():
                 hostname = nodes[nid].get("hostname")
                 if fut in pending:

@@ -16,6 +16,7 @@ import argparse
 import ctypes
 import logging
 import os
+import resource
 import signal
 import ssl
 import sys
@@ -39,6 +40,19 @@ def die_with_parent():
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
+        pass
+
+
+def raise_fd_limit(want: int = 65536) -> None:
+    """Every agent holds a connection to the API and one from the
+    dispatcher's pusher: lift the soft limit on open files (often 1024)
+    toward the hard limit."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
         pass
 
 
@@ -101,7 +115,10 @@ class ManagerApplication(BaseApplication):
             "threads": int(os.environ.get("FLOTILLA_API_THREADS", "64")),
             # Connections open at once, idle and slow ones included (they
             # hold no thread); beyond this, new ones wait in the backlog.
-            "worker_connections": 1000,
+            # Every agent keeps a connection open (heartbeats and status
+            # reports) and gthread counts the ones being served too, so
+            # this is well above the number of agents a cluster may have.
+            "worker_connections": int(os.environ.get("FLOTILLA_API_CONNECTIONS", "4096")),
             "timeout": 120,
             "graceful_timeout": 5,
             "keepalive": 30,
@@ -160,6 +177,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logs.setup(args.log_level, "manager")
     die_with_parent()
+    raise_fd_limit()
     cfg = NodeConfig.load(args.data_dir)
     if cfg is None or not cfg.initialised():
         print(f"flotilla-manager: {args.data_dir} holds no node identity", file=sys.stderr)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
+from ...common.admission import Admission
 from ..store.store import CommitTimeout, NotLeader, StoreError, TxnFailed
 from . import cluster, common, configs, dispatcher, health, join, nodes, openapi, raft, services
 from . import metrics
@@ -16,11 +18,23 @@ from .forward import Forwarder
 log = logging.getLogger(__name__)
 
 MAX_BODY = 4 * 1024 * 1024
+ACTIVE_REQUESTS = int(os.environ.get("FLOTILLA_API_ACTIVE", "6"))
+# Agent traffic (sessions, status reports, joins, renewals): many clients,
+# served after operators' and other managers' requests when both wait.
+AGENT_PATHS = ("/v1/dispatcher/", "/v1/join", "/v1/ca/renew")
+
+
+def is_agent_path(path: str) -> bool:
+    return path.startswith(AGENT_PATHS)
 
 
 def create_app(manager, forwarder: Forwarder | None = None) -> Flask:
     app = Flask("flotilla.manager")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    # At most a few request threads run at once (see common/admission.py).
+    app.wsgi_app = Admission(
+        ACTIVE_REQUESTS,
+        lambda environ: not is_agent_path(environ.get("PATH_INFO", ""))).wrap(app.wsgi_app)
     app.extensions["flotilla.manager"] = manager
     app.extensions["flotilla.forwarder"] = forwarder or Forwarder(manager)
     for bp in (health.bp, join.bp, cluster.bp, nodes.bp, configs.bp, dispatcher.bp, raft.bp,

@@ -13,7 +13,7 @@ import logging
 import requests
 from flask import request
 
-from ...common import tls
+from ...common import admission, tls
 from ...common.httpclient import _TLSAdapter
 from . import common
 
@@ -51,8 +51,9 @@ class Forwarder:
         headers[common.FORWARDED_HEADER] = self._manager.cfg.node_id
         url = f"https://{leader}{request.full_path if request.query_string else request.path}"
         try:
-            resp = self._client().request(request.method, url, data=common.body_bytes(),
-                                          headers=headers, timeout=self._timeout)
+            with admission.blocking():
+                resp = self._client().request(request.method, url, data=common.body_bytes(),
+                                              headers=headers, timeout=self._timeout)
         except requests.RequestException as exc:
             log.info("forwarding to leader %s failed: %s", leader, exc)
             return common.error_response(503, "leader_unreachable",
