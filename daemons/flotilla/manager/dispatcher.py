@@ -15,40 +15,43 @@ sequence number and the one it applies to; at most one push per node is in
 flight and changes made meanwhile go in the next one. An agent that sees a
 gap, or a session it does not know, answers 409 and gets a complete set.
 A failed push is followed by a complete set too, so nothing is ever lost or
-applied twice. Only changes that matter to the agent are pushed (a task
-newly assigned, a new desired state or spec, a deletion) — not the agent's
+applied twice. Pushes go out from one thread (``pusher.py``) over one
+kept-alive connection per agent, opened when the agent registers; changes
+made while a node's push is in flight (a burst of service creations) go
+together in its next one. Only changes that matter to the agent are pushed
+(a task newly assigned, a new desired state or spec, a deletion) — not the agent's
 own status reports.
 
 Status. Agents report task status as it changes, in batches; the dispatcher
 checks that each task belongs to the reporting node, keeps the latest per
 task, drops any that would move a task's state backwards, and writes what
-has arrived at once, as independent transactions sharing Raft entries.
+has arrived at once, as independent transactions sharing Raft entries,
+without waiting for them: one batch is in flight at a time and reports
+arriving meanwhile go in the next. A report also counts as a sign of life.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
 import random
 import threading
 import time
 
-import urllib3
-
 from ..common import taskmodel, tls
 from ..common.component import Component
 from . import objects
-from .store.store import Op, StoreError, TxnFailed, new_id
+from .pusher import Pusher
+from .store.store import NotLeader, Op, StoreError, TxnFailed, new_id
 
 log = logging.getLogger(__name__)
 
 GRACE_MULTIPLIER = 3
 LEADER_CHANGE_MULTIPLIER = 6
+STALL_TOLERANCE = 1.0      # a main-loop pass later than this is a stall, not a quiet cluster
 MAX_HEARTBEATS_PER_S = 200
 FLUSH_INTERVAL = 0.05
 PUSH_DEBOUNCE = 0.005
-PUSH_WORKERS = 16
 AGENT_FIELDS = ("id", "service_id", "service_name", "slot", "node_id", "spec", "spec_version",
                 "ports", "desired_state")
 
@@ -92,15 +95,16 @@ class Dispatcher(Component):
         self._sessions: dict[str, _Session] = {}
         self._grace: dict[str, float] = {}
         self._statuses: dict[str, tuple[str, dict]] = {}   # task id -> (node id, status)
-        self._pool = None
-        self._pools: dict[str, urllib3.HTTPSConnectionPool] = {}
         self._ctx = None
         if tls_paths is not None:
             bundle, ca = tls_paths
             self._ctx = tls.ReloadingContext(
                 lambda: tls.client_context(bundle, ca, server_name_check=True),
                 [bundle, ca], check_interval=1.0)
-        self._ctx_generation = -1
+        self._pusher = Pusher(self._context)
+        self._woken = False
+        self._last_pass = time.monotonic()
+        self._writing = False       # a batch of status writes is in flight
         self.pushes = 0
         self.push_failures = 0
         self.status_writes = 0
@@ -126,6 +130,8 @@ class Dispatcher(Component):
         with self._lock:
             self._sessions[node_id] = session
             self._grace.pop(node_id, None)
+        if agent_addr and self._ctx is not None:
+            self._pusher.warm(node_id, agent_addr)
         return {"session_id": session.id, "heartbeat_period": period,
                 "assignments": {"type": "complete", "seq": 1, "tasks": tasks},
                 **self.view(node)}
@@ -138,11 +144,20 @@ class Dispatcher(Component):
         node = self._store.get("node", node_id)
         if node is None:
             raise SessionInvalid("node removed")
+        if node["status"]["state"] != "ready":
+            # The session is alive, so the node is: whoever wrote it down
+            # (a deposed leader's last pass, an expiry racing this
+            # heartbeat) was wrong, and a heartbeat is the proof.
+            node = self._mark(node_id, "ready", "")
         return {"heartbeat_period": period, **self.view(node)}
 
     def update_status(self, node_id: str, session_id: str, updates: list[dict]) -> int:
+        # A report proves the agent alive as well as a heartbeat does: when
+        # reports queue up in front of heartbeats, the node stays up.
+        alive_until = time.monotonic() + self.period() * GRACE_MULTIPLIER
         with self._lock:
-            self._session(node_id, session_id)
+            session = self._session(node_id, session_id)
+            session.deadline = max(session.deadline, alive_until)
         accepted = 0
         for u in updates:
             task = self._store.get("task", u["task_id"])
@@ -151,7 +166,9 @@ class Dispatcher(Component):
             with self._lock:
                 self._statuses[u["task_id"]] = (node_id, u["status"])
             accepted += 1
-        self._store.hub.wake_all()      # the main loop writes them now
+        if accepted and not self._woken:
+            self._woken = True
+            self.wake()                 # the main loop writes them now
         return accepted
 
     def _session(self, node_id, session_id) -> _Session:
@@ -194,10 +211,16 @@ class Dispatcher(Component):
             raise
 
     # -- main loop ----------------------------------------------------------------------------
+    def _context(self):
+        ctx = self._ctx.get()
+        return ctx, self._ctx.generation
+
     def run(self):
-        self._pool = concurrent.futures.ThreadPoolExecutor(PUSH_WORKERS, "assignment-push")
+        if self._ctx is not None:
+            self._pusher.start()
         period = self.period()
-        deadline = time.monotonic() + period * LEADER_CHANGE_MULTIPLIER
+        self._last_pass = time.monotonic()
+        deadline = self._last_pass + period * LEADER_CHANGE_MULTIPLIER
         with self._lock:
             for node in self._store.list("node"):
                 if node["status"]["state"] != "down" and node["id"] not in self._sessions:
@@ -210,13 +233,17 @@ class Dispatcher(Component):
                     # gather a burst of task changes into one push per node
                     time.sleep(PUSH_DEBOUNCE)
                     events += watcher.next(timeout=0)
+                self._woken = False
                 for e in events:
                     self._on_event(e)
                 self._expire()
                 self._flush_statuses()
                 self._push_all()
+        except NotLeader:
+            # Leadership lost under way: the manager stops this component.
+            log.info("dispatcher stopping: this manager is no longer the leader")
         finally:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pusher.stop()
 
     def wake(self):
         self._store.hub.wake_all()
@@ -249,18 +276,33 @@ class Dispatcher(Component):
 
     def _expire(self):
         now = time.monotonic()
+        stalled = now - self._last_pass - STALL_TOLERANCE
+        self._last_pass = now
         with self._lock:
+            if stalled > 0:
+                # This loop did not run for a while (the process was paused
+                # or starved of CPU): the agents could not reach it either.
+                # Their deadlines move by the time lost, instead of every
+                # session expiring at once on waking up.
+                for sess in self._sessions.values():
+                    sess.deadline += stalled
+                for n in self._grace:
+                    self._grace[n] += stalled
             expired = [n for n, s in self._sessions.items() if s.deadline < now]
             expired += [n for n, d in self._grace.items() if d < now]
             for n in expired:
                 self._sessions.pop(n, None)
                 self._grace.pop(n, None)
+        for n in expired:
+            self._pusher.forget(n)
         for node_id in expired:
             try:
                 self._mark(node_id, "down", "heartbeat failure")
                 log.info("node %s is down (heartbeat failure)", node_id)
             except SessionInvalid:
                 pass
+            except NotLeader:
+                raise
             except StoreError as exc:
                 log.warning("could not mark %s down: %s", node_id, exc)
                 with self._lock:
@@ -268,6 +310,11 @@ class Dispatcher(Component):
 
     # -- status writes ---------------------------------------------------------------------------
     def _flush_statuses(self):
+        # One batch in flight at a time, written without waiting for it
+        # here (pushes go on meanwhile); reports arriving meanwhile are
+        # merged per task and go in the next batch.
+        if self._writing:
+            return
         with self._lock:
             batch, self._statuses = self._statuses, {}
         if not batch:
@@ -293,7 +340,15 @@ class Dispatcher(Component):
             keys.append((task_id, node_id, status))
         if not txns:
             return
-        results = self._store.commit_many(txns)
+        self._writing = True
+        try:
+            self._store.submit_many(txns, lambda results: self._written(keys, results))
+        except StoreError:
+            self._writing = False
+            raise
+
+    def _written(self, keys, results):
+        # Runs on the Raft thread: only bookkeeping here.
         retry = {}
         for (task_id, node_id, status), result in zip(keys, results):
             if isinstance(result, TxnFailed) and result.code == "conflict":
@@ -304,6 +359,10 @@ class Dispatcher(Component):
             with self._lock:
                 for task_id, value in retry.items():
                     self._statuses.setdefault(task_id, value)
+        self._writing = False
+        if self._statuses and not self._woken:
+            self._woken = True
+            self.wake()
 
     # -- pushing assignments ------------------------------------------------------------------------
     def _push_all(self):
@@ -328,40 +387,25 @@ class Dispatcher(Component):
                 msg["session_id"] = s.id
                 s.inflight = True
                 jobs.append((node_id, s, msg, sent))
-        for job in jobs:
-            self._pool.submit(self._push, *job)
+        for node_id, s, msg, sent in jobs:
+            body = json.dumps(msg).encode()
+            if not self._pusher.push(node_id, s.agent_addr, body,
+                                     lambda status, error, n=node_id, s=s, m=msg, t=sent:
+                                     self._pushed(n, s, m, t, status, error)):
+                with self._lock:
+                    s.inflight = False
 
-    def _pool_for(self, node_id, addr):
-        ctx = self._ctx.get()
-        if self._ctx.generation != self._ctx_generation:
-            self._pools.clear()
-            self._ctx_generation = self._ctx.generation
-        key = f"{node_id}@{addr}"
-        pool = self._pools.get(key)
-        if pool is None:
-            host, port = addr.rsplit(":", 1)
-            pool = urllib3.HTTPSConnectionPool(
-                host.strip("[]"), int(port), maxsize=2, ssl_context=ctx, server_hostname=node_id,
-                assert_hostname=node_id, timeout=urllib3.Timeout(connect=2.0, read=10.0),
-                retries=False)
-            self._pools[key] = pool
-        return pool
-
-    def _push(self, node_id, session, msg, sent):
+    def _pushed(self, node_id, session, msg, sent, status, error):
+        # Runs on the pusher's thread.
         ok, need_complete = False, False
-        try:
-            resp = self._pool_for(node_id, session.agent_addr).request(
-                "POST", "/v1/assignments", body=json.dumps(msg).encode(),
-                headers={"Content-Type": "application/json"})
-            if resp.status == 200:
-                ok = True
-            elif resp.status == 409:
-                need_complete = True
-            else:
-                log.info("assignment push to %s: HTTP %s", node_id, resp.status)
-                need_complete = True
-        except Exception as exc:  # network trouble: try again with a complete set
-            log.info("assignment push to %s failed: %s", node_id, exc)
+        if error is not None:       # network trouble: try again with a complete set
+            log.info("assignment push to %s failed: %s", node_id, error)
+            need_complete = True
+        elif status == 200:
+            ok = True
+        else:
+            if status != 409:
+                log.info("assignment push to %s: HTTP %s", node_id, status)
             need_complete = True
         with self._lock:
             session.inflight = False
@@ -379,3 +423,6 @@ class Dispatcher(Component):
                 session.needs_complete = need_complete
                 session.failures += 1
                 session.retry_at = time.monotonic() + min(0.05 * 2 ** session.failures, 2.0)
+        if ok and (session.pending or session.needs_complete) and not self._woken:
+            self._woken = True      # more changed while this push was in flight
+            self.wake()
