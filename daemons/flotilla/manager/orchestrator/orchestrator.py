@@ -29,6 +29,7 @@ from . import tasks as T
 
 log = logging.getLogger(__name__)
 
+GATHER = 0.05
 FULL_PASS = 10.0
 
 
@@ -64,6 +65,16 @@ class Orchestrator(Component):
             if nxt is not None:
                 wait = max(0.01, min(wait, nxt - time.time()))
             events = watcher.next(timeout=wait)
+            if events:
+                # Gather what follows closely (a scheduler batch, a stream of
+                # status writes) so that a service is reconciled once for it
+                # rather than once per few events.
+                until = time.monotonic() + GATHER
+                while (left := until - time.monotonic()) > 0:
+                    more = watcher.next(timeout=left)
+                    if not more:
+                        break
+                    events += more
             for e in events:
                 dirty |= self._affected(e)
             if time.monotonic() - last_full > FULL_PASS:
@@ -92,8 +103,13 @@ class Orchestrator(Component):
                 out |= self._dependents.get(t["service_name"], set())
             if old is None or new is None:
                 return out | {t["service_id"]}
-            if (old["desired_state"] != new["desired_state"] or old["node_id"] != new["node_id"]
-                    or T.finished(old) != T.finished(new)):
+            if old["desired_state"] != new["desired_state"] or T.finished(old) != T.finished(new):
+                return out | {t["service_id"]}
+            if old["node_id"] != new["node_id"] and (
+                    old["node_id"] is not None
+                    or T.node_unusable(self._store.get("node", new["node_id"]))):
+                # A task newly placed on a usable node needs nothing from the
+                # orchestrator (if that node fails later, its event says so).
                 return out | {t["service_id"]}
             if dependencies.gated(new) and old["status"] != new["status"]:
                 out.add(t["service_id"])        # its waiting message may need restoring

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 
 from ...common import taskmodel
 from ...common.component import Component
@@ -23,6 +24,7 @@ from . import tasks as T
 log = logging.getLogger(__name__)
 
 INTERVAL = 0.5
+FULL_PASS = 10.0
 MAX_DELETES_PER_PASS = 2000
 
 
@@ -35,13 +37,47 @@ class TaskReaper(Component):
         self.deleted = 0
 
     def run(self):
+        # Each pass looks only at the services whose tasks could have become
+        # reapable since the last one (a task that is not runnable, a removed
+        # service, a node going down), as the watch feed tells; everything
+        # is looked at every FULL_PASS seconds and after a reset.
+        watcher = self._store.watch()
+        dirty: set[str] | None = None
+        last_full = 0.0
         while not self.sleep(INTERVAL):
+            for e in watcher.next(timeout=0):
+                if dirty is not None:
+                    dirty = self._affected(e, dirty)
+            if time.monotonic() - last_full > FULL_PASS:
+                dirty = None
+            if dirty is not None and not dirty:
+                continue
             try:
-                self.reap()
+                self.reap(dirty)
             except StoreError as exc:
                 log.info("reaping postponed: %s", exc)
+                continue
+            if dirty is None:
+                last_full = time.monotonic()
+            dirty = set()
 
-    def reap(self):
+    def _affected(self, e, dirty: set[str]) -> set[str] | None:
+        """Services to look at again after event ``e`` (None: all)."""
+        if e.action == "reset" or e.kind == "cluster":
+            return None
+        if e.kind == "task":
+            t = e.object
+            if t is None or t["desired_state"] == "remove" or not taskmodel.runnable(t):
+                dirty.add((t or e.old)["service_id"])
+        elif e.kind == "service" and e.action == "delete":
+            dirty.add(e.id)
+        elif e.kind == "node" and (e.object is None or e.old is None or
+                                   e.object["status"]["state"] != e.old["status"]["state"]):
+            dirty.update(t["service_id"] for t in self._store.by_index("task", "node_id", e.id))
+        return dirty
+
+    def reap(self, service_ids=None):
+        """One pass over the tasks of ``service_ids`` (all tasks if None)."""
         cluster = objects.cluster(self._store)
         limit = objects.DEFAULT_TASK_HISTORY
         if cluster is not None:
@@ -50,7 +86,11 @@ class TaskReaper(Component):
         services = {s["id"] for s in self._store.list("service")}
         deletes, orphans = [], []
         history = collections.defaultdict(list)
-        for t in self._store.list("task"):
+        if service_ids is None:
+            tasks = self._store.list("task")
+        else:
+            tasks = [t for sid in service_ids for t in self._store.by_index("task", "service_id", sid)]
+        for t in tasks:
             if t["service_id"] not in services and t["desired_state"] != "remove":
                 orphans.append(t)
                 continue
