@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import threading
+import time
 
 import pysyncobj.syncobj as _syncobj
 from pysyncobj import SyncObj, SyncObjConf
@@ -42,6 +43,13 @@ MEMBERSHIP = _COMMAND_TYPE.MEMBERSHIP
 # pickled "transmission" path for a single oversized entry.
 APPEND_BATCH_BYTES = 16 * 1024 * 1024
 MAX_COMMAND_BYTES = 4 * 1024 * 1024
+TICK_STALL = 0.25
+# Seconds of applying committed entries per tick (the rest goes on next tick).
+APPLY_BUDGET = 0.05
+# How much the Raft thread's nice value is lowered (if permitted).
+PRIORITY_BOOST = 10
+# A gap between ticks longer than this is treated as a stall of this member.
+STALL_RECOVERY = 0.15
 
 _patch_lock = threading.Lock()
 
@@ -61,6 +69,23 @@ def _journal_factory(journal):
 
 def _unused_serializer(*_args, **_kwargs):  # pragma: no cover - replaced below
     raise RuntimeError("snapshot serializer not installed")
+
+
+def _raise_priority(boost: int) -> None:
+    """Lower this thread's nice value by ``boost`` (Linux: per thread) where
+    permitted (root, or CAP_SYS_NICE); otherwise leave it.
+
+    The Raft thread sends the heartbeats that keep followers from starting
+    elections, and it shares the process (and its GIL) with the API's
+    request threads and the leader's components. When the machine is
+    busy, the kernel runs it first and, when the GIL is handed over, it is
+    the waiting thread most likely to get it."""
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, max(-20, current - boost))
+    except (OSError, AttributeError):
+        pass
 
 
 class RaftSettings:
@@ -126,6 +151,8 @@ class RaftNode(SyncObj):
         serializer.startup_members = sorted(set(peers) | {self_address})
         self._SyncObj__serializer = serializer
         self._tick_calls: queue.SimpleQueue = queue.SimpleQueue()
+        self.tick_stalls = 0
+        self._last_tick_work = 0.0
         self._thread = threading.Thread(target=self._tick_loop, name="raft-tick", daemon=True)
 
     # -- lifecycle ------------------------------------------------------------
@@ -133,15 +160,32 @@ class RaftNode(SyncObj):
         self._thread.start()
 
     def _tick_loop(self):
+        _raise_priority(PRIORITY_BOOST)
+        last = time.monotonic()
+        logged = 0.0
         while not self.flotilla_stopping.is_set():
+            now = time.monotonic()
+            gap, last = now - last, now
+            if gap > TICK_STALL:
+                # Longer than this and followers start elections: worth a line.
+                self.tick_stalls += 1
+                if now - logged > 5.0:
+                    logged = now
+                    log.warning("raft thread stalled for %.2fs, %.2fs of it in its own work "
+                                "(%d stalls so far)", gap, self._last_tick_work, self.tick_stalls)
             try:
+                if gap > STALL_RECOVERY:
+                    self._after_stall()
                 while True:
                     try:
                         fn = self._tick_calls.get_nowait()
                     except queue.Empty:
                         break
                     fn()
-                self.doTick(0.05)
+                started = time.monotonic()
+                backlog = self._SyncObj__raftCommitIndex > self._SyncObj__raftLastApplied
+                self.doTick(0.0 if backlog else 0.05)
+                self._last_tick_work = time.monotonic() - started
             except Exception:
                 log.exception("raft tick failed")
                 self.flotilla_stopping.wait(0.05)
@@ -149,6 +193,21 @@ class RaftNode(SyncObj):
             self._doDestroy()
         finally:
             self.flotilla_stopped.set()
+
+    def _after_stall(self):
+        """This thread did not run for a while (the process or the machine
+        was busy). pysyncobj checks its election timer before it reads the
+        messages that arrived meanwhile, so a follower would start an
+        election although the leader's heartbeats are waiting in its
+        socket, and a leader would step down for want of answers it has
+        not read. Read them first; and if the leader's silence still looks
+        too long, give it one more election timeout counted from now: time
+        this member could not run says nothing about the leader."""
+        self._poller.poll(0)
+        deadline = self._SyncObj__raftElectionDeadline
+        if deadline < _monotonic():
+            self._SyncObj__raftElectionDeadline = \
+                _monotonic() + self._SyncObj__generateRaftTimeout()
 
     def stop(self, timeout: float = 5.0):
         self.flotilla_stopping.set()
@@ -184,7 +243,49 @@ class RaftNode(SyncObj):
         # could resurrect a stale configuration, so nothing happens here.
         return None
 
+    def _SyncObj__applyLogEntries(self):
+        # pysyncobj applies every committed entry in one tick. A large
+        # backlog (a burst of writes, a follower catching up) then kept the
+        # thread from sending heartbeats and reading messages for seconds,
+        # and the other members started elections. Here one tick applies
+        # entries for at most APPLY_BUDGET seconds (at least one entry) and
+        # the next tick goes on; what remains is applied in order, nothing
+        # is skipped. Otherwise as pysyncobj's own.
+        commit = self._SyncObj__raftCommitIndex
+        applied = self._SyncObj__raftLastApplied
+        if commit <= applied:
+            return False
+        waiting = self._SyncObj__commandsWaitingCommit
+        deadline = time.monotonic() + APPLY_BUDGET
+        for entry in self._SyncObj__getEntries(applied + 1, commit - applied):
+            term = entry[2]
+            subscribers = waiting.pop(entry[1], [])
+            result = self._SyncObj__doApplyCommand(entry[0])
+            for subscribed_term, callback in subscribers:
+                if subscribed_term == term:
+                    callback(result, FAIL_REASON.SUCCESS)
+                else:
+                    callback(None, FAIL_REASON.DISCARDED)
+            self._SyncObj__raftLastApplied += 1
+            if time.monotonic() > deadline:
+                break
+        return True
+
     def _SyncObj__onMessageReceived(self, node, message):
+        # Writes reach the leader through its API, never through another
+        # member's Raft connection. pysyncobj forwards a command to the
+        # leader when its proposer is no longer leader by the time the tick
+        # thread takes it from the queue: a deposed leader that has not
+        # noticed yet (paused, partitioned) would have its leader
+        # components' decisions (a node marked down, a task rescheduled)
+        # applied by the new leader. Refuse it: the proposer's caller gets
+        # "not the leader" and nothing is applied.
+        if message.get("type") == "apply_command":
+            if "request_id" in message:
+                self._SyncObj__transport.send(node, {
+                    "type": "apply_command_response", "request_id": message["request_id"],
+                    "error": FAIL_REASON.NOT_LEADER})
+            return
         # pysyncobj pipelines entries to each follower but, on a success
         # acknowledgement, resets nextIndex to the acknowledged position even
         # when later entries are already in flight. The follower then gets
