@@ -293,9 +293,8 @@ class Dispatcher(Component):
             for n in expired:
                 self._sessions.pop(n, None)
                 self._grace.pop(n, None)
-        for n in expired:
-            self._pusher.forget(n)
         for node_id in expired:
+            self._pusher.forget(node_id)
             try:
                 self._mark(node_id, "down", "heartbeat failure")
                 log.info("node %s is down (heartbeat failure)", node_id)

@@ -82,15 +82,20 @@ class StateMachine:
     def get(self, kind, oid):
         return self.objects[kind].get(oid)
 
-    def list(self, kind):
-        objs = self.objects[kind]
+    def _copy(self, items) -> list:
+        """``list(items())`` as one C-level copy, atomic for other threads; if
+        the container changed during it (a finaliser ran), again, and after
+        a few tries under the writers' lock."""
         for _ in range(10):
             try:
-                return list(objs.values())
-            except RuntimeError:    # changed during the copy (a finaliser ran): again
+                return list(items())
+            except RuntimeError:
                 continue
         with self.lock:
-            return list(self.objects[kind].values())
+            return list(items())
+
+    def list(self, kind):
+        return self._copy(lambda: self.objects[kind].values())
 
     def count(self, kind):
         return len(self.objects[kind])
@@ -118,15 +123,7 @@ class StateMachine:
         ids = self._indexes[(kind, field)].get(value)
         if not ids:
             return []
-        for _ in range(10):
-            try:
-                ids = list(ids)         # one C-level copy: atomic for other threads
-                break
-            except RuntimeError:        # changed during the copy (a finaliser ran)
-                continue
-        else:
-            with self.lock:
-                ids = list(ids)
+        ids = self._copy(lambda: ids)
         objs = self.objects[kind]
         out = []
         for i in ids:
