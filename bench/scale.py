@@ -179,6 +179,15 @@ def histogram(text: str, name: str) -> dict:
     return {"buckets": buckets, "count": count, "sum": total}
 
 
+def samples(text: str, name: str) -> float:
+    """Sum of the samples of a metric (over all label values)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"):
+            total += float(line.split()[-1])
+    return total
+
+
 def bucket_quantile(h: dict, q: float) -> float:
     """The upper bound of the bucket holding quantile ``q``."""
     need = q * h["count"]
@@ -346,6 +355,16 @@ def run(args):
         converge_s = last_running - t0_wall
         metrics_text = c.admin([leader], timeout=30).get("/metrics")
         hist = histogram(metrics_text, "flotilla_scheduling_latency_seconds")
+        gc_stats = {}
+        for node in c.nodes.values():
+            try:
+                text = metrics_text if node is leader else c.admin([node], timeout=30).get("/metrics")
+            except Exception:
+                continue
+            gc_stats[node.name] = {
+                "seconds": round(samples(text, "flotilla_gc_pause_seconds_total"), 2),
+                "max_pause_ms": round(samples(text, "flotilla_gc_max_pause_seconds") * 1000, 1),
+                "frozen_objects": int(samples(text, "flotilla_gc_frozen_objects"))}
         api_all = api.get_s + api.patch_s
         stats = [tm["stats"] for tm in times]
         result = {
@@ -390,6 +409,7 @@ def run(args):
                        "end": {k: round(rss_mb(p), 1) for k, p in pids.items()}},
             "cpu_s_during_run": {**{k: round(cpu1[k] - cpu0[k], 1) for k in pids},
                                  "simulator": round(sim_cpu1 - sim_cpu0, 1)},
+            "gc": gc_stats,
             "load_avg": {"before_join": load0, "run_start": load_start, "run_end": load_end},
             "simulator": stats,
             "targets": TARGETS,
@@ -419,7 +439,7 @@ def start_profile(pid, path, seconds):
         return None
     fmt = "raw" if path.endswith(".txt") else "flamegraph"
     return subprocess.Popen([spy, "record", "-p", str(pid), "--duration", str(seconds),
-                             "--format", fmt, "-o", path, "--nonblocking"],
+                             "--format", fmt, "-o", path, "--nonblocking", "--gil"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -447,6 +467,8 @@ def print_table(r):
          f"<= {TARGETS['rss_mb']} MB"),
         ("leader changes", str(r["leader_changes_during_setup_and_run"]), "0"),
         ("CPU s during run", ", ".join(f"{k} {v}" for k, v in r["cpu_s_during_run"].items()), ""),
+        ("GC s / longest pause (ms)",
+         ", ".join(f"{k} {v['seconds']} / {v['max_pause_ms']:.0f}" for k, v in r["gc"].items()), ""),
     ]
     w = max(len(a) for a, _, _ in rows)
     for a, b, t in rows:

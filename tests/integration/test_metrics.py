@@ -93,6 +93,9 @@ def test_manager_and_agent_metrics(cluster):
         assert value(s, "flotilla_cert_expiry_seconds") > 0
         assert value(s, "flotilla_nodes", state="down", role="worker") == 0
         assert value(s, "flotilla_tasks", state="running") == 0
+        # the process's collector pauses are reported (the policy is installed)
+        assert value(s, "flotilla_gc_pause_seconds_total", generation="0") > 0
+        assert value(s, "flotilla_gc_max_pause_seconds") > 0
     for m in managers:      # each times its own requests: the scrapes above, at least
         s = scrape(m.addr, tls.MANAGER_SERVER_NAME, admin, ca)
         assert total(s, "flotilla_api_request_duration_seconds_count", method="GET",

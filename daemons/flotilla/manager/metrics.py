@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..ca import certs
-from ..common import taskmodel, tls
+from ..common import gcpolicy, taskmodel, tls
 
 NODE_STATES = ("unknown", "ready", "down")
 NODE_ROLES = ("manager", "worker")
@@ -78,6 +78,25 @@ class StateCollector:
         for reason, n in sorted(counts.items()):
             refused.add_metric([reason], n)
         yield refused
+        yield from self._gc()
+
+    @staticmethod
+    def _gc():
+        gstats = gcpolicy.stats()
+        if not gstats["installed"]:
+            return
+        pauses = CounterMetricFamily("flotilla_gc_pause_seconds",
+                                     "Time the process spent in the cyclic garbage collector "
+                                     "(the GIL is held), by generation.", labels=["generation"])
+        for generation, seconds in enumerate(gstats["seconds"]):
+            pauses.add_metric([str(generation)], seconds)
+        yield pauses
+        yield GaugeMetricFamily("flotilla_gc_max_pause_seconds",
+                                "Longest single garbage collection in this process.",
+                                value=gstats["max_pause"])
+        yield GaugeMetricFamily("flotilla_gc_frozen_objects",
+                                "Objects moved out of the collector's reach after slow full "
+                                "collections.", value=gstats["frozen"])
 
     @staticmethod
     def _raft(m):

@@ -24,7 +24,7 @@ import time
 
 from gunicorn.app.base import BaseApplication
 
-from ..common import logs, tls
+from ..common import gcpolicy, logs, tls
 from ..common.config import NodeConfig
 from ..common.httpclient import ApiError, Client
 from .raft.node import RaftSettings
@@ -151,6 +151,7 @@ class ManagerApplication(BaseApplication):
         from .control import ControlServer
         from .manager import Manager
 
+        gcpolicy.install()
         cfg = self.cfg_node
         join_members = None
         members_file = os.path.join(cfg.raft_dir, "members.json")
