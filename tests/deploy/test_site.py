@@ -11,12 +11,14 @@ import time
 
 import pytest
 
+from flotilla import __version__
 from tests.deploy import testhosts
 
 pytestmark = pytest.mark.deploy
 
 CLI = "/opt/flotilla/venv/bin/flotilla"
 ADMIN = "/var/lib/flotilla/admin"
+NEXT_VERSION = f"{__version__}.post1"      # what the rolling upgrade installs
 
 
 def flotilla(hosts, *args, check=True):
@@ -91,7 +93,7 @@ def test_rolling_upgrade_keeps_the_service_up(test_hosts):
     hosts = test_hosts
     flotilla(hosts, "service", "scale", "web=6")
     poll(lambda: len(running(hosts, "web")) == 6, what="6 running tasks")
-    new_wheels = testhosts.build_wheelhouse(version="0.1.0.post1")
+    new_wheels = testhosts.build_wheelhouse(version=NEXT_VERSION)
     hosts.write_inventory(wheelhouse=new_wheels)
     counts, stop = [], threading.Event()
 
@@ -114,8 +116,8 @@ def test_rolling_upgrade_keeps_the_service_up(test_hosts):
     print(f"\nreplicas running during the upgrade: min {min(seen)}, samples {len(seen)}")
     assert len(seen) > 20 and min(seen) >= 5          # N-1 at the very least
     for h in hosts.hosts:
-        assert hosts.exec(h, [CLI, "--version"]).stdout.strip().endswith("0.1.0.post1")
+        assert hosts.exec(h, [CLI, "--version"]).stdout.strip().endswith(NEXT_VERSION)
     nodes = fjson(hosts, "node", "ls")
-    assert {n["flotilla_version"] for n in nodes} == {"0.1.0.post1"}
+    assert {n["flotilla_version"] for n in nodes} == {NEXT_VERSION}
     assert all(n["state"] == "ready" and n["availability"] == "active" for n in nodes)
     poll(lambda: len(running(hosts, "web")) == 6, what="the service whole after the upgrade")

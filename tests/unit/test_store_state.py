@@ -5,7 +5,7 @@ import pytest
 
 from flotilla.manager.raft import codec
 from flotilla.manager.store.state import StateMachine
-from flotilla.manager.store.store import Op
+from flotilla.manager.store.store import Op, as_patch
 from flotilla.manager.store.watch import EventHub
 
 
@@ -120,3 +120,74 @@ def test_first_count_and_node_role_index():
     assert [n["id"] for n in sm.by_index("node", "role", "manager")] == ["m"]
     apply(sm, txn(Op.update("node", {"id": "w", "role": "manager"})))
     assert sorted(n["id"] for n in sm.by_index("node", "role", "manager")) == ["m", "w"]
+
+
+def test_patch_sets_and_removes_fields_with_compare_and_set():
+    sm = StateMachine()
+    apply(sm, txn(Op.create("task", {"id": "t", "service_id": "s", "node_id": None,
+                                     "desired_state": "running", "status": {"state": "new"},
+                                     "note": "x"})))
+    [r] = apply(sm, txn(Op.patch("task", "t", {"node_id": "n1", "status": {"state": "assigned"}},
+                                 version=1, unset=["note"]), ts=2.0))
+    task = r["objects"][0]
+    assert r["ok"] and task["version"] == 2 and task["created_at"] == 1.0
+    assert task["node_id"] == "n1" and task["status"] == {"state": "assigned"}
+    assert "note" not in task and task["service_id"] == "s"
+    assert [t["id"] for t in sm.by_index("task", "node_id", "n1")] == ["t"]
+    [r] = apply(sm, txn(Op.patch("task", "t", {"node_id": "n2"}, version=1)))
+    assert r["error"]["code"] == "conflict" and sm.get("task", "t")["node_id"] == "n1"
+    [r] = apply(sm, txn(Op.patch("task", "missing", {"node_id": "n2"})))
+    assert r["error"]["code"] == "not_found"
+    for bad in (Op.patch("task", "t", {"version": 7}), Op.patch("task", "t", {"id": "u"}),
+                Op.patch("nope", "t", {}), {"op": "patch", "kind": "task", "id": "t", "set": [1]}):
+        [r] = apply(sm, txn(bad))
+        assert r["error"]["code"] == "invalid", bad
+    assert sm.get("task", "t")["version"] == 2
+
+
+def test_patch_respects_unique_fields():
+    sm = StateMachine()
+    apply(sm, txn(Op.create("config", {"id": "a", "name": "one"}),
+                  Op.create("config", {"id": "b", "name": "two"})))
+    [r] = apply(sm, txn(Op.patch("config", "b", {"name": "one"})))
+    assert r["error"]["code"] == "exists"
+    [r] = apply(sm, txn(Op.patch("config", "b", {"name": "three"})))
+    assert r["ok"] and sm.by_unique("config", "name", "three")["id"] == "b"
+
+
+def test_an_update_and_its_patch_give_the_same_object():
+    # Two members, one applying full updates and one the patches computed
+    # from them, end with equal objects.
+    full, patched = StateMachine(), StateMachine()
+    base = {"id": "t", "service_id": "s", "node_id": None, "spec": {"image": "a", "args": [1]},
+            "status": {"state": "new"}, "ports": [], "extra": 1}
+    for sm in (full, patched):
+        apply(sm, txn(Op.create("task", base)))
+    current = full.get("task", "t")
+    new = dict(current, node_id="n", status={"state": "assigned"}, spec={"image": "a", "args": [1]})
+    del new["extra"]
+    update = Op.update("task", new, version=current["version"])
+    patch = as_patch(update, current)
+    assert patch["set"] == {"node_id": "n", "status": {"state": "assigned"}}
+    assert patch["unset"] == ["extra"]
+    apply(full, txn(update, ts=5.0))
+    apply(patched, txn(patch, ts=5.0))
+    assert full.get("task", "t") == patched.get("task", "t")
+    assert len(codec.pack(patch)) < len(codec.pack(update))
+
+
+class _Nodes:
+    def __init__(self, *versions):
+        self._nodes = [{"id": f"m{i}", "role": "manager", "description": {"version": v}}
+                       for i, v in enumerate(versions)]
+
+    def by_index(self, kind, field, value):
+        return [n for n in self._nodes if n.get(field) == value]
+
+
+def test_patches_only_when_every_manager_applies_them():
+    from flotilla.manager import objects
+    assert objects.managers_apply_patches(_Nodes("0.2.0", "0.2.0.post1", "1.0.0"))
+    assert not objects.managers_apply_patches(_Nodes("0.2.0", "0.1.0"))     # rolling upgrade
+    assert not objects.managers_apply_patches(_Nodes("0.2.0", None))        # not yet reported
+    assert not objects.managers_apply_patches(_Nodes())

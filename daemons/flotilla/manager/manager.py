@@ -36,6 +36,7 @@ class Manager:
         self.counters = SecurityCounters()
         self.metrics = ManagerMetrics(self)
         self.store = Store()
+        self.store.patch_when(objects.managers_apply_patches)
         self.events = EventLog(self.store)
         self.raft: RaftNode | None = None
         self.membership: Membership | None = None

@@ -22,10 +22,15 @@ Config::
 
 from __future__ import annotations
 
+import re
+
 DEFAULT_CERT_EXPIRY = 90 * 86400
 MIN_CERT_EXPIRY = 60
 DEFAULT_HEARTBEAT = 1.0
 DEFAULT_TASK_HISTORY = 5
+# The first release whose managers apply "patch" operations (see store.Op).
+PATCH_SINCE = (0, 2)
+_RELEASE = re.compile(r"(\d+)\.(\d+)")
 
 
 def cluster(store):
@@ -84,6 +89,19 @@ def manager_api_addrs(store) -> list[str]:
         if mgr.get("api_addr"):
             out.append(mgr["api_addr"])
     return sorted(out)
+
+
+def release(node) -> tuple[int, int] | None:
+    """(major, minor) of the Flotilla a node's agent reported, if any."""
+    found = _RELEASE.match(str((node.get("description") or {}).get("version") or ""))
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def managers_apply_patches(store) -> bool:
+    """True when every manager runs a release that applies patches, so
+    the leader may propose them (during a rolling upgrade it does not)."""
+    managers = store.by_index("node", "role", "manager")
+    return bool(managers) and all((release(n) or (0, 0)) >= PATCH_SINCE for n in managers)
 
 
 def node_by_raft_addr(store, raft_addr):

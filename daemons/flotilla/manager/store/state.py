@@ -1,8 +1,8 @@
 """The replicated state machine: typed objects with versions.
 
 Every Raft command is a batch of transactions. A transaction is a list of
-operations (create / update / delete / upsert) applied all-or-nothing with
-compare-and-set on object versions; the whole cluster applies the same
+operations (create / update / delete / upsert / patch) applied
+all-or-nothing with compare-and-set on object versions; the whole cluster applies the same
 batches in the same order, so apply must be deterministic: ids and
 timestamps are chosen by the proposer, never here.
 
@@ -47,6 +47,8 @@ UNIQUE = {"config": ("name",), "service": ("name",)}
 # tasks of this service" or "the tasks on this node".
 INDEXED = {"task": ("service_id", "node_id"), "node": ("role",)}
 DEDUPE_LIMIT = 100_000
+# Set by apply on every stored object; a patch cannot set them.
+STAMPED = ("id", "version", "created_at", "updated_at")
 
 
 class Event:
@@ -159,6 +161,10 @@ class StateMachine:
             return self.objects[kind].get(oid)
 
         for op in txn.get("ops", ()):
+            if op.get("op") == "patch":
+                op, failure = self._patched(op, current)
+                if failure is not None:
+                    return {"ok": False, "error": failure}
             failure = self._check(op, current, staged)
             if failure is not None:
                 # Failures change nothing and are not remembered: a retry
@@ -203,6 +209,28 @@ class StateMachine:
         result = {"ok": True, "index": index, "refs": refs}
         self._remember(rid, result)
         return self._replay(result)
+
+    def _patched(self, op, current):
+        """A patch names an existing object and the top-level fields to
+        set (``set``) and to remove (``unset``): only those travel through
+        Raft. It is applied as the update it stands for, so it is checked
+        (version, unique fields) and indexed the same way."""
+        kind, oid = op.get("kind"), op.get("id")
+        fields, unset = op.get("set") or {}, op.get("unset") or []
+        if kind not in self.objects or not isinstance(oid, str):
+            return None, {"code": "invalid", "message": "patch without a known kind and id"}
+        if not isinstance(fields, dict) or not isinstance(unset, list) or \
+                any(k in STAMPED for k in fields) or any(k in STAMPED for k in unset):
+            return None, {"code": "invalid", "message": f"malformed patch of {kind} {oid}"}
+        cur = current(kind, oid)
+        if cur is None:
+            return None, {"code": "not_found", "kind": kind, "id": oid,
+                          "message": f"{kind} {oid} not found"}
+        obj = dict(cur)
+        obj.update(fields)
+        for key in unset:
+            obj.pop(key, None)
+        return {"op": "update", "kind": kind, "obj": obj, "version": op.get("version")}, None
 
     def _check(self, op, current, staged):
         kind = op.get("kind")

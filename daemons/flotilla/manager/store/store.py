@@ -118,6 +118,34 @@ class Op:
     def delete(kind, oid, version=None):
         return {"op": "delete", "kind": kind, "id": oid, "version": version}
 
+    @staticmethod
+    def patch(kind, oid, fields, version=None, unset=()):
+        return {"op": "patch", "kind": kind, "id": oid, "set": fields, "version": version,
+                "unset": list(unset)}
+
+
+_STAMPED = frozenset(("id", "version", "created_at", "updated_at"))
+
+
+def as_patch(op, current):
+    """The patch equivalent to ``op`` (an update with compare-and-set on
+    ``current``'s version): the top-level fields that differ, and those
+    removed. Unchanged fields (a task's spec, its service id...) are not
+    sent again."""
+    obj = op["obj"]
+    fields = {}
+    for key, value in obj.items():
+        if key in _STAMPED:
+            continue
+        if key not in current:
+            fields[key] = value
+        else:
+            old = current[key]
+            if old is not value and old != value:
+                fields[key] = value
+    unset = [k for k in current if k not in obj and k not in _STAMPED]
+    return Op.patch(op["kind"], obj["id"], fields, version=op["version"], unset=unset)
+
 
 class Store:
     def __init__(self):
@@ -130,9 +158,42 @@ class Store:
         self._thread = threading.Thread(target=self._propose_loop, name="store-proposer", daemon=True)
         self.entries_proposed = 0
         self.txns_proposed = 0
+        self._patch_gate = None
+        self._patch_cache = (-1, False)
 
     def attach(self, raft):
         self.raft = raft
+
+    def patch_when(self, gate) -> None:
+        """Send updates as patches (only the changed fields) while
+        ``gate(store)`` is true: every member must understand them, so the
+        gate checks that every manager runs a version that applies them."""
+        self._patch_gate = gate
+
+    def _patches_allowed(self) -> bool:
+        gate = self._patch_gate
+        if gate is None:
+            return False
+        index, allowed = self._patch_cache
+        if index != self.sm.index:
+            allowed = bool(gate(self))
+            self._patch_cache = (self.sm.index, allowed)
+        return allowed
+
+    def _compact(self, ops):
+        """Updates with compare-and-set against the version held here
+        become patches (the common case: a task's status, its node)."""
+        out = []
+        for op in ops:
+            if op.get("op") == "update" and op.get("version") is not None:
+                obj = op.get("obj")
+                current = None
+                if isinstance(obj, dict) and op.get("kind") in self.sm.objects:
+                    current = self.sm.get(op["kind"], obj.get("id"))
+                if current is not None and current.get("version") == op["version"]:
+                    op = as_patch(op, current)
+            out.append(op)
+        return out
 
     def start(self):
         self._thread.start()
@@ -172,7 +233,8 @@ class Store:
 
     # -- writes -------------------------------------------------------------------
     def _submit(self, ops, rid, waiter=None):
-        txn = {"rid": rid, "ts": time.time(), "ops": list(ops)}
+        ops = self._compact(ops) if self._patches_allowed() else list(ops)
+        txn = {"rid": rid, "ts": time.time(), "ops": ops}
         data = codec.pack(txn)
         if len(data) > MAX_BYTES_PER_ENTRY:
             raise TxnFailed({"code": "invalid",
