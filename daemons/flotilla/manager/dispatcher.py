@@ -158,18 +158,18 @@ class Dispatcher(Component):
         with self._lock:
             session = self._session(node_id, session_id)
             session.deadline = max(session.deadline, alive_until)
-        accepted = 0
+        accepted = []
         for u in updates:
             task = self._store.get("task", u["task_id"])
-            if task is None or task["node_id"] != node_id:
-                continue
+            if task is not None and task["node_id"] == node_id:
+                accepted.append((u["task_id"], (node_id, u["status"])))
+        if accepted:
             with self._lock:
-                self._statuses[u["task_id"]] = (node_id, u["status"])
-            accepted += 1
+                self._statuses.update(accepted)
         if accepted and not self._woken:
             self._woken = True
             self.wake()                 # the main loop writes them now
-        return accepted
+        return len(accepted)
 
     def _session(self, node_id, session_id) -> _Session:
         session = self._sessions.get(node_id)
@@ -234,8 +234,7 @@ class Dispatcher(Component):
                     time.sleep(PUSH_DEBOUNCE)
                     events += watcher.next(timeout=0)
                 self._woken = False
-                for e in events:
-                    self._on_event(e)
+                self._on_events(events)
                 self._expire()
                 self._flush_statuses()
                 self._push_all()
@@ -248,31 +247,42 @@ class Dispatcher(Component):
     def wake(self):
         self._store.hub.wake_all()
 
-    def _on_event(self, e):
-        if e.action == "reset":
-            with self._lock:
+    def _on_events(self, events):
+        """Note what each node must be sent for these changes: worked out
+        first, then recorded under one hold of the lock (agents' requests
+        take it too; a lock taken per event under GIL contention cost more
+        than the work itself)."""
+        reset = False
+        changes = []                # (node id, task id, agent view or None)
+        for e in events:
+            if e.action == "reset":
+                reset = True
+                continue
+            if e.kind != "task":
+                continue
+            old, new = e.old, e.object
+            was, now = pushed_to_agent(old), pushed_to_agent(new)
+            if not was and not now:
+                continue
+            if was and now and old["node_id"] == new["node_id"] and \
+                    old["desired_state"] == new["desired_state"] and \
+                    old["spec_version"] == new["spec_version"] and old["spec"] == new["spec"]:
+                continue  # only the agent's own status changed
+            if was and (not now or old["node_id"] != new["node_id"]):
+                changes.append((old["node_id"], old["id"], None))
+            if now:
+                changes.append((new["node_id"], new["id"], agent_view(new)))
+        if not reset and not changes:
+            return
+        with self._lock:
+            if reset:
                 for s in self._sessions.values():
                     s.needs_complete = True
-            return
-        if e.kind != "task":
-            return
-        old, new = e.old, e.object
-        was, now = pushed_to_agent(old), pushed_to_agent(new)
-        if not was and not now:
-            return
-        if was and now and old["node_id"] == new["node_id"] and \
-                old["desired_state"] == new["desired_state"] and \
-                old["spec_version"] == new["spec_version"] and old["spec"] == new["spec"]:
-            return  # only the agent's own status changed
-        with self._lock:
-            if was and (not now or old["node_id"] != new["node_id"]):
-                s = self._sessions.get(old["node_id"])
+            sessions = self._sessions
+            for node_id, task_id, view in changes:
+                s = sessions.get(node_id)
                 if s is not None:
-                    s.pending[old["id"]] = None
-            if now:
-                s = self._sessions.get(new["node_id"])
-                if s is not None:
-                    s.pending[new["id"]] = agent_view(new)
+                    s.pending[task_id] = view
 
     def _expire(self):
         now = time.monotonic()
