@@ -10,9 +10,12 @@ bundle, and the run measures
 
 - joining and registering the agents;
 - time from the first create to all tasks reported running, and tasks/s;
-- time from each task's creation (``created_at``) to the first push that
-  carried it to its agent (p50/p99), and the scheduler's own histogram
-  (``flotilla_scheduling_latency_seconds`` from the leader's /metrics);
+- placement: time from each task's creation to its assignment to a node
+  being committed, p50/p99 estimated from the leader's histogram
+  (``flotilla_scheduling_latency_seconds``, interpolated within buckets as
+  Prometheus' ``histogram_quantile`` does); and, measured in the simulator,
+  the time from creation to the first push that carried the task to its
+  agent;
 - API latency during the run: a client sends ``GET /v1/services`` and a small
   ``PATCH /v1/nodes/<id>`` (a label) alternately every 100 ms;
 - the managers' RSS (VmRSS of each manager's API worker, the process that
@@ -186,6 +189,21 @@ def samples(text: str, name: str) -> float:
         if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"):
             total += float(line.split()[-1])
     return total
+
+
+def histogram_quantile(h: dict, q: float) -> float:
+    """Quantile ``q`` of a histogram, interpolated linearly within its
+    bucket (as Prometheus' histogram_quantile)."""
+    need = q * h["count"]
+    lower, below = 0.0, 0.0
+    for le, cum in h["buckets"]:
+        if cum >= need:
+            if le == float("inf"):
+                return lower
+            inside = cum - below
+            return lower + (le - lower) * ((need - below) / inside if inside else 1.0)
+        lower, below = le, cum
+    return float("inf")
 
 
 def bucket_quantile(h: dict, q: float) -> float:
@@ -388,6 +406,9 @@ def run(args):
                              "samples": len(place)},
             "created_to_running_ms": {"p50": round(pct(to_running, 50) * 1000, 1),
                                       "p99": round(pct(to_running, 99) * 1000, 1)},
+            "placement_assigned_ms": {
+                "p50": round(histogram_quantile(hist, 0.5) * 1000, 1) if hist["count"] else None,
+                "p99": round(histogram_quantile(hist, 0.99) * 1000, 1) if hist["count"] else None},
             "scheduler_histogram": {
                 "count": hist["count"],
                 "mean_ms": round(hist["sum"] / hist["count"] * 1000, 1) if hist["count"] else None,
@@ -451,12 +472,11 @@ def print_table(r):
         ("agents registered / all ready", f"{r['register_s']:.1f} s / {r['all_ready_s']:.1f} s", ""),
         ("first create -> all running", f"{r['converge_s']:.1f} s", ""),
         ("tasks/s", f"{r['tasks_per_s']:.0f}", f">= {TARGETS['tasks_per_s']}"),
-        ("created -> first push p50 / p99",
-         f"{r['placement_ms']['p50']:.0f} / {r['placement_ms']['p99']:.0f} ms",
+        ("placement: created -> assigned p50 / p99",
+         f"{r['placement_assigned_ms']['p50']:.0f} / {r['placement_assigned_ms']['p99']:.0f} ms",
          f"p99 <= {TARGETS['placement_p99_ms']} ms"),
-        ("scheduler histogram p50 / p99 (bucket)",
-         f"<= {r['scheduler_histogram']['p50_bucket_le_s']} / "
-         f"<= {r['scheduler_histogram']['p99_bucket_le_s']} s", ""),
+        ("created -> first push to the agent p50 / p99",
+         f"{r['placement_ms']['p50']:.0f} / {r['placement_ms']['p99']:.0f} ms", ""),
         ("created -> running reported p50 / p99",
          f"{r['created_to_running_ms']['p50']:.0f} / {r['created_to_running_ms']['p99']:.0f} ms", ""),
         ("API p50 / p99 (GET services + PATCH)",

@@ -6,13 +6,17 @@ whose desired state is ``ready`` or ``running``. Changes are gathered for a
 short moment (20 ms, at most 200 ms) so that many placements are decided
 together, and the decisions are committed as independent transactions that
 share Raft entries: a task changed meanwhile fails its own compare-and-set
-alone and is placed again. A task that fits nowhere stays pending with the
+alone and is placed again. Decisions are submitted without waiting for
+their commit (at most ``MAX_BATCHES`` in flight): the next batch is decided
+while the last one replicates, and a task whose assignment is in flight is
+not decided again. A task that fits nowhere stays pending with the
 explanation in its status message, and is retried whenever nodes or tasks
 change (and every second).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from typing import Callable
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 DEBOUNCE = 0.02
 MAX_LATENCY = 0.2
 RETRY = 1.0
+MAX_BATCHES = 2
 
 
 def needs_scheduling(task: dict | None) -> bool:
@@ -45,12 +50,16 @@ class Scheduler(Component):
         self._on_placed = on_placed
         self.core = SchedulerCore()
         self._pending: dict[str, dict] = {}
+        self._inflight: set[str] = set()        # assignments submitted, not yet answered
+        self._answers: collections.deque = collections.deque()  # from the Raft thread
+        self._batches = 0
         self.placed = 0
         self.latencies: list[float] = []     # seconds from creation to assignment (recent)
 
     def _load(self):
         self.core = SchedulerCore()
         self._pending = {}
+        self._inflight = set()
         for node in self._store.list("node"):
             self.core.set_node(node)
         for task in self._store.list("task"):
@@ -103,7 +112,9 @@ class Scheduler(Component):
                     if not more:
                         break
                     self._apply(more)
-            if self._pending and (changed or time.monotonic() - last_tick >= RETRY):
+            self._take_answers()
+            if self._pending and self._batches < MAX_BATCHES and (
+                    changed or time.monotonic() - last_tick >= RETRY):
                 try:
                     self.tick()
                 except StoreError as exc:
@@ -111,7 +122,9 @@ class Scheduler(Component):
                 last_tick = time.monotonic()
 
     def tick(self):
-        pending = list(self._pending.values())
+        pending = [t for tid, t in self._pending.items() if tid not in self._inflight]
+        if not pending:
+            return
         decisions = self.core.schedule(pending)
         txns, kinds = [], []
         now = time.time()
@@ -133,20 +146,47 @@ class Scheduler(Component):
             kinds.append(("explain", task))
         if not txns:
             return
-        results = self._store.commit_many(txns)
-        for (kind, task), result in zip(kinds, results):
-            if kind != "assign":
-                continue
-            if isinstance(result, Exception):
-                self.core.forget_task(task["id"])       # release the reservation
-            else:
+        assigned = [task["id"] for kind, task in kinds if kind == "assign"]
+        self._inflight.update(assigned)
+        self._batches += 1
+        try:
+            self._store.submit_many(txns, lambda results: self._answered(kinds, results))
+        except StoreError:
+            self._batches -= 1
+            self._inflight.difference_update(assigned)
+            for task_id in assigned:
+                self.core.forget_task(task_id)
+            raise
+
+    def _answered(self, kinds, results):
+        # Runs on the Raft thread: hand the answers to the scheduler's loop.
+        self._answers.append((kinds, results, time.time()))
+        self._store.hub.wake_all()
+
+    def _take_answers(self):
+        while self._answers:
+            kinds, results, committed = self._answers.popleft()
+            self._batches -= 1
+            for (kind, task), result in zip(kinds, results):
+                if kind != "assign":
+                    continue
+                self._inflight.discard(task["id"])
+                if isinstance(result, Exception):
+                    # Not placed (the task changed meanwhile, or leadership
+                    # was lost): release the reservation; the task's own
+                    # change says what it needs next.
+                    self.core.forget_task(task["id"])
+                    continue
                 self.placed += 1
-                self._pending.pop(task["id"], None)
+                held = self._pending.get(task["id"])
+                if held is not None and held["version"] == task["version"]:
+                    del self._pending[task["id"]]   # placed; its event is on the way
                 created = task.get("created_at")
                 if created:
-                    self.latencies.append(now - created)
+                    took = committed - created
+                    self.latencies.append(took)
                     if self._on_placed is not None:
-                        self._on_placed(now - created)
+                        self._on_placed(took)
                     if len(self.latencies) > 10000:
                         del self.latencies[:5000]
 
