@@ -2,14 +2,25 @@
 
 A component has a cheap constructor (starts nothing), a blocking ``run()``,
 ``start()`` which runs it on a thread, and an idempotent ``stop()``.
+
+A component whose ``run()`` fails with an unexpected error is logged and
+run again after a pause (1 s, doubling up to 30 s while it keeps failing
+within a minute of its start): a leader whose dispatcher died would
+otherwise keep its leadership and never push another assignment.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 log = logging.getLogger(__name__)
+
+
+RESTART_FIRST = 1.0
+RESTART_MAX = 30.0
+RESTART_RESET = 60.0
 
 
 class Component:
@@ -17,6 +28,7 @@ class Component:
 
     def __init__(self):
         self.stopping = threading.Event()
+        self.crashes = 0
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -24,10 +36,22 @@ class Component:
         raise NotImplementedError
 
     def _main(self):
-        try:
-            self.run()
-        except Exception:
-            log.exception("%s crashed", self.name)
+        pause = RESTART_FIRST
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                self.run()
+                return
+            except Exception:
+                if self.stopping.is_set():
+                    return
+                if time.monotonic() - started > RESTART_RESET:
+                    pause = RESTART_FIRST
+                self.crashes += 1
+                log.exception("%s crashed; running it again in %.0f s", self.name, pause)
+            if self.stopping.wait(pause):
+                return
+            pause = min(pause * 2, RESTART_MAX)
 
     def start(self) -> None:
         with self._lock:
