@@ -14,6 +14,11 @@ share its index and are never split between two answers.
 Only changes a user can see become events: a task's status message being
 rewritten does not. Attributes never carry object bodies (config data, the
 cluster's keys and tokens).
+
+The ring keeps the store's changes as they come and turns each into a user
+event the first time a reader reaches it: at thousands of changes a second
+most of them leave the ring unread, and converting them as they arrived
+was a twentieth of a busy leader's time.
 """
 
 from __future__ import annotations
@@ -222,6 +227,19 @@ class Filter:
         return True
 
 
+_UNREAD = object()
+
+
+class _Entry:
+    __slots__ = ("index", "when", "change", "event")
+
+    def __init__(self, index, when, change):
+        self.index = index
+        self.when = when
+        self.change = change        # the store event, until converted
+        self.event = _UNREAD        # the user event (None: not worth one)
+
+
 class EventLog(Component):
     """The ring of recent user events on this manager.
 
@@ -238,7 +256,7 @@ class EventLog(Component):
         self._size = size
         self._clock = clock
         self._cond = threading.Condition()
-        self._ring: collections.deque[dict] = collections.deque()
+        self._ring: collections.deque[_Entry] = collections.deque()
         self._floor = 0
         self._index = 0
         self._watcher = None
@@ -287,14 +305,13 @@ class EventLog(Component):
                     continue
                 if e.index is None or e.index <= self._floor:
                     continue
-                when = stamps.get(e.index) or now
-                ev = convert(e, float(when), self._node_name)
                 self._index = max(self._index, e.index)
-                if ev is None:
+                if e.kind not in TYPES or e.action not in ("create", "update", "delete"):
                     continue
+                when = stamps.get(e.index) or now
                 if len(self._ring) >= self._size:
-                    self._floor = max(self._floor, self._ring.popleft()["index"])
-                self._ring.append(ev)
+                    self._floor = max(self._floor, self._ring.popleft().index)
+                self._ring.append(_Entry(e.index, float(when), e))
             self._cond.notify_all()
 
     # -- reading ---------------------------------------------------------------------------
@@ -304,10 +321,14 @@ class EventLog(Component):
 
     def _scan(self, after: int, match) -> list[dict]:
         out = []
-        for ev in reversed(self._ring):
-            if ev["index"] <= after:
+        for entry in reversed(self._ring):
+            if entry.index <= after:
                 break
-            if match(ev):
+            ev = entry.event
+            if ev is _UNREAD:
+                ev = entry.event = convert(entry.change, entry.when, self._node_name)
+                entry.change = None
+            if ev is not None and match(ev):
                 out.append(ev)
         out.reverse()
         return out

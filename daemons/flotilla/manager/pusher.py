@@ -388,8 +388,8 @@ class Pusher(Component):
                 self._send_more(peer)
             elif peer.state == "reading":
                 self._read(peer)
-            else:                   # idle sockets are not watched
-                self._unwatch(peer)
+            else:
+                self._idle_readable(peer)
         except (OSError, ssl.SSLError, PushError, ValueError) as exc:
             self._failed(peer, exc)
 
@@ -403,7 +403,7 @@ class Pusher(Component):
             self._watch(peer, selectors.EVENT_WRITE)
             return
         peer.state = "idle"
-        self._unwatch(peer)
+        self._watch(peer, selectors.EVENT_READ)
         if peer.job is not None and peer.job.body is not None:
             self._send(peer)
         else:
@@ -433,34 +433,52 @@ class Pusher(Component):
                 self._watch(peer, selectors.EVENT_READ)
                 return
             peer.out = peer.out[n:]
+        # The answer cannot be there yet: wait for the socket to be readable.
         peer.state = "reading"
         self._watch(peer, selectors.EVENT_READ)
-        self._read(peer)
 
     def _read(self, peer):
+        # Read until the answer is complete or the socket has nothing more
+        # (an answer is a few hundred bytes: one read). Not SSL pending():
+        # like every SSL call it gives up the GIL, and under contention
+        # each of those costs a wait.
         while True:
             try:
                 data = peer.sock.recv(READ_CHUNK)
             except ssl.SSLWantReadError:
-                break
+                return
             except ssl.SSLWantWriteError:
                 self._watch(peer, selectors.EVENT_WRITE)
                 return
             if not data:
                 raise ConnectionError("connection closed by the agent")
             peer.inbuf += data
-            if peer.sock.pending() == 0:
+            done = parse_response(peer.inbuf)
+            if done is not None:
                 break
-        done = parse_response(peer.inbuf)
-        if done is None:
-            return
+        if peer.registered != selectors.EVENT_READ:
+            self._watch(peer, selectors.EVENT_READ)
         status, keep = done
         peer.state = "idle"
-        self._unwatch(peer)
         peer.inbuf = bytearray()
         if not keep:
             self._close(peer)
         self._finish(peer, status, None)
+
+    def _idle_readable(self, peer):
+        """An idle connection stays registered for reading (changing what a
+        socket is registered for is a system call, and every system call
+        gives up the GIL): readable while idle means the agent closed it,
+        or TLS housekeeping (a session ticket) arrived."""
+        try:
+            data = peer.sock.recv(READ_CHUNK)
+        except ssl.SSLWantReadError:
+            return
+        except ssl.SSLWantWriteError:
+            data = b""
+        if data:
+            log.info("assignment connection to %s: unexpected data while idle", peer.node_id)
+        self._close(peer)
 
     # -- time limits ---------------------------------------------------------------------
     def _next_deadline(self) -> float:

@@ -11,12 +11,16 @@ asks to join Raft (see the raft blueprint).
 from __future__ import annotations
 
 import logging
+import time
 
 from ..common.component import Component
 from .membership import MembershipBusy, MembershipError, QuorumError
 from .store.store import StoreError
 
 log = logging.getLogger(__name__)
+
+
+PERIOD = 1.0
 
 
 class RoleManager(Component):
@@ -30,12 +34,19 @@ class RoleManager(Component):
 
     def run(self):
         watcher = self._store.watch()
+        due = True
+        next_pass = 0.0
         while not self.stopping.is_set():
-            try:
-                self.reconcile()
-            except Exception:
-                log.exception("role reconciliation failed")
-            watcher.next(timeout=1.0)
+            if due or time.monotonic() >= next_pass:
+                try:
+                    self.reconcile()
+                except Exception:
+                    log.exception("role reconciliation failed")
+                next_pass = time.monotonic() + PERIOD
+            # Only node changes (and a pass every second) matter: task
+            # changes, thousands a second at times, do not wake a pass.
+            events = watcher.next(timeout=max(0.0, next_pass - time.monotonic()))
+            due = any(e.kind == "node" or e.action == "reset" for e in events)
 
     def reconcile(self):
         nodes = self._store.list("node")

@@ -101,7 +101,11 @@ class Orchestrator(Component):
             if (old is None or new is None or old["status"]["state"] != new["status"]["state"]
                     or old["desired_state"] != new["desired_state"]):
                 out |= self._dependents.get(t["service_name"], set())
-            if old is None or new is None:
+            if old is None:
+                # Tasks are created by the orchestrator and the updater,
+                # which reconciled already: a new task asks nothing more.
+                return out
+            if new is None:
                 return out | {t["service_id"]}
             if old["desired_state"] != new["desired_state"] or T.finished(old) != T.finished(new):
                 return out | {t["service_id"]}
