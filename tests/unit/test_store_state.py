@@ -110,6 +110,26 @@ def test_watch_returns_a_long_tail_in_order():
     assert [e.id for e in w.next(0)] == [f"c{i}" for i in range(500)]
 
 
+def test_watch_ring_keeps_only_what_a_live_watcher_has_not_read():
+    hub = EventHub(size=1000)
+    sm = StateMachine(hub)
+    fast, slow = hub.watch(), hub.watch()
+    apply(sm, txn(*[Op.create("config", {"id": f"a{i}", "name": f"a{i}"}) for i in range(50)]))
+    assert len(fast.next(0)) == 50
+    assert len(hub._ring) == 50                 # the slow watcher has not read them
+    apply(sm, txn(Op.create("config", {"id": "b", "name": "b"})))
+    assert [e.id for e in slow.next(0)] == [f"a{i}" for i in range(50)] + ["b"]
+    apply(sm, txn(Op.create("config", {"id": "c", "name": "c"})))
+    assert len(hub._ring) == 2                  # "b" (fast has not read it) and "c"
+    assert [e.id for e in fast.next(0)] == ["b", "c"]
+    del slow                                    # a watcher that is gone holds nothing back
+    apply(sm, txn(Op.create("config", {"id": "d", "name": "d"})))
+    assert [e.id for e in hub._ring] == ["d"]
+    assert [e.id for e in fast.next(0)] == ["d"]
+    apply(sm, txn(Op.create("config", {"id": "e", "name": "e"})))
+    assert [e.id for e in fast.next(0)] == ["e"]
+
+
 def test_first_count_and_node_role_index():
     sm = StateMachine()
     assert sm.first("cluster") is None and sm.count("node") == 0
