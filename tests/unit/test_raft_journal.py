@@ -95,3 +95,16 @@ def test_files_are_private(tmp_path):
     assert (os.stat(d).st_mode & 0o777) == 0o700
     assert (os.stat(d / "log").st_mode & 0o777) == 0o600
     assert (os.stat(d / "meta").st_mode & 0o777) == 0o600
+
+
+def test_bytes_held_follow_appends_truncations_and_compaction(tmp_path):
+    j = DurableJournal(str(tmp_path))
+    for i in range(1, 11):
+        j.add(b"x" * 100, i, 1)
+    assert j.bytes == 1000
+    j.deleteEntriesFrom(8)          # drops idx 9, 10
+    assert j.bytes == 800
+    j.deleteEntriesTo(5)            # keeps idx 6..8
+    assert j.bytes == 300
+    j._destroy()
+    assert DurableJournal(str(tmp_path)).bytes == 300

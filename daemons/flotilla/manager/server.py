@@ -77,10 +77,11 @@ def raft_join(cfg: NodeConfig, timeout: float = 120.0) -> dict:
 
 def raft_settings_from_env() -> RaftSettings:
     kw = {}
-    for name in ("election_min", "election_max", "heartbeat", "compaction_entries"):
+    for name in ("election_min", "election_max", "heartbeat", "compaction_entries",
+                 "compaction_bytes"):
         value = os.environ.get(f"FLOTILLA_RAFT_{name.upper()}")
         if value:
-            kw[name] = int(value) if name == "compaction_entries" else float(value)
+            kw[name] = int(value) if name.startswith("compaction") else float(value)
     return RaftSettings(**kw)
 
 

@@ -41,6 +41,7 @@ class DurableJournal:
         self._path = os.path.join(directory, "log")
         self._meta_path = os.path.join(directory, "meta")
         self._entries: list[tuple[bytes, int, int]] = []
+        self.bytes = 0              # commands held (in memory and in the file)
         self._dirty = False
         self._meta = fsutil.read_json(self._meta_path, {}) or {}
         self._meta_dirty = False
@@ -86,6 +87,7 @@ class DurableJournal:
                 f.truncate(good)
                 os.fsync(f.fileno())
         self._entries = entries
+        self.bytes = sum(len(e[0]) for e in entries)
         self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
 
     def _rewrite(self, entries) -> None:
@@ -99,6 +101,7 @@ class DurableJournal:
         if old is not None:
             os.close(old)
         self._entries = list(entries)
+        self.bytes = sum(len(e[0]) for e in self._entries)
         self._dirty = False
 
     @staticmethod
@@ -117,6 +120,7 @@ class DurableJournal:
     def add(self, command, idx, term):
         command = bytes(command)
         self._entries.append((command, idx, term))
+        self.bytes += len(command)
         self._append(b"E" + ENTRY.pack(idx, term) + command)
 
     def clear(self):
@@ -126,6 +130,7 @@ class DurableJournal:
         if entryFrom >= len(self._entries):
             return
         first_dropped = self._entries[entryFrom][1]
+        self.bytes -= sum(len(e[0]) for e in self._entries[entryFrom:])
         del self._entries[entryFrom:]
         self._append(b"T" + TRUNC.pack(first_dropped))
 

@@ -50,6 +50,8 @@ APPLY_BUDGET = 0.05
 PRIORITY_BOOST = 10
 # A gap between ticks longer than this is treated as a stall of this member.
 STALL_RECOVERY = 0.15
+# Seconds between two size-triggered compaction requests.
+COMPACTION_RETRY = 5.0
 
 _patch_lock = threading.Lock()
 
@@ -100,6 +102,10 @@ class RaftSettings:
         self.leader_fallback = kw.get("leader_fallback", 2.0)
         self.compaction_entries = kw.get("compaction_entries", 5000)
         self.compaction_seconds = kw.get("compaction_seconds", 300)
+        # Also compact when the log holds this many bytes of commands: a
+        # burst of large entries (a thousand tasks each) would otherwise
+        # stay in memory, on every member, until 5,000 entries accumulate.
+        self.compaction_bytes = kw.get("compaction_bytes", 16 * 1024 * 1024)
         self.snapshot_chunk = kw.get("snapshot_chunk", 256 * 1024)
 
 
@@ -153,6 +159,8 @@ class RaftNode(SyncObj):
         self._tick_calls: queue.SimpleQueue = queue.SimpleQueue()
         self.tick_stalls = 0
         self._last_tick_work = 0.0
+        self._compaction_bytes = settings.compaction_bytes
+        self._compact_after = 0.0
         self._thread = threading.Thread(target=self._tick_loop, name="raft-tick", daemon=True)
 
     # -- lifecycle ------------------------------------------------------------
@@ -186,6 +194,7 @@ class RaftNode(SyncObj):
                 backlog = self._SyncObj__raftCommitIndex > self._SyncObj__raftLastApplied
                 self.doTick(0.0 if backlog else 0.05)
                 self._last_tick_work = time.monotonic() - started
+                self._compact_if_large(started)
             except Exception:
                 log.exception("raft tick failed")
                 self.flotilla_stopping.wait(0.05)
@@ -193,6 +202,13 @@ class RaftNode(SyncObj):
             self._doDestroy()
         finally:
             self.flotilla_stopped.set()
+
+    def _compact_if_large(self, now):
+        if self.journal.bytes > self._compaction_bytes and now >= self._compact_after:
+            # Asks for a snapshot at the next chance (one at a time; the
+            # log is cut once the snapshot is on disk).
+            self._compact_after = now + COMPACTION_RETRY
+            self.forceLogCompaction()
 
     def _after_stall(self):
         """This thread did not run for a while (the process or the machine
