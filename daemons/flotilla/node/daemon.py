@@ -118,7 +118,13 @@ class NodeDaemon:
         cmd = [sys.executable, "-m", "flotilla.manager.server", "--data-dir", self.cfg.data_dir,
                "--log-level", self.log_level]
         log.info("starting manager")
-        self._child = subprocess.Popen(cmd, preexec_fn=die_with_parent)
+        # glibc gives each of the manager's many threads an allocation arena
+        # of its own (up to 8 per core) and rarely hands their free space
+        # back; 4 arenas kept the leader of a 30,000-task cluster 25-30 MB
+        # smaller at the same speed. An operator's own setting wins.
+        env = dict(os.environ)
+        env.setdefault("MALLOC_ARENA_MAX", "4")
+        self._child = subprocess.Popen(cmd, preexec_fn=die_with_parent, env=env)
         self._child_started = time.monotonic()
 
     def _stop_child(self, timeout: float = 10.0):
