@@ -91,6 +91,14 @@ def manager_worker_pid(node) -> int | None:
     return None
 
 
+def pusher_pid(worker_pid: int | None) -> int | None:
+    """The leader's assignment-push child process (manager/pushproc.py)."""
+    for kid in _children(worker_pid) if worker_pid else ():
+        if "flotilla.manager.pushproc" in _cmdline(kid):
+            return kid
+    return None
+
+
 def rss_mb(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -300,6 +308,9 @@ def run(args):
         leader = c.wait_leader_ready(30)
         leader_pid = pids[leader.name]
         rss_before = {name: round(rss_mb(pid), 1) for name, pid in pids.items()}
+        push_pid = pusher_pid(leader_pid)
+        if push_pid:
+            pids["pusher"] = push_pid
         sampler = Sampler(pids)
         sampler.start()
         api = ApiLoad(c.admin(timeout=30, retry_for=10), managers[0].node_id)
@@ -356,6 +367,8 @@ def run(args):
         if profiler is not None:
             profiler.wait(args.profile_seconds + 60)
 
+        pids.pop("pusher", None)
+        pusher_rss = sampler.max.pop("pusher", None)
         elections = sum(m.log().count("became leader") for m in managers) - 1
         times = ask_all(groups, "times")
         first_push, running_at = {}, {}
@@ -427,8 +440,9 @@ def run(args):
                                "posts": len(status_post_s)},
             "rss_mb": {"leader": leader.name, "before_run": rss_before,
                        "max": {k: round(v, 1) for k, v in sampler.max.items()},
-                       "end": {k: round(rss_mb(p), 1) for k, p in pids.items()}},
-            "cpu_s_during_run": {**{k: round(cpu1[k] - cpu0[k], 1) for k in pids},
+                       "end": {k: round(rss_mb(p), 1) for k, p in pids.items()},
+                       "leader_pusher_max": pusher_rss},
+            "cpu_s_during_run": {**{k: round(cpu1[k] - cpu0[k], 1) for k in cpu0},
                                  "simulator": round(sim_cpu1 - sim_cpu0, 1)},
             "gc": gc_stats,
             "load_avg": {"before_join": load0, "run_start": load_start, "run_end": load_end},
@@ -483,7 +497,9 @@ def print_table(r):
          f"{r['api_ms']['all_p50']:.0f} / {r['api_ms']['all_p99']:.0f} ms",
          f"p99 <= {TARGETS['api_p99_ms']} ms"),
         ("manager RSS max (leader " + r["rss_mb"]["leader"] + ")",
-         ", ".join(f"{k} {v:.0f}" for k, v in r["rss_mb"]["max"].items()) + " MB",
+         ", ".join(f"{k} {v:.0f}" for k, v in r["rss_mb"]["max"].items()) + " MB"
+         + (f" + pusher {r['rss_mb']['leader_pusher_max']:.0f} MB"
+            if r["rss_mb"].get("leader_pusher_max") else ""),
          f"<= {TARGETS['rss_mb']} MB"),
         ("leader changes", str(r["leader_changes_during_setup_and_run"]), "0"),
         ("CPU s during run", ", ".join(f"{k} {v}" for k, v in r["cpu_s_during_run"].items()), ""),

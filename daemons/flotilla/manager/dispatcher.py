@@ -38,10 +38,10 @@ import random
 import threading
 import time
 
-from ..common import taskmodel, tls
+from ..common import taskmodel
 from ..common.component import Component
 from . import objects
-from .pusher import Pusher
+from .pushproc import PushProcess
 from .store.store import NotLeader, Op, StoreError, TxnFailed, new_id
 
 log = logging.getLogger(__name__)
@@ -95,13 +95,9 @@ class Dispatcher(Component):
         self._sessions: dict[str, _Session] = {}
         self._grace: dict[str, float] = {}
         self._statuses: dict[str, tuple[str, dict]] = {}   # task id -> (node id, status)
-        self._ctx = None
-        if tls_paths is not None:
-            bundle, ca = tls_paths
-            self._ctx = tls.ReloadingContext(
-                lambda: tls.client_context(bundle, ca, server_name_check=True),
-                [bundle, ca], check_interval=1.0)
-        self._pusher = Pusher(self._context)
+        # Pushes go out from a child process (pushproc.py); without TLS
+        # files (tests of the logic alone) nothing is pushed.
+        self._pusher = PushProcess(*tls_paths) if tls_paths is not None else None
         self._woken = False
         self._last_pass = time.monotonic()
         self._writing = False       # a batch of status writes is in flight
@@ -130,7 +126,7 @@ class Dispatcher(Component):
         with self._lock:
             self._sessions[node_id] = session
             self._grace.pop(node_id, None)
-        if agent_addr and self._ctx is not None:
+        if agent_addr and self._pusher is not None:
             self._pusher.warm(node_id, agent_addr)
         return {"session_id": session.id, "heartbeat_period": period,
                 "assignments": {"type": "complete", "seq": 1, "tasks": tasks},
@@ -211,12 +207,8 @@ class Dispatcher(Component):
             raise
 
     # -- main loop ----------------------------------------------------------------------------
-    def _context(self):
-        ctx = self._ctx.get()
-        return ctx, self._ctx.generation
-
     def run(self):
-        if self._ctx is not None:
+        if self._pusher is not None:
             self._pusher.start()
         period = self.period()
         self._last_pass = time.monotonic()
@@ -242,7 +234,8 @@ class Dispatcher(Component):
             # Leadership lost under way: the manager stops this component.
             log.info("dispatcher stopping: this manager is no longer the leader")
         finally:
-            self._pusher.stop()
+            if self._pusher is not None:
+                self._pusher.stop()
 
     def wake(self):
         self._store.hub.wake_all()
@@ -304,7 +297,8 @@ class Dispatcher(Component):
                 self._sessions.pop(n, None)
                 self._grace.pop(n, None)
         for node_id in expired:
-            self._pusher.forget(node_id)
+            if self._pusher is not None:
+                self._pusher.forget(node_id)
             try:
                 self._mark(node_id, "down", "heartbeat failure")
                 log.info("node %s is down (heartbeat failure)", node_id)
@@ -398,9 +392,11 @@ class Dispatcher(Component):
                 jobs.append((node_id, s, msg, sent))
         for node_id, s, msg, sent in jobs:
             body = json.dumps(msg).encode()
-            if not self._pusher.push(node_id, s.agent_addr, body,
-                                     lambda status, error, n=node_id, s=s, m=msg, t=sent:
-                                     self._pushed(n, s, m, t, status, error)):
+            pushed = self._pusher is not None and self._pusher.push(
+                node_id, s.agent_addr, body,
+                lambda status, error, n=node_id, s=s, m=msg, t=sent:
+                self._pushed(n, s, m, t, status, error))
+            if not pushed:
                 with self._lock:
                     s.inflight = False
 

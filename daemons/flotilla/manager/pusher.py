@@ -1,5 +1,8 @@
 """Assignment pushes to agents: one thread, one kept-alive connection per agent.
 
+It runs in the leader's push process (``pushproc.py``), away from the GIL
+the manager's other threads share.
+
 The dispatcher hands over a node's next assignment message as bytes; the
 pusher POSTs it to the agent's listener (``/v1/assignments``, mutual TLS
 with this manager's certificate, the agent's node id as server name) and

@@ -1,0 +1,273 @@
+"""Assignment pushes from a process of their own.
+
+The pusher (``pusher.py``) makes two or three system calls per push (a TLS
+write, a TLS read), and each gives up the GIL. In the manager process the
+GIL is busy (Raft, the API's threads, the leader's components), and taking
+it back after a system call waited up to the interpreter's switch interval
+(5 ms): with a thousand agents, a round of pushes took seconds, most of it
+waiting for the GIL. Here the pusher runs in a child process with a GIL of
+its own, on the other core.
+
+The dispatcher's side (:class:`PushProcess`) has the pusher's interface.
+Jobs go to the child over a socket pair as length-prefixed msgpack frames
+(``["job", id, node id, address, body]``, ``["warm", node id, address]``,
+``["forget", node id]``), and answers come back in batches
+(``["done", [[id, status, error], ...]]``): one write and one read carry
+many pushes. Nothing but plain data crosses, and only between this manager
+and the child it started. The child builds its own client TLS context from
+the node's certificate files (reloaded when they change, like the
+manager's), dies with the thread that started it, and exits when the
+socket closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+
+from ..common import logs, tls
+from .pusher import Pusher, PushError
+from .raft import codec
+
+log = logging.getLogger(__name__)
+
+FRAME = struct.Struct(">I")
+MAX_FRAME = 64 * 1024 * 1024
+READ_CHUNK = 1 << 20
+
+
+def _frames(sock):
+    """Decoded frames from ``sock`` until it closes."""
+    buf = bytearray()
+    while True:
+        data = sock.recv(READ_CHUNK)
+        if not data:
+            return
+        buf += data
+        while len(buf) >= FRAME.size:
+            (length,) = FRAME.unpack_from(buf)
+            if length > MAX_FRAME:
+                raise codec.CodecError("frame too large")
+            if len(buf) < FRAME.size + length:
+                break
+            payload = bytes(buf[FRAME.size:FRAME.size + length])
+            del buf[:FRAME.size + length]
+            yield codec.unpack_lists(payload)
+
+
+class _Outbox:
+    """Frames to send, written by one thread in batches."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self._cond = threading.Condition()
+        self._items: list[bytes] = []
+        self._closed = False
+
+    def put(self, value) -> None:
+        data = codec.pack(value)
+        with self._cond:
+            self._items.append(FRAME.pack(len(data)) + data)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._closed:
+                    self._cond.wait()
+                if not self._items:
+                    return
+                batch, self._items = self._items, []
+            try:
+                self._sock.sendall(b"".join(batch))
+            except OSError:
+                return
+
+
+class PushProcess:
+    """The dispatcher's handle on the push child (see the module doc)."""
+
+    name = "assignment-pusher"
+
+    def __init__(self, bundle_path: str, ca_path: str):
+        self._bundle = bundle_path
+        self._ca = ca_path
+        self._lock = threading.Lock()
+        self._jobs: dict[int, object] = {}
+        self._next = 0
+        self._proc = None
+        self._sock = None
+        self._outbox = None
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        from .server import die_with_parent
+
+        with self._lock:
+            if self._proc is not None:
+                return
+            ours, theirs = socket.socketpair()
+            cmd = [sys.executable, "-m", "flotilla.manager.pushproc", "--fd", str(theirs.fileno()),
+                   "--bundle", self._bundle, "--ca", self._ca,
+                   "--log-level", logging.getLevelName(logging.getLogger().level).lower()]
+            self._proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),),
+                                          preexec_fn=die_with_parent)
+            theirs.close()
+            self._sock = ours
+            self._outbox = _Outbox(ours)
+            self._threads = [threading.Thread(target=self._outbox.run, name="push-out", daemon=True),
+                             threading.Thread(target=self._read, name="push-in", daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            proc, sock, outbox = self._proc, self._sock, self._outbox
+            self._proc = self._sock = self._outbox = None
+            jobs, self._jobs = self._jobs, {}
+        if proc is None:
+            return
+        outbox.close()
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for done in jobs.values():
+            _call(done, None, PushError("the pusher stopped"))
+
+    def wake(self) -> None:
+        """Nothing to wake: jobs are sent as they come."""
+
+    # -- the pusher's interface ------------------------------------------------------
+    def push(self, node_id: str, addr: str, body: bytes, done) -> bool:
+        with self._lock:
+            if self._outbox is None:
+                return False
+            self._next += 1
+            job_id = self._next
+            self._jobs[job_id] = done
+            self._outbox.put(["job", job_id, node_id, addr, body])
+        return True
+
+    def warm(self, node_id: str, addr: str) -> None:
+        self._put(["warm", node_id, addr])
+
+    def forget(self, node_id: str) -> None:
+        self._put(["forget", node_id])
+
+    def _put(self, value) -> None:
+        with self._lock:
+            if self._outbox is not None:
+                self._outbox.put(value)
+
+    def _read(self) -> None:
+        sock = self._sock
+        try:
+            for frame in _frames(sock):
+                if not (isinstance(frame, list) and frame and frame[0] == "done"):
+                    continue
+                with self._lock:
+                    answered = [(self._jobs.pop(job_id, None), status, error)
+                                for job_id, status, error in frame[1]]
+                for done, status, error in answered:
+                    if done is not None:
+                        _call(done, status, PushError(error) if error else None)
+        except (OSError, codec.CodecError, ValueError) as exc:
+            if self._sock is sock:
+                log.warning("assignment pusher connection failed: %s", exc)
+
+
+def _call(done, status, error) -> None:
+    try:
+        done(status, error)
+    except Exception:  # pragma: no cover - defensive
+        log.exception("assignment push callback failed")
+
+
+# -- the child ---------------------------------------------------------------------------
+
+def child(fd: int, bundle: str, ca: str) -> None:
+    sock = socket.socket(fileno=fd)
+    ctx = tls.ReloadingContext(lambda: tls.client_context(bundle, ca, server_name_check=True),
+                               [bundle, ca], check_interval=1.0)
+    pusher = Pusher(lambda: (ctx.get(), ctx.generation))
+    pusher.start()
+    outbox = _Outbox(sock)
+    answers: collections.deque = collections.deque()
+    lock = threading.Lock()
+
+    def answered(job_id):
+        def done(status, error):
+            with lock:
+                answers.append([job_id, status, str(error) if error is not None else None])
+                if len(answers) == 1:
+                    pusher_flush.set()
+        return done
+
+    pusher_flush = threading.Event()
+
+    def flusher():
+        while not pusher.stopping.is_set():
+            pusher_flush.wait()
+            pusher_flush.clear()
+            with lock:
+                batch = list(answers)
+                answers.clear()
+            if batch:
+                outbox.put(["done", batch])
+
+    threads = [threading.Thread(target=outbox.run, name="out", daemon=True),
+               threading.Thread(target=flusher, name="flush", daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        for frame in _frames(sock):
+            if not isinstance(frame, list) or not frame:
+                continue
+            if frame[0] == "job" and len(frame) == 5:
+                _, job_id, node_id, addr, body = frame
+                pusher.push(node_id, addr, body, answered(job_id))
+            elif frame[0] == "warm" and len(frame) == 3:
+                pusher.warm(frame[1], frame[2])
+            elif frame[0] == "forget" and len(frame) == 2:
+                pusher.forget(frame[1])
+    except (OSError, codec.CodecError, ValueError) as exc:
+        log.warning("push process: %s", exc)
+    finally:
+        pusher.stop()
+        pusher_flush.set()
+        outbox.close()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="flotilla.manager.pushproc")
+    ap.add_argument("--fd", type=int, required=True)
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--ca", required=True)
+    ap.add_argument("--log-level", default="info")
+    args = ap.parse_args(argv)
+    logs.setup(args.log_level, "pusher")
+    child(args.fd, args.bundle, args.ca)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
