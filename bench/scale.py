@@ -19,7 +19,8 @@ bundle, and the run measures
 - API latency during the run: a client sends ``GET /v1/services`` and a small
   ``PATCH /v1/nodes/<id>`` (a label) alternately every 100 ms;
 - the managers' RSS (VmRSS of each manager's API worker, the process that
-  holds the store and the Raft member) and their CPU time.
+  holds the store and the Raft member; the leader's push process is
+  reported beside it) and their CPU time, and their garbage-collector time.
 
     python bench/scale.py [--agents 1000] [--tasks 30000] [--services 30] [--quick]
                           [--procs 2] [--profile /tmp/leader.svg --profile-seconds 30]
@@ -55,11 +56,20 @@ TARGETS = {"tasks_per_s": 2000, "placement_p99_ms": 250, "api_p99_ms": 100, "rss
 # -- processes ---------------------------------------------------------------------------
 
 def _children(pid: int) -> list[int]:
+    """Children of every thread of ``pid`` (a child belongs to the thread
+    that started it)."""
+    out = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
+        tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return []
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return out
 
 
 def _tree(pid: int) -> list[int]:
