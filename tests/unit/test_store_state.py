@@ -211,3 +211,48 @@ def test_patches_only_when_every_manager_applies_them():
     assert not objects.managers_apply_patches(_Nodes("0.2.0", "0.1.0"))     # rolling upgrade
     assert not objects.managers_apply_patches(_Nodes("0.2.0", None))        # not yet reported
     assert not objects.managers_apply_patches(_Nodes())
+
+
+def test_a_task_created_with_its_services_spec_by_reference():
+    sm = StateMachine()
+    spec = {"replicas": 2, "task": {"container": {"image": "a", "args": ["x"]}}}
+    apply(sm, txn(Op.create("service", {"id": "s", "name": "web", "spec": spec,
+                                        "spec_version": 3})))
+    task = {"id": "t", "service_id": "s", "spec_version": 3, "node_id": None,
+            "desired_state": "running", "status": {"state": "pending"}}
+    [r] = apply(sm, txn({"op": "create", "kind": "task", "spec_of": "s", "obj": task}))
+    stored = sm.get("task", "t")
+    assert r["ok"] and stored["spec"] == spec["task"]
+    assert stored["spec"] is sm.get("service", "s")["spec"]["task"]     # shared, not copied
+    # the service moved on: the task is refused (the orchestrator builds it again)
+    apply(sm, txn(Op.update("service", {"id": "s", "name": "web", "spec": spec,
+                                        "spec_version": 4})))
+    [r] = apply(sm, txn({"op": "create", "kind": "task", "spec_of": "s",
+                         "obj": dict(task, id="u")}))
+    assert r["error"]["code"] == "conflict" and sm.get("task", "u") is None
+    for bad in ({"op": "create", "kind": "task", "spec_of": "other", "obj": dict(task, id="v")},
+                {"op": "update", "kind": "task", "spec_of": "s", "obj": dict(task, id="v")},
+                {"op": "create", "kind": "task", "spec_of": 5, "obj": dict(task, id="v")}):
+        [r] = apply(sm, txn(bad))
+        assert r["error"]["code"] == "invalid", bad
+
+
+def test_the_store_sends_compact_operations_only_when_every_manager_applies_them():
+    from flotilla.manager.store.store import Store
+    store = Store()
+    spec = {"replicas": 1, "task": {"container": {"image": "a"}}}
+    store.sm.apply(codec.pack({"txns": [txn(Op.create("service", {
+        "id": "s", "name": "web", "spec": spec, "spec_version": 1}))]}))
+    service = store.get("service", "s")
+    create = Op.create("task", {"id": "t", "service_id": "s", "spec": service["spec"]["task"],
+                                "spec_version": 1, "status": {"state": "new"}})
+    update = Op.update("service", dict(service, name="www"), version=service["version"])
+    allowed = []
+    store.patch_when(lambda _store: bool(allowed))
+    assert not store._patches_allowed()         # e.g. a manager still runs 0.1
+    allowed.append(True)
+    store._patch_cache = (-1, False)            # (re-evaluated at the next index)
+    assert store._patches_allowed()
+    [by_ref, patch] = store._compact([create, update])
+    assert by_ref["spec_of"] == "s" and "spec" not in by_ref["obj"]
+    assert patch["op"] == "patch" and patch["set"] == {"name": "www"}

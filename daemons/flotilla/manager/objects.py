@@ -28,7 +28,8 @@ DEFAULT_CERT_EXPIRY = 90 * 86400
 MIN_CERT_EXPIRY = 60
 DEFAULT_HEARTBEAT = 1.0
 DEFAULT_TASK_HISTORY = 5
-# The first release whose managers apply "patch" operations (see store.Op).
+# The first release whose managers apply "patch" operations and tasks
+# created with their service's spec by reference (see store.Store._compact).
 PATCH_SINCE = (0, 2)
 _RELEASE = re.compile(r"(\d+)\.(\d+)")
 
@@ -98,8 +99,9 @@ def release(node) -> tuple[int, int] | None:
 
 
 def managers_apply_patches(store) -> bool:
-    """True when every manager runs a release that applies patches, so
-    the leader may propose them (during a rolling upgrade it does not)."""
+    """True when every manager runs a release that applies patches (and
+    specs by reference), so the leader may propose them (during a rolling
+    upgrade it does not)."""
     managers = store.by_index("node", "role", "manager")
     return bool(managers) and all((release(n) or (0, 0)) >= PATCH_SINCE for n in managers)
 

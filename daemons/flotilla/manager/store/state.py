@@ -165,6 +165,10 @@ class StateMachine:
                 op, failure = self._patched(op, current)
                 if failure is not None:
                     return {"ok": False, "error": failure}
+            elif op.get("spec_of") is not None:
+                op, failure = self._with_service_spec(op, current)
+                if failure is not None:
+                    return {"ok": False, "error": failure}
             failure = self._check(op, current, staged)
             if failure is not None:
                 # Failures change nothing and are not remembered: a retry
@@ -231,6 +235,21 @@ class StateMachine:
         for key in unset:
             obj.pop(key, None)
         return {"op": "update", "kind": kind, "obj": obj, "version": op.get("version")}, None
+
+    def _with_service_spec(self, op, current):
+        """A task created with ``spec_of`` takes the task spec of that
+        service, which must still be at the task's ``spec_version``."""
+        obj, sid = op.get("obj"), op.get("spec_of")
+        if op.get("op") != "create" or op.get("kind") != "task" or not isinstance(obj, dict) \
+                or not isinstance(sid, str) or obj.get("service_id") != sid:
+            return None, {"code": "invalid", "message": "malformed task creation"}
+        service = current("service", sid)
+        if service is None or service.get("spec_version") != obj.get("spec_version"):
+            return None, {"code": "conflict", "kind": "service", "id": sid,
+                          "message": f"service {sid} changed before its task was created"}
+        obj = dict(obj)
+        obj["spec"] = service["spec"]["task"]
+        return {"op": "create", "kind": "task", "obj": obj}, None
 
     def _check(self, op, current, staged):
         kind = op.get("kind")

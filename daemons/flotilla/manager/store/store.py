@@ -182,10 +182,14 @@ class Store:
 
     def _compact(self, ops):
         """Updates with compare-and-set against the version held here
-        become patches (the common case: a task's status, its node)."""
+        become patches (the common case: a task's status, its node), and a
+        new task with its service's current spec names the service instead
+        of carrying the spec."""
         out = []
         for op in ops:
-            if op.get("op") == "update" and op.get("version") is not None:
+            if op.get("op") == "create" and op.get("kind") == "task":
+                op = self._spec_by_reference(op)
+            elif op.get("op") == "update" and op.get("version") is not None:
                 obj = op.get("obj")
                 current = None
                 if isinstance(obj, dict) and op.get("kind") in self.sm.objects:
@@ -364,6 +368,17 @@ class Store:
         """Commit an empty transaction: when it returns, this member has
         applied everything committed before it."""
         return self.commit([], timeout=timeout)["index"]
+
+    def _spec_by_reference(self, op):
+        obj = op.get("obj")
+        if not isinstance(obj, dict) or "spec" not in obj:
+            return op
+        service = self.sm.get("service", obj.get("service_id"))
+        if service is None or service.get("spec_version") != obj.get("spec_version") or \
+                service["spec"].get("task") != obj["spec"]:
+            return op
+        return {"op": "create", "kind": "task", "spec_of": service["id"],
+                "obj": {k: v for k, v in obj.items() if k != "spec"}}
 
     def _propose_loop(self):
         while not self._stop.is_set():
