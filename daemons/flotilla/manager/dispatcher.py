@@ -15,8 +15,9 @@ sequence number and the one it applies to; at most one push per node is in
 flight and changes made meanwhile go in the next one. An agent that sees a
 gap, or a session it does not know, answers 409 and gets a complete set.
 A failed push is followed by a complete set too, so nothing is ever lost or
-applied twice. Pushes go out from one thread (``pusher.py``) over one
-kept-alive connection per agent, opened when the agent registers; changes
+applied twice. Pushes go out from the leader's push process
+(``pushproc.py``, running ``pusher.py``) over one kept-alive connection per
+agent, opened when the agent registers; changes
 made while a node's push is in flight (a burst of service creations) go
 together in its next one. Only changes that matter to the agent are pushed
 (a task newly assigned, a new desired state or spec, a deletion) — not the agent's
@@ -162,9 +163,8 @@ class Dispatcher(Component):
         if accepted:
             with self._lock:
                 self._statuses.update(accepted)
-        if accepted and not self._woken:
-            self._woken = True
-            self.wake()                 # the main loop writes them now
+        if accepted:
+            self._wake_once()           # the main loop writes them now
         return len(accepted)
 
     def _session(self, node_id, session_id) -> _Session:
@@ -239,6 +239,12 @@ class Dispatcher(Component):
 
     def wake(self):
         self._store.hub.wake_all()
+
+    def _wake_once(self):
+        """Wake the main loop unless a wake-up is already on its way."""
+        if not self._woken:
+            self._woken = True
+            self.wake()
 
     def _on_events(self, events):
         """Note what each node must be sent for these changes: worked out
@@ -363,9 +369,8 @@ class Dispatcher(Component):
                 for task_id, value in retry.items():
                     self._statuses.setdefault(task_id, value)
         self._writing = False
-        if self._statuses and not self._woken:
-            self._woken = True
-            self.wake()
+        if self._statuses:
+            self._wake_once()
 
     # -- pushing assignments ------------------------------------------------------------------------
     def _push_all(self):
@@ -428,6 +433,5 @@ class Dispatcher(Component):
                 session.needs_complete = need_complete
                 session.failures += 1
                 session.retry_at = time.monotonic() + min(0.05 * 2 ** session.failures, 2.0)
-        if ok and (session.pending or session.needs_complete) and not self._woken:
-            self._woken = True      # more changed while this push was in flight
-            self.wake()
+        if ok and (session.pending or session.needs_complete):
+            self._wake_once()       # more changed while this push was in flight

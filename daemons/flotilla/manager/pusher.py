@@ -51,6 +51,14 @@ class PushError(Exception):
     pass
 
 
+def call_done(done, status, error) -> None:
+    """Call a push's ``done(status, error)``; a failing callback is logged."""
+    try:
+        done(status, error)
+    except Exception:  # pragma: no cover - defensive
+        log.exception("assignment push callback failed")
+
+
 class _Job:
     __slots__ = ("body", "done", "attempt")
 
@@ -281,10 +289,7 @@ class Pusher(Component):
     def _finish(self, peer, status, error):
         job, peer.job = peer.job, None
         if job is not None and job.done is not None:
-            try:
-                job.done(status, error)
-            except Exception:  # pragma: no cover - defensive
-                log.exception("assignment push callback failed")
+            call_done(job.done, status, error)
         if self._peers.get(peer.node_id) is peer:
             self._next_job(peer)
         else:
@@ -300,10 +305,7 @@ class Pusher(Component):
         self._active.discard(peer)
         for job in jobs:
             if job.done is not None:
-                try:
-                    job.done(None, error)
-                except Exception:  # pragma: no cover - defensive
-                    log.exception("assignment push callback failed")
+                call_done(job.done, None, error)
         self._admit()
 
     def _failed(self, peer, error):

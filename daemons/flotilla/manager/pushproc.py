@@ -11,9 +11,10 @@ its own, on the other core.
 The dispatcher's side (:class:`PushProcess`) has the pusher's interface.
 Jobs go to the child over a socket pair as length-prefixed msgpack frames
 (``["job", id, node id, address, body]``, ``["warm", node id, address]``,
-``["forget", node id]``), and answers come back in batches
-(``["done", [[id, status, error], ...]]``): one write and one read carry
-many pushes. Nothing but plain data crosses, and only between this manager
+``["forget", node id]``), and answers come back as ``["done", [[id,
+status, error], ...]]``. Frames queued while a write is under way go
+together in the next one, and everything one read brings is handled
+together: one write and one read carry many pushes. Nothing but plain data crosses, and only between this manager
 and the child it started. The child builds its own client TLS context from
 the node's certificate files (reloaded when they change, like the
 manager's), dies with the thread that started it, and exits when the
@@ -23,7 +24,6 @@ socket closes.
 from __future__ import annotations
 
 import argparse
-import collections
 import logging
 import os
 import socket
@@ -33,7 +33,7 @@ import sys
 import threading
 
 from ..common import logs, tls
-from .pusher import Pusher, PushError
+from .pusher import Pusher, PushError, call_done
 from .raft import codec
 
 log = logging.getLogger(__name__)
@@ -43,14 +43,16 @@ MAX_FRAME = 64 * 1024 * 1024
 READ_CHUNK = 1 << 20
 
 
-def _frames(sock):
-    """Decoded frames from ``sock`` until it closes."""
+def _batches(sock):
+    """Lists of the frames each read from ``sock`` completed, decoded,
+    until it closes."""
     buf = bytearray()
     while True:
         data = sock.recv(READ_CHUNK)
         if not data:
             return
         buf += data
+        batch = []
         while len(buf) >= FRAME.size:
             (length,) = FRAME.unpack_from(buf)
             if length > MAX_FRAME:
@@ -59,7 +61,9 @@ def _frames(sock):
                 break
             payload = bytes(buf[FRAME.size:FRAME.size + length])
             del buf[:FRAME.size + length]
-            yield codec.unpack_lists(payload)
+            batch.append(codec.unpack_lists(payload))
+        if batch:
+            yield batch
 
 
 class _Outbox:
@@ -98,8 +102,6 @@ class _Outbox:
 
 class PushProcess:
     """The dispatcher's handle on the push child (see the module doc)."""
-
-    name = "assignment-pusher"
 
     def __init__(self, bundle_path: str, ca_path: str):
         self._bundle = bundle_path
@@ -151,10 +153,7 @@ class PushProcess:
             proc.kill()
             proc.wait()
         for done in jobs.values():
-            _call(done, None, PushError("the pusher stopped"))
-
-    def wake(self) -> None:
-        """Nothing to wake: jobs are sent as they come."""
+            call_done(done, None, PushError("the pusher stopped"))
 
     # -- the pusher's interface ------------------------------------------------------
     def push(self, node_id: str, addr: str, body: bytes, done) -> bool:
@@ -181,25 +180,19 @@ class PushProcess:
     def _read(self) -> None:
         sock = self._sock
         try:
-            for frame in _frames(sock):
-                if not (isinstance(frame, list) and frame and frame[0] == "done"):
-                    continue
+            for batch in _batches(sock):
+                answers = [a for frame in batch
+                           if isinstance(frame, list) and frame and frame[0] == "done"
+                           for a in frame[1]]
                 with self._lock:
                     answered = [(self._jobs.pop(job_id, None), status, error)
-                                for job_id, status, error in frame[1]]
+                                for job_id, status, error in answers]
                 for done, status, error in answered:
                     if done is not None:
-                        _call(done, status, PushError(error) if error else None)
+                        call_done(done, status, PushError(error) if error else None)
         except (OSError, codec.CodecError, ValueError) as exc:
             if self._sock is sock:
                 log.warning("assignment pusher connection failed: %s", exc)
-
-
-def _call(done, status, error) -> None:
-    try:
-        done(status, error)
-    except Exception:  # pragma: no cover - defensive
-        log.exception("assignment push callback failed")
 
 
 # -- the child ---------------------------------------------------------------------------
@@ -211,49 +204,30 @@ def child(fd: int, bundle: str, ca: str) -> None:
     pusher = Pusher(lambda: (ctx.get(), ctx.generation))
     pusher.start()
     outbox = _Outbox(sock)
-    answers: collections.deque = collections.deque()
-    lock = threading.Lock()
 
     def answered(job_id):
-        def done(status, error):
-            with lock:
-                answers.append([job_id, status, str(error) if error is not None else None])
-                if len(answers) == 1:
-                    pusher_flush.set()
-        return done
+        # Called on the pusher's thread; the outbox sends answers that
+        # arrive while it writes together.
+        return lambda status, error: outbox.put(
+            ["done", [[job_id, status, str(error) if error is not None else None]]])
 
-    pusher_flush = threading.Event()
-
-    def flusher():
-        while not pusher.stopping.is_set():
-            pusher_flush.wait()
-            pusher_flush.clear()
-            with lock:
-                batch = list(answers)
-                answers.clear()
-            if batch:
-                outbox.put(["done", batch])
-
-    threads = [threading.Thread(target=outbox.run, name="out", daemon=True),
-               threading.Thread(target=flusher, name="flush", daemon=True)]
-    for t in threads:
-        t.start()
+    threading.Thread(target=outbox.run, name="out", daemon=True).start()
     try:
-        for frame in _frames(sock):
-            if not isinstance(frame, list) or not frame:
-                continue
-            if frame[0] == "job" and len(frame) == 5:
-                _, job_id, node_id, addr, body = frame
-                pusher.push(node_id, addr, body, answered(job_id))
-            elif frame[0] == "warm" and len(frame) == 3:
-                pusher.warm(frame[1], frame[2])
-            elif frame[0] == "forget" and len(frame) == 2:
-                pusher.forget(frame[1])
+        for batch in _batches(sock):
+            for frame in batch:
+                if not isinstance(frame, list) or not frame:
+                    continue
+                if frame[0] == "job" and len(frame) == 5:
+                    _, job_id, node_id, addr, body = frame
+                    pusher.push(node_id, addr, body, answered(job_id))
+                elif frame[0] == "warm" and len(frame) == 3:
+                    pusher.warm(frame[1], frame[2])
+                elif frame[0] == "forget" and len(frame) == 2:
+                    pusher.forget(frame[1])
     except (OSError, codec.CodecError, ValueError) as exc:
         log.warning("push process: %s", exc)
     finally:
         pusher.stop()
-        pusher_flush.set()
         outbox.close()
 
 
