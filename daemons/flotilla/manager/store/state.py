@@ -161,12 +161,12 @@ class StateMachine:
             return self.objects[kind].get(oid)
 
         for op in txn.get("ops", ()):
-            if op.get("op") == "patch":
-                op, failure = self._patched(op, current)
-                if failure is not None:
-                    return {"ok": False, "error": failure}
-            elif op.get("spec_of") is not None:
-                op, failure = self._with_service_spec(op, current)
+            # Compact forms (a patch, a task naming its service's spec)
+            # become the plain operation they stand for.
+            expand = self._patched if op.get("op") == "patch" else (
+                self._with_service_spec if op.get("spec_of") is not None else None)
+            if expand is not None:
+                op, failure = expand(op, current)
                 if failure is not None:
                     return {"ok": False, "error": failure}
             failure = self._check(op, current, staged)
