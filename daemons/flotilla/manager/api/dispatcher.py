@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Optional
 
 from flask import Blueprint
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from ...common import taskmodel
 from ..caserver import JoinRefused
 from ..dispatcher import SessionInvalid
 from . import models
 from .openapi import doc
 from .common import ApiError, Model, identity, json_response, manager, parse_body, policy
 from .join import Platform
+from .sessionmodels import Heartbeat, StatusReport
 
 bp = Blueprint("dispatcher", __name__, url_prefix="/v1")
 
@@ -36,36 +36,6 @@ class Register(Model):
     version: str = Field(default="", max_length=64)
     addr: Optional[str] = Field(default=None, max_length=300)
     agent_addr: Optional[str] = Field(default=None, max_length=300)
-
-
-class TaskStatus(Model):
-    state: str = Field(max_length=16)
-    message: str = Field(default="", max_length=2000)
-    err: Optional[str] = Field(default=None, max_length=2000)
-    exit_code: Optional[int] = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)
-    container_id: Optional[str] = Field(default=None, max_length=128)
-    timestamp: Optional[float] = None
-
-    @field_validator("state")
-    @classmethod
-    def _state(cls, v):
-        if v not in taskmodel.STATE_VALUES:
-            raise ValueError(f"unknown task state {v!r}")
-        return v
-
-
-class StatusUpdate(Model):
-    task_id: str = Field(max_length=64)
-    status: TaskStatus
-
-
-class StatusReport(Model):
-    session_id: str = Field(max_length=64)
-    updates: list[StatusUpdate] = Field(max_length=1000)
-
-
-class Heartbeat(Model):
-    session_id: str = Field(max_length=64)
 
 
 class Renew(Model):
