@@ -180,6 +180,7 @@ class SimAgent:
         self.node_id = None
         self.bundle = None
         self.client = None
+        self.front = None           # the leader's dispatcher port, when named
         self.server = None
         self.agent_addr = None
         self.session_id = None
@@ -321,6 +322,12 @@ class SimAgent:
         reply = await self.client.request("POST", "/v1/dispatcher/register", self.description())
         self.session_id = reply["session_id"]
         self.period = float(reply["heartbeat_period"])
+        addr = reply.get("dispatcher_addr")
+        if addr is None or self.front is None or self.front.addr != addr:
+            if self.front is not None:
+                self.front.close()
+            self.front = HttpClient(addr, self.client.ctx, tls.MANAGER_SERVER_NAME) \
+                if addr else None
         complete = reply.get("assignments") or {}
         self.apply(complete.get("tasks", []), complete=True)
         self.seq = int(complete.get("seq", 1))
@@ -333,6 +340,26 @@ class SimAgent:
         if self.pending:
             self.kick.set()
 
+    async def dispatch(self, path, payload):
+        """A heartbeat or status report: to the dispatcher port while it
+        answers, else to the API (as the real agent does)."""
+        front = self.front
+        if front is not None:
+            try:
+                reply = await front.request("POST", path, payload)
+                self.g.front_posts += 1
+                return reply
+            except HttpError as exc:
+                if exc.code in ("session_invalid", "revoked"):
+                    raise
+                if exc.code != "misdirected" and self.front is front:
+                    self.front = None
+            except (ConnectionError, OSError, asyncio.TimeoutError, ssl.SSLError,
+                    asyncio.IncompleteReadError):
+                if self.front is front:
+                    self.front = None
+        return await self.client.request("POST", path, payload)
+
     async def session_loop(self):
         backoff = 0.1
         while True:
@@ -341,8 +368,8 @@ class SimAgent:
                     await self.register()
                     backoff = 0.1
                 await asyncio.sleep(self.period)
-                reply = await self.client.request("POST", "/v1/dispatcher/heartbeat",
-                                                  {"session_id": self.session_id})
+                reply = await self.dispatch("/v1/dispatcher/heartbeat",
+                                            {"session_id": self.session_id})
                 self.period = float(reply["heartbeat_period"])
                 self.g.heartbeats += 1
             except HttpError as exc:
@@ -369,8 +396,8 @@ class SimAgent:
                 updates = [{"task_id": k, "status": v} for k, v in batch.items()]
                 t0 = time.time()
                 try:
-                    await self.client.request("POST", "/v1/dispatcher/status",
-                                              {"session_id": session_id, "updates": updates})
+                    await self.dispatch("/v1/dispatcher/status",
+                                        {"session_id": session_id, "updates": updates})
                 except HttpError as exc:
                     self.g.errors["status"] = self.g.errors.get("status", 0) + 1
                     if exc.code == "session_invalid" and self.session_id == session_id:
@@ -415,7 +442,7 @@ class Group:
         self.status_post_s: list[float] = []
         self.errors: dict[str, int] = {}
         self.pushes = self.completes = self.refused = 0
-        self.heartbeats = self.registrations = self.status_posts = 0
+        self.heartbeats = self.registrations = self.status_posts = self.front_posts = 0
         self.tasks_bg: list[asyncio.Task] = []
 
     async def join_all(self, concurrency):
@@ -478,7 +505,8 @@ class Group:
         return {"gid": self.gid, "agents": len(self.agents), "pushes": self.pushes,
                 "completes": self.completes, "refused": self.refused,
                 "heartbeats": self.heartbeats, "registrations": self.registrations,
-                "status_posts": self.status_posts, "errors": dict(self.errors),
+                "status_posts": self.status_posts, "front_posts": self.front_posts,
+                "errors": dict(self.errors),
                 "tasks_known": sum(len(a.tasks) for a in self.agents),
                 "running_reported": len(self.reported_running),
                 "client_connects": sum(a.client.connects for a in self.agents if a.client)}

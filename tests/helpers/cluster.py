@@ -48,10 +48,11 @@ def _free(port: int) -> bool:
 
 
 def free_api_port() -> int:
-    """An API port whose derived Raft (+10000) and agent (+20000) ports are free."""
+    """An API port whose derived Raft (+10000), agent (+20000) and dispatcher
+    (+30000) ports are free."""
     for _ in range(500):
         port = random.randint(21000, 29000)
-        if all(_free(p) for p in (port, port + 10000, port + 20000)):
+        if all(_free(p) for p in (port, port + 10000, port + 20000, port + 30000)):
             return port
     raise RuntimeError("no free ports")
 

@@ -21,11 +21,12 @@ import threading
 import time
 
 import pytest
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from flotilla.ca import certs
 from flotilla.common import tls
-from flotilla.common.httpclient import tls_session
+from flotilla.common.httpclient import _TLSAdapter, tls_session
 from tests.helpers.cluster import LocalCluster, wait_for
 
 IMAGE = "flotilla-test/busybox:1"
@@ -882,4 +883,113 @@ def test_tls_garbage_is_refused_on_every_port(env, unchanged, tmp_path):
     assert env.get("/v1/health", env.leader)["leader"]["node_id"] == leader_before
     assert agent_get(node, "/metrics", env.agent_ctx)[0] == 200
     assert env.get(f"/v1/nodes/{node.config()['node_id']}")["state"] == "ready"
+    unchanged.check()
+
+
+# -- 12. the dispatcher port --------------------------------------------------------------
+# The leader takes agents' heartbeats and status reports on a port of its
+# own (API port + 30000), served by its push process.
+
+
+def dispatcher_session(e: Env):
+    """A requests session presenting the worker's node certificate."""
+    session = requests.Session()
+    session.trust_env = False
+    session.mount("https://", _TLSAdapter(tls.client_context(e.worker.bundle(), e.worker.ca())))
+    return session
+
+
+def dispatcher_addr(e: Env) -> str:
+    host, port = e.leader.addr.rsplit(":", 1)
+    return f"{host}:{int(port) + 30000}"
+
+
+def test_dispatcher_port_refuses_bad_requests(env, unchanged):
+    addr = dispatcher_addr(env)
+    worker = dispatcher_session(env)
+    heartbeat = f"https://{addr}/v1/dispatcher/heartbeat"
+    status = f"https://{addr}/v1/dispatcher/status"
+
+    def post(url, raw, session=worker, **headers):
+        return session.post(url, data=raw, timeout=15,
+                            headers={"Content-Type": "application/json", **headers})
+
+    # The worker's own session goes on: a made-up one is refused as unknown,
+    # and the connection stays open for the next request.
+    host, port = addr.rsplit(":", 1)
+    kept = http.client.HTTPSConnection(host, int(port), timeout=15, context=tls.client_context(
+        env.worker.bundle(), env.worker.ca(), server_name_check=False))
+    try:
+        for _ in range(3):
+            kept.request("POST", "/v1/dispatcher/heartbeat", body=b'{"session_id": "nope"}',
+                         headers={"Content-Type": "application/json"})
+            resp = kept.getresponse()
+            assert resp.status == 409 and b"session_invalid" in resp.read()
+            assert resp.getheader("Connection") is None
+            if _ == 0:
+                sock = kept.sock
+            assert kept.sock is sock        # not reconnected
+    finally:
+        kept.close()
+    for raw in MALFORMED.values():
+        assert_refused(post(heartbeat, raw), 400)
+    assert_refused(post(heartbeat, b'{"session_id": 7}'), 400, "session_id")
+    assert_refused(post(heartbeat, b'{"session_id": "x", "extra": 1}'), 400, "extra")
+    assert_refused(post(status, json.dumps({"session_id": "x", "updates": [
+        {"task_id": "t", "status": {"state": "exploded"}}]}).encode()), 400,
+        "updates.0.status.state")
+    assert_refused(post(status, json.dumps({"session_id": "x", "updates": [
+        {"task_id": "t", "status": {"state": "running"}}] * 1001}).encode()), 400, "updates")
+    assert_refused(post(heartbeat, b"{" + b'"a": 1, ' * 200_000 + b'"b": 2}'), 413,
+                   code="too_large")
+    assert_refused(post(f"https://{addr}/v1/services", b"{}"), 404, code="not_found")
+    assert_refused(worker.get(heartbeat, timeout=15), 405)
+    # An admin certificate is not an agent's.
+    assert_refused(post(heartbeat, b'{"session_id": "x"}', session=env.api), 403,
+                   code="forbidden")
+    # Garbage, plain HTTP, another CA, no certificate: no HTTP answer at all.
+    plain = b"POST /v1/dispatcher/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    for payload in (b"\x00" + os.urandom(4095), plain,
+                    client_hello() + b"\x17\x03\x03\x00\x10" + os.urandom(16)):
+        assert refused_http(exchange(host, int(port), payload)), payload[:20]
+    assert refused_http(exchange(host, int(port), plain, ctx=tls.client_context(None, None)))
+    # The worker is still ready, its session alive, and it reports through here.
+    assert env.get(f"/v1/nodes/{env.worker_id}")["state"] == "ready"
+    served = manager_metric(env, env.leader, "flotilla_dispatcher_front_requests_total")
+    wait_for(lambda: manager_metric(env, env.leader,
+                                    "flotilla_dispatcher_front_requests_total") > served,
+             15, what="an agent's heartbeat on the dispatcher port")
+    unchanged.check()
+
+
+def manager_metric(e: Env, node, name) -> float:
+    resp = e.api.get(e.url(node, "/metrics"), timeout=10)
+    assert resp.status_code == 200
+    for family in text_string_to_metric_families(resp.text):
+        for s in family.samples:
+            if s.name == name:
+                return s.value
+    return 0.0
+
+
+def test_slow_clients_do_not_exhaust_the_dispatcher_port(env, unchanged):
+    addr = dispatcher_addr(env)
+    host, port = addr.rsplit(":", 1)
+    ctx = tls.client_context(env.worker.bundle(), env.worker.ca(), server_name_check=True)
+    slow = SlowClients(host, int(port), ctx=ctx)
+    worker = dispatcher_session(env)
+    try:
+        def one():
+            resp = worker.post(f"https://{addr}/v1/dispatcher/heartbeat",
+                               json={"session_id": "nope"}, timeout=10,
+                               headers={"Connection": "close"})
+            assert resp.status_code == 409, resp.text
+
+        times = latencies(one)
+        assert times[-1] < 2.0, times
+        # Handshake and each request are due 10 s after they begin.
+        slow.wait_closed(30)
+    finally:
+        slow.close()
+    assert env.get(f"/v1/nodes/{env.worker_id}")["state"] == "ready"
     unchanged.check()

@@ -12,6 +12,7 @@ import logging
 import os
 
 from .assignments import AssignmentStream
+from .dispatcherlink import DispatcherLink
 from .executor import DockerExecutor
 from .metrics import AgentMetrics
 from .reporter import Reporter
@@ -27,13 +28,14 @@ class Agent:
         self.cfg = cfg
         # Enough engine connections for the worker's stop pool (see worker.py).
         self.executor = DockerExecutor(cfg.node_id, docker_client, max_pool_size=160)
-        self.reporter = Reporter(client)
+        self.link = DispatcherLink(client)
+        self.reporter = Reporter(self.link)
         self.worker = Worker(cfg.node_id, os.path.join(cfg.data_dir, "agent"), self.executor,
                              self.reporter.report)
         self.stream = AssignmentStream(self.worker)
         self.metrics = AgentMetrics(self)
         self.server = AgentServer(cfg, self.stream, self.metrics, executor=self.executor)
-        self.session = Session(cfg, client, on_update, on_removed,
+        self.session = Session(cfg, client, self.link, on_update, on_removed,
                                describe=self.executor.describe, on_registered=self._registered)
 
     def _registered(self, reply):

@@ -26,9 +26,9 @@ BATCH = 200
 class Reporter(Component):
     name = "status-reporter"
 
-    def __init__(self, client):
+    def __init__(self, link):
         super().__init__()
-        self._client = client
+        self._link = link
         self._lock = threading.Lock()
         self._pending: dict[str, dict] = {}
         self._kick = threading.Event()
@@ -69,9 +69,9 @@ class Reporter(Component):
             session_id = self.session_id
         updates = [{"task_id": k, "status": v} for k, v in batch.items()]
         try:
-            self._client.post("/v1/dispatcher/status",
-                              {"session_id": session_id, "updates": updates},
-                              timeout=10, retry_for=1)
+            self._link.post("/v1/dispatcher/status",
+                            {"session_id": session_id, "updates": updates},
+                            timeout=10, retry_for=1)
         except ApiError as exc:
             if exc.code == "session_invalid":
                 with self._lock:

@@ -1,7 +1,9 @@
 """The agent's session with the dispatcher on the leader.
 
-Register, then heartbeat at the period the dispatcher hands out. Any
-manager will do: followers forward to the leader, and the list of managers
+Register, then heartbeat at the period the dispatcher hands out, to the
+leader's dispatcher port when the registration names one (see
+``dispatcherlink.py``). Any manager will do for the rest: followers forward
+to the leader, and the list of managers
 learned from each answer is kept so the session follows the cluster when
 managers come and go. Each answer also carries this node's desired and
 observed role, which the node uses to promote or demote itself.
@@ -30,10 +32,12 @@ class NodeRemoved(Exception):
 class Session(Component):
     name = "agent-session"
 
-    def __init__(self, cfg, client, on_update, on_removed, describe=None, on_registered=None):
+    def __init__(self, cfg, client, link, on_update, on_removed, describe=None,
+                 on_registered=None):
         super().__init__()
         self._cfg = cfg
         self._client = client
+        self._link = link
         self._on_update = on_update
         self._on_removed = on_removed
         self._describe = describe
@@ -78,15 +82,16 @@ class Session(Component):
                 session_id = reply["session_id"]
                 self.session_id = session_id
                 period = float(reply["heartbeat_period"])
+                self._link.use(reply.get("dispatcher_addr"))
                 if self._on_registered is not None:
                     self._on_registered(reply)
                 self._handle(reply)
                 backoff = 0.1
                 log.info("session %s registered (heartbeat every %.2fs)", session_id[:8], period)
                 while not self.sleep(period):
-                    reply = self._client.post("/v1/dispatcher/heartbeat",
-                                              {"session_id": session_id},
-                                              timeout=max(2.0, period), retry_for=period)
+                    reply = self._link.post("/v1/dispatcher/heartbeat",
+                                            {"session_id": session_id},
+                                            timeout=max(2.0, period), retry_for=period)
                     self.heartbeats += 1
                     period = float(reply["heartbeat_period"])
                     self._handle(reply)

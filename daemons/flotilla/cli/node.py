@@ -41,6 +41,11 @@ def address_options(fn):
         click.option("--agent-listen", metavar="HOST:PORT",
                      help="Agent listener, where managers push work (default: API port + 20000)."),
         click.option("--agent-advertise", metavar="HOST:PORT", help="Agent address managers use."),
+        click.option("--dispatcher-listen", metavar="HOST:PORT",
+                     help="Where the leader takes agents' heartbeats and status reports "
+                          "(default: API port + 30000)."),
+        click.option("--dispatcher-advertise", metavar="HOST:PORT",
+                     help="Dispatcher address agents use."),
         click.option("--hostname", help="Name shown for this node (default: the host name)."),
     ]):
         fn = opt(fn)
@@ -61,7 +66,8 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
     data_dir = os.path.abspath(o["data_dir"])
     cfg = NodeConfig.load(data_dir)
     addrs = (o["listen"], o["advertise"], o["raft_listen"], o["raft_advertise"],
-             o["agent_listen"], o["agent_advertise"])
+             o["agent_listen"], o["agent_advertise"], o["dispatcher_listen"],
+             o["dispatcher_advertise"])
     try:
         if cfg is not None and cfg.initialised():
             if not resume_ok:
@@ -70,8 +76,9 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
             if init or join_addr:
                 click.echo(f"{data_dir} already holds node {cfg.node_id} of cluster "
                            f"{cfg.cluster_id}: resuming it", err=True)
-            if not cfg.agent_listen:   # written by an older version: derive what is missing
-                cfg.fill_addresses(None, None, None, None, o["agent_listen"], o["agent_advertise"])
+            if not cfg.agent_listen or not cfg.dispatcher_listen:
+                # written by an older version: derive what is missing
+                cfg.fill_addresses(None, None, None, None, *addrs[4:])
                 cfg.save()
             return cfg
         if not (init or join_addr):

@@ -1,8 +1,10 @@
 """A node's identity and addresses, kept in ``<data-dir>/node.json``.
 
 Ports: ``--listen HOST:PORT`` is the manager API (HTTPS, mTLS). Unless set
-explicitly, the Raft port is PORT+10000 and the agent port PORT+20000 on the
-same host (or PORT-10000 / PORT-20000 when that would pass 65535).
+explicitly, the Raft port is PORT+10000, the agent port PORT+20000 and the
+dispatcher port (where the leader takes agents' heartbeats and status
+reports) PORT+30000 on the same host (or PORT minus the offset when that
+would pass 65535).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from . import fsutil
 DEFAULT_PORT = 4242
 RAFT_OFFSET = 10000
 AGENT_OFFSET = 20000
+DISPATCHER_OFFSET = 30000
 
 
 class ConfigError(ValueError):
@@ -82,6 +85,8 @@ class NodeConfig:
     raft_advertise: str = ""
     agent_listen: str = ""
     agent_advertise: str = ""
+    dispatcher_listen: str = ""
+    dispatcher_advertise: str = ""
     role: str = "worker"                           # role of the certificate we hold
     managers: list[str] = dataclasses.field(default_factory=list)  # known API addresses
 
@@ -138,7 +143,9 @@ class NodeConfig:
 
     def fill_addresses(self, listen: str | None, advertise: str | None,
                        raft_listen: str | None, raft_advertise: str | None,
-                       agent_listen: str | None = None, agent_advertise: str | None = None) -> None:
+                       agent_listen: str | None = None, agent_advertise: str | None = None,
+                       dispatcher_listen: str | None = None,
+                       dispatcher_advertise: str | None = None) -> None:
         if listen:
             host, port = split_addr(listen)
             self.listen = join_addr(host, port)
@@ -174,6 +181,18 @@ class NodeConfig:
             ahost, _ = split_addr(self.advertise)
             _, gport = split_addr(self.agent_listen)
             self.agent_advertise = join_addr(ahost, gport)
+        if dispatcher_listen:
+            dhost, dport = split_addr(dispatcher_listen, default_port=None)
+            self.dispatcher_listen = join_addr(dhost, dport)
+        elif not self.dispatcher_listen:
+            self.dispatcher_listen = derived(self.listen, DISPATCHER_OFFSET)
+        if dispatcher_advertise:
+            dhost, dport = split_addr(dispatcher_advertise, default_port=None)
+            self.dispatcher_advertise = join_addr(dhost, dport)
+        elif not self.dispatcher_advertise:
+            ahost, _ = split_addr(self.advertise)
+            _, dport = split_addr(self.dispatcher_listen)
+            self.dispatcher_advertise = join_addr(ahost, dport)
 
 
 def _guess_address() -> str:

@@ -65,6 +65,10 @@ def agent_view(task: dict) -> dict:
     return {k: task.get(k) for k in AGENT_FIELDS}
 
 
+def _error(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
 def pushed_to_agent(task: dict | None) -> bool:
     return task is not None and task.get("node_id") is not None and \
         taskmodel.at_least(task["status"]["state"], "assigned")
@@ -89,16 +93,24 @@ class _Session:
 class Dispatcher(Component):
     name = "dispatcher"
 
-    def __init__(self, store, tls_paths: tuple[str, str] | None = None):
+    def __init__(self, store, tls_paths: tuple[str, str] | None = None,
+                 front: tuple[str, str, str] | None = None):
         super().__init__()
         self._store = store
         self._lock = threading.Lock()
         self._sessions: dict[str, _Session] = {}
         self._grace: dict[str, float] = {}
         self._statuses: dict[str, tuple[str, dict]] = {}   # task id -> (node id, status)
-        # Pushes go out from a child process (pushproc.py); without TLS
-        # files (tests of the logic alone) nothing is pushed.
-        self._pusher = PushProcess(*tls_paths) if tls_paths is not None else None
+        # Pushes go out from a child process (pushproc.py), which also
+        # serves the front (front.py) when given ``front``: (listen address,
+        # advertised address, cluster id). Without TLS files (tests of the
+        # logic alone) nothing is pushed.
+        self._front_addr = front[1] if front is not None else None
+        self._pusher = None
+        if tls_paths is not None:
+            self._pusher = PushProcess(*tls_paths, front=None if front is None else
+                                       (front[0], front[2], self.front_requests))
+        self.front_requests_served = 0
         self._woken = False
         self._last_pass = time.monotonic()
         self._writing = False       # a batch of status writes is in flight
@@ -129,9 +141,12 @@ class Dispatcher(Component):
             self._grace.pop(node_id, None)
         if agent_addr and self._pusher is not None:
             self._pusher.warm(node_id, agent_addr)
-        return {"session_id": session.id, "heartbeat_period": period,
-                "assignments": {"type": "complete", "seq": 1, "tasks": tasks},
-                **self.view(node)}
+        reply = {"session_id": session.id, "heartbeat_period": period,
+                 "assignments": {"type": "complete", "seq": 1, "tasks": tasks},
+                 **self.view(node)}
+        if self._pusher is not None and self._pusher.front_listening:
+            reply["dispatcher_addr"] = self._front_addr
+        return reply
 
     def heartbeat(self, node_id: str, session_id: str) -> dict:
         period = self._jittered()
@@ -166,6 +181,43 @@ class Dispatcher(Component):
         if accepted:
             self._wake_once()           # the main loop writes them now
         return len(accepted)
+
+    def front_requests(self, requests: list) -> list:
+        """Heartbeats and status reports from the front (front.py), already
+        validated and authenticated: [[id, kind, node id, body], ...] ->
+        [[id, HTTP status, body], ...]. Never waits for Raft: a heartbeat
+        that would change the node's state is sent back to the API."""
+        c = objects.cluster(self._store)
+        revoked = c.get("revoked", {}) if c else {}
+        answers = []
+        for request_id, kind, node_id, body in requests:
+            node = self._store.get("node", node_id) if node_id not in revoked else None
+            try:
+                if node is None:
+                    answer = 401, _error("revoked", "unknown node (removed from the cluster?)")
+                elif kind == "heartbeat":
+                    answer = self._front_heartbeat(node, body["session_id"])
+                elif kind == "status":
+                    answer = 200, {"accepted": self.update_status(node_id, body["session_id"],
+                                                                  body["updates"])}
+                else:
+                    answer = 404, _error("not_found", f"unknown request {kind!r}")
+            except SessionInvalid as exc:
+                answer = 409, _error("session_invalid", str(exc))
+            except (KeyError, TypeError):
+                answer = 400, _error("invalid", "malformed request")
+            answers.append([request_id, *answer])
+        self.front_requests_served += len(requests)
+        return answers
+
+    def _front_heartbeat(self, node, session_id):
+        if node["status"]["state"] != "ready":
+            return 421, _error("misdirected", "send this heartbeat to the API")
+        period = self._jittered()
+        with self._lock:
+            session = self._session(node["id"], session_id)
+            session.deadline = time.monotonic() + period * GRACE_MULTIPLIER
+        return 200, {"heartbeat_period": period, **self.view(node)}
 
     def _session(self, node_id, session_id) -> _Session:
         session = self._sessions.get(node_id)

@@ -145,7 +145,11 @@ class Manager:
         from .scheduler.scheduler import Scheduler, constraint_matcher
 
         log.info("became leader: starting leader components")
-        self.dispatcher = Dispatcher(self.store, (self.cfg.bundle_path, self.cfg.ca_path))
+        front = None
+        if self.cfg.dispatcher_listen and self.cfg.dispatcher_advertise:
+            front = (self.cfg.dispatcher_listen, self.cfg.dispatcher_advertise,
+                     self.cfg.cluster_id)
+        self.dispatcher = Dispatcher(self.store, (self.cfg.bundle_path, self.cfg.ca_path), front)
         self.scheduler = Scheduler(self.store, on_placed=self.metrics.observe_scheduling)
         self.orchestrator = Orchestrator(self.store, constraint_matcher())
         self._components = [self.dispatcher,

@@ -79,6 +79,12 @@ class StateCollector:
         for reason, n in sorted(counts.items()):
             refused.add_metric([reason], n)
         yield refused
+        dispatcher = m.dispatcher
+        if dispatcher is not None:
+            yield CounterMetricFamily(
+                "flotilla_dispatcher_front_requests",
+                "Agents' heartbeats and status reports the leader took on its dispatcher port.",
+                value=dispatcher.front_requests_served)
         yield from self._gc()
 
     @staticmethod

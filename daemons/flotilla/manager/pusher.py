@@ -150,6 +150,7 @@ class Pusher(Component):
         self._sel: selectors.BaseSelector | None = None
         self._running = threading.Event()
         self._checked_at = 0.0
+        self._servers: list = []
         self.connects = 0
 
     # -- called from other threads ---------------------------------------------------
@@ -185,6 +186,11 @@ class Pusher(Component):
         self._signal()
 
     # -- lifecycle -------------------------------------------------------------------
+    def attach(self, server) -> None:
+        """Serve ``server`` (``front.FrontServer``) from this loop too;
+        before :meth:`start`."""
+        self._servers.append(server)
+
     def start(self) -> None:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -196,11 +202,16 @@ class Pusher(Component):
 
     def run(self):
         try:
+            for server in self._servers:
+                server.open(self._sel, self.wake)
             while not self.stopping.is_set():
                 timeout = self._next_deadline()
                 for key, _mask in self._sel.select(timeout):
                     if key.data is None:
                         self._drain_wake()
+                        continue
+                    if callable(key.data):      # a socket of an attached server
+                        key.data()
                         continue
                     try:
                         self._on_io(key.data)
@@ -208,9 +219,13 @@ class Pusher(Component):
                         log.exception("assignment push to %s failed", key.data.node_id)
                         self._failed(key.data, PushError(f"internal error: {exc!r}"))
                 self._run_commands()
+                for server in self._servers:
+                    server.tick()
                 self._check_deadlines()
         finally:
             self._running.clear()
+            for server in self._servers:
+                server.close()
             self._shutdown()
 
     def _shutdown(self):

@@ -1,4 +1,4 @@
-"""Assignment pushes from a process of their own.
+"""Assignment pushes, and the dispatcher's front, from a process of their own.
 
 The pusher (``pusher.py``) makes two or three system calls per push (a TLS
 write, a TLS read), and each gives up the GIL. In the manager process the
@@ -14,8 +14,18 @@ Jobs go to the child over a socket pair as length-prefixed msgpack frames
 ``["forget", node id]``), and answers come back as ``["done", [[id,
 status, error], ...]]``. Frames queued while a write is under way go
 together in the next one, and everything one read brings is handled
-together: one write and one read carry many pushes. Nothing but plain data crosses, and only between this manager
-and the child it started. The child builds its own client TLS context from
+together: one write and one read carry many pushes.
+
+The same process serves the dispatcher's front (``front.py``): agents'
+heartbeats and status reports, read and checked there, cross as
+``["reqs", [[id, kind, node id, body], ...]]`` and their answers come back
+as ``["answers", [[id, status, body], ...]]``. The pusher's loop drives
+the front's sockets too, and what it has for the manager leaves once per
+pass of that loop. The listening socket is opened
+here, by the manager, and handed to the child.
+
+Nothing but plain data crosses, and only between this manager and the
+child it started. The child builds its own client TLS context from
 the node's certificate files (reloaded when they change, like the
 manager's), dies with the thread that started it, and exits when the
 socket closes.
@@ -32,7 +42,8 @@ import subprocess
 import sys
 import threading
 
-from ..common import logs, tls
+from ..common import config, logs, tls
+from ..common.procutil import die_with_parent
 from .pusher import Pusher, PushError, call_done
 from .raft import codec
 
@@ -101,11 +112,18 @@ class _Outbox:
 
 
 class PushProcess:
-    """The dispatcher's handle on the push child (see the module doc)."""
+    """The dispatcher's handle on the push child (see the module doc).
 
-    def __init__(self, bundle_path: str, ca_path: str):
+    With ``front`` (the address to listen on, the cluster id, and the
+    handler of a list of requests that returns their answers), the child
+    serves the dispatcher's front too; :attr:`front_listening` tells
+    whether it could listen."""
+
+    def __init__(self, bundle_path: str, ca_path: str, front=None):
         self._bundle = bundle_path
         self._ca = ca_path
+        self._front = front
+        self.front_listening = False
         self._lock = threading.Lock()
         self._jobs: dict[int, object] = {}
         self._next = 0
@@ -115,8 +133,6 @@ class PushProcess:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        from .server import die_with_parent
-
         with self._lock:
             if self._proc is not None:
                 return
@@ -124,9 +140,16 @@ class PushProcess:
             cmd = [sys.executable, "-m", "flotilla.manager.pushproc", "--fd", str(theirs.fileno()),
                    "--bundle", self._bundle, "--ca", self._ca,
                    "--log-level", logging.getLevelName(logging.getLogger().level).lower()]
-            self._proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),),
-                                          preexec_fn=die_with_parent)
+            fds = [theirs.fileno()]
+            listener = self._listen()
+            if listener is not None:
+                cmd += ["--front-fd", str(listener.fileno()), "--cluster-id", self._front[1]]
+                fds.append(listener.fileno())
+            self._proc = subprocess.Popen(cmd, pass_fds=fds, preexec_fn=die_with_parent)
             theirs.close()
+            if listener is not None:
+                listener.close()
+                self.front_listening = True
             self._sock = ours
             self._outbox = _Outbox(ours)
             self._threads = [threading.Thread(target=self._outbox.run, name="push-out", daemon=True),
@@ -134,8 +157,20 @@ class PushProcess:
         for t in self._threads:
             t.start()
 
+    def _listen(self):
+        if self._front is None:
+            return None
+        host, port = config.split_addr(self._front[0], default_port=None)
+        try:
+            return socket.create_server((host, port), family=_family(host), backlog=1024)
+        except OSError as exc:
+            log.warning("dispatcher front: cannot listen on %s (%s); agents use the API",
+                        self._front[0], exc)
+            return None
+
     def stop(self, timeout: float = 5.0) -> None:
         with self._lock:
+            self.front_listening = False
             proc, sock, outbox = self._proc, self._sock, self._outbox
             self._proc = self._sock = self._outbox = None
             jobs, self._jobs = self._jobs, {}
@@ -184,6 +219,10 @@ class PushProcess:
                 answers = [a for frame in batch
                            if isinstance(frame, list) and frame and frame[0] == "done"
                            for a in frame[1]]
+                requests = [r for frame in batch if isinstance(frame, list)
+                            and len(frame) == 2 and frame[0] == "reqs" for r in frame[1]]
+                if requests and self._front is not None:
+                    self._put(["answers", self._front[2](requests)])
                 with self._lock:
                     answered = [(self._jobs.pop(job_id, None), status, error)
                                 for job_id, status, error in answers]
@@ -195,21 +234,62 @@ class PushProcess:
                 log.warning("assignment pusher connection failed: %s", exc)
 
 
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 # -- the child ---------------------------------------------------------------------------
 
-def child(fd: int, bundle: str, ca: str) -> None:
+class _Replies:
+    """What the pusher's loop has for the manager (answers to jobs, the
+    front's requests), gathered during a pass and handed to the outbox
+    after it: one frame of each per pass, and no other thread woken in
+    between."""
+
+    def __init__(self, outbox: _Outbox):
+        self._outbox = outbox
+        self.done: list = []
+        self.requests: list = []
+
+    def open(self, _sel, _wake) -> None:
+        pass
+
+    def tick(self) -> None:
+        if self.done:
+            done, self.done = self.done, []
+            self._outbox.put(["done", done])
+        if self.requests:
+            requests, self.requests = self.requests, []
+            self._outbox.put(["reqs", requests])
+
+    def close(self) -> None:
+        self.tick()
+
+
+def child(fd: int, bundle: str, ca: str, front_fd: int | None = None,
+          cluster_id: str = "") -> None:
     sock = socket.socket(fileno=fd)
     ctx = tls.ReloadingContext(lambda: tls.client_context(bundle, ca, server_name_check=True),
                                [bundle, ca], check_interval=1.0)
     pusher = Pusher(lambda: (ctx.get(), ctx.generation))
-    pusher.start()
     outbox = _Outbox(sock)
+    replies = _Replies(outbox)
+    front = None
+    if front_fd is not None:
+        from .front import FrontServer
+
+        server_ctx = tls.ReloadingContext(
+            lambda: tls.server_context(bundle, ca, client_cert="required"), [bundle, ca],
+            check_interval=1.0)
+        front = FrontServer(socket.socket(fileno=front_fd), server_ctx.get, cluster_id,
+                            lambda *req: replies.requests.append(list(req)))
+        pusher.attach(front)
+    pusher.attach(replies)          # after the front: its requests go in the same pass
+    pusher.start()
 
     def answered(job_id):
-        # Called on the pusher's thread; the outbox sends answers that
-        # arrive while it writes together.
-        return lambda status, error: outbox.put(
-            ["done", [[job_id, status, str(error) if error is not None else None]]])
+        return lambda status, error: replies.done.append(
+            [job_id, status, str(error) if error is not None else None])
 
     threading.Thread(target=outbox.run, name="out", daemon=True).start()
     try:
@@ -224,6 +304,8 @@ def child(fd: int, bundle: str, ca: str) -> None:
                     pusher.warm(frame[1], frame[2])
                 elif frame[0] == "forget" and len(frame) == 2:
                     pusher.forget(frame[1])
+                elif frame[0] == "answers" and len(frame) == 2 and front is not None:
+                    front.answer(frame[1])
     except (OSError, codec.CodecError, ValueError) as exc:
         log.warning("push process: %s", exc)
     finally:
@@ -236,10 +318,12 @@ def main(argv=None) -> None:
     ap.add_argument("--fd", type=int, required=True)
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--ca", required=True)
+    ap.add_argument("--front-fd", type=int)
+    ap.add_argument("--cluster-id", default="")
     ap.add_argument("--log-level", default="info")
     args = ap.parse_args(argv)
     logs.setup(args.log_level, "pusher")
-    child(args.fd, args.bundle, args.ca)
+    child(args.fd, args.bundle, args.ca, args.front_fd, args.cluster_id)
     os._exit(0)
 
 

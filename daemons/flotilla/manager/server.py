@@ -13,11 +13,9 @@ so a renewed certificate is served from the next connection on.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import resource
-import signal
 import ssl
 import sys
 import time
@@ -25,23 +23,12 @@ import time
 from gunicorn.app.base import BaseApplication
 
 from ..common import gcpolicy, logs, tls
+from ..common.procutil import die_with_parent
 from ..common.config import NodeConfig
 from ..common.httpclient import ApiError, Client
 from .raft.node import RaftSettings
 
 log = logging.getLogger(__name__)
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent():
-    """Linux: get SIGKILL when the parent process dies (no orphans)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
-
 
 def raise_fd_limit(want: int = 65536) -> None:
     """Every agent holds a connection to the API and one from the

@@ -30,7 +30,7 @@ import time
 from ..agent.agent import Agent
 from ..ca import certs
 from ..common.httpclient import Client
-from ..manager.server import die_with_parent
+from ..common.procutil import die_with_parent
 from .renewer import Renewer
 
 log = logging.getLogger(__name__)

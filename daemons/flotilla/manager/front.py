@@ -1,0 +1,388 @@
+"""The dispatcher's front: agents' heartbeats and status reports, taken on
+a port of the leader's own and served from the push process.
+
+Heartbeats and status reports are most of a large cluster's requests (a
+thousand agents send 200 heartbeats a second). In the manager process each
+one costs a TLS read and write, an HTTP parse and a validation under the
+GIL that Raft and the leader's components need, plus a wait to take the
+GIL back after every system call. Here they are served by the push
+process (``pushproc.py``), which has a GIL of its own: this module reads
+and checks them there, and only the checked content crosses to the
+dispatcher, many requests to one frame, answered the same way.
+
+The API keeps serving the same two paths: the dispatcher's address comes
+with each registration's answer, and an agent that cannot use it (no
+leader there any more, a refusal it does not expect) goes back to the API.
+
+Every connection is mutual TLS with a certificate from the cluster's CA;
+the subject must be a node of this cluster (an admin certificate is
+refused), and the dispatcher checks that the node exists and is not
+revoked. A client must complete its handshake and each request within
+``REQUEST_TIMEOUT``; an idle kept-alive connection is closed after
+``IDLE_TIMEOUT``; bodies are limited to ``MAX_BODY``. Refusals use the
+API's error shape.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import selectors
+import socket
+import ssl
+import threading
+import time
+
+import h11
+
+from ..ca import certs
+from .api.sessionmodels import Heartbeat, StatusReport
+from .api.validation import ApiError, error_body, validate
+
+log = logging.getLogger(__name__)
+
+PATHS = {b"/v1/dispatcher/heartbeat": ("heartbeat", Heartbeat),
+         b"/v1/dispatcher/status": ("status", StatusReport)}
+MAX_BODY = 1024 * 1024
+DRAIN_LIMIT = 8 * MAX_BODY      # a larger announced body is refused before it is read
+MAX_HEAD = 16 * 1024
+REQUEST_TIMEOUT = 10.0
+IDLE_TIMEOUT = 120.0
+ANSWER_TIMEOUT = 30.0
+READ_CHUNK = 64 * 1024
+MAX_CONNECTIONS = 8192
+REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
+           404: b"Not Found", 405: b"Method Not Allowed", 409: b"Conflict",
+           413: b"Content Too Large", 415: b"Unsupported Media Type",
+           421: b"Misdirected Request", 503: b"Service Unavailable"}
+
+
+class _Conn:
+    __slots__ = ("sock", "http", "handshaken", "node_id", "refusal", "deadline", "out",
+                 "waiting", "events", "body", "target", "closing", "too_large", "handler")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.handshaken = False
+        self.node_id = None
+        self.refusal = None         # (status, code, message) for every request
+        self.deadline = time.monotonic() + REQUEST_TIMEOUT
+        self.out = b""
+        self.waiting = None         # id of the request the dispatcher is answering
+        self.events = 0
+        self.body = bytearray()
+        self.target = b""
+        self.closing = False
+        self.too_large = False
+
+
+class FrontServer:
+    """Serves the listening socket ``listener`` (see the module doc) from
+    the event loop of the process's pusher: one thread drives the pushes'
+    and the front's sockets, so neither waits for the GIL after its system
+    calls while the other runs.
+
+    The loop calls :meth:`open` once, then :meth:`tick` after every pass,
+    and :meth:`close` when it ends; the front's sockets are registered in
+    the loop's selector with a callable as their data. ``forward(request_id,
+    kind, node_id, body)`` hands a checked request to the dispatcher; its
+    answer comes back through :meth:`answer`, from any thread.
+    """
+
+    def __init__(self, listener: socket.socket, context, cluster_id: str, forward):
+        self._listener = listener
+        self._context = context
+        self._cluster_id = cluster_id
+        self._forward = forward
+        self._sel = None
+        self._wake = None
+        self._conns: dict[int, _Conn] = {}          # by file descriptor
+        self._waiting: dict[int, _Conn] = {}        # by request id
+        self._next_id = 0
+        self._lock = threading.Lock()
+        self._answers: list = []
+        self._woken = False
+        self._next_sweep = 0.0
+        self.requests = 0
+        self.refused = 0
+
+    # -- from other threads ---------------------------------------------------------
+    def answer(self, answers) -> None:
+        """[(request id, HTTP status, body), ...] from the dispatcher."""
+        with self._lock:
+            self._answers.extend(answers)
+            if self._woken:
+                return
+            self._woken = True
+        if self._wake is not None:
+            self._wake()
+
+    # -- on the loop's thread -------------------------------------------------------
+    def open(self, sel: selectors.BaseSelector, wake) -> None:
+        """Start serving from ``sel``; ``wake()`` interrupts its select."""
+        self._sel = sel
+        self._wake = wake
+        self._listener.setblocking(False)
+        sel.register(self._listener, selectors.EVENT_READ, self._accept)
+        self._next_sweep = time.monotonic() + 1.0
+
+    def tick(self) -> None:
+        """After every pass of the loop: answers, and time limits."""
+        self._deliver()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + 1.0
+            self._sweep(now)
+
+    def close(self) -> None:
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        if self._sel is not None:
+            try:
+                self._sel.unregister(self._listener)
+            except (KeyError, ValueError):
+                pass
+        self._listener.close()
+
+    def _accept(self):
+        while True:
+            try:
+                raw, _addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:     # out of descriptors, ...: the rest wait in the backlog
+                log.warning("dispatcher front: accept failed: %s", exc)
+                return
+            if len(self._conns) >= MAX_CONNECTIONS:
+                raw.close()
+                self.refused += 1
+                continue
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock = self._context().wrap_socket(raw, server_side=True,
+                                                   do_handshake_on_connect=False)
+            except (OSError, ValueError):
+                raw.close()
+                continue
+            sock.setblocking(False)
+            conn = _Conn(sock)
+            conn.handler = functools.partial(self._on_event, conn)
+            self._conns[sock.fileno()] = conn
+            conn.events = selectors.EVENT_READ
+            self._sel.register(sock, conn.events, conn.handler)
+
+    def _on_event(self, conn: _Conn):
+        try:
+            if not conn.handshaken:
+                conn.sock.do_handshake()
+                conn.handshaken = True
+                conn.node_id, conn.refusal = self._identify(conn.sock)
+            if not conn.closing:
+                self._read(conn)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLWantWriteError:
+            self._want(conn, selectors.EVENT_WRITE)
+            return
+        except OSError:             # refused handshake, reset, ...
+            self._close(conn)
+            return
+        self._flush(conn)
+
+    def _flush(self, conn: _Conn):
+        """Write what is queued; then wait for the socket to take more, or
+        for the next request."""
+        try:
+            while conn.out:
+                n = conn.sock.send(conn.out)
+                conn.out = conn.out[n:]
+        except ssl.SSLWantWriteError:
+            self._want(conn, selectors.EVENT_WRITE)
+            return
+        except ssl.SSLWantReadError:
+            self._want(conn, selectors.EVENT_READ)
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if conn.closing:
+            self._close(conn)
+            return
+        self._want(conn, selectors.EVENT_READ)
+
+    def _identify(self, sock):
+        ident = certs.identity_from_peercert(sock.getpeercert())
+        if ident is None:
+            return None, (401, "unauthenticated", "a node certificate from this cluster is required")
+        if ident.cluster_id != self._cluster_id:
+            return None, (401, "unauthenticated", "certificate is from another cluster")
+        if ident.role == certs.ROLE_ADMIN:
+            return None, (403, "forbidden", "an admin certificate cannot use agent endpoints")
+        return ident.node_id, None
+
+    def _read(self, conn: _Conn):
+        """Read what is there and handle every complete request in it. While
+        the dispatcher answers, what arrives stays buffered (agents send
+        one request at a time; a client that sends much more is closed)."""
+        while True:
+            data = conn.sock.recv(READ_CHUNK)       # SSLWantReadError once drained
+            if data and conn.waiting is None and conn.http.their_state is h11.IDLE:
+                # a new request begins: it has REQUEST_TIMEOUT to arrive
+                conn.deadline = min(conn.deadline, time.monotonic() + REQUEST_TIMEOUT)
+            try:
+                conn.http.receive_data(data)
+            except RuntimeError:    # data after the peer closed: nothing more to read
+                conn.closing = True
+                return
+            if conn.waiting is None:
+                self._process(conn)
+            elif len(conn.http.trailing_data[0]) > MAX_BODY + MAX_HEAD:
+                conn.closing = True
+            if not data or conn.closing:
+                return
+
+    def _process(self, conn: _Conn):
+        while conn.waiting is None and not conn.closing:
+            try:
+                event = conn.http.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._respond(conn, exc.error_status_hint or 400,
+                              error_body("bad_request", str(exc)[:200]), close=True)
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.ConnectionClosed):
+                conn.closing = True
+                return
+            if isinstance(event, h11.Request):
+                conn.deadline = time.monotonic() + REQUEST_TIMEOUT
+                conn.target = event.target
+                conn.body = bytearray()
+                conn.too_large = False
+                length = dict(event.headers).get(b"content-length")
+                if length is not None and int(length) > MAX_BODY:
+                    if int(length) > DRAIN_LIMIT:
+                        self._too_large(conn)
+                        return
+                    conn.too_large = True   # read and dropped: the client sees the 413
+                if event.method != b"POST" and event.target in PATHS:
+                    self._respond(conn, 405, error_body("method_not_allowed",
+                                                        "only POST is allowed here"), close=True)
+                    return
+            elif isinstance(event, h11.Data):
+                if not conn.too_large:
+                    conn.body += event.data
+                    if len(conn.body) > MAX_BODY:
+                        conn.too_large = True
+                        conn.body = bytearray()
+            elif isinstance(event, h11.EndOfMessage):
+                if conn.too_large:
+                    self._too_large(conn)
+                    return
+                self._complete(conn)
+
+    def _too_large(self, conn: _Conn):
+        self._respond(conn, 413, error_body(
+            "too_large", f"request body too large (the limit is {MAX_BODY})"), close=True)
+
+    def _complete(self, conn: _Conn):
+        self.requests += 1
+        if conn.refusal is not None:
+            status, code, message = conn.refusal
+            self._respond(conn, status, error_body(code, message))
+            return
+        route = PATHS.get(conn.target)
+        if route is None:
+            self._respond(conn, 404, error_body(
+                "not_found", "this port serves only the agents' heartbeats and status reports"))
+            return
+        kind, model = route
+        try:
+            body = validate(model, bytes(conn.body)).model_dump()
+        except ApiError as exc:
+            self._respond(conn, exc.status, error_body(exc.code, exc.message, exc.field))
+            return
+        conn.body = bytearray()
+        self._next_id += 1
+        conn.waiting = self._next_id
+        conn.deadline = time.monotonic() + ANSWER_TIMEOUT
+        self._waiting[conn.waiting] = conn
+        self._forward(conn.waiting, kind, conn.node_id, body)
+
+    def _deliver(self):
+        with self._lock:
+            answers, self._answers = self._answers, []
+            self._woken = False
+        for request_id, status, body in answers:
+            conn = self._waiting.pop(request_id, None)
+            if conn is None or conn.waiting != request_id:
+                continue        # the client went away, or timed out
+            conn.waiting = None
+            self._respond(conn, status, body)
+            self._process(conn)     # a request read meanwhile
+            self._flush(conn)
+
+    def _respond(self, conn: _Conn, status: int, body, close: bool = False):
+        data = (json.dumps(body) + "\n").encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        if close:
+            headers.append(("Connection", "close"))
+        http = conn.http
+        try:
+            out = http.send(h11.Response(status_code=status, headers=headers,
+                                         reason=REASONS.get(status, b"Error")))
+            out += http.send(h11.Data(data=data))
+            out += http.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            # h11 will not answer this request (it could not parse it, say):
+            # the answer is written as it is, and the connection closed.
+            out = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n" \
+                  b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (
+                      status, REASONS.get(status, b"Error"), len(data)) + data
+            close = True
+        conn.out += out
+        conn.deadline = time.monotonic() + IDLE_TIMEOUT
+        if close or http.our_state is not h11.DONE or http.their_state is not h11.DONE:
+            conn.closing = True
+            return
+        http.start_next_cycle()
+        if not http.trailing_data[0]:
+            # A fresh parser: the old one's buffer keeps the capacity of the
+            # largest request it read, on every idle connection.
+            conn.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+
+    def _want(self, conn: _Conn, events: int):
+        if conn.events != events and conn.sock.fileno() >= 0:
+            conn.events = events
+            self._sel.modify(conn.sock, events, conn.handler)
+
+    def _sweep(self, now: float):
+        for conn in list(self._conns.values()):
+            if conn.deadline > now:
+                continue
+            if conn.waiting is not None:
+                self._waiting.pop(conn.waiting, None)
+                conn.waiting = None
+                self._respond(conn, 503, error_body("no_answer", "the dispatcher did not answer"),
+                              close=True)
+                self._flush(conn)
+            else:
+                self._close(conn)
+
+    def _close(self, conn: _Conn):
+        if conn.waiting is not None:
+            self._waiting.pop(conn.waiting, None)
+            conn.waiting = None
+        fd = conn.sock.fileno()
+        if fd >= 0:
+            try:
+                self._sel.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+            self._conns.pop(fd, None)
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
