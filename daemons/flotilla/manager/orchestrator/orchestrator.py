@@ -124,10 +124,14 @@ class Orchestrator(Component):
                     old["status"]["state"] == new["status"]["state"]
                     and old["spec"] == new["spec"] and old.get("role") == new.get("role")):
                 return set()
-            node_id = e.id
-            out = {t["service_id"] for t in self._store.by_index("task", "node_id", node_id)
-                   if taskmodel.runnable(t)}
-            out |= {s["id"] for s in self._store.list("service") if s["spec"]["mode"] == "global"}
+            # Global services place by the node's labels and role; a
+            # replicated service cares only whether its tasks' node can
+            # still run them (a label change on a node busy with tasks of
+            # every service must not walk every task of every service).
+            out = {s["id"] for s in self._store.list("service") if s["spec"]["mode"] == "global"}
+            if old is None or new is None or T.node_unusable(old) != T.node_unusable(new):
+                out |= {t["service_id"] for t in self._store.by_index("task", "node_id", e.id)
+                        if taskmodel.runnable(t)}
             return out
         return set()
 
