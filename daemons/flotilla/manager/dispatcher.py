@@ -33,7 +33,6 @@ arriving meanwhile go in the next. A report also counts as a sign of life.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -448,9 +447,9 @@ class Dispatcher(Component):
                 s.inflight = True
                 jobs.append((node_id, s, msg, sent))
         for node_id, s, msg, sent in jobs:
-            body = json.dumps(msg).encode()
+            # encoded as JSON in the push process, off this process's GIL
             pushed = self._pusher is not None and self._pusher.push(
-                node_id, s.agent_addr, body,
+                node_id, s.agent_addr, msg,
                 lambda status, error, n=node_id, s=s, m=msg, t=sent:
                 self._pushed(n, s, m, t, status, error))
             if not pushed:

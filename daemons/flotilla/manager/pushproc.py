@@ -8,11 +8,12 @@ it back after a system call waited up to the interpreter's switch interval
 waiting for the GIL. Here the pusher runs in a child process with a GIL of
 its own, on the other core.
 
-The dispatcher's side (:class:`PushProcess`) has the pusher's interface.
+The dispatcher's side (:class:`PushProcess`) has the pusher's interface,
+except that a push is given its message, which the child encodes as JSON.
 Jobs go to the child over a socket pair as length-prefixed msgpack frames
-(``["job", id, node id, address, body]``, ``["warm", node id, address]``,
-``["forget", node id]``), and answers come back as ``["done", [[id,
-status, error], ...]]``. Frames queued while a write is under way go
+(``["job", id, node id, address, message]``, ``["warm", node id,
+address]``, ``["forget", node id]``), and answers come back as ``["done",
+[[id, status, error], ...]]``. Frames queued while a write is under way go
 together in the next one, and everything one read brings is handled
 together: one write and one read carry many pushes.
 
@@ -34,6 +35,7 @@ socket closes.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import socket
@@ -191,14 +193,16 @@ class PushProcess:
             call_done(done, None, PushError("the pusher stopped"))
 
     # -- the pusher's interface ------------------------------------------------------
-    def push(self, node_id: str, addr: str, body: bytes, done) -> bool:
+    def push(self, node_id: str, addr: str, message: dict, done) -> bool:
+        """Send ``message`` to the node's listener, as JSON (encoded in the
+        child); ``done(status, error)`` is called with the outcome."""
         with self._lock:
             if self._outbox is None:
                 return False
             self._next += 1
             job_id = self._next
             self._jobs[job_id] = done
-            self._outbox.put(["job", job_id, node_id, addr, body])
+            self._outbox.put(["job", job_id, node_id, addr, message])
         return True
 
     def warm(self, node_id: str, addr: str) -> None:
@@ -298,8 +302,8 @@ def child(fd: int, bundle: str, ca: str, front_fd: int | None = None,
                 if not isinstance(frame, list) or not frame:
                     continue
                 if frame[0] == "job" and len(frame) == 5:
-                    _, job_id, node_id, addr, body = frame
-                    pusher.push(node_id, addr, body, answered(job_id))
+                    _, job_id, node_id, addr, message = frame
+                    pusher.push(node_id, addr, json.dumps(message).encode(), answered(job_id))
                 elif frame[0] == "warm" and len(frame) == 3:
                     pusher.warm(frame[1], frame[2])
                 elif frame[0] == "forget" and len(frame) == 2:
