@@ -30,7 +30,11 @@ from . import tasks as T
 log = logging.getLogger(__name__)
 
 GATHER = 0.05
+# Every service is reconciled again at least this often, whatever the watch
+# feed said (a safety net: events drive the work). In a large cluster a
+# sweep walks every task; it runs at most one SWEEP_SHARE-th of the time.
 FULL_PASS = 10.0
+SWEEP_SHARE = 30
 
 
 class Orchestrator(Component):
@@ -50,11 +54,17 @@ class Orchestrator(Component):
         self._dependents = dependencies.dependents(self._store.list("service"))
         dirty = {s["id"] for s in self._store.list("service")}
         last_full = time.monotonic()
+        full_every = FULL_PASS
+        sweeping = True
         while not self.stopping.is_set():
             try:
                 self._start_due()
                 if dirty:
+                    began = time.monotonic()
                     dirty = self._reconcile(dirty)
+                    if sweeping:
+                        full_every = max(FULL_PASS, SWEEP_SHARE * (time.monotonic() - began))
+                sweeping = False
             except StoreError as exc:
                 log.info("orchestration postponed: %s", exc)
                 dirty = {s["id"] for s in self._store.list("service")}
@@ -77,9 +87,10 @@ class Orchestrator(Component):
                     events += more
             for e in events:
                 dirty |= self._affected(e)
-            if time.monotonic() - last_full > FULL_PASS:
+            if time.monotonic() - last_full > full_every:
                 dirty |= {s["id"] for s in self._store.list("service")}
                 last_full = time.monotonic()
+                sweeping = True
 
     # -- what an event touches ---------------------------------------------------------
     def _affected(self, e) -> set[str]:
