@@ -157,42 +157,31 @@ class NodeConfig:
             if is_unspecified(host):
                 host = _guess_address()
             self.advertise = join_addr(host, port)
-        if raft_listen:
-            rhost, rport = split_addr(raft_listen, default_port=None)
-            self.raft_listen = join_addr(rhost, rport)
-        elif not self.raft_listen:
-            self.raft_listen = derived(self.listen, RAFT_OFFSET)
-        if raft_advertise:
-            rhost, rport = split_addr(raft_advertise, default_port=None)
-            self.raft_advertise = join_addr(rhost, rport)
-        elif not self.raft_advertise:
+        for name, offset, given_listen, given_advertise in (
+                ("raft", RAFT_OFFSET, raft_listen, raft_advertise),
+                ("agent", AGENT_OFFSET, agent_listen, agent_advertise),
+                ("dispatcher", DISPATCHER_OFFSET, dispatcher_listen, dispatcher_advertise)):
+            self._fill_derived(name, offset, given_listen, given_advertise)
+
+    def _fill_derived(self, name: str, offset: int, listen: str | None,
+                      advertise: str | None) -> None:
+        """``<name>_listen`` and ``<name>_advertise``: as given, else as
+        already set, else the API's addresses with the port moved by
+        ``offset``."""
+        if listen:
+            self._set(f"{name}_listen", listen)
+        elif not getattr(self, f"{name}_listen"):
+            setattr(self, f"{name}_listen", derived(self.listen, offset))
+        if advertise:
+            self._set(f"{name}_advertise", advertise)
+        elif not getattr(self, f"{name}_advertise"):
             ahost, _ = split_addr(self.advertise)
-            _, rport = split_addr(self.raft_listen)
-            self.raft_advertise = join_addr(ahost, rport)
-        if agent_listen:
-            ghost, gport = split_addr(agent_listen, default_port=None)
-            self.agent_listen = join_addr(ghost, gport)
-        elif not self.agent_listen:
-            self.agent_listen = derived(self.listen, AGENT_OFFSET)
-        if agent_advertise:
-            ghost, gport = split_addr(agent_advertise, default_port=None)
-            self.agent_advertise = join_addr(ghost, gport)
-        elif not self.agent_advertise:
-            ahost, _ = split_addr(self.advertise)
-            _, gport = split_addr(self.agent_listen)
-            self.agent_advertise = join_addr(ahost, gport)
-        if dispatcher_listen:
-            dhost, dport = split_addr(dispatcher_listen, default_port=None)
-            self.dispatcher_listen = join_addr(dhost, dport)
-        elif not self.dispatcher_listen:
-            self.dispatcher_listen = derived(self.listen, DISPATCHER_OFFSET)
-        if dispatcher_advertise:
-            dhost, dport = split_addr(dispatcher_advertise, default_port=None)
-            self.dispatcher_advertise = join_addr(dhost, dport)
-        elif not self.dispatcher_advertise:
-            ahost, _ = split_addr(self.advertise)
-            _, dport = split_addr(self.dispatcher_listen)
-            self.dispatcher_advertise = join_addr(ahost, dport)
+            _, port = split_addr(getattr(self, f"{name}_listen"))
+            setattr(self, f"{name}_advertise", join_addr(ahost, port))
+
+    def _set(self, field: str, addr: str) -> None:
+        host, port = split_addr(addr, default_port=None)
+        setattr(self, field, join_addr(host, port))
 
 
 def _guess_address() -> str:
