@@ -105,8 +105,6 @@ class FrontServer:
         self._answers: list = []
         self._woken = False
         self._next_sweep = 0.0
-        self.requests = 0
-        self.refused = 0
 
     # -- from other threads ---------------------------------------------------------
     def answer(self, answers) -> None:
@@ -157,7 +155,6 @@ class FrontServer:
                 return
             if len(self._conns) >= MAX_CONNECTIONS:
                 raw.close()
-                self.refused += 1
                 continue
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
@@ -187,6 +184,10 @@ class FrontServer:
             self._want(conn, selectors.EVENT_WRITE)
             return
         except OSError:             # refused handshake, reset, ...
+            self._close(conn)
+            return
+        except Exception:           # a bug: this connection ends, the loop goes on
+            log.exception("dispatcher front: connection failed")
             self._close(conn)
             return
         self._flush(conn)
@@ -288,7 +289,6 @@ class FrontServer:
             "too_large", f"request body too large (the limit is {MAX_BODY})"), close=True)
 
     def _complete(self, conn: _Conn):
-        self.requests += 1
         if conn.refusal is not None:
             status, code, message = conn.refusal
             self._respond(conn, status, error_body(code, message))
@@ -320,8 +320,13 @@ class FrontServer:
             if conn is None or conn.waiting != request_id:
                 continue        # the client went away, or timed out
             conn.waiting = None
-            self._respond(conn, status, body)
-            self._process(conn)     # a request read meanwhile
+            try:
+                self._respond(conn, status, body)
+                self._process(conn)     # a request read meanwhile
+            except Exception:           # a bug: this connection ends, the loop goes on
+                log.exception("dispatcher front: answer failed")
+                self._close(conn)
+                continue
             self._flush(conn)
 
     def _respond(self, conn: _Conn, status: int, body, close: bool = False):
