@@ -27,12 +27,6 @@ class DispatcherLink:
         self._client = client
         self._lock = threading.Lock()
         self._front: Client | None = None
-        self.front_posts = 0
-
-    @property
-    def front_addr(self) -> str | None:
-        front = self._front
-        return front.addresses[0] if front is not None else None
 
     def use(self, addr: str | None) -> None:
         """The front named by the last registration (None: the API only)."""
@@ -47,9 +41,7 @@ class DispatcherLink:
         front = self._front
         if front is not None:
             try:
-                reply = front.post(path, body, timeout=timeout, retry_for=0)
-                self.front_posts += 1
-                return reply
+                return front.post(path, body, timeout=timeout, retry_for=0)
             except ApiError as exc:
                 if exc.code in SESSION_CODES:
                     raise

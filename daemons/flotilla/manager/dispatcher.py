@@ -41,6 +41,7 @@ import time
 from ..common import taskmodel
 from ..common.component import Component
 from . import objects
+from .api.validation import error_body
 from .pushproc import PushProcess
 from .store.store import NotLeader, Op, StoreError, TxnFailed, new_id
 
@@ -62,10 +63,6 @@ class SessionInvalid(Exception):
 
 def agent_view(task: dict) -> dict:
     return {k: task.get(k) for k in AGENT_FIELDS}
-
-
-def _error(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
 
 
 def pushed_to_agent(task: dict | None) -> bool:
@@ -148,10 +145,7 @@ class Dispatcher(Component):
         return reply
 
     def heartbeat(self, node_id: str, session_id: str) -> dict:
-        period = self._jittered()
-        with self._lock:
-            session = self._session(node_id, session_id)
-            session.deadline = time.monotonic() + period * GRACE_MULTIPLIER
+        period = self._renew(node_id, session_id)
         node = self._store.get("node", node_id)
         if node is None:
             raise SessionInvalid("node removed")
@@ -193,30 +187,36 @@ class Dispatcher(Component):
             node = self._store.get("node", node_id) if node_id not in revoked else None
             try:
                 if node is None:
-                    answer = 401, _error("revoked", "unknown node (removed from the cluster?)")
+                    answer = 401, error_body("revoked",
+                                             "unknown node (removed from the cluster?)")
                 elif kind == "heartbeat":
                     answer = self._front_heartbeat(node, body["session_id"])
                 elif kind == "status":
                     answer = 200, {"accepted": self.update_status(node_id, body["session_id"],
                                                                   body["updates"])}
                 else:
-                    answer = 404, _error("not_found", f"unknown request {kind!r}")
+                    answer = 404, error_body("not_found", f"unknown request {kind!r}")
             except SessionInvalid as exc:
-                answer = 409, _error("session_invalid", str(exc))
+                answer = 409, error_body("session_invalid", str(exc))
             except (KeyError, TypeError):
-                answer = 400, _error("invalid", "malformed request")
+                answer = 400, error_body("invalid", "malformed request")
             answers.append([request_id, *answer])
         self.front_requests_served += len(requests)
         return answers
 
     def _front_heartbeat(self, node, session_id):
         if node["status"]["state"] != "ready":
-            return 421, _error("misdirected", "send this heartbeat to the API")
+            return 421, error_body("misdirected", "send this heartbeat to the API")
+        period = self._renew(node["id"], session_id)
+        return 200, {"heartbeat_period": period, **self.view(node)}
+
+    def _renew(self, node_id, session_id) -> float:
+        """A heartbeat on the session: its deadline moves; the next period."""
         period = self._jittered()
         with self._lock:
-            session = self._session(node["id"], session_id)
+            session = self._session(node_id, session_id)
             session.deadline = time.monotonic() + period * GRACE_MULTIPLIER
-        return 200, {"heartbeat_period": period, **self.view(node)}
+        return period
 
     def _session(self, node_id, session_id) -> _Session:
         session = self._sessions.get(node_id)
