@@ -23,18 +23,13 @@ import time
 from ...common import taskmodel
 from ...common.component import Component
 from ..store.store import Op, StoreError
-from . import dependencies, globalsvc, replicated
+from . import dependencies, globalsvc, replicated, sweeps
 from .restart import RestartSupervisor
 from . import tasks as T
 
 log = logging.getLogger(__name__)
 
 GATHER = 0.05
-# Every service is reconciled again at least this often, whatever the watch
-# feed said (a safety net: events drive the work). In a large cluster a
-# sweep walks every task; it runs at most one SWEEP_SHARE-th of the time.
-FULL_PASS = 10.0
-SWEEP_SHARE = 30
 
 
 class Orchestrator(Component):
@@ -54,7 +49,7 @@ class Orchestrator(Component):
         self._dependents = dependencies.dependents(self._store.list("service"))
         dirty = {s["id"] for s in self._store.list("service")}
         last_full = time.monotonic()
-        full_every = FULL_PASS
+        full_every = sweeps.FULL_PASS
         sweeping = True
         while not self.stopping.is_set():
             try:
@@ -63,7 +58,7 @@ class Orchestrator(Component):
                     began = time.monotonic()
                     dirty = self._reconcile(dirty)
                     if sweeping:
-                        full_every = max(FULL_PASS, SWEEP_SHARE * (time.monotonic() - began))
+                        full_every = sweeps.next_sweep_after(time.monotonic() - began)
                 sweeping = False
             except StoreError as exc:
                 log.info("orchestration postponed: %s", exc)

@@ -19,13 +19,12 @@ from ...common import taskmodel
 from ...common.component import Component
 from .. import objects
 from ..store.store import Op, StoreError
+from . import sweeps
 from . import tasks as T
 
 log = logging.getLogger(__name__)
 
 INTERVAL = 0.5
-FULL_PASS = 10.0
-SWEEP_SHARE = 30        # a pass over every task takes at most 1/30 of the time
 MAX_DELETES_PER_PASS = 2000
 
 
@@ -41,12 +40,11 @@ class TaskReaper(Component):
         # Each pass looks only at the services whose tasks could have become
         # reapable since the last one (a task that is not runnable, a removed
         # service, a node going down), as the watch feed tells; everything
-        # is looked at every FULL_PASS seconds (less often when such a pass
-        # takes long: see SWEEP_SHARE) and after a reset.
+        # is looked at after a reset and as often as sweeps.py says.
         watcher = self._store.watch()
         dirty: set[str] | None = None
         last_full = 0.0
-        full_every = FULL_PASS
+        full_every = sweeps.FULL_PASS
         while not self.sleep(INTERVAL):
             for e in watcher.next(timeout=0):
                 if dirty is not None:
@@ -63,7 +61,7 @@ class TaskReaper(Component):
                 continue
             if dirty is None:
                 last_full = time.monotonic()
-                full_every = max(FULL_PASS, SWEEP_SHARE * (last_full - began))
+                full_every = sweeps.next_sweep_after(last_full - began)
             dirty = set()
 
     def _affected(self, e, dirty: set[str]) -> set[str] | None:
