@@ -20,10 +20,16 @@ bundle, and the run measures
   ``PATCH /v1/nodes/<id>`` (a label) alternately every 100 ms;
 - the managers' RSS (VmRSS of each manager's API worker, the process that
   holds the store and the Raft member; the leader's push process is
-  reported beside it) and their CPU time, and their garbage-collector time.
+  reported beside it) and their CPU time, and their garbage-collector time;
+- the agents' heartbeats: their round trips as the simulator sees them,
+  and how many nodes the leader marked down for a late heartbeat (each one
+  moves its tasks: it must stay at 0).
 
     python bench/scale.py [--agents 1000] [--tasks 30000] [--services 30] [--quick]
                           [--procs 2] [--profile /tmp/leader.svg --profile-seconds 30]
+
+``--profile`` records the leader's manager process with py-spy (GIL
+holders only), and its push process beside it (``/tmp/leader-push.svg``).
 
 Prints a table and writes bench/results/scale.json (scale-quick.json with
 --quick).
@@ -337,6 +343,9 @@ def run(args):
         profiler = None
         if args.profile:
             profiler = start_profile(leader_pid, args.profile, args.profile_seconds)
+            if push_pid:
+                root, ext = os.path.splitext(args.profile)
+                start_profile(push_pid, f"{root}-push{ext}", args.profile_seconds)
         create_s = []
         for name, replicas in zip(names, per):
             tc = time.monotonic()
@@ -386,6 +395,8 @@ def run(args):
             first_push.update(tm["first_push"])
             running_at.update(tm["reported_running"])
         status_post_s = [x for tm in times for x in tm["status_post_s"]]
+        heartbeat_s = [x for tm in times for x in tm["heartbeat_s"]]
+        marked_down = sum(m.log().count("is down (heartbeat failure)") for m in managers)
         created = {}
         for name in names:
             for task in admin.get("/v1/tasks", params={"service": name}):
@@ -448,6 +459,11 @@ def run(args):
             "status_post_ms": {"p50": round(pct(status_post_s, 50) * 1000, 1),
                                "p99": round(pct(status_post_s, 99) * 1000, 1),
                                "posts": len(status_post_s)},
+            "heartbeat_ms": {"p50": round(pct(heartbeat_s, 50) * 1000, 1),
+                             "p99": round(pct(heartbeat_s, 99) * 1000, 1),
+                             "max": round(max(heartbeat_s) * 1000, 1) if heartbeat_s else None,
+                             "heartbeats": len(heartbeat_s)},
+            "nodes_marked_down": marked_down,
             "rss_mb": {"leader": leader.name, "before_run": rss_before,
                        "max": {k: round(v, 1) for k, v in sampler.max.items()},
                        "end": {k: round(rss_mb(p), 1) for k, p in pids.items()},
@@ -511,6 +527,10 @@ def print_table(r):
          + (f" + pusher {r['rss_mb']['leader_pusher_max']:.0f} MB"
             if r["rss_mb"].get("leader_pusher_max") else ""),
          f"<= {TARGETS['rss_mb']} MB"),
+        ("agent heartbeat p50 / p99 / max",
+         f"{r['heartbeat_ms']['p50']:.0f} / {r['heartbeat_ms']['p99']:.0f} / "
+         f"{r['heartbeat_ms']['max'] or 0:.0f} ms", ""),
+        ("nodes marked down (heartbeats late)", str(r["nodes_marked_down"]), "0"),
         ("leader changes", str(r["leader_changes_during_setup_and_run"]), "0"),
         ("CPU s during run", ", ".join(f"{k} {v}" for k, v in r["cpu_s_during_run"].items()), ""),
         ("GC s / longest pause (ms)",

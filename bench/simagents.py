@@ -368,8 +368,10 @@ class SimAgent:
                     await self.register()
                     backoff = 0.1
                 await asyncio.sleep(self.period)
+                t0 = time.time()
                 reply = await self.dispatch("/v1/dispatcher/heartbeat",
                                             {"session_id": self.session_id})
+                self.g.heartbeat_s.append(time.time() - t0)
                 self.period = float(reply["heartbeat_period"])
                 self.g.heartbeats += 1
             except HttpError as exc:
@@ -440,6 +442,7 @@ class Group:
         self.reported_running: dict[str, float] = {}
         self.join_s: list[float] = []
         self.status_post_s: list[float] = []
+        self.heartbeat_s: list[float] = []
         self.errors: dict[str, int] = {}
         self.pushes = self.completes = self.refused = 0
         self.heartbeats = self.registrations = self.status_posts = self.front_posts = 0
@@ -488,18 +491,19 @@ class Group:
                 for _ in range(20):
                     try:
                         await a.register()
-                        return
+                        break
                     except Exception:
                         self.errors["register"] = self.errors.get("register", 0) + 1
                         await asyncio.sleep(0.5)
+            # Like the real agent, each one heartbeats a period after its
+            # own registration (not after everyone's: the first heartbeats
+            # of a thousand agents would all come in the same second).
+            self.tasks_bg.append(asyncio.ensure_future(a.session_loop()))
+            self.tasks_bg.append(asyncio.ensure_future(a.reporter_loop()))
 
         t0 = time.monotonic()
         await asyncio.gather(*(one(a) for a in self.agents))
-        elapsed = time.monotonic() - t0
-        for a in self.agents:
-            self.tasks_bg.append(asyncio.ensure_future(a.session_loop()))
-            self.tasks_bg.append(asyncio.ensure_future(a.reporter_loop()))
-        return elapsed
+        return time.monotonic() - t0
 
     def stats(self):
         return {"gid": self.gid, "agents": len(self.agents), "pushes": self.pushes,
@@ -534,7 +538,8 @@ async def _main(gid, count, token, managers, leader, cluster_id, workdir, conn, 
                 conn.send(g.stats())
             elif cmd == "times":
                 conn.send({"first_push": g.first_push, "reported_running": g.reported_running,
-                           "status_post_s": g.status_post_s, "stats": g.stats(),
+                           "status_post_s": g.status_post_s, "heartbeat_s": g.heartbeat_s,
+                           "stats": g.stats(),
                            "cpu_s": sum(os.times()[:2])})
             elif cmd == "stop":
                 for t in g.tasks_bg:
