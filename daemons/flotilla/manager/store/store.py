@@ -3,6 +3,11 @@
 Writes are grouped: a proposer thread takes every transaction waiting at that
 moment and proposes them as one Raft entry, so concurrent writers share the
 cost of replication and of fsync. A few entries may be in flight at once.
+A single transaction (``commit()``: an operator's request, a component's
+one write) goes ahead of those submitted by the thousand
+(``commit_many()``, ``submit_many()``: the scheduler's assignments, the
+agents' status reports): it waits for a free place in flight, not for
+every bulk transaction queued before it.
 
 ``commit()`` returns only after the transaction is applied on this member,
 which happens only after a majority of members have it on disk (the
@@ -15,9 +20,9 @@ the state machine will return the original result instead of writing twice.
 from __future__ import annotations
 
 import base64
+import collections
 import logging
 import os
-import queue
 import threading
 import time
 
@@ -152,7 +157,9 @@ class Store:
         self.hub = EventHub()
         self.sm = StateMachine(self.hub)
         self.raft = None
-        self._queue: queue.Queue[_Pending] = queue.Queue()
+        self._ready = threading.Condition()
+        self._single: collections.deque[_Pending] = collections.deque()
+        self._bulk: collections.deque[_Pending] = collections.deque()
         self._slots = threading.Semaphore(MAX_IN_FLIGHT)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._propose_loop, name="store-proposer", daemon=True)
@@ -203,8 +210,9 @@ class Store:
         self._thread.start()
 
     def stop(self):
-        self._stop.set()
-        self._queue.put(None)
+        with self._ready:
+            self._stop.set()
+            self._ready.notify()
 
     # -- reads --------------------------------------------------------------------
     def get(self, kind, oid):
@@ -236,7 +244,7 @@ class Store:
         return self.hub.watch()
 
     # -- writes -------------------------------------------------------------------
-    def _submit(self, ops, rid, waiter=None):
+    def _submit(self, ops, rid, waiter=None, bulk=False):
         ops = self._compact(ops) if self._patches_allowed() else list(ops)
         txn = {"rid": rid, "ts": time.time(), "ops": ops}
         data = codec.pack(txn)
@@ -244,7 +252,9 @@ class Store:
             raise TxnFailed({"code": "invalid",
                              "message": f"transaction too large ({len(data)} bytes)"})
         pending = _Pending(data, waiter or _Waiter(1))
-        self._queue.put(pending)
+        with self._ready:
+            (self._bulk if bulk else self._single).append(pending)
+            self._ready.notify()
         return pending
 
     @staticmethod
@@ -320,7 +330,7 @@ class Store:
         pendings = []
         for ops in transactions:
             try:
-                pendings.append(self._submit(ops, None, waiter))
+                pendings.append(self._submit(ops, None, waiter, bulk=True))
             except StoreError as exc:
                 pendings.append(exc)
                 waiter.one_done()
@@ -381,23 +391,16 @@ class Store:
                 "obj": {k: v for k, v in obj.items() if k != "spec"}}
 
     def _propose_loop(self):
-        while not self._stop.is_set():
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            size = first.size
-            while len(batch) < MAX_TXNS_PER_ENTRY and size < MAX_BYTES_PER_ENTRY:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
+        while True:
+            with self._ready:
+                while not self._single and not self._bulk and not self._stop.is_set():
+                    self._ready.wait()
+                if self._stop.is_set():
                     break
-                if item is None:
-                    self._stop.set()
-                    break
-                batch.append(item)
-                size += item.size
+            # A place in flight first, then the entry: it takes what arrived
+            # meanwhile too, single transactions ahead of bulk ones.
             self._slots.acquire()
+            batch = self._take()
             raft = self.raft
             if raft is None or not raft.is_leader:
                 self._slots.release()
@@ -411,6 +414,17 @@ class Store:
             except Exception as exc:  # pragma: no cover - defensive
                 self._slots.release()
                 self._fail(batch, StoreError(str(exc)))
+
+    def _take(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        size = 0
+        with self._ready:
+            for waiting in (self._single, self._bulk):
+                while waiting and len(batch) < MAX_TXNS_PER_ENTRY and size < MAX_BYTES_PER_ENTRY:
+                    pending = waiting.popleft()
+                    batch.append(pending)
+                    size += pending.size
+        return batch
 
     def _done(self, batch, results, err):
         # Runs on the Raft tick thread.

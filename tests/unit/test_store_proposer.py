@@ -1,0 +1,109 @@
+"""The store's proposer: which transactions go into which Raft entry.
+
+The Raft member is replaced by a recorder that holds every proposed entry
+until the test answers it, so the order of entries is observable."""
+
+import threading
+import time
+
+from pysyncobj.config import FAIL_REASON
+
+from flotilla.manager.raft import codec
+from flotilla.manager.store import store as store_mod
+from flotilla.manager.store.store import Op, Store
+
+
+class _Journal:
+    def sync(self):
+        pass
+
+
+class RecordingRaft:
+    is_leader = True
+
+    def __init__(self):
+        self.journal = _Journal()
+        self.entries = []           # [(request ids, callback)]
+        self.cond = threading.Condition()
+
+    def propose(self, payload, callback):
+        # each transaction by its request id, or the id of its first object
+        rids = [t["rid"] or t["ops"][0]["obj"]["id"] for t in codec.unpack_lists(payload)["txns"]]
+        with self.cond:
+            self.entries.append((rids, callback))
+            self.cond.notify_all()
+
+    def wait_entries(self, n, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.entries) < n:
+                left = deadline - time.monotonic()
+                assert left > 0, f"{len(self.entries)} entries proposed, expected {n}"
+                self.cond.wait(left)
+            return list(self.entries)
+
+    def answer(self, i):
+        rids, callback = self.entries[i]
+        callback([{"ok": True, "index": i + 1, "refs": []} for _ in rids], FAIL_REASON.SUCCESS)
+
+
+def _store():
+    s = Store()
+    raft = RecordingRaft()
+    s.attach(raft)
+    s.start()
+    return s, raft
+
+
+def _config(i):
+    return [Op.create("config", {"id": f"c{i}", "name": f"c{i}"})]
+
+
+def test_a_single_write_goes_ahead_of_queued_bulk_writes():
+    s, raft = _store()
+    try:
+        # Fill every place in flight with bulk entries nobody answers yet.
+        for i in range(store_mod.MAX_IN_FLIGHT):
+            s.submit_many([_config(f"fill{i}")], lambda results: None)
+            raft.wait_entries(i + 1)
+        # Bulk work queues behind them: more than one entry's worth.
+        bulk = [_config(f"bulk{i}") for i in range(store_mod.MAX_TXNS_PER_ENTRY + 10)]
+        s.submit_many(bulk, lambda results: None)
+        single = {}
+        t = threading.Thread(target=lambda: single.update(
+            result=s.commit(_config("single"), rid="the-single-write")))
+        t.start()
+        deadline = time.monotonic() + 5
+        while not s._single and time.monotonic() < deadline:   # queued, not proposed
+            time.sleep(0.005)
+        assert s._single, "the single write was not queued"
+
+        raft.answer(0)              # one place frees: the next entry
+        entries = raft.wait_entries(store_mod.MAX_IN_FLIGHT + 1)
+        rids, _ = entries[store_mod.MAX_IN_FLIGHT]
+        assert rids[0] == "the-single-write"
+        assert len(rids) == store_mod.MAX_TXNS_PER_ENTRY    # then bulk, up to the limit
+        raft.answer(store_mod.MAX_IN_FLIGHT)
+        t.join(5)
+        assert single["result"]["ok"]
+    finally:
+        s.stop()
+
+
+def test_bulk_writes_keep_their_order():
+    s, raft = _store()
+    try:
+        s.submit_many([_config(i) for i in range(5)], lambda results: None)
+        s.submit_many([_config(i) for i in range(5, 9)], lambda results: None)
+        proposed = []
+        n = 0
+        deadline = time.monotonic() + 5
+        while len(proposed) < 9 and time.monotonic() < deadline:
+            entries = raft.wait_entries(n + 1)
+            for i in range(n, len(entries)):
+                proposed += entries[i][0]
+                raft.answer(i)
+            n = len(entries)
+        assert proposed == [f"c{i}" for i in range(9)]
+    finally:
+        s.stop()
