@@ -84,11 +84,13 @@ class FrontServer:
     and the front's sockets, so neither waits for the GIL after its system
     calls while the other runs.
 
-    The loop calls :meth:`open` once, then :meth:`tick` after every pass,
-    and :meth:`close` when it ends; the front's sockets are registered in
-    the loop's selector with a callable as their data. ``forward(request_id,
-    kind, node_id, body)`` hands a checked request to the dispatcher; its
-    answer comes back through :meth:`answer`, from any thread.
+    The loop calls :meth:`open` once, then :meth:`tick` after every pass
+    and every 20 ms within a long one (answers do not wait for a pass over
+    a thousand pushes to end), and :meth:`close` when it ends; the front's
+    sockets are registered in the loop's selector with a callable as their
+    data. ``forward(request_id, kind, node_id, body)`` hands a checked
+    request to the dispatcher; its answer comes back through
+    :meth:`answer`, from any thread.
     """
 
     def __init__(self, listener: socket.socket, context, cluster_id: str, forward):
@@ -127,7 +129,7 @@ class FrontServer:
         self._next_sweep = time.monotonic() + 1.0
 
     def tick(self) -> None:
-        """After every pass of the loop: answers, and time limits."""
+        """From the loop, often: answers, and time limits."""
         self._deliver()
         now = time.monotonic()
         if now >= self._next_sweep:

@@ -45,6 +45,7 @@ MAX_ACTIVE = 2048
 MAX_RESPONSE = 1 << 20
 READ_CHUNK = 64 * 1024
 DEADLINE_CHECK = 0.1
+SERVER_TICK = 0.02      # longest wait of an attached server's work during a pass
 
 
 class PushError(Exception):
@@ -206,27 +207,39 @@ class Pusher(Component):
                 server.open(self._sel, self.wake)
             while not self.stopping.is_set():
                 timeout = self._next_deadline()
+                tick_at = time.monotonic() + SERVER_TICK
                 for key, _mask in self._sel.select(timeout):
-                    if key.data is None:
-                        self._drain_wake()
-                        continue
-                    if callable(key.data):      # a socket of an attached server
-                        key.data()
-                        continue
-                    try:
-                        self._on_io(key.data)
-                    except Exception as exc:    # a bug: fail this push, keep the others
-                        log.exception("assignment push to %s failed", key.data.node_id)
-                        self._failed(key.data, PushError(f"internal error: {exc!r}"))
+                    self._on_ready(key)
+                    if self._servers and time.monotonic() >= tick_at:
+                        # A pass over a thousand busy sockets takes a while:
+                        # the attached servers' answers and requests go on
+                        # their way during it, not only after it.
+                        self._tick_servers()
+                        tick_at = time.monotonic() + SERVER_TICK
                 self._run_commands()
-                for server in self._servers:
-                    server.tick()
+                self._tick_servers()
                 self._check_deadlines()
         finally:
             self._running.clear()
             for server in self._servers:
                 server.close()
             self._shutdown()
+
+    def _on_ready(self, key):
+        if key.data is None:
+            self._drain_wake()
+        elif callable(key.data):        # a socket of an attached server
+            key.data()
+        else:
+            try:
+                self._on_io(key.data)
+            except Exception as exc:    # a bug: fail this push, keep the others
+                log.exception("assignment push to %s failed", key.data.node_id)
+                self._failed(key.data, PushError(f"internal error: {exc!r}"))
+
+    def _tick_servers(self):
+        for server in self._servers:
+            server.tick()
 
     def _shutdown(self):
         for peer in list(self._peers.values()):
