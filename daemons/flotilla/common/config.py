@@ -60,6 +60,11 @@ def join_addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def address_family(host: str) -> int:
+    """The socket family for a host as ``split_addr`` returns it."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def derived(addr: str, offset: int) -> str:
     host, port = split_addr(addr)
     other = port + offset if port + offset < 65536 else port - offset

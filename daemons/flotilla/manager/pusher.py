@@ -36,6 +36,7 @@ import time
 from typing import Callable
 
 from ..common.component import Component
+from ..common.config import address_family
 
 log = logging.getLogger(__name__)
 
@@ -384,8 +385,7 @@ class Pusher(Component):
         try:
             host, port = peer.addr.rsplit(":", 1)
             host = host.strip("[]")
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = socket.socket(address_family(host), socket.SOCK_STREAM)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             err = sock.connect_ex((host, int(port)))

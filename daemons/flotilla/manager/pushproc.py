@@ -164,7 +164,8 @@ class PushProcess:
             return None
         host, port = config.split_addr(self._front[0], default_port=None)
         try:
-            return socket.create_server((host, port), family=_family(host), backlog=1024)
+            return socket.create_server((host, port), family=config.address_family(host),
+                                        backlog=1024)
         except OSError as exc:
             log.warning("dispatcher front: cannot listen on %s (%s); agents use the API",
                         self._front[0], exc)
@@ -236,10 +237,6 @@ class PushProcess:
         except (OSError, codec.CodecError, ValueError) as exc:
             if self._sock is sock:
                 log.warning("assignment pusher connection failed: %s", exc)
-
-
-def _family(host: str) -> int:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 # -- the child ---------------------------------------------------------------------------
