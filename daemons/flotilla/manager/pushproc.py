@@ -60,11 +60,14 @@ def _batches(sock):
     """Lists of the frames each read from ``sock`` completed, decoded,
     until it closes."""
     buf = bytearray()
+    # recv_into a buffer kept for the connection: recv(READ_CHUNK) would
+    # allocate (and map) a megabyte on every call.
+    chunk = memoryview(bytearray(READ_CHUNK))
     while True:
-        data = sock.recv(READ_CHUNK)
-        if not data:
+        got = sock.recv_into(chunk)
+        if not got:
             return
-        buf += data
+        buf += chunk[:got]
         batch = []
         while len(buf) >= FRAME.size:
             (length,) = FRAME.unpack_from(buf)

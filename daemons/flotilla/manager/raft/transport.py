@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 READ = POLL_EVENT_TYPE.READ
 WRITE = POLL_EVENT_TYPE.WRITE
 ERROR = POLL_EVENT_TYPE.ERROR
+# Reads go into a buffer kept for the connection: ``recv(n)`` allocates n
+# bytes each call (and once more for the call that finds nothing left),
+# and an allocation this large is a fresh mapping of memory each time.
 RECV_CHUNK = 256 * 1024
 SEND_CHUNK = 256 * 1024
 SERVER_NAME = "flotilla-manager"
@@ -62,6 +65,7 @@ class TlsConnection:
         self._phase = None
         self._state = CONNECTION_STATE.DISCONNECTED
         self._rbuf = bytearray()
+        self._chunk = memoryview(bytearray(RECV_CHUNK))
         self._wbuf = bytearray()
         self._retry_len = 0
         self._last_read = self._last_write = time.monotonic()
@@ -261,7 +265,7 @@ class TlsConnection:
         got = False
         while self._state == CONNECTION_STATE.CONNECTED:
             try:
-                data = self._sock.recv(RECV_CHUNK)
+                got_now = self._sock.recv_into(self._chunk)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLWantWriteError:
@@ -270,10 +274,10 @@ class TlsConnection:
             except (ssl.SSLError, OSError):
                 self.disconnect()
                 return
-            if not data:
+            if not got_now:
                 self.disconnect()
                 return
-            self._rbuf += data
+            self._rbuf += self._chunk[:got_now]
             got = True
         if got:
             self._last_read = time.monotonic()
