@@ -26,7 +26,13 @@ bundle, and the run measures
   moves its tasks: it must stay at 0).
 
     python bench/scale.py [--agents 1000] [--tasks 30000] [--services 30] [--quick]
-                          [--procs 2] [--profile /tmp/leader.svg --profile-seconds 30]
+                          [--rate TASKS_PER_S] [--procs 2]
+                          [--profile /tmp/leader.svg --profile-seconds 30]
+
+By default every service is created at once (a burst of 30,000 tasks).
+With ``--rate`` the services are created one after another so that tasks
+arrive at that rate: a sustained load, where each task's placement time is
+the pipeline's, not the time it queued behind the rest of a burst.
 
 ``--profile`` records the leader's manager process with py-spy (GIL
 holders only), and its push process beside it (``/tmp/leader-push.svg``).
@@ -347,7 +353,13 @@ def run(args):
                 root, ext = os.path.splitext(args.profile)
                 start_profile(push_pid, f"{root}-push{ext}", args.profile_seconds)
         create_s = []
+        submitted = 0
         for name, replicas in zip(names, per):
+            if args.rate:           # tasks arrive at this rate, one service at a time
+                pause = t0 + submitted / args.rate - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+            submitted += replicas
             tc = time.monotonic()
             admin.post("/v1/services", {
                 "name": name, "replicas": replicas,
@@ -423,6 +435,7 @@ def run(args):
             "benchmark": "scale",
             "agents": args.agents, "tasks": args.tasks, "services": args.services,
             "simulator_processes": args.procs,
+            "arrival_rate_tasks_per_s": args.rate,
             "leader_changes_during_setup_and_run": elections,
             "join": {"seconds": round(join_s, 2), "per_s": round(args.agents / join_s, 1),
                      "p50_ms": round(pct(per_join, 50) * 1000, 1),
@@ -510,6 +523,9 @@ def print_table(r):
         ("agents joined (real CSR -> certificate)",
          f"{r['join']['seconds']:.1f} s ({r['join']['per_s']:.0f}/s)", ""),
         ("agents registered / all ready", f"{r['register_s']:.1f} s / {r['all_ready_s']:.1f} s", ""),
+        ("services created", f"in {r['create_services_s']:.1f} s" + (
+            f" ({r['arrival_rate_tasks_per_s']:.0f} tasks/s arriving)"
+            if r.get("arrival_rate_tasks_per_s") else " (all at once)"), ""),
         ("first create -> all running", f"{r['converge_s']:.1f} s", ""),
         ("tasks/s", f"{r['tasks_per_s']:.0f}", f">= {TARGETS['tasks_per_s']}"),
         ("placement: created -> assigned p50 / p99",
@@ -555,6 +571,9 @@ def main():
                     help="MIN,MAX seconds: the managers' Raft election timeout (default: product's)")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds between ready and the run")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--rate", type=float, default=None,
+                    help="tasks per second arriving: services created one after another at "
+                         "that pace (default: all at once)")
     ap.add_argument("--profile", default=None,
                     help="py-spy profile of the leader during the run (.svg or .txt = raw)")
     ap.add_argument("--profile-seconds", type=int, default=30)

@@ -23,7 +23,8 @@ Agents send everything to the manager that led when they joined; after a
 leader change that manager forwards to the new leader (as it does for a
 real agent whose preferred manager is a follower).
 
-Many agents share one process: an asyncio loop drives all of their
+Many agents share one process: an asyncio loop (uvloop's, which costs
+about a sixth less CPU than the standard loop here) drives all of their
 connections (HTTP/1.1 with keep-alive, written by hand to keep the
 simulator's own CPU cost low), and ``run_group`` spreads agents over
 several processes. The main process talks to each group over a pipe.
@@ -39,6 +40,7 @@ import socket
 import ssl
 import time
 
+import uvloop
 from benchlib import ROOT  # noqa: F401  (puts daemons/ on sys.path)
 
 from flotilla.ca import certs, tokens
@@ -519,8 +521,8 @@ class Group:
 def run_group(gid, count, token, managers, leader, cluster_id, workdir, conn,
               join_concurrency=JOIN_CONCURRENCY):
     """Process entry point: obey commands from ``conn`` until "stop"."""
-    asyncio.run(_main(gid, count, token, managers, leader, cluster_id, workdir, conn,
-                      join_concurrency))
+    uvloop.run(_main(gid, count, token, managers, leader, cluster_id, workdir, conn,
+                     join_concurrency))
 
 
 async def _main(gid, count, token, managers, leader, cluster_id, workdir, conn, join_concurrency):
