@@ -427,6 +427,8 @@ def run(args):
                 continue
             gc_stats[node.name] = {
                 "seconds": round(samples(text, "flotilla_gc_pause_seconds_total"), 2),
+                "by_generation": [round(samples(text, "flotilla_gc_pause_seconds_total"
+                                                f'{{generation="{g}"}}'), 2) for g in range(3)],
                 "max_pause_ms": round(samples(text, "flotilla_gc_max_pause_seconds") * 1000, 1),
                 "frozen_objects": int(samples(text, "flotilla_gc_frozen_objects"))}
         api_all = api.get_s + api.patch_s

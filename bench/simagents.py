@@ -231,6 +231,7 @@ class SimAgent:
 
     # the listener ------------------------------------------------------------
     async def serve(self, reader, writer):
+        self.g.push_connections += 1
         try:
             peer = writer.get_extra_info("ssl_object").getpeercert()
             ident = certs.identity_from_peercert(peer)
@@ -447,6 +448,7 @@ class Group:
         self.heartbeat_s: list[float] = []
         self.errors: dict[str, int] = {}
         self.pushes = self.completes = self.refused = 0
+        self.push_connections = 0
         self.heartbeats = self.registrations = self.status_posts = self.front_posts = 0
         self.tasks_bg: list[asyncio.Task] = []
 
@@ -509,6 +511,7 @@ class Group:
 
     def stats(self):
         return {"gid": self.gid, "agents": len(self.agents), "pushes": self.pushes,
+                "push_connections": self.push_connections,
                 "completes": self.completes, "refused": self.refused,
                 "heartbeats": self.heartbeats, "registrations": self.registrations,
                 "status_posts": self.status_posts, "front_posts": self.front_posts,
