@@ -25,6 +25,7 @@ API's error shape.
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
@@ -34,7 +35,7 @@ import ssl
 import threading
 import time
 
-import h11
+import httptools
 
 from ..ca import certs
 from .api.sessionmodels import Heartbeat, StatusReport
@@ -52,19 +53,35 @@ IDLE_TIMEOUT = 120.0
 ANSWER_TIMEOUT = 30.0
 READ_CHUNK = 64 * 1024
 MAX_CONNECTIONS = 8192
+MAX_QUEUED = 4                  # complete requests read ahead of an answer
 REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
            404: b"Not Found", 405: b"Method Not Allowed", 409: b"Conflict",
-           413: b"Content Too Large", 415: b"Unsupported Media Type",
-           421: b"Misdirected Request", 503: b"Service Unavailable"}
+           413: b"Content Too Large", 414: b"URI Too Long", 415: b"Unsupported Media Type",
+           421: b"Misdirected Request", 431: b"Request Header Fields Too Large",
+           503: b"Service Unavailable"}
+
+
+class _Refuse(Exception):
+    """Stops the parser: the request is answered with this error, and the
+    connection closed."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
 
 
 class _Conn:
-    __slots__ = ("sock", "http", "handshaken", "node_id", "refusal", "deadline", "out",
-                 "waiting", "events", "body", "target", "closing", "too_large", "handler")
+    """A connection, and the parser's callbacks (httptools calls them on
+    this object while it reads a request)."""
+
+    __slots__ = ("sock", "parser", "handshaken", "node_id", "refusal", "deadline", "out",
+                 "waiting", "events", "closing", "handler", "pending", "ready", "eof",
+                 "in_request", "in_head", "head_fed", "target", "body", "too_large",
+                 "keep_alive", "close_after")
 
     def __init__(self, sock):
         self.sock = sock
-        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.parser = httptools.HttpRequestParser(self)
         self.handshaken = False
         self.node_id = None
         self.refusal = None         # (status, code, message) for every request
@@ -72,10 +89,62 @@ class _Conn:
         self.out = b""
         self.waiting = None         # id of the request the dispatcher is answering
         self.events = 0
-        self.body = bytearray()
-        self.target = b""
         self.closing = False
+        self.pending = bytearray()  # read, not yet parsed (while an answer is awaited)
+        self.ready: collections.deque = collections.deque()   # complete requests
+        self.eof = False
+        self.in_request = False     # between the first byte of a request and its end
+        self.in_head = False
+        self.head_fed = 0
+        self.target = b""
+        self.body = bytearray()
         self.too_large = False
+        self.keep_alive = True
+        self.close_after = False    # the client asked to close after the awaited answer
+
+    # -- httptools callbacks ----------------------------------------------------------
+    def on_message_begin(self):
+        # a new request begins: it has REQUEST_TIMEOUT to arrive
+        self.deadline = min(self.deadline, time.monotonic() + REQUEST_TIMEOUT)
+        self.in_request = self.in_head = True
+        self.target = b""
+        self.body = bytearray()
+        self.too_large = False
+
+    def on_url(self, url: bytes):
+        self.target += url
+        if len(self.target) > MAX_HEAD:
+            raise _Refuse(414, "bad_request", "request target too long")
+
+    def on_header(self, name: bytes, value: bytes):
+        if name.lower() == b"content-length" and value.strip().isdigit() and \
+                int(value) > MAX_BODY:
+            if int(value) > DRAIN_LIMIT:
+                raise _Refuse(413, "too_large",
+                              f"request body too large (the limit is {MAX_BODY})")
+            self.too_large = True   # read and dropped: the client sees the 413
+
+    def on_headers_complete(self):
+        self.in_head = False
+        self.head_fed = 0
+        self.deadline = time.monotonic() + REQUEST_TIMEOUT
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.parser.get_method() != b"POST" and self.target in PATHS:
+            raise _Refuse(405, "method_not_allowed", "only POST is allowed here")
+
+    def on_body(self, data: bytes):
+        if not self.too_large:
+            self.body += data
+            if len(self.body) > MAX_BODY:
+                self.too_large = True
+                self.body = bytearray()
+
+    def on_message_complete(self):
+        self.in_request = False
+        self.ready.append((self.target, bytes(self.body), self.too_large, self.keep_alive))
+        self.body = bytearray()
+        if len(self.ready) > MAX_QUEUED:
+            raise _Refuse(400, "bad_request", "too many requests sent ahead of the answers")
 
 
 class FrontServer:
@@ -231,82 +300,84 @@ class FrontServer:
         one request at a time; a client that sends much more is closed)."""
         while True:
             data = conn.sock.recv(READ_CHUNK)       # SSLWantReadError once drained
-            if data and conn.waiting is None and conn.http.their_state is h11.IDLE:
-                # a new request begins: it has REQUEST_TIMEOUT to arrive
-                conn.deadline = min(conn.deadline, time.monotonic() + REQUEST_TIMEOUT)
-            try:
-                conn.http.receive_data(data)
-            except RuntimeError:    # data after the peer closed: nothing more to read
-                conn.closing = True
-                return
-            if conn.waiting is None:
-                self._process(conn)
-            elif len(conn.http.trailing_data[0]) > MAX_BODY + MAX_HEAD:
+            if not data:
+                if conn.eof:        # still registered, still at the end: give up
+                    conn.closing = True
+                    return
+                conn.eof = True
+            conn.pending += data
+            self._process(conn)
+            if conn.waiting is not None and len(conn.pending) > MAX_BODY + MAX_HEAD:
                 conn.closing = True
             if not data or conn.closing:
                 return
 
     def _process(self, conn: _Conn):
+        """Answer the complete requests, one at a time, parsing what is
+        buffered as the previous one is answered."""
         while conn.waiting is None and not conn.closing:
-            try:
-                event = conn.http.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._respond(conn, exc.error_status_hint or 400,
-                              error_body("bad_request", str(exc)[:200]), close=True)
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            if isinstance(event, h11.ConnectionClosed):
-                conn.closing = True
-                return
-            if isinstance(event, h11.Request):
-                conn.deadline = time.monotonic() + REQUEST_TIMEOUT
-                conn.target = event.target
-                conn.body = bytearray()
-                conn.too_large = False
-                length = dict(event.headers).get(b"content-length")
-                if length is not None and int(length) > MAX_BODY:
-                    if int(length) > DRAIN_LIMIT:
-                        self._too_large(conn)
-                        return
-                    conn.too_large = True   # read and dropped: the client sees the 413
-                if event.method != b"POST" and event.target in PATHS:
-                    self._respond(conn, 405, error_body("method_not_allowed",
-                                                        "only POST is allowed here"), close=True)
-                    return
-            elif isinstance(event, h11.Data):
-                if not conn.too_large:
-                    conn.body += event.data
-                    if len(conn.body) > MAX_BODY:
-                        conn.too_large = True
-                        conn.body = bytearray()
-            elif isinstance(event, h11.EndOfMessage):
-                if conn.too_large:
+            if conn.ready:
+                target, body, too_large, keep_alive = conn.ready.popleft()
+                if too_large:
                     self._too_large(conn)
                     return
-                self._complete(conn)
+                self._complete(conn, target, body, keep_alive)
+            elif conn.pending:
+                data = bytes(conn.pending)
+                conn.pending.clear()
+                if conn.in_head:
+                    conn.head_fed += len(data)
+                try:
+                    conn.parser.feed_data(data)
+                except httptools.HttpParserCallbackError as exc:
+                    cause = exc.__context__
+                    if isinstance(cause, _Refuse):
+                        self._refuse(conn, cause.status, cause.code, cause.message)
+                    else:
+                        self._refuse(conn, 400, "bad_request", "malformed request")
+                    return
+                except httptools.HttpParserUpgrade:
+                    self._refuse(conn, 400, "bad_request", "protocol upgrades are not served")
+                    return
+                except httptools.HttpParserError as exc:
+                    self._refuse(conn, 400, "bad_request", f"malformed request: {exc}"[:200])
+                    return
+                if conn.in_head and conn.head_fed > MAX_HEAD:
+                    self._refuse(conn, 431, "bad_request", "request head too large")
+                    return
+            else:
+                if conn.eof:
+                    conn.closing = True
+                return
+
+    def _refuse(self, conn: _Conn, status: int, code: str, message: str):
+        conn.ready.clear()
+        conn.pending.clear()
+        self._respond(conn, status, error_body(code, message), close=True)
 
     def _too_large(self, conn: _Conn):
-        self._respond(conn, 413, error_body(
-            "too_large", f"request body too large (the limit is {MAX_BODY})"), close=True)
+        self._refuse(conn, 413, "too_large", f"request body too large (the limit is {MAX_BODY})")
 
-    def _complete(self, conn: _Conn):
+    def _complete(self, conn: _Conn, target: bytes, raw: bytes, keep_alive: bool):
+        close = not keep_alive
         if conn.refusal is not None:
             status, code, message = conn.refusal
-            self._respond(conn, status, error_body(code, message))
+            self._respond(conn, status, error_body(code, message), close=close)
             return
-        route = PATHS.get(conn.target)
+        route = PATHS.get(target)
         if route is None:
             self._respond(conn, 404, error_body(
-                "not_found", "this port serves only the agents' heartbeats and status reports"))
+                "not_found", "this port serves only the agents' heartbeats and status reports"),
+                close=close)
             return
         kind, model = route
         try:
-            body = validate(model, bytes(conn.body)).model_dump()
+            body = validate(model, raw).model_dump()
         except ApiError as exc:
-            self._respond(conn, exc.status, error_body(exc.code, exc.message, exc.field))
+            self._respond(conn, exc.status, error_body(exc.code, exc.message, exc.field),
+                          close=close)
             return
-        conn.body = bytearray()
+        conn.close_after = close
         self._next_id += 1
         conn.waiting = self._next_id
         conn.deadline = time.monotonic() + ANSWER_TIMEOUT
@@ -323,7 +394,7 @@ class FrontServer:
                 continue        # the client went away, or timed out
             conn.waiting = None
             try:
-                self._respond(conn, status, body)
+                self._respond(conn, status, body, close=conn.close_after)
                 self._process(conn)     # a request read meanwhile
             except Exception:           # a bug: this connection ends, the loop goes on
                 log.exception("dispatcher front: answer failed")
@@ -333,32 +404,14 @@ class FrontServer:
 
     def _respond(self, conn: _Conn, status: int, body, close: bool = False):
         data = (json.dumps(body) + "\n").encode()
-        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        conn.out += b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n" \
+                    b"Content-Length: %d\r\n%s\r\n%s" % (
+                        status, REASONS.get(status, b"Error"), len(data),
+                        b"Connection: close\r\n" if close else b"", data)
+        # Idle until the next request; a request already begun keeps its limit.
+        conn.deadline = time.monotonic() + (REQUEST_TIMEOUT if conn.in_request else IDLE_TIMEOUT)
         if close:
-            headers.append(("Connection", "close"))
-        http = conn.http
-        try:
-            out = http.send(h11.Response(status_code=status, headers=headers,
-                                         reason=REASONS.get(status, b"Error")))
-            out += http.send(h11.Data(data=data))
-            out += http.send(h11.EndOfMessage())
-        except h11.LocalProtocolError:
-            # h11 will not answer this request (it could not parse it, say):
-            # the answer is written as it is, and the connection closed.
-            out = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n" \
-                  b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (
-                      status, REASONS.get(status, b"Error"), len(data)) + data
-            close = True
-        conn.out += out
-        conn.deadline = time.monotonic() + IDLE_TIMEOUT
-        if close or http.our_state is not h11.DONE or http.their_state is not h11.DONE:
             conn.closing = True
-            return
-        http.start_next_cycle()
-        if not http.trailing_data[0]:
-            # A fresh parser: the old one's buffer keeps the capacity of the
-            # largest request it read, on every idle connection.
-            conn.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
 
     def _want(self, conn: _Conn, events: int):
         if conn.events != events and conn.sock.fileno() >= 0:
