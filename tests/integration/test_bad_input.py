@@ -15,6 +15,7 @@ import http.client
 import itertools
 import json
 import os
+import re
 import socket
 import ssl
 import threading
@@ -959,6 +960,49 @@ def test_dispatcher_port_refuses_bad_requests(env, unchanged):
     wait_for(lambda: manager_metric(env, env.leader,
                                     "flotilla_dispatcher_front_requests_total") > served,
              15, what="an agent's heartbeat on the dispatcher port")
+    unchanged.check()
+
+
+def test_dispatcher_port_frames_requests_like_http_1_1(env, unchanged):
+    """Two requests sent at once are answered in order on the same
+    connection; a request that asks to close, or speaks HTTP/1.0, is
+    answered and closed; an over-long target or head is refused."""
+    host, port = dispatcher_addr(env).rsplit(":", 1)
+    ctx = tls.client_context(env.worker.bundle(), env.worker.ca(), server_name_check=False)
+
+    def post(path="/v1/dispatcher/heartbeat", version="1.1", extra=""):
+        body = b'{"session_id": "nope"}'
+        return (f"POST {path} HTTP/{version}\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"{extra}Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    def answers(data: bytes) -> list[tuple[int, bytes]]:
+        out = []
+        while data:
+            head, _, rest = data.partition(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+            out.append((status, head))
+            data = rest[length:]
+        return out
+
+    # Pipelined: both answered, in order, then the client's close ends it.
+    got = answers(exchange(host, int(port), post() + post(extra="Connection: close\r\n"),
+                           ctx))
+    assert [s for s, _ in got] == [409, 409], got
+    assert b"Connection: close" not in got[0][1] and b"Connection: close" in got[1][1]
+    # HTTP/1.0: answered and closed (exchange returns once the server closes).
+    got = answers(exchange(host, int(port), post(version="1.0"), ctx))
+    assert [s for s, _ in got] == [409] and b"Connection: close" in got[0][1]
+    # Over-long target, over-long head, garbage: refused with the error shape, then closed.
+    for payload, status in ((post(path="/v1/" + "a" * 20_000), 414),
+                            (post(extra="X-Big: " + "b" * 20_000 + "\r\n"), 431),
+                            (b"GARBAGE\r\n\r\n", 400)):
+        result = exchange(host, int(port), payload, ctx)
+        assert not isinstance(result, Exception), (payload[:40], result)
+        got = answers(result)
+        assert [s for s, _ in got] == [status], (payload[:40], got)
+        body = result.partition(b"\r\n\r\n")[2]
+        assert set(json.loads(body)["error"]) >= {"code", "message"}
     unchanged.check()
 
 

@@ -76,7 +76,7 @@ class _Conn:
 
     __slots__ = ("sock", "parser", "handshaken", "node_id", "refusal", "deadline", "out",
                  "waiting", "events", "closing", "handler", "pending", "ready", "eof",
-                 "in_request", "in_head", "head_fed", "target", "body", "too_large",
+                 "in_request", "in_head", "head_fed", "raw_head", "target", "body", "too_large",
                  "keep_alive", "close_after")
 
     def __init__(self, sock):
@@ -95,7 +95,8 @@ class _Conn:
         self.eof = False
         self.in_request = False     # between the first byte of a request and its end
         self.in_head = False
-        self.head_fed = 0
+        self.head_fed = 0           # bytes of the request's target and headers
+        self.raw_head = 0           # bytes read while its head is incomplete
         self.target = b""
         self.body = bytearray()
         self.too_large = False
@@ -107,16 +108,21 @@ class _Conn:
         # a new request begins: it has REQUEST_TIMEOUT to arrive
         self.deadline = min(self.deadline, time.monotonic() + REQUEST_TIMEOUT)
         self.in_request = self.in_head = True
+        self.head_fed = self.raw_head = 0
         self.target = b""
         self.body = bytearray()
         self.too_large = False
 
     def on_url(self, url: bytes):
         self.target += url
+        self.head_fed += len(url)
         if len(self.target) > MAX_HEAD:
             raise _Refuse(414, "bad_request", "request target too long")
 
     def on_header(self, name: bytes, value: bytes):
+        self.head_fed += len(name) + len(value) + 4
+        if self.head_fed > MAX_HEAD:
+            raise _Refuse(431, "bad_request", "request head too large")
         if name.lower() == b"content-length" and value.strip().isdigit() and \
                 int(value) > MAX_BODY:
             if int(value) > DRAIN_LIMIT:
@@ -326,7 +332,7 @@ class FrontServer:
                 data = bytes(conn.pending)
                 conn.pending.clear()
                 if conn.in_head:
-                    conn.head_fed += len(data)
+                    conn.raw_head += len(data)
                 try:
                     conn.parser.feed_data(data)
                 except httptools.HttpParserCallbackError as exc:
@@ -342,7 +348,9 @@ class FrontServer:
                 except httptools.HttpParserError as exc:
                     self._refuse(conn, 400, "bad_request", f"malformed request: {exc}"[:200])
                     return
-                if conn.in_head and conn.head_fed > MAX_HEAD:
+                # The parser keeps a header it has not seen the end of: a head
+                # still incomplete after this many bytes is refused too.
+                if conn.in_head and conn.raw_head > 2 * MAX_HEAD:
                     self._refuse(conn, 431, "bad_request", "request head too large")
                     return
             else:
