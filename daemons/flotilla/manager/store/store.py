@@ -244,7 +244,7 @@ class Store:
         return self.hub.watch()
 
     # -- writes -------------------------------------------------------------------
-    def _submit(self, ops, rid, waiter=None, bulk=False):
+    def _submit(self, ops, rid, waiter=None, bulk=False, notify=True):
         ops = self._compact(ops) if self._patches_allowed() else list(ops)
         txn = {"rid": rid, "ts": time.time(), "ops": ops}
         data = codec.pack(txn)
@@ -252,9 +252,12 @@ class Store:
             raise TxnFailed({"code": "invalid",
                              "message": f"transaction too large ({len(data)} bytes)"})
         pending = _Pending(data, waiter or _Waiter(1))
-        with self._ready:
-            (self._bulk if bulk else self._single).append(pending)
-            self._ready.notify()
+        if notify:
+            with self._ready:
+                (self._bulk if bulk else self._single).append(pending)
+                self._ready.notify()
+        else:
+            self._bulk.append(pending)      # deque.append is atomic; notified by the caller
         return pending
 
     @staticmethod
@@ -328,12 +331,16 @@ class Store:
 
     def _submit_all(self, transactions, waiter):
         pendings = []
-        for ops in transactions:
-            try:
-                pendings.append(self._submit(ops, None, waiter, bulk=True))
-            except StoreError as exc:
-                pendings.append(exc)
-                waiter.one_done()
+        try:
+            for ops in transactions:
+                try:
+                    pendings.append(self._submit(ops, None, waiter, bulk=True, notify=False))
+                except StoreError as exc:
+                    pendings.append(exc)
+                    waiter.one_done()
+        finally:
+            with self._ready:       # once for the lot, not once per transaction
+                self._ready.notify()
         return pendings
 
     def _result_or_error(self, pending):
