@@ -450,6 +450,7 @@ class FrontServer:
             except (KeyError, ValueError):
                 pass
             self._conns.pop(fd, None)
+        conn.handler = None         # the partial refers back to the connection
         try:
             conn.sock.close()
         except OSError:

@@ -35,6 +35,7 @@ socket closes.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 
 from ..common import config, logs, tls
 from ..common.procutil import die_with_parent
@@ -54,6 +56,8 @@ log = logging.getLogger(__name__)
 FRAME = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 READ_CHUNK = 1 << 20
+GC_YOUNG = 50_000
+GC_FULL_EVERY = 30.0
 
 
 def _batches(sock):
@@ -270,9 +274,30 @@ class _Replies:
         self.tick()
 
 
+def _collect_garbage_seldom() -> None:
+    """Everything this process allocates per push or request (decoded
+    jobs, JSON, parsed bodies) is freed by reference counting within
+    moments, yet at the default threshold the cyclic collector ran every
+    700 such allocations and took about 7% of the process's CPU under load.
+    It now runs after ``GC_YOUNG`` of them, and a full collection every
+    ``GC_FULL_EVERY`` seconds frees what only it can (a closed connection's
+    reference cycles) however few allocations survive. The heap here is
+    small (connections, not cluster state), so a full collection is short;
+    no Raft member lives in this process to be delayed by it."""
+    gc.set_threshold(GC_YOUNG, 10, 10)
+
+    def collect():
+        while True:
+            time.sleep(GC_FULL_EVERY)
+            gc.collect()
+
+    threading.Thread(target=collect, name="gc", daemon=True).start()
+
+
 def child(fd: int, bundle: str, ca: str, front_fd: int | None = None,
           cluster_id: str = "") -> None:
     sock = socket.socket(fileno=fd)
+    _collect_garbage_seldom()
     ctx = tls.ReloadingContext(lambda: tls.client_context(bundle, ca, server_name_check=True),
                                [bundle, ca], check_interval=1.0)
     pusher = Pusher(lambda: (ctx.get(), ctx.generation))
