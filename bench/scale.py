@@ -38,7 +38,7 @@ the pipeline's, not the time it queued behind the rest of a burst.
 holders only), and its push process beside it (``/tmp/leader-push.svg``).
 
 Prints a table and writes bench/results/scale.json (scale-quick.json with
---quick).
+--quick, scale-rate2000.json with --rate 2000).
 """
 
 from __future__ import annotations
@@ -588,6 +588,8 @@ def main():
     print()
     print_table(r)
     name = "scale-quick" if args.quick else "scale"
+    if args.rate:
+        name += f"-rate{args.rate:g}"
     r["command"] = " ".join(["bench/scale.py"] + sys.argv[1:])
     print(f"wrote {write_result(name, r, args.out)}")
 
