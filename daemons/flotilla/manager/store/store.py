@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 
 MAX_TXNS_PER_ENTRY = 2000
 MAX_BYTES_PER_ENTRY = 2 * 1024 * 1024
+# An entry takes more transactions only while it is smaller than this: every
+# member applies an entry in one go, and a large one (several services'
+# tasks created at once) kept a busy member's Raft thread from its
+# heartbeats for longer than an election timeout.
+ENTRY_FILL_BYTES = 512 * 1024
 MAX_IN_FLIGHT = 4
 
 
@@ -427,7 +432,7 @@ class Store:
         size = 0
         with self._ready:
             for waiting in (self._single, self._bulk):
-                while waiting and len(batch) < MAX_TXNS_PER_ENTRY and size < MAX_BYTES_PER_ENTRY:
+                while waiting and len(batch) < MAX_TXNS_PER_ENTRY and size < ENTRY_FILL_BYTES:
                     pending = waiting.popleft()
                     batch.append(pending)
                     size += pending.size
