@@ -36,7 +36,7 @@ import time
 from typing import Callable
 
 from ..common.component import Component
-from ..common.config import address_family
+from ..common.config import address_family, split_addr
 
 log = logging.getLogger(__name__)
 
@@ -383,12 +383,11 @@ class Pusher(Component):
         peer.reused = False
         peer.inbuf = bytearray()
         try:
-            host, port = peer.addr.rsplit(":", 1)
-            host = host.strip("[]")
+            host, port = split_addr(peer.addr, default_port=None)
             sock = socket.socket(address_family(host), socket.SOCK_STREAM)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            err = sock.connect_ex((host, int(port)))
+            err = sock.connect_ex((host, port))
         except (OSError, ValueError) as exc:
             self._finish(peer, None, PushError(f"connect: {exc}"))
             return
