@@ -249,21 +249,15 @@ class Store:
         return self.hub.watch()
 
     # -- writes -------------------------------------------------------------------
-    def _submit(self, ops, rid, waiter=None, bulk=False, notify=True):
+    def _pending(self, ops, rid, waiter=None) -> _Pending:
+        """The transaction, encoded once, ready to queue."""
         ops = self._compact(ops) if self._patches_allowed() else list(ops)
         txn = {"rid": rid, "ts": time.time(), "ops": ops}
         data = codec.pack(txn)
         if len(data) > MAX_BYTES_PER_ENTRY:
             raise TxnFailed({"code": "invalid",
                              "message": f"transaction too large ({len(data)} bytes)"})
-        pending = _Pending(data, waiter or _Waiter(1))
-        if notify:
-            with self._ready:
-                (self._bulk if bulk else self._single).append(pending)
-                self._ready.notify()
-        else:
-            self._bulk.append(pending)      # deque.append is atomic; notified by the caller
-        return pending
+        return _Pending(data, waiter or _Waiter(1))
 
     @staticmethod
     def _wait(waiter, timeout):
@@ -287,7 +281,10 @@ class Store:
         raft = self.raft
         if raft is None or not raft.is_leader:
             raise NotLeader("this manager is not the leader")
-        pending = self._submit(ops, rid)
+        pending = self._pending(ops, rid)
+        with self._ready:
+            self._single.append(pending)
+            self._ready.notify()
         self._wait(pending.waiter, timeout)
         return self._result(pending)
 
@@ -336,16 +333,15 @@ class Store:
 
     def _submit_all(self, transactions, waiter):
         pendings = []
-        try:
-            for ops in transactions:
-                try:
-                    pendings.append(self._submit(ops, None, waiter, bulk=True, notify=False))
-                except StoreError as exc:
-                    pendings.append(exc)
-                    waiter.one_done()
-        finally:
-            with self._ready:       # once for the lot, not once per transaction
-                self._ready.notify()
+        for ops in transactions:
+            try:
+                pendings.append(self._pending(ops, None, waiter))
+            except StoreError as exc:
+                pendings.append(exc)
+                waiter.one_done()
+        with self._ready:           # queued and notified once for the lot
+            self._bulk.extend(p for p in pendings if isinstance(p, _Pending))
+            self._ready.notify()
         return pendings
 
     def _result_or_error(self, pending):
