@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import struct
+import time
 import zlib
 
 from ...common import fsutil
@@ -46,6 +47,7 @@ class DurableJournal:
         self._meta = fsutil.read_json(self._meta_path, {}) or {}
         self._meta_dirty = False
         self.syncs = 0
+        self.sync_seconds = 0.0     # spent in fdatasync, in total
         self._load()
 
     # -- loading ---------------------------------------------------------
@@ -186,7 +188,9 @@ class DurableJournal:
 
     def sync(self) -> None:
         if self._dirty and self._fd is not None:
+            started = time.monotonic()
             os.fdatasync(self._fd)
+            self.sync_seconds += time.monotonic() - started
             self._dirty = False
             self.syncs += 1
 

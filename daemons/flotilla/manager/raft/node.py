@@ -159,6 +159,7 @@ class RaftNode(SyncObj):
         self._tick_calls: queue.SimpleQueue = queue.SimpleQueue()
         self.tick_stalls = 0
         self._last_tick_work = 0.0
+        self._last_tick_sync = 0.0
         self._compaction_bytes = settings.compaction_bytes
         self._compact_after = 0.0
         self._thread = threading.Thread(target=self._tick_loop, name="raft-tick", daemon=True)
@@ -180,7 +181,8 @@ class RaftNode(SyncObj):
                 if now - logged > 5.0:
                     logged = now
                     log.warning("raft thread stalled for %.2fs, %.2fs of it in its own work "
-                                "(%d stalls so far)", gap, self._last_tick_work, self.tick_stalls)
+                                "(%.2fs syncing the journal; %d stalls so far)", gap,
+                                self._last_tick_work, self._last_tick_sync, self.tick_stalls)
             try:
                 if gap > STALL_RECOVERY:
                     self._after_stall()
@@ -190,10 +192,11 @@ class RaftNode(SyncObj):
                     except queue.Empty:
                         break
                     fn()
-                started = time.monotonic()
+                started, synced = time.monotonic(), self.journal.sync_seconds
                 backlog = self._SyncObj__raftCommitIndex > self._SyncObj__raftLastApplied
                 self.doTick(0.0 if backlog else 0.05)
                 self._last_tick_work = time.monotonic() - started
+                self._last_tick_sync = self.journal.sync_seconds - synced
                 self._compact_if_large(started)
             except Exception:
                 log.exception("raft tick failed")
