@@ -57,14 +57,10 @@ def create_app(manager, forwarder: Forwarder | None = None) -> Flask:
             manager.counters.inc("api.no_client_cert")
             return common.error_response(401, "unauthenticated",
                                          "a client certificate from this cluster is required")
-        if not local and not manager.is_leader:
-            if request.headers.get(common.IDENTITY_HEADER) is not None:
-                return common.error_response(503, "not_leader",
-                                             "this manager is not the leader (any more)")
-            return app.extensions["flotilla.forwarder"].forward(direct)
-        if not local and not manager.leader_ready.is_set():
-            return common.error_response(503, "no_leader",
-                                         "the leader is still starting up; retry shortly")
+        if not local:
+            answer = app.extensions["flotilla.forwarder"].route(direct)
+            if answer is not None:
+                return answer
         common.authorize(pol, common.identity())
         common.refuse_unknown_query(view)
         return None

@@ -1,14 +1,24 @@
-"""Follower -> leader request forwarding.
+"""Routing a request to the leader: answer it here, or forward it.
 
 A follower answers only local endpoints itself; everything else goes to the
 leader over mTLS with this manager's own certificate, carrying the original
 caller's identity in a header the leader trusts only from a current manager.
 The caller sees one answer.
+
+While the cluster elects a leader (or a new leader starts its components),
+a request waits for up to ``LEADER_WAIT`` seconds rather than failing: an
+election takes well under a second, so a client sees a slower answer, not
+an error. A forwarded request that the chosen leader refused unprocessed
+(it had stepped down, or could not be reached) is sent again to the next
+leader within the same wait, if sending it twice is harmless (a read, or a
+write with an idempotency key).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 
 import requests
 from flask import request
@@ -20,13 +30,20 @@ from . import common
 log = logging.getLogger(__name__)
 
 PASS_HEADERS = ("Content-Type", "Idempotency-Key", "Accept")
+# Longer than an election (0.3-0.7 s) plus a new leader's start-up, with room
+# for a split vote; shorter than a client's own retries (10 s by default).
+LEADER_WAIT = 3.0
+POLL = 0.025
+# Answers of a manager that refused the request without processing it.
+UNPROCESSED = {"not_leader", "no_leader"}
 
 
 class Forwarder:
     # Longer than the longest long poll (GET /v1/events?wait=60).
-    def __init__(self, manager, timeout: float = 75.0):
+    def __init__(self, manager, timeout: float = 75.0, leader_wait: float = LEADER_WAIT):
         self._manager = manager
         self._timeout = timeout
+        self._leader_wait = leader_wait
         cfg = manager.cfg
         self._ctx = tls.ReloadingContext(lambda: tls.client_context(cfg.bundle_path, cfg.ca_path),
                                          [cfg.bundle_path, cfg.ca_path], check_interval=1.0)
@@ -41,25 +58,68 @@ class Forwarder:
             self._session, self._generation = session, self._ctx.generation
         return self._session
 
-    def forward(self, direct_identity):
-        leader = self._manager.leader_api_addr()
-        if leader is None or leader == self._manager.cfg.advertise:
-            return common.error_response(503, "no_leader",
-                                         "the cluster has no leader at the moment; retry shortly")
+    def route(self, direct_identity):
+        """None if this manager (the leader, ready) answers the request
+        itself; otherwise the answer: forwarded, or a 503 after the wait."""
+        m = self._manager
+        if m.is_leader and m.leader_ready.is_set():
+            return None
+        if not m.is_leader and request.headers.get(common.IDENTITY_HEADER) is not None:
+            # Forwarded to us as the leader: the forwarding manager tries again.
+            return common.error_response(503, "not_leader",
+                                         "this manager is not the leader (any more)")
+        deadline = time.monotonic() + self._leader_wait
+        refusal = None
+        with admission.blocking():
+            while True:
+                if m.is_leader:
+                    if m.leader_ready.is_set():
+                        break
+                    refusal = ("no_leader", "the leader is still starting up; retry shortly")
+                else:
+                    leader = m.leader_api_addr()
+                    if leader is None or leader == m.cfg.advertise:
+                        refusal = ("no_leader",
+                                   "the cluster has no leader at the moment; retry shortly")
+                    else:
+                        answer = self._forward(leader, direct_identity)
+                        if not isinstance(answer, tuple):
+                            return answer
+                        refusal = answer
+                if time.monotonic() + POLL > deadline:
+                    return common.error_response(503, *refusal)
+                time.sleep(POLL)
+        return None
+
+    def _forward(self, leader, direct_identity):
+        """The leader's answer, or ``(code, message)`` if it may be sent
+        again: the leader refused it unprocessed, or could not be reached
+        and sending twice is harmless."""
         headers = {h: request.headers[h] for h in PASS_HEADERS if h in request.headers}
         headers[common.IDENTITY_HEADER] = direct_identity.header() if direct_identity else ""
         headers[common.FORWARDED_HEADER] = self._manager.cfg.node_id
         url = f"https://{leader}{request.full_path if request.query_string else request.path}"
         try:
-            with admission.blocking():
-                resp = self._client().request(request.method, url, data=common.body_bytes(),
-                                              headers=headers, timeout=self._timeout)
+            resp = self._client().request(request.method, url, data=common.body_bytes(),
+                                          headers=headers, timeout=self._timeout)
         except requests.RequestException as exc:
             log.info("forwarding to leader %s failed: %s", leader, exc)
-            return common.error_response(503, "leader_unreachable",
-                                         f"the leader ({leader}) could not be reached; retry shortly")
+            message = f"the leader ({leader}) could not be reached; retry shortly"
+            if request.method in ("GET", "HEAD") or "Idempotency-Key" in request.headers:
+                return ("leader_unreachable", message)
+            return common.error_response(503, "leader_unreachable", message)
+        if resp.status_code == 503 and _error_code(resp.content) in UNPROCESSED:
+            return ("no_leader", "the cluster has no leader at the moment; retry shortly")
         out = common.json_response(None)
         out.set_data(resp.content)
         out.status_code = resp.status_code
         out.headers["Content-Type"] = resp.headers.get("Content-Type", "application/json")
         return out
+
+
+def _error_code(body: bytes) -> str | None:
+    try:
+        err = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return err.get("code") if isinstance(err, dict) else None
