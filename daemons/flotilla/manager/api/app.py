@@ -75,11 +75,13 @@ def create_app(manager, forwarder: Forwarder | None = None) -> Flask:
 
     @app.errorhandler(NotLeader)
     def _not_leader(exc):
-        return common.error_response(503, "not_leader", str(exc))
+        answer = app.extensions["flotilla.forwarder"].reroute(common.direct_identity())
+        return answer or common.error_response(503, "not_leader", str(exc))
 
     @app.errorhandler(CommitTimeout)
     def _timeout(exc):
-        return common.error_response(503, "outcome_unknown", str(exc))
+        answer = app.extensions["flotilla.forwarder"].reroute(common.direct_identity())
+        return answer or common.error_response(503, "outcome_unknown", str(exc))
 
     @app.errorhandler(StoreError)
     def _store_error(exc):

@@ -8,10 +8,11 @@ The caller sees one answer.
 While the cluster elects a leader (or a new leader starts its components),
 a request waits for up to ``LEADER_WAIT`` seconds rather than failing: an
 election takes well under a second, so a client sees a slower answer, not
-an error. A forwarded request that the chosen leader refused unprocessed
-(it had stepped down, or could not be reached) is sent again to the next
-leader within the same wait, if sending it twice is harmless (a read, or a
-write with an idempotency key).
+an error. A request the old leader refused unprocessed ("not the leader")
+is sent again to the next leader within the same wait; so is one that could
+not reach it, or whose outcome it could not tell as it stepped down, if
+sending it twice is harmless (a read, or a write with an idempotency key,
+which the store applies once).
 """
 
 from __future__ import annotations
@@ -91,6 +92,15 @@ class Forwarder:
                 time.sleep(POLL)
         return None
 
+    def reroute(self, direct_identity):
+        """After this manager lost leadership while serving a request (its
+        write was refused, or its outcome is unknown): the new leader's
+        answer, if the request may be sent again; else None."""
+        if (self._manager.is_leader or not _resendable()
+                or request.headers.get(common.IDENTITY_HEADER) is not None):
+            return None
+        return self.route(direct_identity)
+
     def _forward(self, leader, direct_identity):
         """The leader's answer, or ``(code, message)`` if it may be sent
         again: the leader refused it unprocessed, or could not be reached
@@ -105,16 +115,24 @@ class Forwarder:
         except requests.RequestException as exc:
             log.info("forwarding to leader %s failed: %s", leader, exc)
             message = f"the leader ({leader}) could not be reached; retry shortly"
-            if request.method in ("GET", "HEAD") or "Idempotency-Key" in request.headers:
+            if _resendable():
                 return ("leader_unreachable", message)
             return common.error_response(503, "leader_unreachable", message)
-        if resp.status_code == 503 and _error_code(resp.content) in UNPROCESSED:
-            return ("no_leader", "the cluster has no leader at the moment; retry shortly")
+        if resp.status_code == 503:
+            code = _error_code(resp.content)
+            if code in UNPROCESSED or (code == "outcome_unknown" and _resendable()):
+                return ("no_leader", "the cluster has no leader at the moment; retry shortly")
         out = common.json_response(None)
         out.set_data(resp.content)
         out.status_code = resp.status_code
         out.headers["Content-Type"] = resp.headers.get("Content-Type", "application/json")
         return out
+
+
+def _resendable() -> bool:
+    """Sending this request twice does no harm: a read, or a write whose
+    idempotency key makes the store apply it once."""
+    return request.method in ("GET", "HEAD") or "Idempotency-Key" in request.headers
 
 
 def _error_code(body: bytes) -> str | None:
