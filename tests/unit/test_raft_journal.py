@@ -108,3 +108,47 @@ def test_bytes_held_follow_appends_truncations_and_compaction(tmp_path):
     assert j.bytes == 300
     j._destroy()
     assert DurableJournal(str(tmp_path)).bytes == 300
+
+
+def test_commit_index_is_written_each_second_and_read_back(tmp_path):
+    j = DurableJournal(str(tmp_path))
+    assert j.getRaftCommitIndex() == 1
+    for i in range(1, 6):
+        j.add(b"a", i, 1)
+    j.setRaftCommitIndex(5)
+    j.onOneSecondTimer()
+    j.setRaftCommitIndex(6)        # not yet written: a restart sees 5
+    assert DurableJournal(str(tmp_path)).getRaftCommitIndex() == 5
+    j._destroy()
+    assert DurableJournal(str(tmp_path)).getRaftCommitIndex() == 6
+    assert (os.stat(tmp_path / "commit").st_mode & 0o777) == 0o600
+
+
+def test_a_torn_commit_index_falls_back_to_the_meta_one(tmp_path):
+    j = DurableJournal(str(tmp_path))
+    j.setRaftCommitIndex(9)
+    j._destroy()
+    path = tmp_path / "commit"
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert DurableJournal(str(tmp_path)).getRaftCommitIndex() == 1
+    # A journal written by a version that kept the commit index in meta.
+    path.unlink()
+    (tmp_path / "meta").write_text('{"term": 2, "voted_for": null, "commit_index": 4}')
+    j = DurableJournal(str(tmp_path))
+    assert (j.getRaftCommitIndex(), j.getCurrentTerm()) == (4, 2)
+
+
+def test_the_commit_index_costs_no_fsync(tmp_path, monkeypatch):
+    j = DurableJournal(str(tmp_path))
+    j.add(b"a", 1, 1)
+    j.sync()
+    calls = []
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd))
+    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd))
+    for i in range(2, 12):
+        j.setRaftCommitIndex(i)
+        j.onOneSecondTimer()
+    assert calls == []
+    assert DurableJournal(str(tmp_path)).getRaftCommitIndex() == 11

@@ -12,6 +12,12 @@ File format (``log``): an 8-byte magic, then records of
 (an entry) or ``b"T" idx`` (entries with index >= idx were dropped). A torn or
 corrupt tail left by a crash is cut off on open. Term and vote live in
 ``meta`` (JSON, replaced atomically and fsynced before any vote is sent).
+
+The commit index (``commit``: ``<u64 index><u32 crc32>``, overwritten in
+place about once a second) only lets a restarted member apply what it
+knows was committed before it hears from a leader. Any value it ever held
+is safe, however old, so it is written without fsync; a torn or missing
+file reads as the last index recorded in ``meta`` by older versions, or 1.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ MAGIC = b"FLTLOG1\n"
 RECORD = struct.Struct("<II")
 ENTRY = struct.Struct("<QQ")
 TRUNC = struct.Struct("<Q")
+COMMIT = struct.Struct("<QI")
 
 
 class DurableJournal:
@@ -41,13 +48,17 @@ class DurableJournal:
         self._dir = directory
         self._path = os.path.join(directory, "log")
         self._meta_path = os.path.join(directory, "meta")
+        self._commit_path = os.path.join(directory, "commit")
         self._entries: list[tuple[bytes, int, int]] = []
         self.bytes = 0              # commands held (in memory and in the file)
         self._dirty = False
         self._meta = fsutil.read_json(self._meta_path, {}) or {}
         self._meta_dirty = False
         self.syncs = 0
-        self.sync_seconds = 0.0     # spent in fdatasync, in total
+        self.sync_seconds = 0.0     # spent making writes durable, in total
+        self._commit_index = self._read_commit_index()
+        self._commit_written = self._commit_index
+        self._commit_fd: int | None = None
         self._load()
 
     # -- loading ---------------------------------------------------------
@@ -97,7 +108,7 @@ class DurableJournal:
         chunks = [MAGIC]
         for command, idx, term in entries:
             chunks.append(self._record(b"E" + ENTRY.pack(idx, term) + command))
-        fsutil.atomic_write(self._path, b"".join(chunks))
+        self._durable_write(self._path, b"".join(chunks))
         old = getattr(self, "_fd", None)
         self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
         if old is not None:
@@ -149,17 +160,41 @@ class DurableJournal:
     def _destroy(self):
         self.sync()
         self._flush_meta()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._write_commit_index()
+        for name in ("_fd", "_commit_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, name, None)
 
     def setRaftCommitIndex(self, raftCommitIndex):
-        if self._meta.get("commit_index") != raftCommitIndex:
-            self._meta["commit_index"] = raftCommitIndex
-            self._meta_dirty = True
+        self._commit_index = raftCommitIndex
 
     def getRaftCommitIndex(self):
-        return self._meta.get("commit_index", 1)
+        return self._commit_index
+
+    def _read_commit_index(self) -> int:
+        fallback = self._meta.get("commit_index", 1)
+        try:
+            with open(self._commit_path, "rb") as f:
+                data = f.read(COMMIT.size)
+        except FileNotFoundError:
+            return fallback
+        if len(data) != COMMIT.size:
+            return fallback
+        index, crc = COMMIT.unpack(data)
+        if zlib.crc32(data[:8]) != crc:
+            return fallback
+        return index
+
+    def _write_commit_index(self) -> None:
+        if self._commit_index == self._commit_written:
+            return
+        if self._commit_fd is None:
+            self._commit_fd = os.open(self._commit_path, os.O_WRONLY | os.O_CREAT, 0o600)
+        index = struct.pack("<Q", self._commit_index)
+        os.pwrite(self._commit_fd, index + struct.pack("<I", zlib.crc32(index)), 0)
+        self._commit_written = self._commit_index
 
     def setCurrentTerm(self, term, votedForNodeId):
         # Raft: term and vote are durable before any message reflecting them.
@@ -177,6 +212,7 @@ class DurableJournal:
     def onOneSecondTimer(self):
         self.sync()
         self._flush_meta()
+        self._write_commit_index()
 
     def flush(self):
         self.sync()
@@ -196,5 +232,10 @@ class DurableJournal:
 
     def _flush_meta(self) -> None:
         if self._meta_dirty:
-            fsutil.atomic_write(self._meta_path, json.dumps(self._meta).encode())
+            self._durable_write(self._meta_path, json.dumps(self._meta).encode())
             self._meta_dirty = False
+
+    def _durable_write(self, path: str, data: bytes) -> None:
+        started = time.monotonic()
+        fsutil.atomic_write(path, data)
+        self.sync_seconds += time.monotonic() - started
