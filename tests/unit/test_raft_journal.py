@@ -152,3 +152,24 @@ def test_the_commit_index_costs_no_fsync(tmp_path, monkeypatch):
         j.onOneSecondTimer()
     assert calls == []
     assert DurableJournal(str(tmp_path)).getRaftCommitIndex() == 11
+
+
+def test_align_drops_what_a_snapshot_covers_when_a_crash_left_it(tmp_path):
+    j = DurableJournal(str(tmp_path))
+    for i in range(1, 11):
+        j.add(b"e%d" % i, i, 1)
+    # The snapshot ends with entries 6 and 7; the crash came before the cut.
+    assert j.align((b"e6", 6, 1), (b"e7", 7, 1)) == 5
+    assert [e[1] for e in j[:]] == [6, 7, 8, 9, 10]
+    j._destroy()
+    assert [e[1] for e in DurableJournal(str(tmp_path))[:]] == [6, 7, 8, 9, 10]
+
+
+def test_align_leaves_a_journal_that_does_not_hold_the_boundary(tmp_path):
+    j = DurableJournal(str(tmp_path))
+    for i in range(1, 6):
+        j.add(b"e%d" % i, i, 1)
+    assert j.align((b"e1", 1, 1), (b"e2", 2, 1)) == 0       # already aligned
+    assert j.align((b"e3", 3, 2), (b"e4", 4, 2)) == 0       # other terms
+    assert j.align((b"e3", 3, 1), (b"e5", 5, 1)) == 0       # not consecutive
+    assert len(j) == 5

@@ -151,6 +151,21 @@ class DurableJournal:
         # Only called after a snapshot covering these entries is durable.
         self._rewrite(self._entries[entryTo:])
 
+    def align(self, prev, last) -> int:
+        """Start the journal at ``prev`` if it holds ``prev`` then ``last``
+        further on; returns how many entries were dropped.
+
+        After compaction the journal starts with the snapshot's last two
+        entries, which pysyncobj checks when it loads the snapshot. A crash
+        after the snapshot is on disk but before the journal is cut leaves
+        the older entries in front; pysyncobj would then empty the journal
+        and lose the entries that follow the snapshot."""
+        for k in range(1, len(self._entries) - 1):
+            if self._entries[k] == prev and self._entries[k + 1] == last:
+                self.deleteEntriesTo(k)
+                return k
+        return 0
+
     def __getitem__(self, item):
         return self._entries[item]
 

@@ -262,6 +262,16 @@ class RaftNode(SyncObj):
         # could resurrect a stale configuration, so nothing happens here.
         return None
 
+    def _SyncObj__loadDumpFile(self, clearJournal):
+        if not clearJournal:
+            boundary = self._SyncObj__serializer.boundary()
+            if boundary is not None:
+                dropped = self.journal.align(*boundary)
+                if dropped:
+                    log.warning("the journal still held %d entries the snapshot covers "
+                                "(stopped while compacting); dropped them", dropped)
+        return SyncObj._SyncObj__loadDumpFile(self, clearJournal)
+
     def _SyncObj__applyLogEntries(self):
         # pysyncobj applies every committed entry in one tick. A large
         # backlog (a burst of writes, a follower catching up) then kept the

@@ -106,6 +106,21 @@ class SnapshotSerializer:
             return SERIALIZER_STATE.NOT_SERIALIZING, None
 
     # -- reading ------------------------------------------------------------
+    def boundary(self):
+        """(previous entry, last entry) of the snapshot on disk, or None if
+        there is none or it cannot be read (``deserialize`` says why)."""
+        try:
+            with open(self._path, "rb") as f:
+                if f.read(len(MAGIC)) != MAGIC:
+                    return None
+                unpacker = msgpack.Unpacker(f, raw=False, use_list=True, strict_map_key=False,
+                                            max_buffer_size=codec.MAX_FRAME)
+                header = next(unpacker)
+                return _entry(header.get("prev")), _entry(header.get("last"))
+        except (OSError, StopIteration, ValueError, AttributeError, codec.CodecError,
+                msgpack.UnpackException):
+            return None
+
     def deserialize(self):
         """Load the snapshot into the state machine; return what pysyncobj
         needs: (None, last entry, previous entry, member addresses)."""
