@@ -31,7 +31,7 @@ from pysyncobj.syncobj import _COMMAND_TYPE
 
 from . import codec
 from .journal import DurableJournal
-from .snapshot import SnapshotSerializer
+from .snapshot import SnapshotSerializer, read_boundary
 from .transport import TlsTransport
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,15 @@ class RaftNode(SyncObj):
         self.flotilla_stopping = threading.Event()
         self.flotilla_stopped = threading.Event()
         self.journal = DurableJournal(data_dir)
-        security.attach_journal(self.journal)
         dump = os.path.join(data_dir, "snapshot")
+        boundary = read_boundary(dump)
+        if boundary is not None:
+            # pysyncobj expects the journal to start with the snapshot's last
+            # two entries, and empties it otherwise (see journal.align).
+            dropped = self.journal.align(*boundary)
+            if dropped:
+                log.info("dropped %d journal entries the snapshot covers", dropped)
+        security.attach_journal(self.journal)
         conf = SyncObjConf(
             autoTick=False,
             dynamicMembershipChange=True,
@@ -261,16 +268,6 @@ class RaftNode(SyncObj):
         # append and on truncation); re-applying old ones at commit or replay
         # could resurrect a stale configuration, so nothing happens here.
         return None
-
-    def _SyncObj__loadDumpFile(self, clearJournal):
-        if not clearJournal:
-            boundary = self._SyncObj__serializer.boundary()
-            if boundary is not None:
-                dropped = self.journal.align(*boundary)
-                if dropped:
-                    log.warning("the journal still held %d entries the snapshot covers "
-                                "(stopped while compacting); dropped them", dropped)
-        return SyncObj._SyncObj__loadDumpFile(self, clearJournal)
 
     def _SyncObj__applyLogEntries(self):
         # pysyncobj applies every committed entry in one tick. A large

@@ -106,21 +106,6 @@ class SnapshotSerializer:
             return SERIALIZER_STATE.NOT_SERIALIZING, None
 
     # -- reading ------------------------------------------------------------
-    def boundary(self):
-        """(previous entry, last entry) of the snapshot on disk, or None if
-        there is none or it cannot be read (``deserialize`` says why)."""
-        try:
-            with open(self._path, "rb") as f:
-                if f.read(len(MAGIC)) != MAGIC:
-                    return None
-                unpacker = msgpack.Unpacker(f, raw=False, use_list=True, strict_map_key=False,
-                                            max_buffer_size=codec.MAX_FRAME)
-                header = next(unpacker)
-                return _entry(header.get("prev")), _entry(header.get("last"))
-        except (OSError, StopIteration, ValueError, AttributeError, codec.CodecError,
-                msgpack.UnpackException):
-            return None
-
     def deserialize(self):
         """Load the snapshot into the state machine; return what pysyncobj
         needs: (None, last entry, previous entry, member addresses)."""
@@ -214,3 +199,19 @@ def _entry(value):
         raise codec.CodecError("bad snapshot entry")
     command, idx, term = value
     return (bytes(command), int(idx), int(term))
+
+
+def read_boundary(path: str):
+    """(previous entry, last entry) of the snapshot at ``path``, or None if
+    there is none or it cannot be read (loading it says why)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                return None
+            unpacker = msgpack.Unpacker(f, raw=False, use_list=True, strict_map_key=False,
+                                        max_buffer_size=codec.MAX_FRAME)
+            header = next(unpacker)
+            return _entry(header.get("prev")), _entry(header.get("last"))
+    except (OSError, StopIteration, ValueError, AttributeError, codec.CodecError,
+            msgpack.UnpackException):
+        return None
