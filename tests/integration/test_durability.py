@@ -69,14 +69,18 @@ def test_acknowledged_writes_survive_killing_all_managers(make_cluster):
         wait_for(lambda: c.health(m)["store_index"] >= index, 30, what=f"{m.name} caught up")
 
 
-def test_a_log_of_large_entries_is_compacted_by_size(make_cluster):
-    # Entries are few but large: the size limit (not the entry count) makes
-    # every manager write a snapshot and cut its log, and nothing is lost.
+def _three_managers_compacting_by_size(make_cluster):
     c = make_cluster(env={"FLOTILLA_RAFT_COMPACTION_BYTES": str(256 * 1024)})
     c.init("m1")
     c.join("m2")
     c.join("m3")
-    managers = list(c.nodes.values())
+    return c, list(c.nodes.values())
+
+
+def test_a_log_of_large_entries_is_compacted_by_size(make_cluster):
+    # Entries are few but large: the size limit (not the entry count) makes
+    # every manager write a snapshot and cut its log, and nothing is lost.
+    c, managers = _three_managers_compacting_by_size(make_cluster)
     client = c.admin(managers)
     blob = base64.b64encode(os.urandom(6000)).decode()
     names = [f"big-{i}" for i in range(300)]        # 2.4 MB of configs
@@ -107,11 +111,7 @@ def test_a_crash_between_snapshot_and_log_cut_loses_nothing(make_cluster):
     # killed in between (as a crash would leave it: the snapshot on disk,
     # the log still holding the entries before it), and the writes
     # acknowledged after the snapshot are still there on restart.
-    c = make_cluster(env={"FLOTILLA_RAFT_COMPACTION_BYTES": str(256 * 1024)})
-    c.init("m1")
-    c.join("m2")
-    c.join("m3")
-    managers = list(c.nodes.values())
+    c, managers = _three_managers_compacting_by_size(make_cluster)
     client = c.admin(managers)
     client.post("/v1/configs", {"name": "early", "data": "eA=="})
     raft_dirs = {m.name: os.path.join(m.data_dir, "raft") for m in managers}
