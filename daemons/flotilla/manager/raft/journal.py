@@ -207,8 +207,8 @@ class DurableJournal:
             return
         if self._commit_fd is None:
             self._commit_fd = os.open(self._commit_path, os.O_WRONLY | os.O_CREAT, 0o600)
-        index = struct.pack("<Q", self._commit_index)
-        os.pwrite(self._commit_fd, index + struct.pack("<I", zlib.crc32(index)), 0)
+        index = self._commit_index
+        os.pwrite(self._commit_fd, COMMIT.pack(index, zlib.crc32(TRUNC.pack(index))), 0)
         self._commit_written = self._commit_index
 
     def setCurrentTerm(self, term, votedForNodeId):
