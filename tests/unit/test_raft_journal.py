@@ -1,4 +1,5 @@
 import os
+import time
 
 from flotilla.manager.raft.journal import DurableJournal
 
@@ -173,3 +174,87 @@ def test_align_leaves_a_journal_that_does_not_hold_the_boundary(tmp_path):
     assert j.align((b"e3", 3, 2), (b"e4", 4, 2)) == 0       # other terms
     assert j.align((b"e3", 3, 1), (b"e5", 5, 1)) == 0       # not consecutive
     assert len(j) == 5
+
+
+def _wait_for_copy(j, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while j._job is not None and not j._ready:
+        assert time.monotonic() < deadline, "the compaction copy did not finish"
+        time.sleep(0.005)
+
+
+def test_a_cut_log_is_copied_aside_and_put_in_place_at_the_next_sync(tmp_path):
+    j = DurableJournal(str(tmp_path))
+    for i in range(1, 1001):
+        j.add(b"x" * 200, i, 1)
+    j.sync()
+    path = tmp_path / "log"
+    before = os.path.getsize(path)
+    j.deleteEntriesTo(990)              # in memory at once; the file follows
+    assert [e[1] for e in j[:]] == list(range(991, 1001))
+    assert os.path.getsize(path) == before
+    _wait_for_copy(j)
+    j.add(b"y", 1001, 1)               # came while the copy was made
+    j.deleteEntriesFrom(10)             # and a truncation of it
+    j.add(b"z", 1001, 2)
+    j.sync()
+    assert j.compactions == 1 and not j.dirty
+    assert os.path.getsize(path) < 3000
+    assert not (tmp_path / "log.compact").exists()
+    j.add(b"w", 1002, 2)
+    j.sync()
+    expected = list(j[:])
+    j2 = DurableJournal(str(tmp_path))       # as after a crash: no _destroy
+    assert j2[:] == expected
+    assert j2[-2:] == [(b"z", 1001, 2), (b"w", 1002, 2)]
+    assert (os.stat(path).st_mode & 0o777) == 0o600
+
+
+def test_a_crash_before_the_copy_is_in_place_keeps_every_entry(tmp_path):
+    j = DurableJournal(str(tmp_path))
+    for i in range(1, 101):
+        j.add(b"e%d" % i, i, 1)
+    j.sync()
+    j.deleteEntriesTo(50)
+    _wait_for_copy(j)
+    j.add(b"e101", 101, 1)
+    os.fdatasync(j._fd)                 # the append is on disk; no rename yet
+    j2 = DurableJournal(str(tmp_path))
+    assert [e[1] for e in j2[:]] == list(range(1, 102))
+    assert not (tmp_path / "log.compact").exists()
+    assert j2.align((b"e51", 51, 1), (b"e52", 52, 1)) == 50
+    j2._destroy()
+    assert [e[1] for e in DurableJournal(str(tmp_path))[:]] == list(range(51, 102))
+
+
+def test_a_copy_made_before_the_log_was_cleared_is_dropped(tmp_path):
+    j = DurableJournal(str(tmp_path))
+    for i in range(1, 101):
+        j.add(b"e%d" % i, i, 1)
+    j.deleteEntriesTo(50)
+    j.clear()                           # a snapshot from the leader replaces it all
+    j.add(b"s1", 500, 3)
+    j.add(b"s2", 501, 3)
+    _wait_for_copy(j)
+    j.sync()
+    assert j.compactions == 0
+    assert not (tmp_path / "log.compact").exists()
+    j._destroy()
+    assert DurableJournal(str(tmp_path))[:] == [(b"s1", 500, 3), (b"s2", 501, 3)]
+
+
+def test_compactions_follow_one_another(tmp_path):
+    j = DurableJournal(str(tmp_path))
+    index = 0
+    for _ in range(5):
+        for _ in range(200):
+            index += 1
+            j.add(b"c%d" % index, index, 1)
+        j.sync()
+        j.deleteEntriesTo(len(j) - 2)
+        _wait_for_copy(j)
+        j.sync()
+    assert j.compactions == 5
+    assert [e[1] for e in j[:]] == [index - 1, index]
+    assert [e[1] for e in DurableJournal(str(tmp_path))[:]] == [index - 1, index]
+    j._destroy()

@@ -13,6 +13,14 @@ File format (``log``): an 8-byte magic, then records of
 corrupt tail left by a crash is cut off on open. Term and vote live in
 ``meta`` (JSON, replaced atomically and fsynced before any vote is sent).
 
+Cutting the log after a snapshot happens in memory at once; the file keeps
+the covered records in front until a helper thread has copied the live
+records into ``log.compact`` (and fsynced it). The Raft thread then appends
+what came since, syncs, and renames the copy over ``log`` in its next
+``sync()``, so the tick waits for a small sync and a rename, not for the whole
+rewrite. A crash before the rename leaves the covered records in front of
+the live ones, which ``align()`` drops on the next start.
+
 The commit index (``commit``: ``<u64 index><u32 crc32>``, overwritten in
 place about once a second) only lets a restarted member apply what it
 knows was committed before it hears from a leader. Any value it ever held
@@ -26,6 +34,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import time
 import zlib
 
@@ -38,27 +47,48 @@ RECORD = struct.Struct("<II")
 ENTRY = struct.Struct("<QQ")
 TRUNC = struct.Struct("<Q")
 COMMIT = struct.Struct("<QI")
+COPY_CHUNK = 1 << 20
 
 
 class DurableJournal:
-    """Implements the interface pysyncobj expects from a journal."""
+    """Implements the interface pysyncobj expects from a journal.
+
+    Every method runs on the Raft thread, except the copy made by the
+    compaction helper, which reads the file only and hands its result over
+    through ``_ready``."""
 
     def __init__(self, directory: str):
         fsutil.ensure_private_dir(directory)
         self._dir = directory
         self._path = os.path.join(directory, "log")
+        self._compact_path = os.path.join(directory, "log.compact")
         self._meta_path = os.path.join(directory, "meta")
         self._commit_path = os.path.join(directory, "commit")
         self._entries: list[tuple[bytes, int, int]] = []
+        # Where each held entry's record starts, as a position in the
+        # journal's history: the file offset plus ``_shift``, which grows by
+        # what each compaction removes from the front.
+        self._offsets: list[int] = []
+        self._end = 0               # end of the file, same reckoning
+        self._shift = 0
         self.bytes = 0              # commands held (in memory and in the file)
         self._dirty = False
         self._meta = fsutil.read_json(self._meta_path, {}) or {}
         self._meta_dirty = False
         self.syncs = 0
         self.sync_seconds = 0.0     # spent making writes durable, in total
+        self.compactions = 0        # copies renamed over the log
         self._commit_index = self._read_commit_index()
         self._commit_written = self._commit_index
         self._commit_fd: int | None = None
+        self._generation = 0        # changes whenever the file is replaced whole
+        self._job = None            # compaction handed to the helper, until it is used
+        self._ready: dict = {}      # the helper's result for ``_job``
+        self._wake = threading.Condition()
+        self._helper: threading.Thread | None = None
+        self._closing = False
+        if os.path.exists(self._compact_path):
+            os.unlink(self._compact_path)   # a copy that was never renamed
         self._load()
 
     # -- loading ---------------------------------------------------------
@@ -73,6 +103,7 @@ class DurableJournal:
         pos = len(MAGIC)
         good = pos
         entries: list[tuple[bytes, int, int]] = []
+        offsets: list[int] = []
         while pos + RECORD.size <= len(data):
             length, crc = RECORD.unpack_from(data, pos)
             start = pos + RECORD.size
@@ -86,10 +117,12 @@ class DurableJournal:
             if kind == b"E" and len(payload) >= 1 + ENTRY.size:
                 idx, term = ENTRY.unpack_from(payload, 1)
                 entries.append((bytes(payload[1 + ENTRY.size:]), idx, term))
+                offsets.append(pos)
             elif kind == b"T" and len(payload) == 1 + TRUNC.size:
                 (idx,) = TRUNC.unpack_from(payload, 1)
                 while entries and entries[-1][1] >= idx:
                     entries.pop()
+                    offsets.pop()
             else:
                 break
             pos = end
@@ -100,20 +133,33 @@ class DurableJournal:
                 f.truncate(good)
                 os.fsync(f.fileno())
         self._entries = entries
+        self._offsets = offsets
+        self._end = good
+        self._shift = 0
         self.bytes = sum(len(e[0]) for e in entries)
         self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
 
     def _rewrite(self, entries) -> None:
-        """Replace the whole file (compaction, clear) atomically."""
+        """Replace the whole file (creation, clear) atomically."""
+        self._discard_job()
+        self._generation += 1
         chunks = [MAGIC]
+        offsets = []
+        pos = len(MAGIC)
         for command, idx, term in entries:
-            chunks.append(self._record(b"E" + ENTRY.pack(idx, term) + command))
+            record = self._record(b"E" + ENTRY.pack(idx, term) + command)
+            chunks.append(record)
+            offsets.append(pos)
+            pos += len(record)
         self._durable_write(self._path, b"".join(chunks))
         old = getattr(self, "_fd", None)
         self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
         if old is not None:
             os.close(old)
         self._entries = list(entries)
+        self._offsets = offsets
+        self._end = pos
+        self._shift = 0
         self.bytes = sum(len(e[0]) for e in self._entries)
         self._dirty = False
 
@@ -127,12 +173,14 @@ class DurableJournal:
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
+        self._end += len(data)
         self._dirty = True
 
     # -- pysyncobj journal interface ---------------------------------------
     def add(self, command, idx, term):
         command = bytes(command)
         self._entries.append((command, idx, term))
+        self._offsets.append(self._end)
         self.bytes += len(command)
         self._append(b"E" + ENTRY.pack(idx, term) + command)
 
@@ -145,11 +193,16 @@ class DurableJournal:
         first_dropped = self._entries[entryFrom][1]
         self.bytes -= sum(len(e[0]) for e in self._entries[entryFrom:])
         del self._entries[entryFrom:]
+        del self._offsets[entryFrom:]
         self._append(b"T" + TRUNC.pack(first_dropped))
 
     def deleteEntriesTo(self, entryTo):
-        # Only called after a snapshot covering these entries is durable.
-        self._rewrite(self._entries[entryTo:])
+        # Only called after a snapshot covering these entries is durable, so
+        # the file may keep them until the helper's copy replaces it.
+        self.bytes -= sum(len(e[0]) for e in self._entries[:entryTo])
+        del self._entries[:entryTo]
+        del self._offsets[:entryTo]
+        self._request_compaction()
 
     def align(self, prev, last) -> int:
         """Start the journal at ``prev`` if it holds ``prev`` then ``last``
@@ -173,7 +226,14 @@ class DurableJournal:
         return len(self._entries)
 
     def _destroy(self):
+        self._stop_helper()
         self.sync()
+        self._discard_job()
+        if self._covered_bytes():
+            # A clean stop leaves no covered records behind.
+            self._job = self._new_job()
+            self._copy_job(self._job)
+            self._finish_job()
         self._flush_meta()
         self._write_commit_index()
         for name in ("_fd", "_commit_fd"):
@@ -181,6 +241,107 @@ class DurableJournal:
             if fd is not None:
                 os.close(fd)
                 setattr(self, name, None)
+
+    # -- compaction of the file ---------------------------------------------
+    def _covered_bytes(self) -> int:
+        """Bytes at the front of the file that only hold dropped records."""
+        first = self._offsets[0] if self._offsets else self._end
+        return first - self._shift - len(MAGIC)
+
+    def _new_job(self) -> dict:
+        return {
+            "generation": self._generation,
+            "source": os.open(self._path, os.O_RDONLY),
+            "start": (self._offsets[0] if self._offsets else self._end) - self._shift,
+            "end": self._end - self._shift,
+        }
+
+    def _request_compaction(self) -> None:
+        if self._job is not None or self._closing or not self._covered_bytes():
+            return
+        self._job = self._new_job()
+        with self._wake:
+            if self._helper is None:
+                self._helper = threading.Thread(target=self._helper_loop,
+                                                name="raft-journal-compact", daemon=True)
+                self._helper.start()
+            self._wake.notify()
+
+    def _helper_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closing and (self._job is None or self._ready):
+                    self._wake.wait()
+                if self._closing:
+                    return
+                job = self._job
+            try:
+                self._copy_job(job)
+            except OSError as exc:
+                log.warning("journal %s: compaction copy failed: %s", self._path, exc)
+                job["failed"] = True
+            with self._wake:
+                self._ready = job
+
+    def _copy_job(self, job) -> None:
+        """Write the live records known when the job was made to
+        ``log.compact`` and make them durable (helper thread)."""
+        fd = os.open(self._compact_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        job["target"] = fd
+        os.write(fd, MAGIC)
+        _copy(job["source"], fd, job["start"], job["end"], len(MAGIC))
+        os.fdatasync(fd)
+        job["copied"] = job["end"]
+
+    def _finish_job(self) -> None:
+        """Bring the copy up to date, make it durable and put it in place of
+        the log (Raft thread, inside ``sync()``)."""
+        job = self._job
+        if job.get("failed") or job["generation"] != self._generation:
+            self._discard_job()
+            return
+        end = self._end - self._shift
+        offset = len(MAGIC) + job["copied"] - job["start"]
+        try:
+            _copy(job["source"], job["target"], job["copied"], end, offset)
+            os.fdatasync(job["target"])
+        except OSError as exc:
+            log.warning("journal %s: compaction not finished: %s", self._path, exc)
+            self._discard_job()
+            return
+        self._job, self._ready = None, {}
+        os.replace(self._compact_path, self._path)
+        fsutil.fsync_dir(self._dir)
+        old = self._fd
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
+        os.close(old)
+        os.close(job["source"])
+        os.close(job["target"])
+        self._shift += job["start"] - len(MAGIC)
+        self._dirty = False
+        self.compactions += 1
+        self._request_compaction()          # cut again since the job was made
+
+    def _discard_job(self) -> None:
+        job = self._job
+        if job is None:
+            return
+        if self._helper is not None and not self._ready and not self._closing:
+            return      # still copying: dropped when it is handed over
+        self._job, self._ready = None, {}
+        for name in ("source", "target"):
+            if name in job:
+                os.close(job[name])
+        if "target" in job and os.path.exists(self._compact_path):
+            os.unlink(self._compact_path)
+
+    def _stop_helper(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._helper is not None:
+            self._helper.join()
+            self._helper = None
 
     def setRaftCommitIndex(self, raftCommitIndex):
         self._commit_index = raftCommitIndex
@@ -238,6 +399,10 @@ class DurableJournal:
         return self._dirty
 
     def sync(self) -> None:
+        if self._ready and self._job is not None:
+            started = time.monotonic()
+            self._finish_job()
+            self.sync_seconds += time.monotonic() - started
         if self._dirty and self._fd is not None:
             started = time.monotonic()
             os.fdatasync(self._fd)
@@ -254,3 +419,18 @@ class DurableJournal:
         started = time.monotonic()
         fsutil.atomic_write(path, data)
         self.sync_seconds += time.monotonic() - started
+
+
+def _copy(source: int, target: int, start: int, end: int, offset: int) -> None:
+    """Copy bytes ``start:end`` of ``source`` to ``target`` at ``offset``."""
+    while start < end:
+        count = min(end - start, COPY_CHUNK)
+        try:
+            n = os.copy_file_range(source, target, count, start, offset)
+        except OSError:
+            data = os.pread(source, count, start)
+            n = os.pwrite(target, data, offset) if data else 0
+        if n <= 0:
+            raise OSError(f"journal copy stopped at byte {start} of {end}")
+        start += n
+        offset += n
