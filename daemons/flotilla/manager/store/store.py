@@ -88,8 +88,12 @@ class _Waiter:
             self.count -= 1
             last = self.count == 0
         if last:
-            if self.then is not None:
-                self.then()
+            then, self.then = self.then, None
+            if then is not None:
+                # Dropped first: ``then`` usually holds the group's pending
+                # transactions, which hold this waiter, and the cycle would
+                # keep them all until a full collection.
+                then()
             else:
                 self.event.set()
 
