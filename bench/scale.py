@@ -324,6 +324,10 @@ def run(args):
         ready_s = time.monotonic() - t
         print(f"{args.agents} agents registered in {register_s:.1f}s, all ready after "
               f"{ready_s:.1f}s", flush=True)
+        connects = ask_all(groups, "connect")
+        front_before = sum(x["front_connects"] for x in connects)
+        print(f"{front_before} connections to the dispatcher port opened in "
+              f"{max(x['connect_s'] for x in connects):.1f}s", flush=True)
         time.sleep(args.settle)
 
         pids = {m.name: manager_worker_pid(m) for m in managers}
@@ -433,6 +437,7 @@ def run(args):
                 "frozen_objects": int(samples(text, "flotilla_gc_frozen_objects"))}
         api_all = api.get_s + api.patch_s
         stats = [tm["stats"] for tm in times]
+        front_handshakes = sum(st["front_connects"] for st in stats) - front_before
         result = {
             "benchmark": "scale",
             "agents": args.agents, "tasks": args.tasks, "services": args.services,
@@ -478,6 +483,7 @@ def run(args):
                              "p99": round(pct(heartbeat_s, 99) * 1000, 1),
                              "max": round(max(heartbeat_s) * 1000, 1) if heartbeat_s else None,
                              "heartbeats": len(heartbeat_s)},
+            "front_handshakes_during_run": front_handshakes,
             "nodes_marked_down": marked_down,
             "rss_mb": {"leader": leader.name, "before_run": rss_before,
                        "max": {k: round(v, 1) for k, v in sampler.max.items()},
@@ -548,6 +554,8 @@ def print_table(r):
         ("agent heartbeat p50 / p99 / max",
          f"{r['heartbeat_ms']['p50']:.0f} / {r['heartbeat_ms']['p99']:.0f} / "
          f"{r['heartbeat_ms']['max'] or 0:.0f} ms", ""),
+        ("TLS handshakes at the dispatcher port during the run",
+         str(r.get("front_handshakes_during_run", "-")), ""),
         ("nodes marked down (heartbeats late)", str(r["nodes_marked_down"]), "0"),
         ("leader changes", str(r["leader_changes_during_setup_and_run"]), "0"),
         ("CPU s during run", ", ".join(f"{k} {v}" for k, v in r["cpu_s_during_run"].items()), ""),

@@ -126,6 +126,13 @@ class HttpClient:
         self.connects += 1
         return Conn(r, w)
 
+    async def prepare(self, count):
+        """Hold ``count`` idle connections, as a client that has been
+        running for a while does (its heartbeats and its reports have each
+        kept one open)."""
+        while len(self.idle) < count:
+            self.idle.append(await self._connect())
+
     async def request(self, method, path, payload=None, timeout=30.0):
         body = b"" if payload is None else json.dumps(payload).encode()
         head = (f"{method} {path} HTTP/1.1\r\nHost: {self.server_name}\r\n"
@@ -509,6 +516,30 @@ class Group:
         await asyncio.gather(*(one(a) for a in self.agents))
         return time.monotonic() - t0
 
+    async def connect_all(self, concurrency):
+        """Open each agent's connections to the dispatcher port: one for its
+        heartbeats, one for its reports. A running agent holds both; without
+        this the first reports of a run would pay a TLS handshake each at
+        the leader."""
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(a):
+            async with sem:
+                front = a.front
+                if front is None:
+                    return
+                try:
+                    await front.prepare(2)
+                except (ConnectionError, OSError, asyncio.TimeoutError, ssl.SSLError):
+                    self.errors["front_connect"] = self.errors.get("front_connect", 0) + 1
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(a) for a in self.agents))
+        return time.monotonic() - t0
+
+    def front_connects(self):
+        return sum(a.front.connects for a in self.agents if a.front)
+
     def stats(self):
         return {"gid": self.gid, "agents": len(self.agents), "pushes": self.pushes,
                 "push_connections": self.push_connections,
@@ -518,7 +549,8 @@ class Group:
                 "errors": dict(self.errors),
                 "tasks_known": sum(len(a.tasks) for a in self.agents),
                 "running_reported": len(self.reported_running),
-                "client_connects": sum(a.client.connects for a in self.agents if a.client)}
+                "client_connects": sum(a.client.connects for a in self.agents if a.client),
+                "front_connects": self.front_connects()}
 
 
 def run_group(gid, count, token, managers, leader, cluster_id, workdir, conn,
@@ -539,6 +571,9 @@ async def _main(gid, count, token, managers, leader, cluster_id, workdir, conn, 
                            "per_join_s": g.join_s})
             elif cmd == "register":
                 conn.send({"register_s": await g.register_all(64)})
+            elif cmd == "connect":
+                conn.send({"connect_s": await g.connect_all(16),
+                           "front_connects": g.front_connects()})
             elif cmd == "stats":
                 conn.send(g.stats())
             elif cmd == "times":
