@@ -61,6 +61,7 @@ test-slow: venv docker
 ## Benchmarks: print tables and write JSON under bench/results/.
 bench: venv docker bench-deps
 	$(PY) bench/raft_writes.py --etcd-check-perf
+	$(PY) bench/journal_cut.py
 	$(PY) bench/failover.py
 	$(PY) bench/converge.py
 	$(PY) bench/converge.py --init
