@@ -120,8 +120,14 @@ class Forwarder:
             return common.error_response(503, "leader_unreachable", message)
         if resp.status_code == 503:
             code = _error_code(resp.content)
-            if code in UNPROCESSED or (code == "outcome_unknown" and _resendable()):
+            if code in UNPROCESSED:
                 return ("no_leader", "the cluster has no leader at the moment; retry shortly")
+            if code == "outcome_unknown" and _resendable():
+                # Sent again within the wait; if that runs out, the client
+                # still learns that the write may have been applied.
+                return ("outcome_unknown", _error_message(resp.content) or
+                        "the leader changed before the write's outcome was known; retry "
+                        "with the same Idempotency-Key")
         out = common.json_response(None)
         out.set_data(resp.content)
         out.status_code = resp.status_code
@@ -135,9 +141,18 @@ def _resendable() -> bool:
     return request.method in ("GET", "HEAD") or "Idempotency-Key" in request.headers
 
 
-def _error_code(body: bytes) -> str | None:
+def _error_field(body: bytes, field: str) -> str | None:
     try:
         err = json.loads(body).get("error")
     except (ValueError, AttributeError):
         return None
-    return err.get("code") if isinstance(err, dict) else None
+    value = err.get(field) if isinstance(err, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _error_code(body: bytes) -> str | None:
+    return _error_field(body, "code")
+
+
+def _error_message(body: bytes) -> str | None:
+    return _error_field(body, "message")
