@@ -243,16 +243,19 @@ class DurableJournal:
                 setattr(self, name, None)
 
     # -- compaction of the file ---------------------------------------------
+    def _live_start(self) -> int:
+        """File offset of the first record still held (or of the end)."""
+        return (self._offsets[0] if self._offsets else self._end) - self._shift
+
     def _covered_bytes(self) -> int:
         """Bytes at the front of the file that only hold dropped records."""
-        first = self._offsets[0] if self._offsets else self._end
-        return first - self._shift - len(MAGIC)
+        return self._live_start() - len(MAGIC)
 
     def _new_job(self) -> dict:
         return {
             "generation": self._generation,
             "source": os.open(self._path, os.O_RDONLY),
-            "start": (self._offsets[0] if self._offsets else self._end) - self._shift,
+            "start": self._live_start(),
             "end": self._end - self._shift,
         }
 
