@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..ca import certs
 from ..common import tls
+from ..common.jsonbody import dumps_line
 from ..common.component import Component
 from ..common.tlsserver import TLSWSGIServer, bind_address
 from .assignments import Refused
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def _json(app, payload, status=200):
-    return app.response_class(json.dumps(payload) + "\n", status=status, mimetype="application/json")
+    return app.response_class(dumps_line(payload), status=status, mimetype="application/json")
 
 
 def _error(app, status, code, message):

@@ -30,7 +30,6 @@ API's error shape too (``handle_error``).
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import selectors
 import ssl
 import time
@@ -42,6 +41,7 @@ from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
 from ..common import tls
+from ..common.jsonbody import dumps_line
 
 # Error codes for what gunicorn refuses before the application sees a request.
 PROTOCOL_ERRORS = {400: "bad_request", 403: "forbidden", 414: "uri_too_long",
@@ -201,7 +201,7 @@ class ApiWorker(ThreadWorker):
             body = error_body("internal", "internal error (see the manager log)")
         else:
             body = error_body(PROTOCOL_ERRORS.get(status_int, "bad_request"), str(exc)[:500])
-        data = (json.dumps(body) + "\n").encode()
+        data = dumps_line(body)
         head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n")
         try:

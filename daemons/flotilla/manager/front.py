@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import logging
 import selectors
 import socket
@@ -38,6 +37,7 @@ import time
 import httptools
 
 from ..ca import certs
+from ..common.jsonbody import dumps_line
 from .api.sessionmodels import Heartbeat, StatusReport
 from .api.validation import ApiError, error_body, validate
 
@@ -411,7 +411,7 @@ class FrontServer:
             self._flush(conn)
 
     def _respond(self, conn: _Conn, status: int, body, close: bool = False):
-        data = (json.dumps(body) + "\n").encode()
+        data = dumps_line(body)
         conn.out += b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n" \
                     b"Content-Length: %d\r\n%s\r\n%s" % (
                         status, REASONS.get(status, b"Error"), len(data),

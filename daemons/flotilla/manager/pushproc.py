@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
 import os
 import socket
@@ -47,6 +46,7 @@ import threading
 import time
 
 from ..common import config, logs, tls
+from ..common.jsonbody import dumps_line
 from ..common.procutil import die_with_parent
 from .pusher import Pusher, PushError, call_done
 from .raft import codec
@@ -328,7 +328,7 @@ def child(fd: int, bundle: str, ca: str, front_fd: int | None = None,
                     continue
                 if frame[0] == "job" and len(frame) == 5:
                     _, job_id, node_id, addr, message = frame
-                    pusher.push(node_id, addr, json.dumps(message).encode(), answered(job_id))
+                    pusher.push(node_id, addr, dumps_line(message), answered(job_id))
                 elif frame[0] == "warm" and len(frame) == 3:
                     pusher.warm(frame[1], frame[2])
                 elif frame[0] == "forget" and len(frame) == 2:

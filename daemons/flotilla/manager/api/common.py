@@ -27,6 +27,7 @@ from flask import current_app, g, request
 from pydantic import ValidationError
 
 from ...ca import certs
+from ...common.jsonbody import dumps_line
 from .. import objects
 from .validation import (  # noqa: F401 (Model, Text and error_body are shared from here)
     ApiError, Model, Text, error_body, validate, validation_error)
@@ -38,12 +39,12 @@ FORWARDED_HEADER = "X-Flotilla-Forwarded-By"
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None):
-    return current_app.response_class(json.dumps(error_body(code, message, field)) + "\n",
+    return current_app.response_class(dumps_line(error_body(code, message, field)),
                                       status=status, mimetype="application/json")
 
 
 def json_response(payload, status: int = 200):
-    return current_app.response_class(json.dumps(payload) + "\n", status=status,
+    return current_app.response_class(dumps_line(payload), status=status,
                                       mimetype="application/json")
 
 
