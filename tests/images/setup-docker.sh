@@ -38,15 +38,22 @@ fi
 docker run --rm flotilla-test/busybox:1 true
 
 # Two versions of a small web service with a HEALTHCHECK, and a version whose
-# healthcheck never passes (rolling update and rollback tests).
+# healthcheck never passes (rolling update and rollback tests). Like a real
+# web server each stops on SIGTERM (httpd alone, as PID 1, would ignore it
+# and wait out the stop grace period). The label tells an image built by an
+# older recipe, which is built again.
+WEB_RECIPE=2
 web_image() {
     tag=$1 body=$2 health=$3
-    docker image inspect "flotilla-test/web:$tag" >/dev/null 2>&1 && return
+    recipe=$(docker image inspect -f '{{ index .Config.Labels "flotilla.test.recipe" }}' \
+        "flotilla-test/web:$tag" 2>/dev/null || true)
+    [ "$recipe" = "$WEB_RECIPE" ] && return
     docker build -q -t "flotilla-test/web:$tag" - >/dev/null <<EOF
 FROM flotilla-test/busybox:1
+LABEL flotilla.test.recipe=$WEB_RECIPE
 RUN mkdir -p /www && echo "$body" > /www/index.html && echo ok > /www/health
 HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD wget -q -O /dev/null http://127.0.0.1$health || exit 1
-CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
+CMD ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"]
 EOF
 }
 web_image 1 "web v1" /health
