@@ -19,8 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..ca import certs
 from ..common import tls
-from ..common.jsonbody import dumps_line
 from ..common.component import Component
+from ..common.jsonbody import dumps_line
 from ..common.tlsserver import TLSWSGIServer, bind_address
 from .assignments import Refused
 
