@@ -22,7 +22,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 docker:
 	./tests/images/setup-docker.sh
 
-## Everything CI runs (about 30 minutes): unit, integration on real processes and
+## Everything CI runs (about 25 minutes): unit, integration on real processes and
 ## Docker, deployment with Ansible on five test hosts, make cluster, and a short
 ## seeded chaos run (8 faults).
 test: venv docker
