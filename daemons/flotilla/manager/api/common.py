@@ -39,8 +39,7 @@ FORWARDED_HEADER = "X-Flotilla-Forwarded-By"
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None):
-    return current_app.response_class(dumps_line(error_body(code, message, field)),
-                                      status=status, mimetype="application/json")
+    return json_response(error_body(code, message, field), status)
 
 
 def json_response(payload, status: int = 200):
