@@ -22,6 +22,14 @@ def test_an_integer_wider_than_64_bits_is_still_encoded():
     assert json.loads(dumps_line({"n": 2 ** 70})) == {"n": 2 ** 70}
 
 
+def test_an_unpaired_surrogate_and_deep_nesting_are_still_encoded():
+    assert json.loads(dumps_line({"s": "a\ud800"})) == {"s": "a\ud800"}
+    deep = []
+    for _ in range(300):
+        deep = [deep]
+    assert json.loads(dumps_line(deep)) == deep
+
+
 def test_a_value_json_cannot_hold_is_a_type_error():
     with pytest.raises(TypeError):
         dumps_line({"s": {1, 2}})

@@ -1,6 +1,7 @@
 """JSON for HTTP bodies and pushes: compact, one line, made by orjson (about
 ten times faster than the standard library on an assignment message). A
-value orjson refuses (an integer wider than 64 bits) falls back to the
+value orjson refuses (an integer wider than 64 bits, a string with an
+unpaired surrogate, nesting deeper than 254 levels) falls back to the
 standard library, so no answer fails for how it is encoded."""
 
 from __future__ import annotations
