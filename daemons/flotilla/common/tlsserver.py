@@ -13,11 +13,17 @@ long), and each request, body included, must be in within
 ``REQUEST_TIMEOUT`` (contexts should make ``tls.BoundedSSLSocket``
 sockets, see ``tls.install_bounded``). At most ``MAX_CONNECTIONS`` are
 served at once; more are closed at once and counted as ``busy``.
+
+Binding looks up no names: the standard library's HTTP server asks the
+resolver for the fully qualified name of the listening address, which on a
+host whose DNS server does not answer holds the listener back for the
+resolver's whole timeout (10 s with the default two tries of 5 s).
 """
 
 from __future__ import annotations
 
 import logging
+import socketserver
 import ssl
 import threading
 import time
@@ -57,6 +63,10 @@ class TLSWSGIServer(ThreadedWSGIServer):
         super().__init__(host, port, app, handler=_QuietHandler)
         # Tells werkzeug the scheme is https; wrapping happens per connection.
         self.ssl_context = context_provider()
+
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
 
     def _refused(self, reason: str) -> None:
         if self._on_refused is not None:
