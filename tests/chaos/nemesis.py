@@ -58,10 +58,11 @@ class Nemesis:
         self.count = 0
 
     # -- schedule ------------------------------------------------------------------
-    def plan(self, total: int) -> list[str]:
-        """``total`` kinds: every kind at least once when total allows, the
-        rest drawn at random, in a seeded random order."""
-        kinds = list(KINDS[:total]) + [self.rng.choice(KINDS) for _ in range(total - len(KINDS))]
+    def plan(self, total: int, kinds_allowed: tuple[str, ...] = KINDS) -> list[str]:
+        """``total`` kinds: every allowed kind at least once when total
+        allows, the rest drawn at random, in a seeded random order."""
+        pool = tuple(kinds_allowed)
+        kinds = list(pool[:total]) + [self.rng.choice(pool) for _ in range(total - len(pool))]
         self.rng.shuffle(kinds)
         return kinds
 

@@ -28,8 +28,9 @@ def log(msg: str) -> None:
 
 class ChaosRun:
     def __init__(self, base: str, seed: int, faults: int, results_path: str,
-                 converge_timeout: float = 30.0):
+                 converge_timeout: float = 30.0, kinds: tuple[str, ...] | None = None):
         self.base = base
+        self.kinds = kinds
         self.seed = seed
         self.faults = faults
         self.results_path = results_path
@@ -90,7 +91,7 @@ class ChaosRun:
         nemesis = Nemesis(self.cluster, self.seed, list(MANAGERS), list(AGENTS))
         workload.start()
         try:
-            plan = nemesis.plan(self.faults)
+            plan = nemesis.plan(self.faults, *([self.kinds] if self.kinds else []))
             for number, kind in enumerate(plan, 1):
                 time.sleep(nemesis.quiet_time())      # the schedule, not a synchronisation
                 leader = self.cluster.leader()

@@ -5,6 +5,7 @@ while a client creates, scales and updates services.
     FLOTILLA_CHAOS_SEED    the nemesis's and the workload's seed
     FLOTILLA_CHAOS_FAULTS  how many faults to inject
     FLOTILLA_CHAOS_DIR     where nodes and engines live (default /tmp/flotilla-chaos)
+    FLOTILLA_CHAOS_KINDS   comma-separated fault kinds to draw from (default: all)
 
 The short run (8 faults, every kind at least once) runs in CI; the full run
 (100 faults) is marked slow. Each writes its report to
@@ -15,6 +16,7 @@ import os
 
 import pytest
 
+from .nemesis import KINDS
 from .runner import ChaosRun
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,8 +32,13 @@ def _run(faults_default: int, seed_default: int):
     seed = _setting("SEED", seed_default)
     faults = _setting("FAULTS", faults_default)
     base = os.environ.get("FLOTILLA_CHAOS_DIR", "/tmp/flotilla-chaos")
+    kinds = tuple(k for k in os.environ.get("FLOTILLA_CHAOS_KINDS", "").split(",") if k)
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        pytest.fail(f"FLOTILLA_CHAOS_KINDS: unknown kind(s) {', '.join(unknown)}; "
+                    f"known: {', '.join(KINDS)}")
     path = os.path.join(HERE, "results", f"chaos-{seed}-{faults}.json")
-    run = ChaosRun(base, seed, faults, path)
+    run = ChaosRun(base, seed, faults, path, kinds=kinds or None)
     try:
         report = run.run()
     finally:
