@@ -5,7 +5,8 @@ arrive while a send is in flight go together in the next one (at most 200
 per request, after a 5 ms pause to gather a burst). If the dispatcher does
 not know our session (a new leader), the statuses wait for the next
 registration; after each registration every known status is sent again, so
-a new leader learns the node's real state.
+a new leader learns the node's real state. A batch that was in flight while
+the agent registered again is sent again too.
 """
 
 from __future__ import annotations
@@ -81,9 +82,13 @@ class Reporter(Component):
                 log.info("status report failed (will retry): %s", exc)
             return False
         with self._lock:
-            for task_id, status in batch.items():
-                if self._pending.get(task_id) == status:
-                    del self._pending[task_id]
+            # A registration while this batch was in flight means another
+            # leader: the one that took the batch may never write it, so
+            # the new session gets it as well.
+            if self.session_id == session_id:
+                for task_id, status in batch.items():
+                    if self._pending.get(task_id) == status:
+                        del self._pending[task_id]
             more = bool(self._pending)
         self.sent += len(updates)
         return more
