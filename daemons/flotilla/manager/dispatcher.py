@@ -409,12 +409,15 @@ class Dispatcher(Component):
 
     def _written(self, keys, results):
         # Runs on the Raft thread: only bookkeeping here.
+        # A conflict (the task changed meanwhile) or a write whose outcome is
+        # unknown (a leadership change under way) is tried again; a status
+        # the store refused for good (the task is gone) is dropped.
         retry = {}
         for (task_id, node_id, status), result in zip(keys, results):
-            if isinstance(result, TxnFailed) and result.code == "conflict":
-                retry[task_id] = (node_id, status)
-            elif not isinstance(result, Exception):
+            if not isinstance(result, Exception):
                 self.status_writes += 1
+            elif not isinstance(result, TxnFailed) or result.code == "conflict":
+                retry[task_id] = (node_id, status)
         if retry:
             with self._lock:
                 for task_id, value in retry.items():
