@@ -83,3 +83,18 @@ def test_settings_follow_the_phase():
     s["update_status"] = {"state": "rollback_started"}
     assert updater.settings(s)["parallelism"] == 5
     assert updater.settings(s)["order"] == "stop-first"      # Swarm's defaults fill the rest
+
+
+def test_a_stop_first_replacement_waits_only_for_an_old_task_that_can_still_stop():
+    up = NODES["n1"]
+    down = dict(up, status={"state": "down"})
+    drained = dict(up, spec={"availability": "drain"})
+    running = task("old", "web:1", desired="shutdown")
+    assert not updater.old_task_gone(running, up)
+    assert not updater.old_task_gone(running, drained)     # its agent stops it
+    assert updater.old_task_gone(running, down)
+    assert updater.old_task_gone(running, None)            # node removed
+    assert updater.old_task_gone(task("old", "web:1", state="shutdown"), up)
+    assert updater.old_task_gone(task("old", "web:1", state="ready"), up)   # never started
+    assert updater.old_task_gone(None, None)
+    assert not updater.old_task_gone(task("old", "web:1", state="starting"), up)

@@ -7,7 +7,8 @@ services) whose task runs an older spec, ``parallelism`` at a time (0: all):
 
 - ``stop-first``: the old task is stopped and its replacement is created in
   desired ``ready`` (the agent prepares it); it is raised to ``running``
-  once the old task has stopped, so the two never hold the same port;
+  once the old task has stopped, so the two never hold the same port (or
+  once the old task's node is down or removed, or after a minute);
 - ``start-first``: the replacement is started next to the old task (it names
   it in ``replaces``, so the orchestrator keeps both) and the old one is
   stopped once the replacement runs.
@@ -84,6 +85,15 @@ def _stopped(task: dict | None) -> bool:
     if task is None or T.finished(task):
         return True
     return taskmodel.STATE_VALUES[task["status"]["state"]] < taskmodel.STATE_VALUES["starting"]
+
+
+def old_task_gone(task: dict | None, node: dict | None) -> bool:
+    """A stop-first replacement need not wait for ``task`` any more: it has
+    stopped, or its node is down or removed (it will be told to stop when
+    it comes back, and its slot must not stay empty meanwhile)."""
+    if _stopped(task):
+        return True
+    return bool(task.get("node_id")) and T.node_unusable(node) in ("node down", "node removed")
 
 
 def has_dirty(service: dict, tasks: list[dict]) -> bool:
@@ -250,7 +260,9 @@ class Updater(Component):
                 del run.batch[key]
                 continue
             if new["desired_state"] == "ready" and new.get("after"):
-                if _stopped(old) or now - started > OLD_STOP_TIMEOUT:
+                node = self._store.get("node", old["node_id"]) \
+                    if old is not None and old.get("node_id") else None
+                if old_task_gone(old, node) or now - started > OLD_STOP_TIMEOUT:
                     self._commit([Op.update("task", T.with_desired(new, "running"),
                                             version=new["version"])])
                 continue
