@@ -262,7 +262,12 @@ class Updater(Component):
             if new["desired_state"] == "ready" and new.get("after"):
                 node = self._store.get("node", old["node_id"]) \
                     if old is not None and old.get("node_id") else None
-                if old_task_gone(old, node) or now - started > OLD_STOP_TIMEOUT:
+                gone = old_task_gone(old, node)
+                if gone or now - started > OLD_STOP_TIMEOUT:
+                    if not gone:
+                        log.info("%s: starting %s although %s has not reported stopping "
+                                 "(%s) after %.0f s", service["name"], new_id[:12],
+                                 old_id[:12], old["status"]["state"], now - started)
                     self._commit([Op.update("task", T.with_desired(new, "running"),
                                             version=new["version"])])
                 continue
