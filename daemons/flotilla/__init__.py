@@ -1,3 +1,3 @@
 """Flotilla: a small container orchestrator with a Raft-replicated manager."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

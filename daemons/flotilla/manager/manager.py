@@ -74,7 +74,8 @@ class Manager:
         self.raft = RaftNode(self.cfg.raft_advertise, peers, self.cfg.raft_dir, self.store.sm,
                              self.security, self.settings,
                              on_state_changed=lambda _o, _n: self._state_changed.set(),
-                             bind_address=self.cfg.raft_listen)
+                             bind_address=self.cfg.raft_listen,
+                             prevote_when=lambda: objects.managers_answer_prevotes(self.store))
         self.membership = Membership(self.raft)
         self.store.attach(self.raft)
         self.store.start()

@@ -31,6 +31,8 @@ DEFAULT_TASK_HISTORY = 5
 # The first release whose managers apply "patch" operations and tasks
 # created with their service's spec by reference (see store.Store._compact).
 PATCH_SINCE = (0, 2)
+# The first release whose managers answer pre-votes (see raft/prevote.py).
+PREVOTE_SINCE = (0, 3)
 _RELEASE = re.compile(r"(\d+)\.(\d+)")
 
 
@@ -98,12 +100,23 @@ def release(node) -> tuple[int, int] | None:
     return (int(found.group(1)), int(found.group(2))) if found else None
 
 
+def managers_run(store, since: tuple[int, int]) -> bool:
+    """True when every manager's node reports release ``since`` or later
+    (during a rolling upgrade from an older one, it is not)."""
+    managers = store.by_index("node", "role", "manager")
+    return bool(managers) and all((release(n) or (0, 0)) >= since for n in managers)
+
+
 def managers_apply_patches(store) -> bool:
     """True when every manager runs a release that applies patches (and
-    specs by reference), so the leader may propose them (during a rolling
-    upgrade it does not)."""
-    managers = store.by_index("node", "role", "manager")
-    return bool(managers) and all((release(n) or (0, 0)) >= PATCH_SINCE for n in managers)
+    specs by reference), so the leader may propose them."""
+    return managers_run(store, PATCH_SINCE)
+
+
+def managers_answer_prevotes(store) -> bool:
+    """True when every manager runs a release that answers pre-votes, so a
+    member may ask for them before it starts an election."""
+    return managers_run(store, PREVOTE_SINCE)
 
 
 def node_by_raft_addr(store, raft_addr):

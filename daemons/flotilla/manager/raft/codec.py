@@ -27,7 +27,12 @@ ALLOWED_TYPES = frozenset({
     "apply_command",
     "apply_command_response",
     "timeout_now",
+    "pre_vote",
+    "pre_vote_response",
 })
+# Fields that must be integers (booleans) in the messages Flotilla adds.
+_INT_FIELDS = {"pre_vote": ("term", "last_log_index", "last_log_term"),
+               "pre_vote_response": ("term", "current_term")}
 
 
 class CodecError(ValueError):
@@ -104,4 +109,10 @@ def decode_message(payload: bytes):
             raise CodecError("malformed snapshot chunk")
     if mtype == "apply_command" and not isinstance(message.get("command"), bytes):
         raise CodecError("malformed command")
+    for name in _INT_FIELDS.get(mtype, ()):
+        value = message.get(name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise CodecError(f"malformed {mtype}: {name}")
+    if mtype == "pre_vote_response" and not isinstance(message.get("granted"), bool):
+        raise CodecError("malformed pre_vote_response: granted")
     return message

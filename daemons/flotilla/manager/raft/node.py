@@ -9,7 +9,9 @@ What changes compared with a stock ``SyncObj``:
   stock ``@replicated`` decorator is not used; the store proposes opaque
   payloads through :meth:`propose` and the state machine applies them;
 - the tick loop is ours (``autoTick`` off), so everything is in place before
-  the first tick and shutdown is orderly.
+  the first tick and shutdown is orderly;
+- a member asks for pre-votes before it starts an election (``prevote.py``),
+  once ``prevote_when()`` says every member answers them.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.node import TCPNode
 from pysyncobj.monotonic import monotonic as _monotonic
-from pysyncobj.syncobj import _COMMAND_TYPE
+from pysyncobj.syncobj import _COMMAND_TYPE, _RAFT_STATE
 
 from . import codec
 from .journal import DurableJournal
+from .prevote import PreVote
 from .snapshot import SnapshotSerializer, read_boundary
 from .transport import TlsTransport
 
@@ -116,8 +119,10 @@ class RaftNode(SyncObj):
 
     def __init__(self, self_address: str, peers: list[str], data_dir: str, state_machine,
                  security, settings: RaftSettings | None = None, on_state_changed=None,
-                 bind_address: str | None = None):
+                 bind_address: str | None = None, prevote_when=None):
         settings = settings or RaftSettings()
+        self._prevote = PreVote(settings.election_min)
+        self._prevote_when = prevote_when
         self.flotilla_data_dir = data_dir
         self.flotilla_sm = state_machine
         self.flotilla_stopping = threading.Event()
@@ -199,6 +204,7 @@ class RaftNode(SyncObj):
                     except queue.Empty:
                         break
                     fn()
+                self._prevote_tick()
                 started, synced = time.monotonic(), self.journal.sync_seconds
                 backlog = self._SyncObj__raftCommitIndex > self._SyncObj__raftLastApplied
                 self.doTick(0.0 if backlog else 0.05)
@@ -234,6 +240,75 @@ class RaftNode(SyncObj):
         if deadline < _monotonic():
             self._SyncObj__raftElectionDeadline = \
                 _monotonic() + self._SyncObj__generateRaftTimeout()
+
+    # -- pre-vote (see prevote.py) ------------------------------------------------
+    def _prevote_enabled(self) -> bool:
+        if self._prevote_when is None:
+            return False
+        try:
+            return bool(self._prevote_when())
+        except Exception:       # the store is not readable yet: the plain election
+            return False
+
+    def _last_log(self) -> tuple[int, int]:
+        return self._SyncObj__getCurrentLogTerm(), self._SyncObj__getCurrentLogIndex()
+
+    def _prevote_tick(self):
+        """Runs before pysyncobj's tick: when the election timer has run
+        out, ask for pre-votes and put the timer back, unless the last
+        round won (then pysyncobj starts the election in this tick)."""
+        if self._SyncObj__raftState == _RAFT_STATE.LEADER or self._SyncObj__selfNode is None:
+            return
+        now = _monotonic()
+        if self._SyncObj__raftElectionDeadline >= now or not self._SyncObj__otherNodes:
+            return
+        if self._SyncObj__transferInProgress:
+            return                  # asked for by the leader: no pre-vote
+        term = self._SyncObj__raftCurrentTerm
+        pv = self._prevote
+        if pv.won_term == term + 1:
+            pv.clear()
+            return
+        if not self._prevote_enabled():
+            return
+        self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+        if not self._SyncObj__connectedToAnyone():
+            return
+        pv.start(term + 1, self._SyncObj__selfNode)
+        last_term, last_index = self._last_log()
+        message = {"type": "pre_vote", "term": term + 1, "last_log_index": last_index,
+                   "last_log_term": last_term}
+        for node in list(self._SyncObj__otherNodes):
+            self._SyncObj__transport.send(node, message)
+
+    def _answer_prevote(self, node, message):
+        if self._SyncObj__selfNode is None:
+            return
+        term = self._SyncObj__raftCurrentTerm
+        granted = self._prevote.grant(
+            term=message["term"], last=(message["last_log_term"], message["last_log_index"]),
+            my_term=term, my_last=self._last_log(),
+            leading=self._SyncObj__raftState == _RAFT_STATE.LEADER, now=_monotonic())
+        self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": message["term"],
+                                             "current_term": term, "granted": granted})
+
+    def _count_prevote(self, node, message):
+        term = self._SyncObj__raftCurrentTerm
+        if not message["granted"] and message["current_term"] > term and \
+                self._SyncObj__raftState != _RAFT_STATE.LEADER:
+            # Our term fell behind: move up, or no one would ever grant us.
+            self._SyncObj__setCurrentTerm(message["current_term"], None)
+            self._SyncObj__setState(_RAFT_STATE.FOLLOWER)
+            self._SyncObj__raftLeader = None
+            self._prevote.clear()
+            return
+        if message["term"] != term + 1 or self._SyncObj__raftState == _RAFT_STATE.LEADER:
+            return
+        members = len(self._SyncObj__otherNodes) + 1
+        if self._prevote.answer(message["term"], message["granted"], node, members):
+            log.info("pre-vote for term %d granted by a majority: starting an election",
+                     message["term"])
+            self._SyncObj__raftElectionDeadline = 0     # the election starts next tick
 
     def stop(self, timeout: float = 5.0):
         self.flotilla_stopping.set()
@@ -306,7 +381,16 @@ class RaftNode(SyncObj):
         # components' decisions (a node marked down, a task rescheduled)
         # applied by the new leader. Refuse it: the proposer's caller gets
         # "not the leader" and nothing is applied.
-        if message.get("type") == "apply_command":
+        mtype = message.get("type")
+        if mtype == "pre_vote":
+            self._answer_prevote(node, message)
+            return
+        if mtype == "pre_vote_response":
+            self._count_prevote(node, message)
+            return
+        if mtype == "append_entries" and message["term"] >= self._SyncObj__raftCurrentTerm:
+            self._prevote.heard_from_leader(_monotonic())
+        if mtype == "apply_command":
             if "request_id" in message:
                 self._SyncObj__transport.send(node, {
                     "type": "apply_command_response", "request_id": message["request_id"],

@@ -1,0 +1,118 @@
+"""A manager cut off from the others does not depose the leader when it
+comes back.
+
+Three real Raft members (mutual TLS on loopback, journals on disk) in this
+process. One follower is cut off: everything it sends is dropped and
+everything it receives is ignored, while its connections stay up. Its
+election timer runs out again and again; it asks for pre-votes, nobody
+answers, and its term does not move. Once it hears again, it follows the
+same leader at the same term and catches up.
+"""
+
+import socket
+import threading
+
+import pytest
+
+from flotilla.ca import certs
+from flotilla.manager.raft.node import RaftNode, RaftSettings
+from flotilla.manager.raftsecurity import RaftSecurity, SecurityCounters
+from flotilla.manager.store.store import Op, Store, new_id
+from tests.helpers.cluster import wait_for
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def members(tmp_path):
+    cluster_id = "prevotecluster"
+    root = certs.RootCA.create(cluster_id)
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(root.cert_pem)
+    addrs = [f"127.0.0.1:{_free_port()}" for _ in range(3)]
+    ids = [f"member{i}" for i in range(3)]
+    out = []
+    for i in range(3):
+        d = tmp_path / f"m{i}"
+        (d / "raft").mkdir(parents=True, mode=0o700)
+        key, cert = root.issue(certs.ROLE_MANAGER, ids[i], cluster_id, 3600)
+        certs.write_node_bundle(str(d / "node.pem"), key, cert)
+        store = Store()
+        security = RaftSecurity(bundle_path=str(d / "node.pem"), ca_path=str(ca),
+                                cluster_id=cluster_id, store=store,
+                                members_path=str(d / "raft" / "members.json"),
+                                counters=SecurityCounters())
+        security.remember(dict(zip(addrs, ids)))
+        raft = RaftNode(addrs[i], addrs, str(d / "raft"), store.sm, security, RaftSettings(),
+                        prevote_when=lambda: True)
+        store.attach(raft)
+        out.append((store, raft))
+    for store, raft in out:
+        store.start()
+        raft.start()
+    yield out
+    for store, raft in out:
+        raft.stop()
+        store.stop()
+
+
+class Cut:
+    """Cuts a member off at the message level, and counts the election
+    requests it tried to send meanwhile."""
+
+    def __init__(self, raft):
+        self._transport = raft._SyncObj__transport
+        self._send = self._transport.send
+        self._deliver = self._transport._onMessageReceivedCallback
+        self._lock = threading.Lock()
+        self.asked: dict[str, int] = {}
+
+    def __enter__(self):
+        def send(node, message):
+            if isinstance(message, dict) and message.get("type") in ("pre_vote", "request_vote"):
+                with self._lock:
+                    self.asked[message["type"]] = self.asked.get(message["type"], 0) + 1
+            return True
+
+        self._transport.send = send
+        self._transport._onMessageReceivedCallback = lambda node, message: None
+        return self
+
+    def __exit__(self, *exc):
+        self._transport.send = self._send
+        self._transport._onMessageReceivedCallback = self._deliver
+
+    def rounds(self) -> int:
+        with self._lock:
+            return sum(self.asked.values())
+
+
+def _config(name):
+    return [Op.create("config", {"id": new_id(), "name": name, "data": "eA==", "labels": {}})]
+
+
+def test_a_member_that_was_cut_off_rejoins_without_deposing_the_leader(members):
+    leader = wait_for(lambda: next((m for m in members if m[1].is_leader), None), 30,
+                      what="a leader")
+    leader[0].barrier()
+    before = leader[1].status()
+    cut_store, cut_raft = next(m for m in members if m is not leader)
+    with Cut(cut_raft) as cut:
+        # Its election timer (0.3-0.7 s) runs out several times over.
+        wait_for(lambda: cut.rounds() >= 3, 30, what="three election attempts while cut off")
+        leader[0].commit(_config("while-cut-off"))
+        cut_term = cut_raft.status()["term"]
+    assert cut.asked.get("request_vote", 0) == 0, cut.asked
+    assert cut_term == before["term"]
+    leader[0].commit(_config("after"))
+    wait_for(lambda: {c["name"] for c in cut_store.list("config")} >= {"while-cut-off", "after"},
+             15, what="the member back in step")
+    after = leader[1].status()
+    assert leader[1].is_leader
+    assert after["term"] == before["term"]
+    assert cut_raft.status()["term"] == before["term"]
+    assert cut_raft.status()["leader"] == leader[1].self_address
