@@ -289,6 +289,10 @@ class RaftNode(SyncObj):
             term=message["term"], last=(message["last_log_term"], message["last_log_index"]),
             my_term=term, my_last=self._last_log(),
             leading=self._SyncObj__raftState == _RAFT_STATE.LEADER, now=_monotonic())
+        if granted:
+            log.info("pre-vote for term %d granted to %s (at term %d, a leader last heard "
+                     "%.2f s ago)", message["term"], getattr(node, "address", node), term,
+                     _monotonic() - self._prevote.leader_contact)
         self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": message["term"],
                                              "current_term": term, "granted": granted})
 
