@@ -6,57 +6,21 @@ by handing it to the leader over the Raft connection: that is how a deposed
 leader's last decisions would otherwise be applied by its successor.
 """
 
-import os
-import socket
 import threading
 
 import pytest
 
-from flotilla.ca import certs
 from flotilla.manager.raft import codec
-from flotilla.manager.raft.node import RaftNode, RaftSettings
-from flotilla.manager.raftsecurity import RaftSecurity, SecurityCounters
-from flotilla.manager.store.store import Op, Store, new_id
+from flotilla.manager.store.store import Op, new_id
 from pysyncobj.config import FAIL_REASON
 from tests.helpers.cluster import wait_for
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers.raftmembers import raft_members
 
 
 @pytest.fixture
 def members(tmp_path):
-    cluster_id = "fencingcluster"
-    root = certs.RootCA.create(cluster_id)
-    ca = tmp_path / "ca.pem"
-    ca.write_bytes(root.cert_pem)
-    addrs = [f"127.0.0.1:{_free_port()}" for _ in range(3)]
-    ids = [f"member{i}" for i in range(3)]
-    out = []
-    for i in range(3):
-        d = tmp_path / f"m{i}"
-        (d / "raft").mkdir(parents=True, mode=0o700)
-        key, cert = root.issue(certs.ROLE_MANAGER, ids[i], cluster_id, 3600)
-        certs.write_node_bundle(str(d / "node.pem"), key, cert)
-        store = Store()
-        security = RaftSecurity(bundle_path=str(d / "node.pem"), ca_path=str(ca),
-                                cluster_id=cluster_id, store=store,
-                                members_path=str(d / "raft" / "members.json"),
-                                counters=SecurityCounters())
-        security.remember(dict(zip(addrs, ids)))
-        raft = RaftNode(addrs[i], addrs, str(d / "raft"), store.sm, security, RaftSettings())
-        store.attach(raft)
-        out.append((store, raft))
-    for store, raft in out:
-        store.start()
-        raft.start()
-    yield out
-    for store, raft in out:
-        raft.stop()
-        store.stop()
+    with raft_members(tmp_path, "fencingcluster") as out:
+        yield out
 
 
 def test_a_follower_cannot_get_a_command_committed_through_the_leader(members):
