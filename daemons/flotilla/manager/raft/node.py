@@ -234,7 +234,10 @@ class RaftNode(SyncObj):
         socket, and a leader would step down for want of answers it has
         not read. Read them first; and if the leader's silence still looks
         too long, give it one more election timeout counted from now: time
-        this member could not run says nothing about the leader."""
+        this member could not run says nothing about the leader (nor does
+        it when a pre-vote request is read before the leader's heartbeats)."""
+        if self._SyncObj__raftLeader is not None:
+            self._prevote.heard_from_leader(_monotonic())
         self._poller.poll(0)
         deadline = self._SyncObj__raftElectionDeadline
         if deadline < _monotonic():
