@@ -256,26 +256,35 @@ class RaftNode(SyncObj):
     def _last_log(self) -> tuple[int, int]:
         return self._SyncObj__getCurrentLogTerm(), self._SyncObj__getCurrentLogIndex()
 
+    def _election_allowed(self) -> bool:
+        """May pysyncobj start an election now? Without pre-vote, yes; with
+        it, only after a won round or when the leader asked (a transfer)."""
+        if self._SyncObj__transferInProgress or not self._SyncObj__otherNodes:
+            return True
+        if self._prevote.won_term == self._SyncObj__raftCurrentTerm + 1:
+            return True
+        return not self._prevote_enabled()
+
+    def _SyncObj__connectedToAnyone(self):
+        # pysyncobj asks this only right before it starts an election, after
+        # finding its timer run out. Checking the timer ourselves before the
+        # tick is not enough: between that check and pysyncobj's, the tick
+        # may spend a while in the journal's once-a-second fsync.
+        return SyncObj._SyncObj__connectedToAnyone(self) and self._election_allowed()
+
     def _prevote_tick(self):
         """Runs before pysyncobj's tick: when the election timer has run
-        out, ask for pre-votes and put the timer back, unless the last
-        round won (then pysyncobj starts the election in this tick)."""
+        out and no election is allowed yet, ask for pre-votes and put the
+        timer back."""
         if self._SyncObj__raftState == _RAFT_STATE.LEADER or self._SyncObj__selfNode is None:
             return
         now = _monotonic()
-        if self._SyncObj__raftElectionDeadline >= now or not self._SyncObj__otherNodes:
+        if self._SyncObj__raftElectionDeadline >= now or self._election_allowed():
             return
-        if self._SyncObj__transferInProgress:
-            return                  # asked for by the leader: no pre-vote
         term = self._SyncObj__raftCurrentTerm
         pv = self._prevote
-        if pv.won_term == term + 1:
-            pv.clear()
-            return
-        if not self._prevote_enabled():
-            return
         self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
-        if not self._SyncObj__connectedToAnyone():
+        if not SyncObj._SyncObj__connectedToAnyone(self):
             return
         pv.start(term + 1, self._SyncObj__selfNode)
         last_term, last_index = self._last_log()
