@@ -100,7 +100,7 @@ class TaskReaper(Component):
             if t["desired_state"] == "remove":
                 node = nodes.get(t["node_id"]) if t["node_id"] else None
                 if (T.finished(t) or taskmodel.before(t["status"]["state"], "assigned")
-                        or not t["node_id"] or T.node_unusable(node) in ("node removed", "node down")):
+                        or not t["node_id"] or T.node_gone(node)):
                     deletes.append(t)
                 continue
             if taskmodel.runnable(t):

@@ -52,5 +52,10 @@ def node_unusable(node: dict | None) -> str | None:
     return None
 
 
+def node_gone(node: dict | None) -> bool:
+    """The node is down or removed: no agent there acts on its tasks now."""
+    return node_unusable(node) in ("node down", "node removed")
+
+
 def finished(task: dict) -> bool:
     return taskmodel.finished(task["status"]["state"])

@@ -93,7 +93,7 @@ def old_task_gone(task: dict | None, node: dict | None) -> bool:
     it comes back, and its slot must not stay empty meanwhile)."""
     if _stopped(task):
         return True
-    return bool(task.get("node_id")) and T.node_unusable(node) in ("node down", "node removed")
+    return bool(task.get("node_id")) and T.node_gone(node)
 
 
 def has_dirty(service: dict, tasks: list[dict]) -> bool:
