@@ -2,12 +2,21 @@
 stalling Raft.
 
 This object stands in for pysyncobj's ``Serializer``. When pysyncobj decides
-to compact the log it calls ``serialize()`` on its tick thread; we take a cheap
-copy of the state there (the state machine never mutates stored objects in
-place, so a shallow copy is a consistent view) and write it to disk on a
-background thread: a temporary file, fsync, rename, fsync of the directory.
-Only after that does ``checkSerializing()`` report success, which is when
-pysyncobj drops the journal entries the snapshot covers.
+to compact the log it calls ``serialize()`` on its tick thread, the only
+thread that changes the state. It forks there: the child process has the
+state as it was at that moment (copy-on-write memory), writes it to a
+temporary file of its own, fsyncs it and exits, at a low priority, while
+this process goes on without spending its interpreter lock on the encoding
+(about 0.14 CPU-s for 30,000 tasks on an idle machine, several times that
+on a loaded one, and on every member at about the same time: see
+``bench/snapshot_write.py``). A thread here waits for the child,
+then renames the file over the snapshot and fsyncs the directory. Only
+after that does ``checkSerializing()`` report success, which is when
+pysyncobj drops the journal entries the snapshot covers. The child gets
+SIGKILL if its parent dies. Where fork is not possible, a shallow copy of
+the state is written by a thread of this process instead (the state machine
+never mutates stored objects in place, so a shallow copy is a consistent
+view).
 
 The same file is streamed in chunks to followers that are too far behind
 (``getTransmissionData``) and received the same way (``setTransmissionData``).
@@ -19,21 +28,28 @@ state machine's own records.
 
 from __future__ import annotations
 
+import gc
+import glob
 import logging
 import os
+import queue
+import signal
 import threading
+import time
 
 import msgpack
 
 from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.node import TCPNode
 
-from ...common import fsutil
+from ...common import fsutil, procutil
 from . import codec
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"FLTSNAP1"
+WRITE_BUFFER = 1 << 20
+CHILD_NICE = 10
 
 
 class SnapshotSerializer:
@@ -54,6 +70,15 @@ class SnapshotSerializer:
         self._installing = False
         self.snapshots_written = 0
         self.snapshots_installed = 0
+        self.fork = True           # False: write from a shallow copy, in a thread here
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        # Left by a process that died while its child wrote.
+        for stale in glob.glob(glob.escape(path) + ".writing*"):
+            try:
+                os.unlink(stale)
+            except OSError:
+                pass
 
     # -- writing ------------------------------------------------------------
     def serialize(self, data, id):
@@ -68,30 +93,113 @@ class SnapshotSerializer:
             "prev": list(prev),
             "members": sorted(node.address for node in cluster),
         }
+        started = time.monotonic()
+        view = getattr(self._sm, "snapshot_view", None)
+        if self.fork and view is not None:
+            parent = os.getpid()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                log.warning("cannot fork to write the snapshot (%s): writing it here", exc)
+            else:
+                if pid == 0:
+                    self._child(parent, header, view())     # does not return
+                self._submit(self._reap, pid, header, started)
+                return
         captured = self._sm.snapshot_capture()
-        thread = threading.Thread(target=self._write, args=(header, captured),
-                                  name="raft-snapshot", daemon=True)
-        thread.start()
+        self._submit(self._write_here, header, captured, started)
 
-    def _write(self, header, captured):
-        tmp = self._path + ".writing"
+    def _submit(self, fn, *args):
+        """Hand work to this serializer's thread, started once: starting a
+        thread for each snapshot would make the Raft thread wait for it."""
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="raft-snapshot",
+                                            daemon=True)
+            self._worker.start()
+        self._jobs.put((fn, args))
+
+    def _work(self):
+        while True:
+            fn, args = self._jobs.get()
+            fn(*args)
+
+    def _temporary(self, pid: int) -> str:
+        return f"{self._path}.writing-{pid}"
+
+    def _write_file(self, tmp, header, captured):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "wb", buffering=WRITE_BUFFER) as f:
+            f.write(MAGIC)
+            f.write(codec.pack(header))
+            self._sm.snapshot_write(captured, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _child(self, parent, header, view):
+        """In the forked child: write, sync and exit, touching nothing the
+        parent's other threads may have held at the fork (locks, logging)."""
+        gc.disable()        # no finaliser of the parent's objects may run here
+        code = 1
         try:
-            with open(tmp, "wb") as f:
-                os.fchmod(f.fileno(), 0o600)
-                f.write(MAGIC)
-                f.write(codec.pack(header))
-                self._sm.snapshot_write(captured, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path)
-            fsutil.fsync_dir(os.path.dirname(self._path))
+            procutil.die_with_parent()
+            if os.getppid() != parent:
+                return
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                        signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            # Forked from the Raft thread, it would keep that thread's raised
+            # priority: background work yields to the managers instead.
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0,
+                               max(CHILD_NICE, os.getpriority(os.PRIO_PROCESS, 0)))
+            except OSError:
+                pass
+            self._write_file(self._temporary(os.getpid()), header, view)
+            code = 0
+        except BaseException as exc:      # noqa: BLE001 - reported through the exit code
+            try:
+                os.write(2, f"snapshot child: {exc!r}\n".encode())
+            except BaseException:          # noqa: BLE001
+                pass
+        finally:
+            os._exit(code)
+
+    def _reap(self, pid, header, started):
+        tmp = self._temporary(pid)
+        try:
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                raise RuntimeError(f"the snapshot process exited with {code}")
+            self._install_written(tmp, header, started)
             state = SERIALIZER_STATE.SUCCESS
-            self.snapshots_written += 1
         except Exception:
             log.exception("writing snapshot failed")
             state = SERIALIZER_STATE.FAILED
+            _unlink(tmp)
         with self._lock:
             self._state = state
+
+    def _write_here(self, header, captured, started):
+        tmp = self._temporary(os.getpid())
+        try:
+            _unlink(tmp)
+            self._write_file(tmp, header, captured)
+            self._install_written(tmp, header, started)
+            state = SERIALIZER_STATE.SUCCESS
+        except Exception:
+            log.exception("writing snapshot failed")
+            state = SERIALIZER_STATE.FAILED
+            _unlink(tmp)
+        with self._lock:
+            self._state = state
+
+    def _install_written(self, tmp, header, started):
+        os.replace(tmp, self._path)
+        fsutil.fsync_dir(os.path.dirname(self._path))
+        self.snapshots_written += 1
+        log.info("snapshot at index %d written: %d bytes in %.2f s", header["last"][1],
+                 os.path.getsize(self._path), time.monotonic() - started)
 
     def checkSerializing(self):
         with self._lock:
@@ -192,6 +300,13 @@ class SnapshotSerializer:
         f = self._transmissions.pop(id, None)
         if f is not None:
             f.close()
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _entry(value):

@@ -378,6 +378,12 @@ class StateMachine:
                     {k: dict(v) for k, v in self.objects.items()},
                     list(self._dedupe.items()))
 
+    def snapshot_view(self):
+        """The state as it is, without a copy: for a process forked from
+        the Raft thread, which is the only one that changes it (the
+        child's memory is a copy of the parent's at the fork)."""
+        return self.index, self.objects, self._dedupe.items()
+
     @staticmethod
     def snapshot_write(captured, f):
         index, objects, dedupe = captured
