@@ -62,6 +62,7 @@ test-slow: venv docker
 bench: venv docker bench-deps
 	$(PY) bench/raft_writes.py --etcd-check-perf
 	$(PY) bench/journal_cut.py
+	$(PY) bench/snapshot_write.py
 	$(PY) bench/failover.py
 	$(PY) bench/converge.py
 	$(PY) bench/converge.py --init
