@@ -48,17 +48,25 @@ def _stat(pid) -> list[str]:
         return f.read().rsplit(")", 1)[1].split()  # fields from "state" on
 
 
+def _ticks(fields) -> int:
+    # utime + stime, and cutime + cstime: the children it has waited for (a
+    # manager forks a short-lived child to write each snapshot).
+    return sum(int(x) for x in fields[11:15])
+
+
 def process_cpu(pid: int) -> float:
-    """User + system CPU seconds that one process has used so far (0 once it is gone)."""
+    """User + system CPU seconds that one process and its finished children
+    have used so far (0 once it is gone)."""
     try:
         fields = _stat(pid)
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _ticks(fields) / os.sysconf("SC_CLK_TCK")
 
 
 def group_cpu(pgids) -> float:
-    """User + system CPU seconds used so far by the live processes of some process groups."""
+    """User + system CPU seconds used so far by the live processes of some
+    process groups (with their finished children)."""
     pgids, ticks = set(pgids), 0
     for pid in os.listdir("/proc"):
         if pid.isdigit():
@@ -67,7 +75,7 @@ def group_cpu(pgids) -> float:
             except OSError:
                 continue
             if int(fields[2]) in pgids:
-                ticks += int(fields[11]) + int(fields[12])
+                ticks += _ticks(fields)
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

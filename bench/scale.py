@@ -54,7 +54,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import pct, write_result
+from benchlib import pct, process_cpu, write_result
 
 from flotilla.common.httpclient import ApiError
 from tests.helpers.cluster import LocalCluster, wait_for
@@ -132,15 +132,6 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def cpu_s(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return 0.0
-
-
 class Sampler(threading.Thread):
     """RSS of every manager worker, once a second."""
 
@@ -169,6 +160,7 @@ class ApiLoad(threading.Thread):
         self.node_id = node_id
         self.get_s: list[float] = []
         self.patch_s: list[float] = []
+        self.slowest: list[tuple] = []      # (when it ended, which, seconds)
         self.errors = 0
         self.services = None
         self.services_at = 0.0
@@ -185,12 +177,15 @@ class ApiLoad(threading.Thread):
                     result = self.client.get("/v1/services")
                     self.services, self.services_at = result, time.time()
                     self.get_s.append(time.monotonic() - t0)
+                    self.slowest.append((time.monotonic(), "get", self.get_s[-1]))
                 else:
                     self.client.patch(f"/v1/nodes/{self.node_id}",
                                       {"labels_add": {"bench.tick": str(n)}})
                     self.patch_s.append(time.monotonic() - t0)
+                    self.slowest.append((time.monotonic(), "patch", self.patch_s[-1]))
             except ApiError:
                 self.errors += 1
+            self.slowest = sorted(self.slowest, key=lambda x: -x[2])[:5]
             next_at += 0.1
             self.stop.wait(max(0.0, next_at - time.monotonic()))
 
@@ -341,8 +336,9 @@ def run(args):
         sampler.start()
         api = ApiLoad(c.admin(timeout=30, retry_for=10), managers[0].node_id)
         api.start()
-        cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
-        sim_cpu0 = sum(cpu_s(p.pid) for p, _ in groups)
+        cpu0 = {name: process_cpu(pid) for name, pid in pids.items()}
+        snapshots_before = {m.name: m.log().count("snapshot at index") for m in managers}
+        sim_cpu0 = sum(process_cpu(p.pid) for p, _ in groups)
         load_start = os.getloadavg()
 
         per = [args.tasks // args.services + (1 if i < args.tasks % args.services else 0)
@@ -393,8 +389,8 @@ def run(args):
         else:
             raise RuntimeError(f"not all tasks running after {args.timeout}s")
 
-        cpu1 = {name: cpu_s(pid) for name, pid in pids.items()}
-        sim_cpu1 = sum(cpu_s(p.pid) for p, _ in groups)
+        cpu1 = {name: process_cpu(pid) for name, pid in pids.items()}
+        sim_cpu1 = sum(process_cpu(p.pid) for p, _ in groups)
         load_end = os.getloadavg()
         api.stop.set()
         api.join(10)
@@ -413,6 +409,8 @@ def run(args):
         status_post_s = [x for tm in times for x in tm["status_post_s"]]
         heartbeat_s = [x for tm in times for x in tm["heartbeat_s"]]
         marked_down = sum(m.log().count("is down (heartbeat failure)") for m in managers)
+        snapshots = {m.name: m.log().count("snapshot at index") - snapshots_before[m.name]
+                     for m in managers}
         created = {}
         for name in names:
             for task in admin.get("/v1/tasks", params={"service": name}):
@@ -475,7 +473,10 @@ def run(args):
                        "get_services_p99": round(pct(api.get_s, 99) * 1000, 1),
                        "patch_p50": round(pct(api.patch_s, 50) * 1000, 1),
                        "patch_p99": round(pct(api.patch_s, 99) * 1000, 1),
-                       "requests": len(api_all), "errors": api.errors},
+                       "requests": len(api_all), "errors": api.errors,
+                       "slowest": [{"at_s": round(at - t0, 2), "request": which,
+                                    "ms": round(sec * 1000, 1)}
+                                   for at, which, sec in api.slowest]},
             "status_post_ms": {"p50": round(pct(status_post_s, 50) * 1000, 1),
                                "p99": round(pct(status_post_s, 99) * 1000, 1),
                                "posts": len(status_post_s)},
@@ -485,6 +486,7 @@ def run(args):
                              "heartbeats": len(heartbeat_s)},
             "front_handshakes_during_run": front_handshakes,
             "nodes_marked_down": marked_down,
+            "snapshots_during_run": snapshots,
             "rss_mb": {"leader": leader.name, "before_run": rss_before,
                        "max": {k: round(v, 1) for k, v in sampler.max.items()},
                        "end": {k: round(rss_mb(p), 1) for k, p in pids.items()},
@@ -557,6 +559,8 @@ def print_table(r):
         ("TLS handshakes at the dispatcher port during the run",
          str(r.get("front_handshakes_during_run", "-")), ""),
         ("nodes marked down (heartbeats late)", str(r["nodes_marked_down"]), "0"),
+        ("snapshots written during the run", ", ".join(
+            f"{k} {v}" for k, v in r["snapshots_during_run"].items()), ""),
         ("leader changes", str(r["leader_changes_during_setup_and_run"]), "0"),
         ("CPU s during run", ", ".join(f"{k} {v}" for k, v in r["cpu_s_during_run"].items()), ""),
         ("GC s / longest pause (ms)",
