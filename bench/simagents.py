@@ -530,7 +530,14 @@ class Group:
                     return
                 try:
                     await front.prepare(2)
-                except (ConnectionError, OSError, asyncio.TimeoutError, ssl.SSLError):
+                    # A heartbeat on each, as a running agent's heartbeats and
+                    # reports have sent: the dispatcher port closes a
+                    # connection that has carried no request within 10 s.
+                    await asyncio.gather(*(
+                        front.request("POST", "/v1/dispatcher/heartbeat",
+                                      {"session_id": a.session_id}) for _ in range(2)))
+                except (ConnectionError, OSError, asyncio.TimeoutError, ssl.SSLError,
+                        HttpError):
                     self.errors["front_connect"] = self.errors.get("front_connect", 0) + 1
 
         t0 = time.monotonic()
