@@ -5,6 +5,7 @@ child so that this process's interpreter lock stays free."""
 import io
 import os
 import resource
+import signal
 import stat
 import time
 
@@ -144,3 +145,35 @@ def test_the_writer_is_another_process_at_a_low_priority(tmp_path):
     writer = records[1]
     assert writer["pid"] != os.getpid()
     assert writer["nice"] >= 10
+
+
+class _Slow:
+    """A state machine whose snapshot takes a while to write."""
+
+    def snapshot_view(self):
+        return None
+
+    def snapshot_capture(self):
+        return None
+
+    @staticmethod
+    def snapshot_write(_captured, f):
+        f.write(b"x" * 1000)
+        f.flush()
+        time.sleep(30)
+
+
+def test_a_writer_killed_half_way_leaves_nothing_behind(tmp_path, caplog):
+    ser = SnapshotSerializer(str(tmp_path / "snapshot"), 1 << 16, _Slow())
+    ser.serialize((None, (b"", 5, 1), (b"", 4, 1), [TCPNode(m) for m in MEMBERS]), 5)
+    deadline = time.monotonic() + 10
+    while not leftovers(tmp_path):
+        assert time.monotonic() < deadline, "no writer started"
+        time.sleep(0.01)
+    [name] = leftovers(tmp_path)
+    os.kill(int(name.rsplit("-", 1)[1]), signal.SIGKILL)
+    while ser.checkSerializing()[0] == SERIALIZER_STATE.SERIALIZING:
+        assert time.monotonic() < deadline + 10, "the writer's end was not noticed"
+        time.sleep(0.01)
+    assert leftovers(tmp_path) == [] and not (tmp_path / "snapshot").exists()
+    assert "got signal 9" in caplog.text

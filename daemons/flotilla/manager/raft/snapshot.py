@@ -169,13 +169,17 @@ class SnapshotSerializer:
         try:
             _, status = os.waitpid(pid, 0)
             code = os.waitstatus_to_exitcode(status)
-            if code != 0:
-                raise RuntimeError(f"the snapshot process exited with {code}")
-            self._install_written(tmp, header, started)
-            state = SERIALIZER_STATE.SUCCESS
+            if code == 0:
+                self._install_written(tmp, header, started)
+                state = SERIALIZER_STATE.SUCCESS
+            else:       # it said why on stderr, or a signal stopped it
+                log.warning("writing snapshot failed: its process %d %s", pid,
+                            f"exited with {code}" if code > 0 else f"got signal {-code}")
+                state = SERIALIZER_STATE.FAILED
         except Exception:
             log.exception("writing snapshot failed")
             state = SERIALIZER_STATE.FAILED
+        if state == SERIALIZER_STATE.FAILED:
             _unlink(tmp)
         with self._lock:
             self._state = state
