@@ -3,8 +3,11 @@
 Keeps a ``SchedulerCore`` in step with the store (nodes, and every task's
 node and reservations) and places pending tasks: a task in state ``pending``
 whose desired state is ``ready`` or ``running``. Changes are gathered for a
-short moment (20 ms, at most 200 ms) so that many placements are decided
-together, and the decisions are committed as independent transactions that
+short moment so that many placements are decided together: while each wait
+of up to 20 ms brings more tasks to place, and no longer once one brings
+none (other changes, such as a stream of status reports, do not hold new
+tasks back); changes with no task to place until 20 ms pass without any; at
+most 200 ms. The decisions are committed as independent transactions that
 share Raft entries: a task changed meanwhile fails its own compare-and-set
 alone and is placed again. Decisions are submitted without waiting for
 their commit (at most ``MAX_BATCHES`` in flight): the next batch is decided
@@ -65,20 +68,25 @@ class Scheduler(Component):
         for task in self._store.list("task"):
             self._track(task)
 
-    def _track(self, task):
+    def _track(self, task) -> bool:
+        """Keep the task in step; True if it is newly waiting for a node."""
         if needs_scheduling(task):
+            new = task["id"] not in self._pending
             self._pending[task["id"]] = task
             self.core.forget_task(task["id"])
-        else:
-            self._pending.pop(task["id"], None)
-            self.core.track_task(task)
+            return new
+        self._pending.pop(task["id"], None)
+        self.core.track_task(task)
+        return False
 
-    def _apply(self, events) -> bool:
-        changed = False
+    def _apply(self, events) -> tuple[bool, int]:
+        """Apply watch events: (whether anything changed, how many tasks
+        newly wait for a node)."""
+        changed, added = False, 0
         for e in events:
             if e.action == "reset":
                 self._load()
-                return True
+                return True, len(self._pending)
             if e.kind == "node":
                 if e.object is None:
                     self.core.remove_node(e.id)
@@ -94,24 +102,33 @@ class Scheduler(Component):
                     if (new["status"]["state"] in ("failed", "rejected") and new.get("node_id")
                             and (old is None or old["status"]["state"] != new["status"]["state"])):
                         self.core.note_failure(new)
-                    self._track(new)
+                    added += self._track(new)
                 changed = True
-        return changed
+        return changed, added
+
+    def _gather(self, watcher, events) -> bool:
+        """Apply ``events`` and the changes right behind them (see the module
+        doc); returns whether anything changed."""
+        changed, added = self._apply(events)
+        if not changed:
+            return False
+        start = time.monotonic()
+        while time.monotonic() - start < MAX_LATENCY:
+            more = watcher.next(timeout=DEBOUNCE)
+            if not more:
+                break
+            _, more_added = self._apply(more)
+            if added and not more_added:
+                break
+            added += more_added
+        return True
 
     def run(self):
         watcher = self._store.watch()
         self._load()
         last_tick = 0.0
         while not self.stopping.is_set():
-            events = watcher.next(timeout=RETRY)
-            changed = self._apply(events)
-            if changed:
-                start = time.monotonic()
-                while time.monotonic() - start < MAX_LATENCY:
-                    more = watcher.next(timeout=DEBOUNCE)
-                    if not more:
-                        break
-                    self._apply(more)
+            changed = self._gather(watcher, watcher.next(timeout=RETRY))
             self._take_answers()
             if self._pending and self._batches < MAX_BATCHES and (
                     changed or time.monotonic() - last_tick >= RETRY):
