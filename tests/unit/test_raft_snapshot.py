@@ -122,14 +122,18 @@ def test_a_temporary_file_left_by_a_crash_is_removed_at_start(tmp_path):
     assert leftovers(tmp_path) == []
 
 
-class _Probe:
-    """A state machine whose snapshot records who wrote it."""
+class _Stub:
+    """A state machine with nothing in it; subclasses write the snapshot."""
 
     def snapshot_view(self):
         return None
 
     def snapshot_capture(self):
         return None
+
+
+class _Probe(_Stub):
+    """Its snapshot records who wrote it."""
 
     @staticmethod
     def snapshot_write(_captured, f):
@@ -147,14 +151,8 @@ def test_the_writer_is_another_process_at_a_low_priority(tmp_path):
     assert writer["nice"] >= 10
 
 
-class _Slow:
-    """A state machine whose snapshot takes a while to write."""
-
-    def snapshot_view(self):
-        return None
-
-    def snapshot_capture(self):
-        return None
+class _Slow(_Stub):
+    """Its snapshot takes a while to write."""
 
     @staticmethod
     def snapshot_write(_captured, f):
