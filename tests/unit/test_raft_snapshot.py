@@ -10,6 +10,7 @@ import stat
 import time
 
 import msgpack
+import pytest
 from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.node import TCPNode
 
@@ -175,3 +176,34 @@ def test_a_writer_killed_half_way_leaves_nothing_behind(tmp_path, caplog):
         time.sleep(0.01)
     assert leftovers(tmp_path) == [] and not (tmp_path / "snapshot").exists()
     assert "got signal 9" in caplog.text
+
+
+class _Gated(_Stub):
+    """Its snapshot is finished only once a file exists (a child process
+    cannot wait on this process's events)."""
+
+    def __init__(self, gate):
+        self.gate = str(gate)
+
+    def snapshot_write(self, _captured, f):
+        f.write(b"our own, older")
+        while not os.path.exists(self.gate):
+            time.sleep(0.005)
+
+
+@pytest.mark.parametrize("fork", [True, False])
+def test_a_snapshot_from_the_leader_wins_over_ours_begun_before_it(tmp_path, fork):
+    ser = SnapshotSerializer(str(tmp_path / "snapshot"), 1 << 16, _Gated(tmp_path / "gate"))
+    ser.fork = fork
+    ser.serialize((None, (b"", 5, 1), (b"", 4, 1), [TCPNode(m) for m in MEMBERS]), 5)
+    installed = MAGIC + b"from the leader, newer"
+    assert ser.setTransmissionData((installed, True, True))
+    (tmp_path / "gate").touch()
+    deadline = time.monotonic() + 10
+    while (state := ser.checkSerializing()[0]) == SERIALIZER_STATE.SERIALIZING:
+        assert time.monotonic() < deadline, "the writer's end was not noticed"
+        time.sleep(0.01)
+    # Ours is dropped: pysyncobj keeps its journal, the leader's stays in place.
+    assert state == SERIALIZER_STATE.FAILED
+    assert (tmp_path / "snapshot").read_bytes() == installed
+    assert leftovers(tmp_path) == []

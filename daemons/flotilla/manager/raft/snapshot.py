@@ -20,6 +20,8 @@ view).
 
 The same file is streamed in chunks to followers that are too far behind
 (``getTransmissionData``) and received the same way (``setTransmissionData``).
+A snapshot of a member's own that was begun before one from the leader was
+installed is older than it: it is dropped, not renamed over it.
 
 File layout: magic, then a msgpack stream: a header map
 ``{"last": entry, "prev": entry, "members": [addr, ...]}`` followed by the
@@ -71,6 +73,9 @@ class SnapshotSerializer:
         self.snapshots_written = 0
         self.snapshots_installed = 0
         self.fork = True           # False: write from a shallow copy, in a thread here
+        # One more for every snapshot installed from the leader: a snapshot of
+        # our own begun before it is older and must not replace it.
+        self._generation = 0
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         # Left by a process that died while its child wrote.
@@ -94,6 +99,7 @@ class SnapshotSerializer:
             "members": sorted(node.address for node in cluster),
         }
         started = time.monotonic()
+        generation = self._generation
         view = getattr(self._sm, "snapshot_view", None)
         if self.fork and view is not None:
             parent = os.getpid()
@@ -104,10 +110,10 @@ class SnapshotSerializer:
             else:
                 if pid == 0:
                     self._child(parent, header, view())     # does not return
-                self._submit(self._reap, pid, header, started)
+                self._submit(self._reap, pid, header, started, generation)
                 return
         captured = self._sm.snapshot_capture()
-        self._submit(self._write_here, header, captured, started)
+        self._submit(self._write_here, header, captured, started, generation)
 
     def _submit(self, fn, *args):
         """Hand work to this serializer's thread, started once: starting a
@@ -164,18 +170,21 @@ class SnapshotSerializer:
         finally:
             os._exit(code)
 
-    def _reap(self, pid, header, started):
+    def _reap(self, pid, header, started, generation):
         tmp = self._temporary(pid)
         try:
             _, status = os.waitpid(pid, 0)
             code = os.waitstatus_to_exitcode(status)
             if code == 0:
-                self._install_written(tmp, header, started)
+                self._install_written(tmp, header, started, generation)
                 state = SERIALIZER_STATE.SUCCESS
             else:       # it said why on stderr, or a signal stopped it
                 log.warning("writing snapshot failed: its process %d %s", pid,
                             f"exited with {code}" if code > 0 else f"got signal {-code}")
                 state = SERIALIZER_STATE.FAILED
+        except _Superseded:
+            log.info("snapshot dropped: one from the leader was installed meanwhile")
+            state = SERIALIZER_STATE.FAILED
         except Exception:
             log.exception("writing snapshot failed")
             state = SERIALIZER_STATE.FAILED
@@ -184,13 +193,17 @@ class SnapshotSerializer:
         with self._lock:
             self._state = state
 
-    def _write_here(self, header, captured, started):
+    def _write_here(self, header, captured, started, generation):
         tmp = self._temporary(os.getpid())
         try:
             _unlink(tmp)
             self._write_file(tmp, header, captured)
-            self._install_written(tmp, header, started)
+            self._install_written(tmp, header, started, generation)
             state = SERIALIZER_STATE.SUCCESS
+        except _Superseded:
+            log.info("snapshot dropped: one from the leader was installed meanwhile")
+            state = SERIALIZER_STATE.FAILED
+            _unlink(tmp)
         except Exception:
             log.exception("writing snapshot failed")
             state = SERIALIZER_STATE.FAILED
@@ -198,8 +211,11 @@ class SnapshotSerializer:
         with self._lock:
             self._state = state
 
-    def _install_written(self, tmp, header, started):
-        os.replace(tmp, self._path)
+    def _install_written(self, tmp, header, started, generation):
+        with self._lock:
+            if generation != self._generation:
+                raise _Superseded()
+            os.replace(tmp, self._path)
         fsutil.fsync_dir(os.path.dirname(self._path))
         self.snapshots_written += 1
         log.info("snapshot at index %d written: %d bytes in %.2f s", header["last"][1],
@@ -295,7 +311,9 @@ class SnapshotSerializer:
         os.fsync(self._incoming.fileno())
         self._incoming.close()
         self._incoming = None
-        os.replace(tmp, self._path)
+        with self._lock:
+            self._generation += 1
+            os.replace(tmp, self._path)
         fsutil.fsync_dir(os.path.dirname(self._path))
         self._installing = True
         return True
@@ -304,6 +322,10 @@ class SnapshotSerializer:
         f = self._transmissions.pop(id, None)
         if f is not None:
             f.close()
+
+
+class _Superseded(Exception):
+    """A snapshot from the leader was installed while ours was written."""
 
 
 def _unlink(path):
