@@ -374,15 +374,25 @@ class Store:
                                  "message": f"{kind} {oid} changed (version {current.get('version')})"})
             new = change(current)
             if new is None or new == current:
+                if rid is not None:
+                    # Nothing to write, but the request id is remembered: a
+                    # late copy of this request (a forward held up by a
+                    # partition, a client's retry) must not apply it after
+                    # a later write.
+                    self.commit([], rid=rid)
                 return current
             ops = [Op.update(kind, new, version=current["version"])]
             if extra_ops is not None:
                 ops += extra_ops(current, new)
             try:
-                return self.commit(ops, rid=rid)["objects"][0]
+                objects = self.commit(ops, rid=rid)["objects"]
             except TxnFailed as exc:
                 if exc.code != "conflict" or version is not None:
                     raise
+                continue
+            # Empty when this request id was seen before and changed nothing
+            # then: it changes nothing now either.
+            return objects[0] if objects else self.get(kind, oid)
         raise TxnFailed({"code": "conflict", "kind": kind, "id": oid,
                          "message": f"{kind} {oid} changed too often; retry"})
 
