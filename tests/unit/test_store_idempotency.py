@@ -2,6 +2,7 @@
 read-modify-write: a late copy of a request never applies it again. The
 Raft member is replaced by one that applies each entry at once."""
 
+import pytest
 from pysyncobj.config import FAIL_REASON
 
 from flotilla.manager.store.store import Op, Store
@@ -25,49 +26,35 @@ class ApplyingRaft:
         callback(self.sm.apply(payload), FAIL_REASON.SUCCESS)
 
 
-def store():
+@pytest.fixture
+def stored():
+    """A store holding one config, with data "x"; and its Raft stand-in."""
     s = Store()
     raft = ApplyingRaft(s.sm)
     s.attach(raft)
     s.start()
     s.commit([Op.create("config", {"id": "a", "name": "a", "data": "x"})])
-    return s, raft
+    yield s, raft
+    s.stop()
 
 
 def set_data(value):
     return lambda current: dict(current, data=value)
 
 
-def test_a_late_copy_of_a_request_that_changed_nothing_is_not_applied():
-    s, _ = store()
-    try:
-        # Asks for what is already there: nothing to write.
-        assert s.update("config", "a", set_data("x"), rid="R")["data"] == "x"
-        assert s.update("config", "a", set_data("y"), rid="S")["data"] == "y"
-        # The first request again (a forward held up by a partition).
-        again = s.update("config", "a", set_data("x"), rid="R")
-        assert again["data"] == "y"
-        assert s.get("config", "a")["data"] == "y"
-    finally:
-        s.stop()
+@pytest.mark.parametrize("first", ["x", "y"], ids=["changed-nothing", "wrote"])
+def test_a_late_copy_of_a_request_is_not_applied_again(stored, first):
+    s, _ = stored
+    # "x" is what is already there: that request has nothing to write.
+    assert s.update("config", "a", set_data(first), rid="R")["data"] == first
+    assert s.update("config", "a", set_data("z"), rid="S")["data"] == "z"
+    # The first request again (a forward held up by a partition).
+    assert s.update("config", "a", set_data(first), rid="R")["data"] == "z"
+    assert s.get("config", "a")["data"] == "z"
 
 
-def test_a_late_copy_of_a_request_that_wrote_is_not_applied_again():
-    s, _ = store()
-    try:
-        assert s.update("config", "a", set_data("y"), rid="R")["data"] == "y"
-        assert s.update("config", "a", set_data("z"), rid="S")["data"] == "z"
-        assert s.update("config", "a", set_data("y"), rid="R")["data"] == "z"
-        assert s.get("config", "a")["data"] == "z"
-    finally:
-        s.stop()
-
-
-def test_nothing_is_proposed_for_a_change_of_nothing_without_a_request_id():
-    s, raft = store()
-    try:
-        before = raft.entries
-        s.update("config", "a", set_data("x"))
-        assert raft.entries == before
-    finally:
-        s.stop()
+def test_nothing_is_proposed_for_a_change_of_nothing_without_a_request_id(stored):
+    s, raft = stored
+    before = raft.entries
+    s.update("config", "a", set_data("x"))
+    assert raft.entries == before
