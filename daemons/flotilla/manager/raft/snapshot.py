@@ -175,38 +175,44 @@ class SnapshotSerializer:
         try:
             _, status = os.waitpid(pid, 0)
             code = os.waitstatus_to_exitcode(status)
-            if code == 0:
-                self._install_written(tmp, header, started, generation)
-                state = SERIALIZER_STATE.SUCCESS
-            else:       # it said why on stderr, or a signal stopped it
-                log.warning("writing snapshot failed: its process %d %s", pid,
-                            f"exited with {code}" if code > 0 else f"got signal {-code}")
-                state = SERIALIZER_STATE.FAILED
-        except _Superseded:
-            log.info("snapshot dropped: one from the leader was installed meanwhile")
-            state = SERIALIZER_STATE.FAILED
         except Exception:
             log.exception("writing snapshot failed")
-            state = SERIALIZER_STATE.FAILED
-        if state == SERIALIZER_STATE.FAILED:
-            _unlink(tmp)
-        with self._lock:
-            self._state = state
+            self._finish(tmp, SERIALIZER_STATE.FAILED)
+            return
+        if code != 0:       # it said why on stderr, or a signal stopped it
+            log.warning("writing snapshot failed: its process %d %s", pid,
+                        f"exited with {code}" if code > 0 else f"got signal {-code}")
+            self._finish(tmp, SERIALIZER_STATE.FAILED)
+            return
+        self._install(tmp, header, started, generation)
 
     def _write_here(self, header, captured, started, generation):
         tmp = self._temporary(os.getpid())
         try:
             _unlink(tmp)
             self._write_file(tmp, header, captured)
+        except Exception:
+            log.exception("writing snapshot failed")
+            self._finish(tmp, SERIALIZER_STATE.FAILED)
+            return
+        self._install(tmp, header, started, generation)
+
+    def _install(self, tmp, header, started, generation):
+        """Put a written snapshot in place, unless one from the leader was
+        installed meanwhile; then tell pysyncobj how it went."""
+        try:
             self._install_written(tmp, header, started, generation)
             state = SERIALIZER_STATE.SUCCESS
         except _Superseded:
             log.info("snapshot dropped: one from the leader was installed meanwhile")
             state = SERIALIZER_STATE.FAILED
-            _unlink(tmp)
         except Exception:
             log.exception("writing snapshot failed")
             state = SERIALIZER_STATE.FAILED
+        self._finish(tmp, state)
+
+    def _finish(self, tmp, state):
+        if state == SERIALIZER_STATE.FAILED:
             _unlink(tmp)
         with self._lock:
             self._state = state
