@@ -35,7 +35,8 @@ arrive at that rate: a sustained load, where each task's placement time is
 the pipeline's, not the time it queued behind the rest of a burst.
 
 ``--profile`` records the leader's manager process with py-spy (GIL
-holders only), and its push process beside it (``/tmp/leader-push.svg``).
+holders only), its push process beside it (``/tmp/leader-push.svg``) and
+one follower (``/tmp/leader-follower.svg``).
 
 Prints a table and writes bench/results/scale.json (scale-quick.json with
 --quick, scale-rate2000.json with --rate 2000).
@@ -216,6 +217,26 @@ def samples(text: str, name: str) -> float:
     return total
 
 
+def gc_metrics(c) -> dict:
+    """Each manager's collector time (seconds, by generation), longest
+    pause and frozen objects, from its /metrics."""
+    out = {}
+    for node in c.nodes.values():
+        try:
+            text = c.admin([node], timeout=30).get("/metrics")
+        except Exception:
+            continue
+        out[node.name] = {
+            "seconds": round(samples(text, "flotilla_gc_pause_seconds_total"), 2),
+            "by_generation": [round(samples(text, "flotilla_gc_pause_seconds_total"
+                                            f'{{generation="{g}"}}'), 3) for g in range(3)],
+            "collections": [int(samples(text, "flotilla_gc_collections_total"
+                                        f'{{generation="{g}"}}')) for g in range(3)],
+            "max_pause_ms": round(samples(text, "flotilla_gc_max_pause_seconds") * 1000, 1),
+            "frozen_objects": int(samples(text, "flotilla_gc_frozen_objects"))}
+    return out
+
+
 def histogram_quantile(h: dict, q: float) -> float:
     """Quantile ``q`` of a histogram, interpolated linearly within its
     bucket (as Prometheus' histogram_quantile)."""
@@ -339,6 +360,7 @@ def run(args):
         cpu0 = {name: process_cpu(pid) for name, pid in pids.items()}
         snapshots_before = {m.name: m.log().count("snapshot at index") for m in managers}
         sim_cpu0 = sum(process_cpu(p.pid) for p, _ in groups)
+        gc_before = gc_metrics(c)
         load_start = os.getloadavg()
 
         per = [args.tasks // args.services + (1 if i < args.tasks % args.services else 0)
@@ -349,9 +371,11 @@ def run(args):
         profiler = None
         if args.profile:
             profiler = start_profile(leader_pid, args.profile, args.profile_seconds)
+            root, ext = os.path.splitext(args.profile)
             if push_pid:
-                root, ext = os.path.splitext(args.profile)
                 start_profile(push_pid, f"{root}-push{ext}", args.profile_seconds)
+            follower = next(m for m in managers if m is not leader)
+            start_profile(pids[follower.name], f"{root}-follower{ext}", args.profile_seconds)
         create_s = []
         submitted = 0
         for name, replicas in zip(names, per):
@@ -391,6 +415,7 @@ def run(args):
 
         cpu1 = {name: process_cpu(pid) for name, pid in pids.items()}
         sim_cpu1 = sum(process_cpu(p.pid) for p, _ in groups)
+        gc_stats = gc_metrics(c)
         load_end = os.getloadavg()
         api.stop.set()
         api.join(10)
@@ -421,18 +446,14 @@ def run(args):
         converge_s = last_running - t0_wall
         metrics_text = c.admin([leader], timeout=30).get("/metrics")
         hist = histogram(metrics_text, "flotilla_scheduling_latency_seconds")
-        gc_stats = {}
-        for node in c.nodes.values():
-            try:
-                text = metrics_text if node is leader else c.admin([node], timeout=30).get("/metrics")
-            except Exception:
-                continue
-            gc_stats[node.name] = {
-                "seconds": round(samples(text, "flotilla_gc_pause_seconds_total"), 2),
-                "by_generation": [round(samples(text, "flotilla_gc_pause_seconds_total"
-                                                f'{{generation="{g}"}}'), 2) for g in range(3)],
-                "max_pause_ms": round(samples(text, "flotilla_gc_max_pause_seconds") * 1000, 1),
-                "frozen_objects": int(samples(text, "flotilla_gc_frozen_objects"))}
+        for name, st in gc_stats.items():
+            before = gc_before.get(name)
+            if before is not None:
+                st["seconds_during_run"] = round(st["seconds"] - before["seconds"], 2)
+                st["by_generation_during_run"] = [
+                    round(a - b, 3) for a, b in zip(st["by_generation"], before["by_generation"])]
+                st["collections_during_run"] = [
+                    a - b for a, b in zip(st["collections"], before["collections"])]
         api_all = api.get_s + api.patch_s
         stats = [tm["stats"] for tm in times]
         front_handshakes = sum(st["front_connects"] for st in stats) - front_before
@@ -563,8 +584,9 @@ def print_table(r):
             f"{k} {v}" for k, v in r["snapshots_during_run"].items()), ""),
         ("leader changes", str(r["leader_changes_during_setup_and_run"]), "0"),
         ("CPU s during run", ", ".join(f"{k} {v}" for k, v in r["cpu_s_during_run"].items()), ""),
-        ("GC s / longest pause (ms)",
-         ", ".join(f"{k} {v['seconds']} / {v['max_pause_ms']:.0f}" for k, v in r["gc"].items()), ""),
+        ("GC s during run / since start / longest pause (ms)",
+         ", ".join(f"{k} {v.get('seconds_during_run', '-')} / {v['seconds']} / "
+                   f"{v['max_pause_ms']:.0f}" for k, v in r["gc"].items()), ""),
     ]
     w = max(len(a) for a, _, _ in rows)
     for a, b, t in rows:

@@ -96,6 +96,7 @@ def test_manager_and_agent_metrics(cluster):
         # the process's collector pauses are reported (the policy is installed)
         assert value(s, "flotilla_gc_pause_seconds_total", generation="0") > 0
         assert value(s, "flotilla_gc_max_pause_seconds") > 0
+        assert value(s, "flotilla_gc_collections_total", generation="0") >= 1
     for m in managers:      # each times its own requests: the scrapes above, at least
         s = scrape(m.addr, tls.MANAGER_SERVER_NAME, admin, ca)
         assert total(s, "flotilla_api_request_duration_seconds_count", method="GET",

@@ -98,6 +98,12 @@ class StateCollector:
         for generation, seconds in enumerate(gstats["seconds"]):
             pauses.add_metric([str(generation)], seconds)
         yield pauses
+        runs = CounterMetricFamily("flotilla_gc_collections",
+                                   "Collections of the cyclic garbage collector, by generation.",
+                                   labels=["generation"])
+        for generation, count in enumerate(gstats["collections"]):
+            runs.add_metric([str(generation)], count)
+        yield runs
         yield GaugeMetricFamily("flotilla_gc_max_pause_seconds",
                                 "Longest single garbage collection in this process.",
                                 value=gstats["max_pause"])
