@@ -26,7 +26,7 @@ bundle, and the run measures
   moves its tasks: it must stay at 0).
 
     python bench/scale.py [--agents 1000] [--tasks 30000] [--services 30] [--quick]
-                          [--rate TASKS_PER_S] [--procs 2]
+                          [--rate TASKS_PER_S] [--procs 2] [--runs N]
                           [--profile /tmp/leader.svg --profile-seconds 30]
 
 By default every service is created at once (a burst of 30,000 tasks).
@@ -39,7 +39,9 @@ holders only), its push process beside it (``/tmp/leader-push.svg``) and
 one follower (``/tmp/leader-follower.svg``).
 
 Prints a table and writes bench/results/scale.json (scale-quick.json with
---quick, scale-rate2000.json with --rate 2000).
+--quick, scale-rate2000.json with --rate 2000). With ``--runs N`` each run
+has a fresh cluster; it prints one line per run, the medians, and how many
+runs met each target, and the JSON holds every run.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -615,17 +618,68 @@ def main():
     ap.add_argument("--profile-seconds", type=int, default=30)
     ap.add_argument("--keep", action="store_true", help="keep the cluster's directory")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--runs", type=int, default=1,
+                    help="runs, each on a fresh cluster; prints every run and the medians")
     args = ap.parse_args()
     if args.quick:
         args.agents, args.tasks, args.services = 100, 3000, 10
-    r = run(args)
-    print()
-    print_table(r)
     name = "scale-quick" if args.quick else "scale"
     if args.rate:
         name += f"-rate{args.rate:g}"
-    r["command"] = " ".join(["bench/scale.py"] + sys.argv[1:])
-    print(f"wrote {write_result(name, r, args.out)}")
+    command = " ".join(["bench/scale.py"] + sys.argv[1:])
+    if args.runs <= 1:
+        r = run(args)
+        print()
+        print_table(r)
+        r["command"] = command
+        print(f"wrote {write_result(name, r, args.out)}")
+        return
+    results = []
+    for i in range(args.runs):
+        print(f"== run {i + 1} of {args.runs}", flush=True)
+        results.append(run(args))
+        args.profile = None             # a profile of the first run only
+        print(summary_line(i + 1, summary(results[-1])), flush=True)
+    rows = [summary(r) for r in results]
+    med = {k: round(statistics.median(row[k] for row in rows), 1)
+           for k in rows[0] if isinstance(rows[0][k], (int, float))}
+    meeting = {k: sum(1 for row in rows if row["meets"][k]) for k in rows[0]["meets"]}
+    print()
+    for i, row in enumerate(rows):
+        print(summary_line(i + 1, row))
+    print(summary_line("median", med))
+    print(f"runs meeting each target (of {len(rows)}): "
+          + ", ".join(f"{k} {v}" for k, v in meeting.items()))
+    out = {"benchmark": name, "runs": len(rows), "median": med, "runs_meeting": meeting,
+           "per_run": rows, "results": results, "targets": TARGETS, "command": command}
+    print(f"wrote {write_result(name, out, args.out)}")
+
+
+def summary(r: dict) -> dict:
+    """The numbers the targets are about, of one run, and which it meets."""
+    row = {"tasks_per_s": round(r["tasks_per_s"]),
+           "placement_p50_ms": r["placement_assigned_ms"]["p50"],
+           "placement_p99_ms": r["placement_assigned_ms"]["p99"],
+           "api_p50_ms": r["api_ms"]["all_p50"], "api_p99_ms": r["api_ms"]["all_p99"],
+           "manager_rss_mb": max(r["rss_mb"]["max"].values()),
+           "heartbeat_max_ms": r["heartbeat_ms"]["max"] or 0,
+           "nodes_marked_down": r["nodes_marked_down"],
+           "leader_changes": r["leader_changes_during_setup_and_run"]}
+    row["meets"] = {
+        "tasks_per_s": row["tasks_per_s"] >= TARGETS["tasks_per_s"],
+        "placement_p99_ms": row["placement_p99_ms"] <= TARGETS["placement_p99_ms"],
+        "api_p99_ms": row["api_p99_ms"] <= TARGETS["api_p99_ms"],
+        "rss_mb": row["manager_rss_mb"] <= TARGETS["rss_mb"]}
+    row["meets"]["all"] = all(row["meets"].values())
+    return row
+
+
+def summary_line(label, row: dict) -> str:
+    return (f"{str(label):>6}: {row['tasks_per_s']:>6.0f} tasks/s, placement p50/p99 "
+            f"{row['placement_p50_ms']:>5.0f} / {row['placement_p99_ms']:>5.0f} ms, API p50/p99 "
+            f"{row['api_p50_ms']:>5.1f} / {row['api_p99_ms']:>5.1f} ms, manager RSS "
+            f"{row['manager_rss_mb']:>4.0f} MB, heartbeat max {row['heartbeat_max_ms']:>5.0f} ms, "
+            f"marked down {row['nodes_marked_down']:.0f}, leader changes {row['leader_changes']:.0f}")
 
 
 if __name__ == "__main__":
