@@ -40,6 +40,7 @@ import socket
 import ssl
 import time
 
+import orjson
 import uvloop
 from benchlib import ROOT  # noqa: F401  (puts daemons/ on sys.path)
 
@@ -70,15 +71,16 @@ class HttpError(Exception):
 
 async def _read_message(reader):
     """(first line, headers, body) of one HTTP message; None at EOF."""
-    line = await reader.readline()
-    if not line:
-        return None
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise
+    line, _, rest = head[:-4].decode("latin-1").partition("\r\n")
     headers = {}
-    while True:
-        h = await reader.readline()
-        if h in (b"\r\n", b"\n", b""):
-            break
-        k, _, v = h.decode("latin-1").partition(":")
+    for h in rest.split("\r\n") if rest else ():
+        k, _, v = h.partition(":")
         headers[k.strip().lower()] = v.strip()
     if headers.get("transfer-encoding", "").lower() == "chunked":
         chunks = []
@@ -92,7 +94,7 @@ async def _read_message(reader):
         body = b"".join(chunks)
     else:
         body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return line.decode("latin-1"), headers, body
+    return line, headers, body
 
 
 class Conn:
@@ -134,7 +136,7 @@ class HttpClient:
             self.idle.append(await self._connect())
 
     async def request(self, method, path, payload=None, timeout=30.0):
-        body = b"" if payload is None else json.dumps(payload).encode()
+        body = b"" if payload is None else orjson.dumps(payload)
         head = (f"{method} {path} HTTP/1.1\r\nHost: {self.server_name}\r\n"
                 f"Accept: application/json\r\nContent-Length: {len(body)}\r\n")
         if payload is not None:
@@ -145,7 +147,8 @@ class HttpClient:
             conn = self.idle.pop() if reused else await self._connect()
             try:
                 conn.writer.write(data)
-                msg = await asyncio.wait_for(_read_message(conn.reader), timeout)
+                async with asyncio.timeout(timeout):
+                    msg = await _read_message(conn.reader)
                 if msg is None:
                     raise ConnectionError("closed")
             except (ConnectionError, OSError, asyncio.IncompleteReadError, ssl.SSLError):
@@ -164,7 +167,7 @@ class HttpClient:
             status = int(line.split(" ", 2)[1])
             if not 200 <= status < 300:
                 raise HttpError(status, resp)
-            return json.loads(resp) if resp else None
+            return orjson.loads(resp) if resp else None
         raise ConnectionError("unreachable")
 
     def close(self):
@@ -174,7 +177,7 @@ class HttpClient:
 
 
 def _reply(status: int, payload: dict) -> bytes:
-    body = json.dumps(payload).encode()
+    body = orjson.dumps(payload)
     reason = {200: "OK", 403: "Forbidden", 404: "Not Found", 409: "Conflict"}.get(status, "X")
     return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
@@ -263,8 +266,8 @@ class SimAgent:
 
     def on_push(self, body: bytes) -> bytes:
         try:
-            msg = json.loads(body)
-        except ValueError:
+            msg = orjson.loads(body)
+        except orjson.JSONDecodeError:
             return _reply(400, {"error": {"code": "invalid_json"}})
         g = self.g
         g.pushes += 1
