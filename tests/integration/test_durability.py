@@ -8,6 +8,7 @@ import threading
 
 from flotilla.common.httpclient import ApiError
 from flotilla.manager.raft.journal import DurableJournal
+from flotilla.manager.raft.snapshot import read_boundary
 from tests.helpers.cluster import wait_for
 
 
@@ -97,6 +98,10 @@ def test_a_log_of_large_entries_is_compacted_by_size(make_cluster):
         return sizes if all(snap and size < 1024 * 1024 for size, snap in sizes.values()) else None
 
     wait_for(compacted, 60, what="a snapshot and a log under 1 MB on every manager")
+    # They took turns: each wrote its last snapshot at an entry of its own.
+    lasts = [read_boundary(os.path.join(m.data_dir, "raft", "snapshot"))[1][1]
+             for m in managers]
+    assert len(set(lasts)) == len(managers), lasts
     victim = managers[-1]
     victim.kill()           # kill -9: it comes back from its snapshot and short log
     victim.restart()

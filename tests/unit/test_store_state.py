@@ -71,6 +71,7 @@ def test_snapshot_round_trip_and_reset_event():
     w = hub.watch()
     sm2.snapshot_load(msgpack.Unpacker(buf, raw=False, strict_map_key=False))
     assert sm2.index == 50 and len(sm2.list("config")) == 50
+    assert sm2.applied_bytes == sm.applied_bytes > 0     # where snapshots are placed
     assert sm2.by_unique("config", "name", "n7")["id"] == "c7"
     [r] = apply(sm2, txn(Op.create("config", {"id": "c3", "name": "n3"}), rid="r3"))
     assert r["ok"] and r["index"] == 4          # deduped against the restored table

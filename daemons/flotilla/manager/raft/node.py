@@ -53,10 +53,36 @@ APPLY_BUDGET = 0.05
 PRIORITY_BOOST = 10
 # A gap between ticks longer than this is treated as a stall of this member.
 STALL_RECOVERY = 0.15
-# Seconds between two size-triggered compaction requests.
-COMPACTION_RETRY = 5.0
+# Seconds between two compaction requests of this member, and after a
+# snapshot that could not be written.
+COMPACTION_RETRY = 0.5
+COMPACTION_FAILED_BACKOFF = 5.0
+# pysyncobj's own triggers are off: this module decides when to compact.
+_NEVER_ENTRIES = 2 ** 62
+_NEVER_SECONDS = 10.0 ** 9
 
 _patch_lock = threading.Lock()
+
+
+def compaction_due(position: float, held: float, limit: float, rank: int,
+                   members: int) -> bool:
+    """Whether a member should write a snapshot and cut its log.
+
+    ``position`` is how much the cluster has applied since it began (the
+    same on every member at the same entry), ``held`` how much of it this
+    member's log still holds, ``limit`` how much a log is allowed to hold.
+    Each member's snapshot points are ``limit`` apart, shifted by
+    ``rank / members`` of ``limit``: the members of a cluster do not all
+    write their snapshot at the same entry, so while one of them is busy
+    writing, a majority without it still answers at full speed. A member
+    is due once its log still holds a quarter of ``limit`` from before its
+    last point (it has not written a snapshot since), so a log never holds
+    much more than 1.25 ``limit``, and a log under a quarter of ``limit``
+    is never cut."""
+    if held < limit / 4:
+        return False
+    since_point = (position - rank * limit / members) % limit
+    return held > since_point + limit / 4
 
 
 @contextlib.contextmanager
@@ -114,8 +140,10 @@ class RaftSettings:
 
 class RaftNode(SyncObj):
     """One Raft member. ``state_machine`` must provide ``apply(payload) ->
-    result``, ``snapshot_capture()``, ``snapshot_write(captured, file)`` and
-    ``snapshot_load(unpacker)``; ``security`` is described in ``transport``."""
+    result``, ``snapshot_capture()``, ``snapshot_write(captured, file)``,
+    ``snapshot_load(unpacker)`` and ``applied_bytes`` (the bytes of all the
+    payloads applied since the cluster began, restored from snapshots);
+    ``security`` is described in ``transport``."""
 
     def __init__(self, self_address: str, peers: list[str], data_dir: str, state_machine,
                  security, settings: RaftSettings | None = None, on_state_changed=None,
@@ -148,8 +176,8 @@ class RaftNode(SyncObj):
             connectionTimeout=settings.connection_timeout,
             connectionRetryTime=settings.connection_retry,
             leaderFallbackTimeout=settings.leader_fallback,
-            logCompactionMinEntries=settings.compaction_entries,
-            logCompactionMinTime=settings.compaction_seconds,
+            logCompactionMinEntries=_NEVER_ENTRIES,
+            logCompactionMinTime=_NEVER_SECONDS,
             logCompactionBatchSize=settings.snapshot_chunk,
             fullDumpFile=dump,
             serializer=_unused_serializer,
@@ -173,6 +201,11 @@ class RaftNode(SyncObj):
         self._last_tick_work = 0.0
         self._last_tick_sync = 0.0
         self._compaction_bytes = settings.compaction_bytes
+        self._compaction_entries = settings.compaction_entries
+        self._compaction_seconds = settings.compaction_seconds
+        self._compaction_period: int | None = None
+        self._rank = (0, 1)
+        self._rank_checked = float("-inf")
         self._compact_after = 0.0
         self._thread = threading.Thread(target=self._tick_loop, name="raft-tick", daemon=True)
 
@@ -220,11 +253,35 @@ class RaftNode(SyncObj):
             self.flotilla_stopped.set()
 
     def _compact_if_large(self, now):
-        if self.journal.bytes > self._compaction_bytes and now >= self._compact_after:
-            # Asks for a snapshot at the next chance (one at a time; the
-            # log is cut once the snapshot is on disk).
-            self._compact_after = now + COMPACTION_RETRY
-            self.forceLogCompaction()
+        """Ask for a snapshot when this member's turn has come: by the bytes
+        or the number of entries its log holds (``compaction_due``), or
+        every ``compaction_seconds``, each member in its own part of the
+        period. The log is cut once the snapshot is on disk."""
+        if now < self._compact_after:
+            return
+        if now >= self._rank_checked + 1.0:
+            members = self.member_addresses()       # always holds this member
+            self._rank = (members.index(self.self_address), len(members))
+            self._rank_checked = now
+        rank, count = self._rank
+        seconds = self._compaction_seconds
+        period = int((time.time() - rank * seconds / count) // seconds)
+        if self._compaction_period is None:
+            self._compaction_period = period
+        held_bytes, held_entries = self.journal.bytes, len(self.journal)
+        due = (compaction_due(self.flotilla_sm.applied_bytes, held_bytes,
+                              self._compaction_bytes, rank, count)
+               or compaction_due(self._SyncObj__raftLastApplied, held_entries,
+                                 self._compaction_entries, rank, count)
+               or period > self._compaction_period)
+        serializer = self._SyncObj__serializer
+        if not due or serializer.busy() or (
+                serializer.failed_at is not None
+                and time.monotonic() - serializer.failed_at < COMPACTION_FAILED_BACKOFF):
+            return
+        self._compaction_period = period
+        self._compact_after = now + COMPACTION_RETRY
+        self.forceLogCompaction()
 
     def _after_stall(self):
         """This thread did not run for a while (the process or the machine

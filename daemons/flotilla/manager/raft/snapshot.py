@@ -72,6 +72,7 @@ class SnapshotSerializer:
         self._installing = False
         self.snapshots_written = 0
         self.snapshots_installed = 0
+        self.failed_at: float | None = None     # monotonic time of the last failed write
         self.fork = True           # False: write from a shallow copy, in a thread here
         # One more for every snapshot installed from the leader: a snapshot of
         # our own begun before it is older and must not replace it.
@@ -214,6 +215,7 @@ class SnapshotSerializer:
     def _finish(self, tmp, state):
         if state == SERIALIZER_STATE.FAILED:
             _unlink(tmp)
+            self.failed_at = time.monotonic()
         with self._lock:
             self._state = state
 
@@ -226,6 +228,11 @@ class SnapshotSerializer:
         self.snapshots_written += 1
         log.info("snapshot at index %d written: %d bytes in %.2f s", header["last"][1],
                  os.path.getsize(self._path), time.monotonic() - started)
+
+    def busy(self) -> bool:
+        """A snapshot is being written, or its outcome not yet taken."""
+        with self._lock:
+            return self._state != SERIALIZER_STATE.NOT_SERIALIZING
 
     def checkSerializing(self):
         with self._lock:

@@ -78,6 +78,10 @@ class StateMachine:
             (k, f): {} for k, fields in INDEXED.items() for f in fields}
         self._dedupe: collections.OrderedDict = collections.OrderedDict()
         self._counts: dict[str, tuple[int, int]] = {}
+        # Bytes of every entry applied since the cluster began: the same on
+        # every member at the same entry, kept in snapshots (the Raft member
+        # places its snapshots by it).
+        self.applied_bytes = 0
         self.hub = hub
 
     # -- reads (lock-free) --------------------------------------------------------
@@ -136,6 +140,7 @@ class StateMachine:
 
     # -- apply --------------------------------------------------------------------
     def apply(self, payload: bytes):
+        self.applied_bytes += len(payload)
         batch = codec.unpack_lists(payload)
         events: list[Event] = []
         results = []
@@ -376,19 +381,19 @@ class StateMachine:
         with self.lock:
             return (self.index,
                     {k: dict(v) for k, v in self.objects.items()},
-                    list(self._dedupe.items()))
+                    list(self._dedupe.items()), self.applied_bytes)
 
     def snapshot_view(self):
         """The state as it is, without a copy: for a process forked from
         the Raft thread, which is the only one that changes it (the
         child's memory is a copy of the parent's at the fork)."""
-        return self.index, self.objects, self._dedupe.items()
+        return self.index, self.objects, self._dedupe.items(), self.applied_bytes
 
     @staticmethod
     def snapshot_write(captured, f):
-        index, objects, dedupe = captured
+        index, objects, dedupe, applied_bytes = captured
         packer = msgpack.Packer(use_bin_type=True)
-        f.write(packer.pack({"index": index, "kinds": list(objects)}))
+        f.write(packer.pack({"index": index, "kinds": list(objects), "bytes": applied_bytes}))
         for kind, objs in objects.items():
             for obj in objs.values():
                 f.write(packer.pack(["o", kind, obj]))
@@ -419,6 +424,7 @@ class StateMachine:
             raise codec.CodecError("truncated snapshot")
         with self.lock:
             self.index = int(head["index"])
+            self.applied_bytes = int(head.get("bytes", 0))
             self.objects = objects
             self._dedupe = dedupe
             self._unique = {key: {} for key in self._unique}
