@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from flotilla.manager.raft.node import compaction_due
+from flotilla.manager.raft.node import RaftSettings, compaction_due
 
 LIMIT = 1000
 
@@ -108,3 +108,11 @@ def test_a_member_that_restarts_keeps_its_turn():
         again.append(position, 10)
     assert m.points and again.points
     assert {p % LIMIT for p in m.points + again.points} == {340}
+
+
+def test_compaction_limits_that_make_no_sense_are_refused():
+    for bad in ({"compaction_bytes": 0}, {"compaction_entries": 1},
+                {"compaction_seconds": 0}):
+        with pytest.raises(ValueError):
+            RaftSettings(**bad)
+    assert RaftSettings().compaction_bytes == 16 * 1024 * 1024

@@ -136,6 +136,10 @@ class RaftSettings:
         # stay in memory, on every member, until 5,000 entries accumulate.
         self.compaction_bytes = kw.get("compaction_bytes", 16 * 1024 * 1024)
         self.snapshot_chunk = kw.get("snapshot_chunk", 256 * 1024)
+        if (self.compaction_entries < 4 or self.compaction_bytes < 4
+                or self.compaction_seconds <= 0):
+            raise ValueError("compaction limits must be at least 4 entries, 4 bytes and a "
+                             "positive number of seconds")
 
 
 class RaftNode(SyncObj):
