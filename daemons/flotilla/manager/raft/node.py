@@ -247,7 +247,7 @@ class RaftNode(SyncObj):
                 self.doTick(0.0 if backlog else 0.05)
                 self._last_tick_work = time.monotonic() - started
                 self._last_tick_sync = self.journal.sync_seconds - synced
-                self._compact_if_large(started)
+                self._compact_when_due(started)
             except Exception:
                 log.exception("raft tick failed")
                 self.flotilla_stopping.wait(0.05)
@@ -256,7 +256,7 @@ class RaftNode(SyncObj):
         finally:
             self.flotilla_stopped.set()
 
-    def _compact_if_large(self, now):
+    def _compact_when_due(self, now):
         """Ask for a snapshot when this member's turn has come: by the bytes
         or the number of entries its log holds (``compaction_due``), or
         every ``compaction_seconds``, each member in its own part of the
