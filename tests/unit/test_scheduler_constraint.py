@@ -13,12 +13,17 @@ def node(**kw):
         "role": "manager",
         "spec": {"availability": "active", "role": "manager",
                  "labels": {"zone": "East", "Disk": "ssd"}},
-        "status": {"state": "ready"},
+        "status": {"state": "ready", "addr": "10.1.2.3"},
         "description": {"platform": {"os": "linux", "arch": "x86_64"},
                         "engine": {"labels": {"gpu": "nvidia"}}},
     }
     n.update(kw)
     return n
+
+
+def seen_at(ip, **kw):
+    """A node whose agent registered from ``ip``."""
+    return node(status={"state": "ready", "addr": ip}, **kw)
 
 
 def ok(expr, n=None):
@@ -120,13 +125,21 @@ def test_node_ip():
     assert ok("node.ip!=10.1.2.4")
     assert ok("node.ip==10.1.0.0/16") and not ok("node.ip==10.2.0.0/16")
     assert ok("node.ip!=192.168.0.0/24")
-    assert ok("node.ip==10.1.2.3", node(addr="10.1.2.3"))
-    v6 = node(addr="[fd00::5]:4242")
+    v6 = seen_at("fd00::5")
     assert ok("node.ip==fd00::5", v6) and ok("node.ip==fd00::/64", v6)
     assert not ok("node.ip==10.0.0.0/8", v6)
     # without a usable address neither operator matches
-    for n in (node(addr=None), node(addr="host.example:4242")):
+    for n in (seen_at(None), seen_at("host.example")):
         assert not ok("node.ip==10.1.2.3", n) and not ok("node.ip!=10.1.2.3", n)
+
+
+def test_node_ip_is_the_observed_address_not_the_reported_one():
+    # The node reports 10.9.9.9 as its address, but its agent connected
+    # from 10.1.2.3: constraints see only the latter.
+    spoofed = node(addr="10.9.9.9:4242", description={"addr": "10.9.9.9"})
+    assert ok("node.ip==10.1.2.3", spoofed) and not ok("node.ip==10.9.9.9", spoofed)
+    never_registered = node(addr="10.9.9.9:4242", status={"state": "unknown"})
+    assert not ok("node.ip==10.9.9.9", never_registered)
 
 
 def test_match_all_returns_first_failure():

@@ -18,6 +18,7 @@ from .metrics import AgentMetrics
 from .reporter import Reporter
 from .server import AgentServer
 from .session import Session
+from .trust import Trust
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,17 @@ class Agent:
         self.worker = Worker(cfg.node_id, os.path.join(cfg.data_dir, "agent"), self.executor,
                              self.reporter.report)
         self.stream = AssignmentStream(self.worker)
+        self.trust = Trust(os.path.join(cfg.data_dir, "agent", "trust.json"))
         self.metrics = AgentMetrics(self)
-        self.server = AgentServer(cfg, self.stream, self.metrics, executor=self.executor)
+        self.server = AgentServer(cfg, self.stream, self.metrics, executor=self.executor,
+                                  trust=self.trust)
         self.session = Session(cfg, client, self.link, on_update, on_removed,
-                               describe=self.executor.describe, on_registered=self._registered)
+                               describe=self.executor.describe, on_registered=self._registered,
+                               trust=self.trust)
 
     def _registered(self, reply):
+        # The leader of the new session first: its first push may follow at once.
+        self.trust.update(reply)
         self.stream.reset(reply["session_id"], reply.get("assignments") or {"tasks": []})
         self.reporter.new_session(reply["session_id"], self.worker.statuses())
 

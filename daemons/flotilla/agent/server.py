@@ -1,11 +1,13 @@
 """The agent's HTTPS listener (mutual TLS): the leader pushes assignments here.
 
-Only a manager of this cluster may call it (client certificate with
-OU=manager and O=cluster id); ``/metrics`` also admits an admin certificate
-of the cluster. Pushes must also name the agent's current session, which
-only the leader that registered it knows. Managers also read the logs of
-this node's containers here (``service logs``); a container without this
-node's label is answered as not found.
+Who may call what is decided by what the session taught the agent
+(``trust.py``), not by the certificate's role alone: pushes and log reads
+(``service logs``) only from the leader this agent's session is with;
+``/metrics`` and ``/v1/health`` from the current managers, that leader and
+admin certificates; nothing from a revoked node or certificate, or from
+another cluster. Pushes must also name the agent's current session.
+``/v1/health`` says only that the agent is up (no session details). A
+container without this node's label is answered as not found.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..common.component import Component
 from ..common.jsonbody import dumps_line
 from ..common.tlsserver import TLSWSGIServer, bind_address
 from .assignments import Refused
+from .trust import Trust
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +54,47 @@ def _number_arg(name, kind, minimum=0):
     return value
 
 
+# Endpoints the current managers and admins may read; the rest is the leader's.
+OBSERVE = ("metrics", "health")
+
+
 def create_agent_app(stream, node_id: str, cluster_id: str, counters=None,
-                     metrics=None, executor=None) -> Flask:
+                     metrics=None, executor=None, trust=None) -> Flask:
     app = Flask("flotilla.agent")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+    if trust is None:
+        trust = Trust()
+
+    def refuse(reason, status, code, message):
+        if counters is not None:
+            counters[reason] = counters.get(reason, 0) + 1
+        return _error(app, status, code, message)
 
     @app.before_request
     def _authorize():
         sock = request.environ.get("werkzeug.socket")
         ident = certs.identity_from_peercert(sock.getpeercert()) if sock is not None else None
-        roles = (certs.ROLE_MANAGER, certs.ROLE_ADMIN) if request.endpoint == "metrics" \
-            else (certs.ROLE_MANAGER,)
-        if ident is None or ident.role not in roles or ident.cluster_id != cluster_id:
-            if counters is not None:
-                counters["forbidden"] = counters.get("forbidden", 0) + 1
-            return _error(app, 403, "forbidden", "only a manager of this cluster may call an agent")
-        return None
+        if ident is None or ident.cluster_id != cluster_id or ident.role not in (
+                certs.ROLE_MANAGER, certs.ROLE_ADMIN):
+            return refuse("forbidden", 403, "forbidden",
+                          "only a manager of this cluster may call an agent")
+        if not trust.known and not trust.legacy:
+            return refuse("no_session", 503, "no_session",
+                          "this agent has not registered with the cluster yet")
+        if trust.revoked(ident):
+            return refuse("revoked", 403, "revoked", "this certificate has been revoked")
+        if request.endpoint in OBSERVE:
+            if trust.may_observe(ident):
+                return None
+            return refuse("forbidden", 403, "forbidden",
+                          "only a current manager or an admin may read this")
+        if trust.is_leader(ident):
+            return None
+        if ident.role == certs.ROLE_ADMIN:
+            return refuse("forbidden", 403, "forbidden",
+                          "only a manager of this cluster may call an agent")
+        return refuse("not_leader", 403, "not_leader",
+                      "only the leader this agent's session is with may call this")
 
     @app.post("/v1/assignments")
     def assignments():
@@ -82,10 +110,9 @@ def create_agent_app(stream, node_id: str, cluster_id: str, counters=None,
             return _error(app, 409, exc.code, str(exc))
         return _json(app, {"seq": seq})
 
-    @app.get("/v1/health")
+    @app.get("/v1/health", endpoint="health")
     def health():
-        return _json(app, {"status": "ok", "node_id": node_id, "session_id": stream.session_id,
-                           "seq": stream.seq})
+        return _json(app, {"status": "ok", "node_id": node_id})
 
     if executor is not None:
         @app.get("/v1/containers/<container_id>/logs")
@@ -125,10 +152,11 @@ def create_agent_app(stream, node_id: str, cluster_id: str, counters=None,
 class AgentServer(Component):
     name = "agent-listener"
 
-    def __init__(self, cfg, stream, metrics=None, executor=None):
+    def __init__(self, cfg, stream, metrics=None, executor=None, trust=None):
         super().__init__()
         self._cfg = cfg
         self._stream = stream
+        self._trust = trust
         self._metrics = metrics
         self._executor = executor
         self._server = None
@@ -144,7 +172,7 @@ class AgentServer(Component):
     def run(self):
         host, port = bind_address(self._cfg.agent_listen)
         app = create_agent_app(self._stream, self._cfg.node_id, self._cfg.cluster_id, self.counters,
-                               self._metrics, executor=self._executor)
+                               self._metrics, executor=self._executor, trust=self._trust)
         self._server = TLSWSGIServer(host, port, app, self._ctx.get, on_refused=self._refused)
         log.info("agent listening on %s", self._cfg.agent_listen)
         self._server.serve_forever(poll_interval=0.5)

@@ -33,9 +33,10 @@ class Session(Component):
     name = "agent-session"
 
     def __init__(self, cfg, client, link, on_update, on_removed, describe=None,
-                 on_registered=None):
+                 on_registered=None, trust=None):
         super().__init__()
         self._cfg = cfg
+        self._trust = trust
         self._client = client
         self._link = link
         self._on_update = on_update
@@ -47,6 +48,8 @@ class Session(Component):
         self.connected = False      # the last registration or heartbeat succeeded
         self.last_view = None
         self.session_id = None
+        # A leader of an earlier release refuses the field: register without it.
+        self._plain_register = False
 
     def _description(self):
         desc = {
@@ -69,6 +72,8 @@ class Session(Component):
         desc["addr"] = self._cfg.advertise
         if getattr(self._cfg, "agent_advertise", ""):
             desc["agent_addr"] = self._cfg.agent_advertise
+        if getattr(self._cfg, "advertise_explicit", False) and not self._plain_register:
+            desc["advertise_explicit"] = True
         return desc
 
     def run(self):
@@ -89,8 +94,10 @@ class Session(Component):
                 backoff = 0.1
                 log.info("session %s registered (heartbeat every %.2fs)", session_id[:8], period)
                 while not self.sleep(period):
-                    reply = self._link.post("/v1/dispatcher/heartbeat",
-                                            {"session_id": session_id},
+                    beat = {"session_id": session_id}
+                    if self._trust is not None and self._trust.version and not self._trust.legacy:
+                        beat["trust"] = self._trust.version
+                    reply = self._link.post("/v1/dispatcher/heartbeat", beat,
                                             timeout=max(2.0, period), retry_for=period)
                     self.heartbeats += 1
                     period = float(reply["heartbeat_period"])
@@ -103,6 +110,12 @@ class Session(Component):
                     return
                 if exc.code == "session_invalid":
                     continue
+                if exc.field == "advertise_explicit" and not self._plain_register:
+                    self._plain_register = True
+                    continue
+                # "certificate_revoked": the certificate this request went
+                # out with was revoked (a demotion: the worker certificate
+                # that replaces it is being written); retried below.
                 log.info("session with the cluster interrupted: %s", exc)
                 if self.sleep(backoff * random.uniform(0.8, 1.2)):
                     return
@@ -115,6 +128,8 @@ class Session(Component):
 
     def _handle(self, reply):
         self.last_view = reply.get("node")
+        if self._trust is not None:
+            self._trust.update(reply)
         self._on_update(reply)
 
 

@@ -13,6 +13,7 @@ SANs and extensions are always decided by the CA.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import ssl
@@ -87,6 +88,26 @@ def make_csr(key) -> bytes:
            .subject_name(x509.Name([]))
            .sign(key, hashes.SHA256()))
     return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def public_key_id(public_key) -> str:
+    """SHA-256 (hex) of a public key's SubjectPublicKeyInfo."""
+    der = public_key.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def csr_key_id(csr_pem: bytes) -> str | None:
+    """:func:`public_key_id` of the key in a PEM CSR, or None if unreadable."""
+    try:
+        return public_key_id(x509.load_pem_x509_csr(csr_pem).public_key())
+    except (ValueError, TypeError):
+        return None
+
+
+def cert_key_id(cert_pem: bytes) -> str:
+    """:func:`public_key_id` of the first certificate in ``cert_pem``."""
+    return public_key_id(_load_first_cert(cert_pem).public_key())
 
 
 def _is_p256(public_key) -> bool:

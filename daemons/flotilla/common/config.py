@@ -92,6 +92,9 @@ class NodeConfig:
     agent_advertise: str = ""
     dispatcher_listen: str = ""
     dispatcher_advertise: str = ""
+    # The operator gave the API or agent advertise address (behind NAT):
+    # managers use it as given rather than the address the node connects from.
+    advertise_explicit: bool = False
     role: str = "worker"                           # role of the certificate we hold
     managers: list[str] = dataclasses.field(default_factory=list)  # known API addresses
 
@@ -155,6 +158,8 @@ class NodeConfig:
             host, port = split_addr(listen)
             self.listen = join_addr(host, port)
         host, port = split_addr(self.listen)
+        if advertise or agent_advertise:
+            self.advertise_explicit = True
         if advertise:
             ahost, aport = split_addr(advertise, default_port=port)
             self.advertise = join_addr(ahost, aport)

@@ -3,15 +3,21 @@
 The root CA key lives in the replicated Cluster object, so whichever manager
 leads can sign. Only the public key is taken from a CSR; the subject (CN =
 node id, OU = role, O = cluster id) comes from the store.
+
+Demotion: when a node whose role is now worker renews with a manager
+certificate, its worker certificate is issued and every manager certificate
+it was given (still valid) is revoked, in one transaction. A node whose
+answer was lost asks again with the same key; that request is recognised
+(the key is the one of the certificate just issued) and answered although
+the certificate it comes with has just been revoked.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 
-from ..ca import certs, tokens
+from ..ca import certs, revocation, tokens
 from .store.store import Op, TxnFailed, new_id
 from . import objects
 
@@ -73,7 +79,7 @@ class CAServer:
         ident = certs.identity_from_pem(cert_pem)
         node = objects.new_node(node_id, hostname=hostname, addr=addr, role=role,
                                 raft_addr=raft_addr, platform=platform)
-        node["cert"] = objects.cert_info(ident)
+        node = objects.with_cert(node, ident, certs.cert_key_id(cert_pem))
         self._store.commit([Op.create("node", node)])
         log.info("node %s (%s) joined as %s", node_id, hostname, role)
         return {
@@ -86,13 +92,26 @@ class CAServer:
         }
 
     # -- renewal ------------------------------------------------------------------
-    def renew(self, node_id: str, csr: str) -> dict:
+    def renew(self, node_id: str, csr: str, presented=None) -> dict:
+        """A new certificate for ``node_id``, whose role the store decides.
+
+        ``presented`` (``role``, ``serial``, ``not_after``) is the
+        certificate the request came with. A revoked one is refused, except
+        when the request's key is that of the node's last certificate: the
+        same renewal asked again because its answer was lost (the demotion
+        that issued that certificate revoked the one presented)."""
         cluster = objects.cluster(self._store)
         issued = {}
+        csr_key = certs.csr_key_id(csr.encode())
+        serial = getattr(presented, "serial", None)
 
         def change(node):
             # Signed inside the retry so the role matches the node version
             # the record is written against.
+            if revocation.serial_revoked(objects.cluster(self._store).get("revoked"), serial) \
+                    and (csr_key is None or (node.get("cert") or {}).get("key_id") != csr_key):
+                self._counters.inc("api.certificate_revoked")
+                raise JoinRefused("this certificate has been revoked", "certificate_revoked")
             role = "manager" if objects.wants_manager_cert(node) else "worker"
             try:
                 cert_pem = self.root().sign_csr(
@@ -101,29 +120,47 @@ class CAServer:
             except certs.CertificateError as exc:
                 raise JoinRefused(str(exc), "invalid_csr", 400) from None
             issued.update(cert=cert_pem.decode(), role=role)
-            return dict(node, cert=objects.cert_info(certs.identity_from_pem(cert_pem)))
+            new = objects.with_cert(node, certs.identity_from_pem(cert_pem),
+                                    certs.cert_key_id(cert_pem))
+            issued["revoke"] = [] if role == "manager" else \
+                objects.manager_certs_to_revoke(node, presented)
+            if role != "manager":
+                new["manager_certs"] = {}
+            return new
+
+        def revoke_manager_certs(_old, _new):
+            entries = issued.get("revoke")
+            if not entries:
+                return []
+            current = objects.cluster(self._store)
+            revoked = revocation.with_entries(current.get("revoked"), entries)
+            revoked = revocation.purge(revoked) or revoked
+            return [Op.update("cluster", dict(current, revoked=revoked),
+                              version=current["version"])]
 
         if node_id in cluster.get("revoked", {}):
             raise JoinRefused("this node has been removed from the cluster", "node_removed")
         try:
-            self._store.update("node", node_id, change)
+            self._store.update("node", node_id, change, extra_ops=revoke_manager_certs)
         except TxnFailed as exc:
             if exc.code == "not_found":
                 raise JoinRefused("this node has been removed from the cluster",
                                   "node_removed") from None
             raise
+        if issued.get("revoke"):
+            log.info("node %s is a worker now: its manager certificates are revoked (%s)",
+                     node_id, ", ".join(sorted({k for k, _ in issued["revoke"]})))
         return {"cert": issued["cert"], "role": issued["role"], "ca": cluster["root_ca"]["cert"]}
 
-    def revoked(self, node_id: str) -> bool:
+    def revoked(self, node_id: str | None, serial=None) -> bool:
+        """Whether the node, or the certificate with this serial, is revoked."""
         cluster = objects.cluster(self._store)
-        return cluster is not None and node_id in cluster.get("revoked", {})
+        return cluster is not None and revocation.is_revoked(cluster.get("revoked"), node_id,
+                                                            serial)
 
 
-def purge_revoked(cluster: dict, now: float | None = None, grace: float = 7 * 86400) -> dict | None:
+def purge_revoked(cluster: dict, now: float | None = None,
+                  grace: float = revocation.GRACE) -> dict | None:
     """Drop revocation entries whose certificate expired more than ``grace`` ago."""
-    now = now or time.time()
-    revoked = cluster.get("revoked", {})
-    keep = {k: v for k, v in revoked.items() if v + grace > now}
-    if len(keep) == len(revoked):
-        return None
-    return dict(cluster, revoked=keep)
+    keep = revocation.purge(cluster.get("revoked", {}), now, grace)
+    return None if keep is None else dict(cluster, revoked=keep)

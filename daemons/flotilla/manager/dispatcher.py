@@ -23,6 +23,17 @@ together in its next one. Only changes that matter to the agent are pushed
 (a task newly assigned, a new desired state or spec, a deletion) — not the agent's
 own status reports.
 
+Trust. Each answer names the leader (its node id: the only manager whose
+pushes and log reads the agent accepts for this session), and, when the
+agent does not hold them yet (it says which version it holds), the node
+ids of the current managers (who may read its metrics) and the cluster's
+revocation list (node ids and certificate serials).
+
+Addresses. A registration records the address the agent connected from
+(``status.addr``, what ``node.ip`` constraints use); the node's API and
+agent addresses take that host with the ports the node reports, unless the
+node was given its advertise address explicitly (NAT).
+
 Status. Agents report task status as it changes, in batches; the dispatcher
 checks that each task belongs to the reporting node, keeps the latest per
 task, drops any that would move a task's state backwards, and writes what
@@ -33,12 +44,16 @@ arriving meanwhile go in the next. A report also counts as a sign of life.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import threading
 import time
 
+from ..ca import revocation
 from ..common import taskmodel
+from ..common.config import ConfigError, join_addr, split_addr
 from ..common.component import Component
 from . import objects
 from .api.validation import error_body
@@ -59,6 +74,17 @@ AGENT_FIELDS = ("id", "service_id", "service_name", "slot", "node_id", "spec", "
 
 class SessionInvalid(Exception):
     pass
+
+
+def at_host(addr: str | None, host: str) -> str | None:
+    """``addr`` with its host replaced by ``host`` (the port kept)."""
+    if not addr:
+        return addr
+    try:
+        _, port = split_addr(addr, default_port=None)
+    except ConfigError:
+        return addr
+    return join_addr(host, port)
 
 
 def agent_view(task: dict) -> dict:
@@ -90,9 +116,11 @@ class Dispatcher(Component):
     name = "dispatcher"
 
     def __init__(self, store, tls_paths: tuple[str, str] | None = None,
-                 front: tuple[str, str, str] | None = None):
+                 front: tuple[str, str, str] | None = None, node_id: str | None = None):
         super().__init__()
         self._store = store
+        self._node_id = node_id         # this manager's: the leader agents trust
+        self._trust_cache = None
         self._lock = threading.Lock()
         self._sessions: dict[str, _Session] = {}
         self._grace: dict[str, float] = {}
@@ -125,9 +153,13 @@ class Dispatcher(Component):
 
     # -- agent calls ----------------------------------------------------------------------
     def register(self, node_id: str, description: dict, addr: str | None,
-                 agent_addr: str | None) -> dict:
+                 agent_addr: str | None, observed_ip: str | None = None,
+                 explicit: bool = False) -> dict:
+        if observed_ip and not explicit:
+            addr = at_host(addr, observed_ip)
+            agent_addr = at_host(agent_addr, observed_ip)
         node = self._mark(node_id, "ready", "", description=description, addr=addr,
-                          agent_addr=agent_addr)
+                          agent_addr=agent_addr, ip=observed_ip)
         period = self._jittered()
         session = _Session(new_id(), time.monotonic() + period * GRACE_MULTIPLIER, agent_addr)
         tasks = [agent_view(t) for t in self._store.by_index("task", "node_id", node_id)
@@ -144,7 +176,7 @@ class Dispatcher(Component):
             reply["dispatcher_addr"] = self._front_addr
         return reply
 
-    def heartbeat(self, node_id: str, session_id: str) -> dict:
+    def heartbeat(self, node_id: str, session_id: str, trust: str | None = None) -> dict:
         period = self._renew(node_id, session_id)
         node = self._store.get("node", node_id)
         if node is None:
@@ -154,7 +186,7 @@ class Dispatcher(Component):
             # (a deposed leader's last pass, an expiry racing this
             # heartbeat) was wrong, and a heartbeat is the proof.
             node = self._mark(node_id, "ready", "")
-        return {"heartbeat_period": period, **self.view(node)}
+        return {"heartbeat_period": period, **self.view(node, trust)}
 
     def update_status(self, node_id: str, session_id: str, updates: list[dict]) -> int:
         # A report proves the agent alive as well as a heartbeat does: when
@@ -177,20 +209,24 @@ class Dispatcher(Component):
 
     def front_requests(self, requests: list) -> list:
         """Heartbeats and status reports from the front (front.py), already
-        validated and authenticated: [[id, kind, node id, body], ...] ->
-        [[id, HTTP status, body], ...]. Never waits for Raft: a heartbeat
+        validated and authenticated: [[id, kind, node id, body, serial], ...]
+        -> [[id, HTTP status, body], ...]. Never waits for Raft: a heartbeat
         that would change the node's state is sent back to the API."""
         c = objects.cluster(self._store)
         revoked = c.get("revoked", {}) if c else {}
         answers = []
-        for request_id, kind, node_id, body in requests:
+        for request_id, kind, node_id, body, *rest in requests:
+            serial = rest[0] if rest else None
             node = self._store.get("node", node_id) if node_id not in revoked else None
             try:
                 if node is None:
                     answer = 401, error_body("revoked",
                                              "unknown node (removed from the cluster?)")
+                elif revocation.serial_revoked(revoked, serial):
+                    answer = 401, error_body("certificate_revoked",
+                                             "this certificate has been revoked")
                 elif kind == "heartbeat":
-                    answer = self._front_heartbeat(node, body["session_id"])
+                    answer = self._front_heartbeat(node, body["session_id"], body.get("trust"))
                 elif kind == "status":
                     answer = 200, {"accepted": self.update_status(node_id, body["session_id"],
                                                                   body["updates"])}
@@ -204,11 +240,11 @@ class Dispatcher(Component):
         self.front_requests_served += len(requests)
         return answers
 
-    def _front_heartbeat(self, node, session_id):
+    def _front_heartbeat(self, node, session_id, trust=None):
         if node["status"]["state"] != "ready":
             return 421, error_body("misdirected", "send this heartbeat to the API")
         period = self._renew(node["id"], session_id)
-        return 200, {"heartbeat_period": period, **self.view(node)}
+        return 200, {"heartbeat_period": period, **self.view(node, trust)}
 
     def _renew(self, node_id, session_id) -> float:
         """A heartbeat on the session: its deadline moves; the next period."""
@@ -224,7 +260,10 @@ class Dispatcher(Component):
             raise SessionInvalid("unknown session; register again")
         return session
 
-    def view(self, node) -> dict:
+    def view(self, node, trust: str | None = None) -> dict:
+        """What every answer to an agent carries; ``trust`` is the version
+        of the managers and revocation list the agent holds."""
+        block = self.trust()
         return {
             "node": {
                 "id": node["id"],
@@ -234,12 +273,35 @@ class Dispatcher(Component):
                 "state": node["status"]["state"],
             },
             "managers": objects.manager_api_addrs(self._store),
+            "leader_id": self._node_id,
+            "trust": block if block["version"] != trust else {"version": block["version"]},
         }
 
+    def trust(self) -> dict:
+        """The node ids of the current managers and the revocation list, with
+        a version (a digest of them); rebuilt only when they change."""
+        c = objects.cluster(self._store)
+        managers = tuple(sorted(n["id"] for n in self._store.by_index("node", "role", "manager")))
+        key = (c.get("version") if c else None, managers)
+        cached = self._trust_cache
+        if cached is None or cached[0] != key:
+            nodes, serials = revocation.split(c.get("revoked") if c else None)
+            block = {"managers": list(managers), "revoked_nodes": nodes,
+                     "revoked_serials": serials}
+            block["version"] = hashlib.sha256(
+                json.dumps(block, sort_keys=True).encode()).hexdigest()[:32]
+            self._trust_cache = cached = (key, block)
+        return cached[1]
+
     # -- node state --------------------------------------------------------------------------
-    def _mark(self, node_id, state, message, description=None, addr=None, agent_addr=None):
+    def _mark(self, node_id, state, message, description=None, addr=None, agent_addr=None,
+              ip=None):
         def change(node):
-            new = dict(node, status={"state": state, "message": message})
+            status = {"state": state, "message": message}
+            seen = ip or (node.get("status") or {}).get("addr")
+            if seen:
+                status["addr"] = seen
+            new = dict(node, status=status)
             if description is not None:
                 new["description"] = dict(node.get("description") or {}, **description)
                 if description.get("hostname"):

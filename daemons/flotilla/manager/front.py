@@ -16,11 +16,11 @@ leader there any more, a refusal it does not expect) goes back to the API.
 
 Every connection is mutual TLS with a certificate from the cluster's CA;
 the subject must be a node of this cluster (an admin certificate is
-refused), and the dispatcher checks that the node exists and is not
-revoked. A client must complete its handshake and each request within
-``REQUEST_TIMEOUT``; an idle kept-alive connection is closed after
-``IDLE_TIMEOUT``; bodies are limited to ``MAX_BODY``. Refusals use the
-API's error shape.
+refused), and the dispatcher checks that the node exists and that neither
+it nor the certificate (by serial) is revoked. A client must complete its
+handshake and each request within ``REQUEST_TIMEOUT``; an idle kept-alive
+connection is closed after ``IDLE_TIMEOUT``; bodies are limited to
+``MAX_BODY``. Refusals use the API's error shape.
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ class _Conn:
     """A connection, and the parser's callbacks (httptools calls them on
     this object while it reads a request)."""
 
-    __slots__ = ("sock", "parser", "handshaken", "node_id", "refusal", "deadline", "out",
-                 "waiting", "events", "closing", "handler", "pending", "ready", "eof",
+    __slots__ = ("sock", "parser", "handshaken", "node_id", "serial", "refusal", "deadline",
+                 "out", "waiting", "events", "closing", "handler", "pending", "ready", "eof",
                  "in_request", "in_head", "head_fed", "raw_head", "target", "body", "too_large",
                  "keep_alive", "close_after")
 
@@ -84,6 +84,7 @@ class _Conn:
         self.parser = httptools.HttpRequestParser(self)
         self.handshaken = False
         self.node_id = None
+        self.serial = None          # of the client's certificate, in hex
         self.refusal = None         # (status, code, message) for every request
         self.deadline = time.monotonic() + REQUEST_TIMEOUT
         self.out = b""
@@ -163,8 +164,8 @@ class FrontServer:
     and every 20 ms within a long one (answers do not wait for a pass over
     a thousand pushes to end), and :meth:`close` when it ends; the front's
     sockets are registered in the loop's selector with a callable as their
-    data. ``forward(request_id, kind, node_id, body)`` hands a checked
-    request to the dispatcher; its answer comes back through
+    data. ``forward(request_id, kind, node_id, body, serial)`` hands a
+    checked request to the dispatcher (which checks revocation); its answer comes back through
     :meth:`answer`, from any thread.
     """
 
@@ -252,7 +253,7 @@ class FrontServer:
             if not conn.handshaken:
                 conn.sock.do_handshake()
                 conn.handshaken = True
-                conn.node_id, conn.refusal = self._identify(conn.sock)
+                conn.node_id, conn.serial, conn.refusal = self._identify(conn.sock)
             if not conn.closing:
                 self._read(conn)
         except ssl.SSLWantReadError:
@@ -291,14 +292,17 @@ class FrontServer:
         self._want(conn, selectors.EVENT_READ)
 
     def _identify(self, sock):
+        """(node id, certificate serial in hex, refusal or None)."""
         ident = certs.identity_from_peercert(sock.getpeercert())
         if ident is None:
-            return None, (401, "unauthenticated", "a node certificate from this cluster is required")
+            return None, None, (401, "unauthenticated",
+                                "a node certificate from this cluster is required")
         if ident.cluster_id != self._cluster_id:
-            return None, (401, "unauthenticated", "certificate is from another cluster")
+            return None, None, (401, "unauthenticated", "certificate is from another cluster")
         if ident.role == certs.ROLE_ADMIN:
-            return None, (403, "forbidden", "an admin certificate cannot use agent endpoints")
-        return ident.node_id, None
+            return None, None, (403, "forbidden",
+                                "an admin certificate cannot use agent endpoints")
+        return ident.node_id, format(ident.serial, "x"), None
 
     def _read(self, conn: _Conn):
         """Read what is there and handle every complete request in it. While
@@ -390,7 +394,7 @@ class FrontServer:
         conn.waiting = self._next_id
         conn.deadline = time.monotonic() + ANSWER_TIMEOUT
         self._waiting[conn.waiting] = conn
-        self._forward(conn.waiting, kind, conn.node_id, body)
+        self._forward(conn.waiting, kind, conn.node_id, body, conn.serial)
 
     def _deliver(self):
         with self._lock:

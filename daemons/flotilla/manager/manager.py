@@ -150,7 +150,8 @@ class Manager:
         if self.cfg.dispatcher_listen and self.cfg.dispatcher_advertise:
             front = (self.cfg.dispatcher_listen, self.cfg.dispatcher_advertise,
                      self.cfg.cluster_id)
-        self.dispatcher = Dispatcher(self.store, (self.cfg.bundle_path, self.cfg.ca_path), front)
+        self.dispatcher = Dispatcher(self.store, (self.cfg.bundle_path, self.cfg.ca_path), front,
+                                     node_id=self.cfg.node_id)
         self.scheduler = Scheduler(self.store, on_placed=self.metrics.observe_scheduling)
         self.orchestrator = Orchestrator(self.store, constraint_matcher())
         self._components = [self.dispatcher,

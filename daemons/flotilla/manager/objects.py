@@ -5,7 +5,9 @@ Cluster (one per cluster, id = cluster id)::
     {id, name, spec: {ca: {node_cert_expiry}, dispatcher: {heartbeat_period},
      orchestration: {task_history_limit}},
      root_ca: {cert, key, digest}, tokens: {worker, manager},
-     revoked: {node_id: not_after (unix time)}}
+     revoked: {node_id | "serial:<hex>": not_after (unix time)}}
+
+    (``revoked`` is the revocation list, see ``ca/revocation.py``.)
 
 Node::
 
@@ -13,7 +15,12 @@ Node::
      spec: {role (desired), availability: active|pause|drain, labels},
      status: {state: unknown|ready|down, message},
      manager: {raft_addr, api_addr} | None,
-     description: {platform: {os, arch}, ...}, cert: {serial, not_after, role}}
+     description: {platform: {os, arch}, ...},
+     cert: {serial, not_after, role, key_id}   (the last certificate issued),
+     manager_certs: {serial (hex): not_after}  (manager certificates still valid)}
+
+    ``status.addr`` is the address the node's agent connected from when it
+    last registered (what ``node.ip`` constraints use).
 
 Config::
 
@@ -23,6 +30,7 @@ Config::
 from __future__ import annotations
 
 import re
+import time
 
 DEFAULT_CERT_EXPIRY = 90 * 86400
 MIN_CERT_EXPIRY = 60
@@ -64,13 +72,44 @@ def new_node(node_id, *, hostname, addr, role, raft_addr=None, api_addr=None, pl
     }
 
 
-def cert_info(ident) -> dict:
-    return {
+def cert_info(ident, key_id: str | None = None) -> dict:
+    info = {
         "serial": format(ident.serial, "x"),
         "role": ident.role,
         "not_before": ident.not_before.timestamp(),
         "not_after": ident.not_after.timestamp(),
     }
+    if key_id is not None:
+        info["key_id"] = key_id
+    return info
+
+
+def with_cert(node: dict, ident, key_id: str | None = None, now: float | None = None) -> dict:
+    """``node`` after its certificate ``ident`` was issued: recorded as its
+    last one and, for a manager certificate, among those a demotion revokes."""
+    now = time.time() if now is None else now
+    held = {s: t for s, t in (node.get("manager_certs") or {}).items() if t > now}
+    info = cert_info(ident, key_id)
+    if ident.role == "manager":
+        held[info["serial"]] = info["not_after"]
+    return dict(node, cert=info, manager_certs=held)
+
+
+def manager_certs_to_revoke(node: dict, presented=None) -> list[tuple[str, float]]:
+    """The node's manager certificates still valid (and the one presented, if
+    it is a manager certificate), as revocation entries: what a demoted node
+    gives up when it gets its worker certificate. ``presented`` has
+    ``role``, ``serial`` and ``not_after`` (unix time)."""
+    from ..ca import revocation
+
+    entries = [(revocation.serial_key(s), t) for s, t in (node.get("manager_certs") or {}).items()]
+    last = node.get("cert") or {}
+    if last.get("role") == "manager" and last.get("serial"):
+        entries.append((revocation.serial_key(last["serial"]), last["not_after"]))
+    if (presented is not None and presented.role == "manager"
+            and presented.serial is not None and presented.not_after is not None):
+        entries.append((revocation.serial_key(presented.serial), presented.not_after))
+    return entries
 
 
 def wants_manager_cert(node) -> bool:

@@ -19,8 +19,8 @@ together: one write and one read carry many pushes.
 
 The same process serves the dispatcher's front (``front.py``): agents'
 heartbeats and status reports, read and checked there, cross as
-``["reqs", [[id, kind, node id, body], ...]]`` and their answers come back
-as ``["answers", [[id, status, body], ...]]``. The pusher's loop drives
+``["reqs", [[id, kind, node id, body, certificate serial], ...]]`` and
+their answers come back as ``["answers", [[id, status, body], ...]]``. The pusher's loop drives
 the front's sockets too, and what it has for the manager leaves once per
 pass of that loop. The listening socket is opened
 here, by the manager, and handed to the child.

@@ -2,7 +2,8 @@
 
 A Raft peer must present a certificate from this cluster's CA with OU=manager,
 O=this cluster, and CN naming a node that is currently a manager and not
-revoked. The Raft address it claims must be the one recorded for that node.
+revoked; the certificate itself must not be revoked either (by serial: a
+demoted manager's old certificates). The Raft address it claims must be the one recorded for that node.
 The list of managers comes from the replicated store; until the store holds
 anything (a new member catching up) it comes from the member map this
 manager was given when it joined (``raft/members.json``).
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..ca import certs
+from ..ca import certs, revocation
 from ..common import fsutil, tls
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,11 @@ class RaftSecurity:
             return None
         if ident.cluster_id != self._cluster_id:
             self.refused("wrong_cluster", f"{ident.node_id} is from cluster {ident.cluster_id}")
+            return None
+        cluster = _cluster(self._store)
+        if cluster is not None and revocation.serial_revoked(cluster.get("revoked"), ident.serial):
+            self.refused("revoked", f"{ident.node_id} presented revoked certificate "
+                                    f"{ident.serial:x}")
             return None
         members = self.managers_by_address()
         if ident.node_id not in members.values():

@@ -72,7 +72,7 @@ def init_cluster(cfg: NodeConfig, *, cert_expiry: float | None = None,
                             role="manager", platform=local_platform())
     node["role"] = "manager"
     node["manager"] = {"raft_addr": cfg.raft_advertise, "api_addr": cfg.advertise}
-    node["cert"] = objects.cert_info(certs.identity_from_pem(cert_pem))
+    node = objects.with_cert(node, certs.identity_from_pem(cert_pem), certs.cert_key_id(cert_pem))
     cluster = {
         "id": cfg.cluster_id,
         "name": "default",

@@ -4,9 +4,16 @@ policies and request validation.
 Errors are always ``{"error": {"code", "message", "field"}}``.
 
 Identity comes from the verified TLS client certificate (CN = node id, OU =
-role, O = cluster id), from the unix control socket (root only, treated as
-admin), or — on the leader — from the identity header a follower manager
-adds when it forwards a request (trusted only from a current manager).
+role, O = cluster id, and its serial), from the unix control socket (root
+only, treated as admin), or — on the leader — from the identity header a
+follower manager adds when it forwards a request (trusted only from a
+current manager). The caller's address travels the same way (the peer
+address header), so the leader sees where an agent connected from.
+
+Revocation (``ca/revocation.py``): a caller whose node id or certificate
+serial is on the cluster's list is refused, whether it called directly or
+through a follower, and so is a forwarding manager whose own certificate
+is revoked.
 
 Policies:
 - ``public``: no client certificate needed (joining).
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import json
 import logging
 
@@ -36,6 +44,7 @@ log = logging.getLogger(__name__)
 
 IDENTITY_HEADER = "X-Flotilla-Identity"
 FORWARDED_HEADER = "X-Flotilla-Forwarded-By"
+PEER_HEADER = "X-Flotilla-Peer-Addr"
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None):
@@ -53,9 +62,16 @@ class Identity:
     role: str
     cluster_id: str
     via: str = "tls"
+    serial: int | None = None           # of the certificate, when there is one
+    not_after: float | None = None      # its expiry (unix time)
 
     def header(self) -> str:
-        return json.dumps({"cn": self.node_id, "ou": self.role, "o": self.cluster_id})
+        out = {"cn": self.node_id, "ou": self.role, "o": self.cluster_id}
+        if self.serial is not None:
+            out["s"] = format(self.serial, "x")
+        if self.not_after is not None:
+            out["na"] = self.not_after
+        return json.dumps(out)
 
 
 def manager():
@@ -80,7 +96,9 @@ def direct_identity() -> Identity | None:
             if getpeercert is not None:
                 parsed = certs.identity_from_peercert(getpeercert())
                 if parsed is not None:
-                    ident = Identity(parsed.node_id, parsed.role, parsed.cluster_id)
+                    ident = Identity(parsed.node_id, parsed.role, parsed.cluster_id,
+                                     serial=parsed.serial,
+                                     not_after=parsed.not_after.timestamp())
             try:
                 sock._flotilla_identity = ident
             except AttributeError:
@@ -104,17 +122,45 @@ def identity() -> Identity | None:
         else:
             try:
                 f = json.loads(forwarded)
-                ident = Identity(str(f["cn"]), str(f["ou"]), str(f["o"]), via="forwarded")
-            except (ValueError, KeyError, TypeError):
+                serial = int(f["s"], 16) if f.get("s") is not None else None
+                not_after = float(f["na"]) if f.get("na") is not None else None
+                ident = Identity(str(f["cn"]), str(f["ou"]), str(f["o"]), via="forwarded",
+                                 serial=serial, not_after=not_after)
+            except (ValueError, KeyError, TypeError, AttributeError):
                 raise ApiError(400, "bad_request", "malformed forwarded identity") from None
     g.identity = ident
     return ident
+
+
+def peer_ip() -> str | None:
+    """The address the caller connected from: the direct peer's, or the one
+    a current manager forwarding the request observed. IPv4 addresses
+    mapped into IPv6 are given as IPv4."""
+    forwarded = request.headers.get(PEER_HEADER)
+    if forwarded is not None:
+        if not is_current_manager(direct_identity()):
+            manager().counters.inc("api.forward_refused")
+            raise ApiError(403, "forward_refused", "only a current manager may forward requests")
+        return normalize_ip(forwarded)
+    return normalize_ip(request.environ.get("REMOTE_ADDR"))
+
+
+def normalize_ip(value) -> str | None:
+    try:
+        addr = ipaddress.ip_address(str(value).strip())
+    except ValueError:
+        return None
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return str(addr)
 
 
 def is_current_manager(ident: Identity | None) -> bool:
     if ident is None or ident.role != certs.ROLE_MANAGER:
         return False
     m = manager()
+    if m.ca.revoked(None, ident.serial):
+        return False
     if ident.node_id == m.cfg.node_id:
         return True
     node = m.store.get("node", ident.node_id)
@@ -135,6 +181,11 @@ def authorize(policy: str, ident: Identity | None) -> None:
     if ident.via != "unix" and m.ca.revoked(ident.node_id):
         m.counters.inc("api.revoked")
         raise ApiError(401, "revoked", "this certificate belongs to a node removed from the cluster")
+    if ident.via != "unix" and m.ca.revoked(None, ident.serial):
+        # A certificate revoked on its own (a demoted manager's, an admin
+        # bundle's): the node itself, if any, is still a member.
+        m.counters.inc("api.certificate_revoked")
+        raise ApiError(401, "certificate_revoked", "this certificate has been revoked")
     if policy == "any":
         return
     if ident.role == certs.ROLE_ADMIN:

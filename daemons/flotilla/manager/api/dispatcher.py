@@ -1,18 +1,29 @@
-"""Agent session endpoints: register, heartbeat, certificate renewal."""
+"""Agent session endpoints: register, heartbeat, certificate renewal.
+
+At registration the node's address is the one its agent connected from
+(through a follower, the one the follower saw), as SwarmKit takes it: the
+node reports its hostname (checked as at join), platform, resources and
+engine labels, and the ports it listens on, but not where it is. Its agent
+listener is reached at the observed host and the reported port, unless the
+node was started with an explicit advertise address (``--advertise`` or
+``--agent-advertise``, for NAT): then at that address.
+"""
 
 from __future__ import annotations
 
 from typing import Optional
 
 from flask import Blueprint
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..caserver import JoinRefused
 from ..dispatcher import SessionInvalid
 from . import models
 from .openapi import doc
-from .common import ApiError, Model, identity, json_response, manager, parse_body, policy
-from .join import Platform
+from .common import (ApiError, Model, identity, json_response, manager, parse_body, peer_ip,
+                     policy)
+from .join import HOSTNAME, Platform
+from .join import _address as check_address
 from .sessionmodels import Heartbeat, StatusReport
 
 bp = Blueprint("dispatcher", __name__, url_prefix="/v1")
@@ -36,6 +47,21 @@ class Register(Model):
     version: str = Field(default="", max_length=64)
     addr: Optional[str] = Field(default=None, max_length=300)
     agent_addr: Optional[str] = Field(default=None, max_length=300)
+    # The node was given its advertise address explicitly (behind NAT, the
+    # address managers must use is not the one it connects from).
+    advertise_explicit: bool = False
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v):
+        if v and not HOSTNAME.match(v):
+            raise ValueError("not a valid hostname")
+        return v
+
+    @field_validator("addr", "agent_addr")
+    @classmethod
+    def _addresses(cls, v):
+        return check_address(v)
 
 
 class Renew(Model):
@@ -62,8 +88,9 @@ def register():
     if body.engine is not None:
         desc["engine"] = body.engine.model_dump()
     try:
-        return json_response(_dispatcher().register(identity().node_id, desc, body.addr,
-                                                    body.agent_addr))
+        return json_response(_dispatcher().register(
+            identity().node_id, desc, body.addr, body.agent_addr,
+            observed_ip=peer_ip(), explicit=body.advertise_explicit))
     except SessionInvalid as exc:
         raise ApiError(401, "revoked", str(exc)) from None
 
@@ -74,7 +101,8 @@ def register():
 def heartbeat():
     body = parse_body(Heartbeat)
     try:
-        return json_response(_dispatcher().heartbeat(identity().node_id, body.session_id))
+        return json_response(_dispatcher().heartbeat(identity().node_id, body.session_id,
+                                                     body.trust))
     except SessionInvalid as exc:
         raise ApiError(409, "session_invalid", str(exc)) from None
 
@@ -98,6 +126,6 @@ def status():
 def renew():
     body = parse_body(Renew)
     try:
-        return json_response(manager().ca.renew(identity().node_id, body.csr))
+        return json_response(manager().ca.renew(identity().node_id, body.csr, identity()))
     except JoinRefused as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None

@@ -2,7 +2,8 @@
 
 A follower answers only local endpoints itself; everything else goes to the
 leader over mTLS with this manager's own certificate, carrying the original
-caller's identity in a header the leader trusts only from a current manager.
+caller's identity (certificate serial included) and address in headers the
+leader trusts only from a current manager.
 The caller sees one answer.
 
 While the cluster elects a leader (or a new leader starts its components),
@@ -108,6 +109,9 @@ class Forwarder:
         headers = {h: request.headers[h] for h in PASS_HEADERS if h in request.headers}
         headers[common.IDENTITY_HEADER] = direct_identity.header() if direct_identity else ""
         headers[common.FORWARDED_HEADER] = self._manager.cfg.node_id
+        # Where the caller connected from (an agent's address is taken from
+        # its connection): trusted by the leader only from a current manager.
+        headers[common.PEER_HEADER] = request.environ.get("REMOTE_ADDR") or ""
         url = f"https://{leader}{request.full_path if request.query_string else request.path}"
         try:
             resp = self._client().request(request.method, url, data=common.body_bytes(),

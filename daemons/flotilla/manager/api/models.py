@@ -105,6 +105,7 @@ class Node(BaseModel):
     id: str
     hostname: Optional[str] = None
     addr: Optional[str] = None
+    ip: Optional[str] = None        # where its agent connected from (node.ip)
     role: Optional[str] = None
     desired_role: str
     availability: str

@@ -9,6 +9,7 @@ from typing import Literal, Optional
 from flask import Blueprint
 from pydantic import Field, field_validator
 
+from ...ca import revocation
 from ...common import taskmodel
 from .. import objects
 from ..membership import QuorumError
@@ -85,6 +86,7 @@ def view(node, m, reachable=None, leader_id=None):
         "id": node["id"],
         "hostname": node.get("hostname"),
         "addr": node.get("addr"),
+        "ip": (node.get("status") or {}).get("addr"),
         "role": node.get("role"),
         "desired_role": node["spec"]["role"],
         "availability": node["spec"]["availability"],
@@ -240,7 +242,9 @@ def remove(ref):
                 ops.append(Op.update("task", dict(t, status=status), version=t["version"]))
         return ops
 
-    m.store.update("cluster", cluster["id"],
-                   lambda c: dict(c, revoked=dict(c.get("revoked", {}), **{node["id"]: not_after})),
-                   rid=request_id(), extra_ops=extra)
+    def revoke(c):
+        revoked = revocation.with_entries(c.get("revoked"), [(node["id"], not_after)])
+        return dict(c, revoked=revocation.purge(revoked) or revoked)
+
+    m.store.update("cluster", cluster["id"], revoke, rid=request_id(), extra_ops=extra)
     return json_response({"id": node["id"], "removed": True})

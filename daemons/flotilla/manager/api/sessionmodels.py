@@ -40,3 +40,6 @@ class StatusReport(Model):
 
 class Heartbeat(Model):
     session_id: str = Field(max_length=64)
+    # The version of the managers and revocation list the agent holds: the
+    # answer carries them only when they differ.
+    trust: Optional[str] = Field(default=None, max_length=64)

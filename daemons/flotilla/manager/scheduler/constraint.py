@@ -10,8 +10,9 @@ task's constraints are AND-ed. Keys (matched case-insensitively)::
 - A missing attribute (an absent label, an unknown platform...) is "".
 - ``node.role`` is the observed role, ``manager`` or ``worker``.
 - ``node.ip`` takes a single address or a CIDR network and is compared with
-  the host part of the node's address; a node without a usable address
-  matches neither ``==`` nor ``!=``.
+  the address the node's agent connected from (as SwarmKit does; the node
+  cannot choose it); a node without one (it never registered) matches
+  neither ``==`` nor ``!=``.
 - A well-formed but unknown key never matches, whatever the operator.
 
 A spread descriptor (placement preference) names a node label the same way:
@@ -85,9 +86,10 @@ def engine_labels(node: dict) -> dict:
 
 
 def node_ip(node: dict):
-    """The host part of the node's address as an ip_address, or None."""
-    addr = (node.get("addr") or (node.get("status") or {}).get("addr")
-            or (node.get("description") or {}).get("addr"))
+    """The address the node's agent connected from when it last registered
+    (recorded by the dispatcher, never taken from what the node reports),
+    as an ip_address, or None."""
+    addr = (node.get("status") or {}).get("addr")
     if not addr or not isinstance(addr, str):
         return None
     host = addr.strip()

@@ -1,0 +1,242 @@
+"""Whom the cluster trusts: the agent listener answers only the leader its
+session is with, demoted and removed managers' certificates and revoked
+admin bundles are refused everywhere, and a node's address is the one it
+connects from."""
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import ssl
+
+import pytest
+import requests
+from requests.adapters import HTTPAdapter
+
+from flotilla.ca import certs
+from flotilla.common import tls
+from flotilla.common.httpclient import ApiError, Client
+from tests.helpers.cluster import LocalCluster, NodeProc, wait_for
+
+
+class _ServerName(HTTPAdapter):
+    def __init__(self, name):
+        self._name = name
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["server_hostname"] = self._name
+        kwargs["assert_hostname"] = self._name
+        super().init_poolmanager(*args, **kwargs)
+
+
+def agent_call(view, bundle, ca, path, method="GET", body=None):
+    """Call the agent listener of the node ``view`` with the key+certificate
+    file ``bundle``."""
+    with requests.Session() as s:
+        s.mount("https://", _ServerName(view["id"]))
+        return s.request(method, f"https://{view['agent_addr']}{path}", json=body,
+                         cert=(bundle, bundle), verify=ca, timeout=10)
+
+
+def push(view, bundle, ca):
+    """An increment for a session the agent does not have: a caller the
+    agent trusts gets 409 (it would be sent a complete set), others 403."""
+    return agent_call(view, bundle, ca, "/v1/assignments", "POST",
+                      {"type": "incremental", "seq": 99, "applies_to": 98, "session_id": "x"})
+
+
+def error_code(resp):
+    return resp.json()["error"]["code"]
+
+
+def tls_request(addr, bundle, ca, method, path, body=None, headers=None, source=None):
+    """One HTTPS request to a manager, from ``source`` if given: (status, JSON)."""
+    host, port = addr.rsplit(":", 1)
+    raw = socket.create_connection((host, int(port)), timeout=10,
+                                   source_address=(source, 0) if source else None)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.sock = tls.client_context(bundle, ca).wrap_socket(
+        raw, server_hostname=tls.MANAGER_SERVER_NAME)
+    try:
+        hdrs = {"Content-Type": "application/json"}
+        hdrs.update(headers or {})
+        conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
+                     headers=hdrs)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"null")
+    finally:
+        conn.close()
+
+
+def raft_refuses(node, bundle) -> bool:
+    host, port = node.raft_addr.rsplit(":", 1)
+    ctx = tls.client_context(bundle, node.ca())
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        try:
+            with ctx.wrap_socket(raw, server_hostname=tls.MANAGER_SERVER_NAME) as s:
+                s.sendall(b"\x00" * 16)
+                return s.recv(100) == b""
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            return True
+
+
+def serial_of(bundle) -> str:
+    return format(certs.identity_from_pem(open(bundle, "rb").read()).serial, "x")
+
+
+def cert_role(node):
+    return certs.identity_from_pem(open(node.bundle(), "rb").read()).role
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LocalCluster(str(tmp_path_factory.mktemp("trust")))
+    try:
+        c.init("m1")
+        c.join("m2")
+        c.join("m3")
+        c.join("w1", "worker")
+        yield c
+    finally:
+        c.stop_all()
+
+
+def views(c):
+    return {n["hostname"]: n for n in c.admin().get("/v1/nodes")}
+
+
+def test_agent_listener_answers_only_the_leader_of_its_session(cluster):
+    c = cluster
+    leader = c.wait_leader_ready()
+    follower = next(n for n in c.managers() if n is not leader)
+    w1 = views(c)["w1"]
+    ca = leader.ca()
+    # The leader the agent registered with may push (the made-up session is
+    # answered 409, after authorization) and read logs.
+    wait_for(lambda: push(w1, leader.bundle(), ca).status_code == 409, 10,
+             what="the leader's push to reach the session check")
+    assert agent_call(w1, leader.bundle(), ca, "/v1/containers/nope/logs").status_code == 404
+    # A current follower holds a valid manager certificate, but is not the
+    # leader of the agent's session: no pushes, no logs.
+    resp = push(w1, follower.bundle(), ca)
+    assert resp.status_code == 403 and error_code(resp) == "not_leader"
+    resp = agent_call(w1, follower.bundle(), ca, "/v1/containers/nope/logs")
+    assert resp.status_code == 403 and error_code(resp) == "not_leader"
+    # Current managers and admins may read health and metrics; health tells
+    # nothing about the session (no session id, no sequence number).
+    admin = (os.path.join(c.admin_dir, "cert.pem"), os.path.join(c.admin_dir, "key.pem"))
+    for who in (leader.bundle(), follower.bundle()):
+        assert agent_call(w1, who, ca, "/metrics").status_code == 200
+        health = agent_call(w1, who, ca, "/v1/health")
+        assert health.status_code == 200 and set(health.json()) == {"status", "node_id"}
+    with requests.Session() as s:
+        s.mount("https://", _ServerName(w1["id"]))
+        assert s.get(f"https://{w1['agent_addr']}/metrics", cert=admin, verify=ca,
+                     timeout=10).status_code == 200
+
+
+def test_demoted_and_removed_managers_certificates_are_refused(cluster, tmp_path):
+    c = cluster
+    m3 = c.nodes["m3"]
+    if c.wait_leader_ready() is m3:
+        pytest.fail("m3 leads; the test expects m1 to lead")
+    old = str(tmp_path / "m3-manager.pem")
+    shutil.copy(m3.bundle(), old)
+    old_serial = serial_of(old)
+    c.cli("node", "demote", "m3")
+    wait_for(lambda: cert_role(m3) == "worker", 60, what="m3's worker certificate")
+    leader = c.wait_leader_ready()
+    ca = leader.ca()
+    assert "serial:" + old_serial in c.admin().get("/v1/cluster")["revoked"]
+    w1 = views(c)["w1"]
+    # The agent learns the revocation with its next heartbeat.
+    seen = []
+
+    def refused_as_revoked():
+        resp = push(w1, old, ca)
+        seen.append((resp.status_code, resp.text))
+        return resp.status_code == 403 and error_code(resp) == "revoked"
+
+    try:
+        wait_for(refused_as_revoked, 20, what="the agent to refuse the demoted manager's "
+                                              "certificate")
+    except AssertionError:
+        raise AssertionError(f"last answers: {seen[-3:]}\n{c.nodes['w1'].log()[-3000:]}")
+    assert agent_call(w1, old, ca, "/metrics").status_code == 403
+    # Managers refuse it too: API (leader and followers), dispatcher port, Raft.
+    for node in c.managers():
+        if node is m3:
+            continue
+        with pytest.raises(ApiError) as e:
+            Client([node.addr], old, ca, retry_for=0).get("/v1/health")
+        assert e.value.status == 401 and e.value.code == "certificate_revoked"
+    host, port = leader.addr.rsplit(":", 1)
+    status, body = tls_request(f"{host}:{int(port) + 30000}", old, ca, "POST",
+                               "/v1/dispatcher/heartbeat", {"session_id": "x"})
+    assert status == 401 and body["error"]["code"] == "certificate_revoked"
+    before = c.health(leader)["refused"].get("raft.revoked", 0)
+    assert raft_refuses(leader, old)
+    wait_for(lambda: c.health(leader)["refused"].get("raft.revoked", 0) > before, 10,
+             what="the refused Raft connection counted")
+    # The demoted node itself carries on as a worker with its new certificate.
+    c.wait_node_ready(m3)
+
+    # Removed: its node id joins the list, the old certificate stays refused.
+    m3.kill()
+    m3_id = m3.config()["node_id"]
+    c.cli("node", "rm", "--force", m3_id)
+    wait_for(lambda: m3_id in c.admin().get("/v1/cluster")["revoked"], 10, what="m3 revoked")
+    wait_for(lambda: push(w1, old, ca).status_code == 403, 10, what="still refused")
+    with pytest.raises(ApiError) as e:
+        Client([leader.addr], old, ca, retry_for=0).get("/v1/health")
+    assert e.value.status == 401
+
+
+def test_registration_takes_the_address_from_the_connection(cluster):
+    c = cluster
+    leader = c.wait_leader_ready()
+    follower = next(n for n in c.managers() if n is not leader and n.running)
+    w1 = c.nodes["w1"]
+    w1_id = w1.config()["node_id"]
+    agent_port = views(c)["w1"]["agent_addr"].rsplit(":", 1)[1]
+    w1.kill()       # its own agent would register again at once
+    try:
+        spoofed = {"hostname": "w1", "addr": "10.9.9.9:4242",
+                   "agent_addr": f"10.9.9.9:{agent_port}"}
+        for via, source in ((leader, "127.0.0.5"), (follower, "127.0.0.6")):
+            status, body = tls_request(via.addr, w1.bundle(), w1.ca(), "POST",
+                                       "/v1/dispatcher/register", spoofed, source=source)
+            assert status == 200, body
+            view = c.admin().get(f"/v1/nodes/{w1_id}")
+            assert view["ip"] == source
+            assert view["agent_addr"] == f"{source}:{agent_port}"
+            assert view["addr"] == f"{source}:4242"
+        # Only a current manager may say where a request came from.
+        status, body = tls_request(leader.addr, w1.bundle(), w1.ca(), "POST",
+                                   "/v1/dispatcher/register", spoofed,
+                                   headers={"X-Flotilla-Peer-Addr": "10.9.9.9"})
+        assert status == 403 and body["error"]["code"] == "forward_refused"
+        # Hostnames are checked as at join.
+        status, body = tls_request(leader.addr, w1.bundle(), w1.ca(), "POST",
+                                   "/v1/dispatcher/register", dict(spoofed, hostname="w1\x1b[2J"))
+        assert status == 400 and body["error"]["field"] == "hostname"
+        assert c.admin().get(f"/v1/nodes/{w1_id}")["hostname"] == "w1"
+    finally:
+        w1.restart()
+    wait_for(lambda: c.admin().get(f"/v1/nodes/{w1_id}")["ip"] == "127.0.0.1", 30,
+             what="w1 registered again from its own address")
+    c.wait_node_ready(w1)
+
+    # A node told its advertise address explicitly (NAT) is reached there.
+    w2 = NodeProc(c, "w2")
+    agent_port = w2.port + 20000
+    w2.start("--join", leader.addr, "--token", c.token("worker"),
+             "--agent-listen", f"0.0.0.0:{agent_port}",
+             "--agent-advertise", f"127.0.0.9:{agent_port}")
+    c.nodes["w2"] = w2
+    c.wait_node_ready(w2)
+    view = views(c)["w2"]
+    assert view["agent_addr"] == f"127.0.0.9:{agent_port}" and view["ip"] == "127.0.0.1"
+    assert push(view, leader.bundle(), leader.ca()).status_code == 409   # reached there
