@@ -9,6 +9,8 @@ import os
 import shutil
 import socket
 import ssl
+import subprocess
+import sys
 
 import pytest
 import requests
@@ -68,6 +70,14 @@ def tls_request(addr, bundle, ca, method, path, body=None, headers=None, source=
         return resp.status, json.loads(resp.read() or b"null")
     finally:
         conn.close()
+
+
+def cli_with(c, tls_dir, *args):
+    """The CLI with the client bundle in ``tls_dir``."""
+    return subprocess.run([sys.executable, "-m", "flotilla.cli.main", "--host",
+                           ",".join(n.addr for n in c.nodes.values() if n.running),
+                           "--tls-dir", tls_dir, *args], capture_output=True, text=True,
+                          timeout=120, env=c.env)
 
 
 def raft_refuses(node, bundle) -> bool:
@@ -240,3 +250,59 @@ def test_registration_takes_the_address_from_the_connection(cluster):
     view = views(c)["w2"]
     assert view["agent_addr"] == f"127.0.0.9:{agent_port}" and view["ip"] == "127.0.0.1"
     assert push(view, leader.bundle(), leader.ca()).status_code == 409   # reached there
+
+
+def test_admin_bundles_are_issued_listed_and_revoked_everywhere(cluster, tmp_path):
+    c = cluster
+    leader = c.wait_leader_ready()
+    follower = next(n for n in c.managers() if n is not leader and n.running)
+    out = tmp_path / "ops"
+    res = c.cli("--format", "json", "cluster", "admin", "create", "ops", "--expiry", "30d",
+                "--out", str(out))
+    issued = json.loads(res.stdout)
+    assert issued["name"] == "ops" and issued["state"] == "active"
+    assert sorted(os.listdir(out)) == ["ca.pem", "cert.pem", "key.pem"]
+    assert os.stat(out / "key.pem").st_mode & 0o777 == 0o600
+    assert serial_of(str(out / "cert.pem")) == issued["serial"]
+    ops = Client([leader.addr, follower.addr], tls_dir=str(out), retry_for=0)
+    assert ops.get("/v1/nodes")
+    # The bundle --init wrote is the first one, named init.
+    listed = {a["name"]: a for a in json.loads(c.cli("--format", "json", "cluster", "admin",
+                                                     "ls").stdout)}
+    assert set(listed) == {"init", "ops"} and listed["init"]["state"] == "active"
+    assert listed["init"]["serial"] == serial_of(os.path.join(c.admin_dir, "cert.pem"))
+    # Names of active bundles are unique; a bundle cannot revoke itself.
+    res = c.cli("cluster", "admin", "create", "ops", "--out", str(tmp_path / "again"),
+                check=False)
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1
+    assert "ops" in res.stderr
+    res = cli_with(c, str(out), "cluster", "admin", "revoke", "ops")
+    assert res.returncode == 1 and "another bundle" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+    since = c.admin().get("/v1/events", params={"type": "cluster", "since": 0})
+    c.cli("cluster", "admin", "revoke", "ops")
+    # Refused at once by every manager, and by agents after a heartbeat.
+    for node in (leader, follower):
+        with pytest.raises(ApiError) as e:
+            Client([node.addr], tls_dir=str(out), retry_for=0).get("/v1/nodes")
+        assert e.value.status == 401 and e.value.code == "certificate_revoked"
+    w1 = views(c)["w1"]
+    ops_cert = (str(out / "cert.pem"), str(out / "key.pem"))
+
+    def agent_refuses():
+        with requests.Session() as s:
+            s.mount("https://", _ServerName(w1["id"]))
+            return s.get(f"https://{w1['agent_addr']}/metrics", cert=ops_cert,
+                         verify=str(out / "ca.pem"), timeout=10).status_code == 403
+
+    wait_for(agent_refuses, 20, what="the agent to refuse the revoked bundle")
+    listed = {a["name"]: a for a in json.loads(c.cli("--format", "json", "cluster", "admin",
+                                                     "ls").stdout)}
+    assert listed["ops"]["state"] == "revoked" and listed["init"]["state"] == "active"
+    events = c.admin().get("/v1/events", params={"type": "cluster",
+                                                  "since": since.get("index", 0)})["events"]
+    assert any(e["attributes"].get("admins_revoked") == ["ops"] for e in events)
+    # The name is free again for a fresh bundle.
+    c.cli("cluster", "admin", "create", "ops", "--out", str(tmp_path / "ops2"))
+    assert Client([follower.addr], tls_dir=str(tmp_path / "ops2"), retry_for=0).get("/v1/nodes")

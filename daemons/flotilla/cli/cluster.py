@@ -1,18 +1,24 @@
-"""``flotilla cluster``: join tokens and cluster-wide settings."""
+"""``flotilla cluster``: join tokens, cluster-wide settings, admin bundles."""
 
 from __future__ import annotations
 
+import datetime
+import os
+import urllib.parse
+
 import click
 
+from ..ca import certs
+from ..common import fsutil
 from ..common.units import format_duration, parse_duration
 from .context import call
 from .fmt import format_option
-from .output import emit_json
+from .output import emit_json, table
 
 
 @click.group()
 def cluster():
-    """Cluster-wide settings and join tokens."""
+    """Cluster-wide settings, join tokens and admin bundles."""
 
 
 @cluster.command("join-token")
@@ -101,3 +107,87 @@ def status(ctx):
     else:
         for k in ("state", "term", "leader", "commit_index", "members", "connected", "has_quorum"):
             click.echo(f"{k + ':':<15} {res.get(k)}")
+
+
+# -- admin bundles -------------------------------------------------------------------------
+
+@cluster.group("admin")
+def admin():
+    """Operators' client bundles (admin certificates): create, list, revoke."""
+
+
+def _when(ts) -> str:
+    if ts is None:
+        return ""
+    return datetime.datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M")
+
+
+def _bundle_dir(out: str) -> str:
+    out = os.path.abspath(out)
+    for name in ("cert.pem", "key.pem"):
+        if os.path.exists(os.path.join(out, name)):
+            raise click.ClickException(f"{out} already holds a client bundle ({name}); "
+                                       "choose an empty directory")
+    return out
+
+
+@admin.command("create")
+@click.argument("name")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Directory to write the bundle to (ca.pem, cert.pem, key.pem).")
+@click.option("--expiry", callback=_dur, help="Certificate lifetime (default 365d), e.g. 90d.")
+@format_option
+@click.pass_obj
+def admin_create(ctx, name, out, expiry):
+    """Issue a client bundle named NAME and write it to --out.
+
+    The private key is generated here and never sent: the cluster signs a
+    certificate signing request for it."""
+    out = _bundle_dir(out)
+    key = certs.new_key()
+    body = {"name": name, "csr": certs.make_csr(key).decode()}
+    if expiry is not None:
+        body["expiry"] = expiry
+    res = call(ctx, "POST", "/v1/cluster/admins", json=body)
+    try:
+        fsutil.ensure_private_dir(out)
+        fsutil.atomic_write(os.path.join(out, "key.pem"), certs.key_to_pem(key), 0o600)
+        fsutil.atomic_write(os.path.join(out, "cert.pem"), res["cert"], 0o644)
+        fsutil.atomic_write(os.path.join(out, "ca.pem"), res["ca"], 0o644)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the bundle to {out}: "
+                                   f"{exc.strerror or exc}") from None
+    rec = {k: v for k, v in res.items() if k not in ("cert", "ca")}
+    if ctx.json:
+        emit_json(dict(rec, dir=out))
+    else:
+        click.echo(f"Admin bundle {rec['name']} (serial {rec['serial']}, valid until "
+                   f"{_when(rec['not_after'])}) written to {out}")
+
+
+@admin.command("ls")
+@format_option
+@click.pass_obj
+def admin_ls(ctx):
+    """List the client bundles, revoked and expired ones included."""
+    res = call(ctx, "GET", "/v1/cluster/admins")
+    if ctx.json:
+        emit_json(res)
+        return
+    rows = [dict(r, expires=_when(r["not_after"]), created=_when(r["created_at"]),
+                 revoked=_when(r.get("revoked_at"))) for r in res]
+    table(rows, [("NAME", "name"), ("SERIAL", "serial"), ("STATE", "state"),
+                 ("CREATED", "created"), ("EXPIRES", "expires"), ("REVOKED", "revoked")])
+
+
+@admin.command("revoke")
+@click.argument("name")
+@format_option
+@click.pass_obj
+def admin_revoke(ctx, name):
+    """Revoke the client bundle NAME: refused everywhere at once."""
+    res = call(ctx, "POST", f"/v1/cluster/admins/{urllib.parse.quote(name, safe='')}/revoke")
+    if ctx.json:
+        emit_json(res)
+    else:
+        click.echo(f"Admin bundle {res['name']} (serial {res['serial']}) is revoked.")

@@ -166,6 +166,21 @@ def _plain_event(e, obj, name):
     return action, name, attrs
 
 
+def _admin_changes(old: dict, new: dict) -> dict:
+    """The names of the admin bundles issued and revoked by a cluster change."""
+    before, after = old.get("admins") or {}, new.get("admins") or {}
+    created = sorted(r["name"] for s, r in after.items() if s not in before)
+    revoked = sorted(r["name"] for s, r in after.items()
+                     if r.get("revoked_at") is not None
+                     and (before.get(s) or {}).get("revoked_at") is None)
+    out = {}
+    if created:
+        out["admins_created"] = created
+    if revoked:
+        out["admins_revoked"] = revoked
+    return out
+
+
 def convert(e, when: float, node_name=lambda _id: None) -> dict | None:
     """The user event for one store event, or None if it is not worth one."""
     if e.kind not in TYPES or e.action not in ("create", "update", "delete"):
@@ -183,6 +198,8 @@ def convert(e, when: float, node_name=lambda _id: None) -> dict | None:
         out = _plain_event(e, obj, obj.get("name"))
     else:
         out = _plain_event(e, obj, obj.get("name") or "default")
+        if out is not None and out[0] == "update" and "admins" in out[2].get("changed", ()):
+            out[2].update(_admin_changes(e.old, e.object))
     if out is None:
         return None
     action, name, attrs = out

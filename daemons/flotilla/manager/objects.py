@@ -5,9 +5,11 @@ Cluster (one per cluster, id = cluster id)::
     {id, name, spec: {ca: {node_cert_expiry}, dispatcher: {heartbeat_period},
      orchestration: {task_history_limit}},
      root_ca: {cert, key, digest}, tokens: {worker, manager},
-     revoked: {node_id | "serial:<hex>": not_after (unix time)}}
+     revoked: {node_id | "serial:<hex>": not_after (unix time)},
+     admins: {serial (hex): {name, id, serial, not_after, created_at, revoked_at}}}
 
-    (``revoked`` is the revocation list, see ``ca/revocation.py``.)
+    (``revoked`` is the revocation list, see ``ca/revocation.py``; ``admins``
+    records the operators' client bundles, see ``api/admins.py``.)
 
 Node::
 
@@ -110,6 +112,13 @@ def manager_certs_to_revoke(node: dict, presented=None) -> list[tuple[str, float
             and presented.serial is not None and presented.not_after is not None):
         entries.append((revocation.serial_key(presented.serial), presented.not_after))
     return entries
+
+
+def admin_record(name: str, ident, cert_pem: str, key_id: str, now: float) -> dict:
+    """The cluster's record of an operator's client bundle (``admins``)."""
+    return {"name": name, "id": ident.node_id, "serial": format(ident.serial, "x"),
+            "key_id": key_id, "not_after": ident.not_after.timestamp(), "created_at": now,
+            "revoked_at": None, "cert": cert_pem}
 
 
 def wants_manager_cert(node) -> bool:

@@ -43,14 +43,17 @@ def local_platform() -> dict:
 
 
 def write_admin_bundle(directory: str, root: certs.RootCA, cluster_id: str,
-                       lifetime: int = ADMIN_CERT_EXPIRY) -> str:
+                       lifetime: int = ADMIN_CERT_EXPIRY, name: str = "init") -> dict:
+    """Issue an admin bundle into ``directory``; its record for the cluster
+    object's ``admins`` (see ``manager/api/admins.py``)."""
     fsutil.ensure_private_dir(directory)
     admin_id = "admin-" + new_id()[:12]
     key_pem, cert_pem = root.issue(certs.ROLE_ADMIN, admin_id, cluster_id, lifetime)
     fsutil.atomic_write(os.path.join(directory, "ca.pem"), root.cert_pem, 0o644)
     fsutil.atomic_write(os.path.join(directory, "cert.pem"), cert_pem, 0o644)
     fsutil.atomic_write(os.path.join(directory, "key.pem"), key_pem, 0o600)
-    return admin_id
+    return objects.admin_record(name, certs.identity_from_pem(cert_pem), cert_pem.decode(),
+                                certs.cert_key_id(cert_pem), time.time())
 
 
 def init_cluster(cfg: NodeConfig, *, cert_expiry: float | None = None,
@@ -67,7 +70,7 @@ def init_cluster(cfg: NodeConfig, *, cert_expiry: float | None = None,
                                    spec["ca"]["node_cert_expiry"])
     fsutil.atomic_write(cfg.ca_path, root.cert_pem, 0o644)
     certs.write_node_bundle(cfg.bundle_path, key_pem, cert_pem)
-    write_admin_bundle(cfg.admin_dir, root, cfg.cluster_id)
+    admin = write_admin_bundle(cfg.admin_dir, root, cfg.cluster_id)
     node = objects.new_node(cfg.node_id, hostname=cfg.hostname, addr=cfg.advertise,
                             role="manager", platform=local_platform())
     node["role"] = "manager"
@@ -82,6 +85,7 @@ def init_cluster(cfg: NodeConfig, *, cert_expiry: float | None = None,
         "tokens": {"worker": tokens.generate_token(root.cert_pem),
                    "manager": tokens.generate_token(root.cert_pem)},
         "revoked": {},
+        "admins": {admin["serial"]: admin},
     }
     fsutil.atomic_write_json(cfg.bootstrap_path, {"cluster": cluster, "node": node})
     cfg.managers = [cfg.advertise]

@@ -10,7 +10,8 @@ from werkzeug.exceptions import HTTPException
 
 from ...common.admission import Admission
 from ..store.store import CommitTimeout, NotLeader, StoreError, TxnFailed
-from . import cluster, common, configs, dispatcher, health, join, nodes, openapi, raft, services
+from . import admins, cluster, common, configs, dispatcher, health, join, nodes, openapi, raft
+from . import services
 from . import metrics
 from . import events, logs
 from .forward import Forwarder
@@ -37,8 +38,8 @@ def create_app(manager, forwarder: Forwarder | None = None) -> Flask:
         lambda environ: not is_agent_path(environ.get("PATH_INFO", ""))).wrap(app.wsgi_app)
     app.extensions["flotilla.manager"] = manager
     app.extensions["flotilla.forwarder"] = forwarder or Forwarder(manager)
-    for bp in (health.bp, join.bp, cluster.bp, nodes.bp, configs.bp, dispatcher.bp, raft.bp,
-               services.bp, openapi.bp, metrics.bp, events.bp, logs.bp):
+    for bp in (health.bp, join.bp, cluster.bp, admins.bp, nodes.bp, configs.bp, dispatcher.bp,
+               raft.bp, services.bp, openapi.bp, metrics.bp, events.bp, logs.bp):
         app.register_blueprint(bp)
     # Timing first, so that requests refused or forwarded below are timed too.
     app.before_request(metrics.start_timer)

@@ -141,6 +141,21 @@ class Cluster(BaseModel):
     updated_at: Optional[float] = None
 
 
+class Admin(BaseModel):
+    name: str
+    id: str
+    serial: str
+    not_after: float
+    created_at: float
+    revoked_at: Optional[float] = None
+    state: str
+
+
+class AdminIssued(Admin):
+    cert: str
+    ca: str
+
+
 class JoinTokens(BaseModel):
     worker: str
     manager: str

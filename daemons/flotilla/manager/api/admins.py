@@ -1,0 +1,181 @@
+"""Operators' client bundles (``OU=admin``): issue, list, revoke.
+
+Each bundle has a name and is recorded in the cluster object (name, serial,
+expiry, when it was created and revoked); the one ``--init`` writes is
+named ``init``. A bundle is issued for a key the operator generated: the
+request carries a certificate signing request, the answer only the
+certificate, so the private key never leaves the operator's machine.
+
+Revoking a bundle puts its serial on the cluster's revocation list
+(``ca/revocation.py``), which every manager checks on every request and
+agents learn with their next heartbeat. A bundle cannot revoke itself
+(the operator would lock themselves out): revoke it with another one, or
+through a manager's control socket.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Optional, Union
+
+from flask import Blueprint
+from pydantic import Field, field_validator
+
+from ...ca import certs, revocation
+from ...common.units import format_duration, parse_duration
+from ..store.store import new_id
+from .. import objects
+from . import models
+from .openapi import doc
+from .common import ApiError, Model, identity, json_response, manager, parse_body, policy, request_id
+
+bp = Blueprint("admins", __name__, url_prefix="/v1/cluster/admins")
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_EXPIRY = 365 * 86400
+MAX_EXPIRY = 10 * 365 * 86400
+
+
+class AdminCreate(Model):
+    name: str = Field(max_length=64)
+    csr: str = Field(max_length=16384)
+    expiry: Optional[Union[str, float]] = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not NAME.match(v):
+            raise ValueError("must be 1-64 characters: letters, digits, '_', '.', '-'")
+        return v
+
+    @field_validator("expiry")
+    @classmethod
+    def _expiry(cls, v):
+        if v is None:
+            return None
+        seconds = parse_duration(v)
+        if seconds < objects.MIN_CERT_EXPIRY or seconds > MAX_EXPIRY:
+            raise ValueError(f"must be between {format_duration(objects.MIN_CERT_EXPIRY)} and "
+                             f"{format_duration(MAX_EXPIRY)}")
+        return seconds
+
+
+def state(rec: dict, now: float | None = None) -> str:
+    if rec.get("revoked_at") is not None:
+        return "revoked"
+    return "expired" if rec["not_after"] <= (time.time() if now is None else now) else "active"
+
+
+def view(rec: dict) -> dict:
+    out = {k: rec.get(k) for k in ("name", "id", "serial", "not_after", "created_at",
+                                   "revoked_at")}
+    out["state"] = state(rec)
+    return out
+
+
+def _kept(admins: dict, now: float) -> dict:
+    """The records worth keeping: a bundle is forgotten a while after it
+    expired, when its revocation is dropped too."""
+    return {s: r for s, r in (admins or {}).items() if r["not_after"] + revocation.GRACE > now}
+
+
+def _cluster():
+    c = objects.cluster(manager().store)
+    if c is None:
+        raise ApiError(503, "no_leader", "the cluster is still being created")
+    return c
+
+
+@bp.get("")
+@policy("control")
+@doc("The operators' client bundles (admin certificates), revoked and expired ones included.",
+     response=list[models.Admin], tags=("cluster",))
+def list_admins():
+    admins = (_cluster().get("admins") or {}).values()
+    return json_response([view(r) for r in sorted(admins, key=lambda r: (r["created_at"],
+                                                                          r["name"]))])
+
+
+@bp.post("")
+@policy("control")
+@doc("Issue an admin certificate for the key in a signing request.", body=AdminCreate,
+     response=models.AdminIssued, status=201, tags=("cluster",))
+def create_admin():
+    body = parse_body(AdminCreate)
+    key_id = certs.csr_key_id(body.csr.encode())
+    if key_id is None:
+        raise ApiError(400, "invalid", "csr: not a PEM certificate signing request", field="csr")
+    m = manager()
+    lifetime = int(body.expiry or DEFAULT_EXPIRY)
+
+    def change(c):
+        now = time.time()
+        admins = _kept(c.get("admins"), now)
+        for rec in admins.values():
+            if rec.get("key_id") == key_id:
+                if rec["name"] == body.name:
+                    return None     # this request again (its answer was lost)
+                raise ApiError(409, "exists", "a bundle was already issued for this key",
+                               field="csr")
+            if rec["name"] == body.name and state(rec, now) == "active":
+                raise ApiError(409, "exists", f"an active admin bundle named {body.name} exists "
+                                              "(revoke it first, or choose another name)",
+                               field="name")
+        try:
+            cert_pem = m.ca.root().sign_csr(body.csr.encode(), node_id="admin-" + new_id()[:12],
+                                            role=certs.ROLE_ADMIN, cluster_id=c["id"],
+                                            lifetime=lifetime)
+        except certs.CertificateError as exc:
+            raise ApiError(400, "invalid", f"csr: {exc}", field="csr") from None
+        rec = objects.admin_record(body.name, certs.identity_from_pem(cert_pem),
+                                   cert_pem.decode(), key_id, now)
+        return dict(c, admins=dict(admins, **{rec["serial"]: rec}))
+
+    c = m.store.update("cluster", _cluster()["id"], change, rid=request_id())
+    # The record for this key (also when a retry of the request is answered
+    # from the first time it was applied).
+    rec = next((r for r in (c.get("admins") or {}).values() if r.get("key_id") == key_id), None)
+    if rec is None:
+        raise ApiError(409, "conflict", "the bundle was not recorded; retry")
+    return json_response(dict(view(rec), cert=rec["cert"], ca=c["root_ca"]["cert"]), 201)
+
+
+@bp.post("/<name>/revoke")
+@policy("control")
+@doc("Revoke the active admin bundle of this name: every manager and agent refuses it "
+     "from then on (a name already revoked is answered as it is).", response=models.Admin,
+     tags=("cluster",))
+def revoke_admin(name):
+    caller = identity()
+    found = {}
+
+    def change(c):
+        now = time.time()
+        admins = _kept(c.get("admins"), now)
+        active = [r for r in admins.values() if r["name"] == name and state(r, now) == "active"]
+        if not active:
+            if any(r["name"] == name for r in admins.values()):
+                return None         # revoked (or expired) already: nothing to do
+            raise ApiError(404, "not_found", f"no admin bundle named {name}")
+        rec = active[0]
+        if caller is not None and caller.serial is not None and \
+                revocation.serial_hex(caller.serial) == rec["serial"]:
+            raise ApiError(409, "own_credentials",
+                           f"admin bundle {name} is the one making this request; revoke it "
+                           "with another bundle")
+        rec = dict(rec, revoked_at=now)
+        found["serial"] = rec["serial"]
+        revoked = revocation.with_entries(
+            c.get("revoked"), [(revocation.serial_key(rec["serial"]), rec["not_after"])])
+        return dict(c, admins=dict(admins, **{rec["serial"]: rec}),
+                    revoked=revocation.purge(revoked) or revoked)
+
+    c = manager().store.update("cluster", _cluster()["id"], change, rid=request_id())
+    rec = (c.get("admins") or {}).get(found.get("serial"))
+    if rec is None:     # nothing left to revoke: the newest bundle of that name
+        named = [r for r in (c.get("admins") or {}).values() if r["name"] == name]
+        if not named:
+            raise ApiError(404, "not_found", f"no admin bundle named {name}")
+        rec = max(named, key=lambda r: r["created_at"])
+    return json_response(view(rec))
