@@ -295,6 +295,7 @@ def test_admin_bundles_are_issued_listed_and_revoked_everywhere(cluster, tmp_pat
                                                      "ls").stdout)}
     assert set(listed) == {"init", "ops"} and listed["init"]["state"] == "active"
     assert listed["init"]["serial"] == serial_of(os.path.join(c.admin_dir, "cert.pem"))
+    assert listed["init"]["current"] and not listed["ops"]["current"]
     # Names of active bundles are unique; a bundle cannot revoke itself.
     res = c.cli("cluster", "admin", "create", "ops", "--out", str(tmp_path / "again"),
                 check=False)
@@ -327,6 +328,13 @@ def test_admin_bundles_are_issued_listed_and_revoked_everywhere(cluster, tmp_pat
     events = c.admin().get("/v1/events", params={"type": "cluster",
                                                   "since": since.get("index", 0)})["events"]
     assert any(e["attributes"].get("admins_revoked") == ["ops"] for e in events)
-    # The name is free again for a fresh bundle.
+    # The name is free again for a fresh bundle, which can be revoked by its
+    # certificate file too.
     c.cli("cluster", "admin", "create", "ops", "--out", str(tmp_path / "ops2"))
-    assert Client([follower.addr], tls_dir=str(tmp_path / "ops2"), retry_for=0).get("/v1/nodes")
+    ops2 = Client([follower.addr], tls_dir=str(tmp_path / "ops2"), retry_for=0)
+    assert ops2.get("/v1/nodes")
+    res = c.cli("cluster", "admin", "revoke", "--cert", str(tmp_path / "ops2" / "cert.pem"))
+    assert "is revoked" in res.stdout
+    with pytest.raises(ApiError) as e:
+        ops2.get("/v1/nodes")
+    assert e.value.code == "certificate_revoked"

@@ -174,20 +174,36 @@ def admin_ls(ctx):
     if ctx.json:
         emit_json(res)
         return
-    rows = [dict(r, expires=_when(r["not_after"]), created=_when(r["created_at"]),
+    # "*" marks the bundle this command ran with, as docker marks its node.
+    rows = [dict(r, name=r["name"] + (" *" if r.get("current") else ""),
+                 expires=_when(r["not_after"]), created=_when(r["created_at"]),
                  revoked=_when(r.get("revoked_at"))) for r in res]
     table(rows, [("NAME", "name"), ("SERIAL", "serial"), ("STATE", "state"),
                  ("CREATED", "created"), ("EXPIRES", "expires"), ("REVOKED", "revoked")])
 
 
 @admin.command("revoke")
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--cert", "cert_file", type=click.Path(dir_okay=False),
+              help="Revoke the bundle whose certificate this is (e.g. DIR/cert.pem), "
+                   "recorded or not.")
 @format_option
 @click.pass_obj
-def admin_revoke(ctx, name):
-    """Revoke the client bundle NAME: refused everywhere at once."""
-    res = call(ctx, "POST", f"/v1/cluster/admins/{urllib.parse.quote(name, safe='')}/revoke")
+def admin_revoke(ctx, name, cert_file):
+    """Revoke the client bundle NAME (or the one of --cert): refused everywhere at once."""
+    if (name is None) == (cert_file is None):
+        raise click.UsageError("give a bundle NAME or --cert FILE (one of them)")
+    if cert_file is not None:
+        try:
+            with open(cert_file) as f:
+                pem = f.read(65536)
+        except OSError as exc:
+            raise click.ClickException(f"cannot read {cert_file}: {exc.strerror or exc}") from None
+        res = call(ctx, "POST", "/v1/cluster/admins/revoke", json={"cert": pem})
+    else:
+        res = call(ctx, "POST", f"/v1/cluster/admins/{urllib.parse.quote(name, safe='')}/revoke")
     if ctx.json:
         emit_json(res)
     else:
-        click.echo(f"Admin bundle {res['name']} (serial {res['serial']}) is revoked.")
+        click.echo(f"Admin bundle {res['name'] or res['id']} (serial {res['serial']}) is "
+                   f"{'revoked' if res['state'] == 'revoked' else res['state']}.")

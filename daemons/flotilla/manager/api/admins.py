@@ -67,10 +67,14 @@ def state(rec: dict, now: float | None = None) -> str:
     return "expired" if rec["not_after"] <= (time.time() if now is None else now) else "active"
 
 
-def view(rec: dict) -> dict:
+def view(rec: dict, caller=None) -> dict:
+    """A record as the API shows it; ``current`` marks the bundle the caller
+    is using."""
     out = {k: rec.get(k) for k in ("name", "id", "serial", "not_after", "created_at",
                                    "revoked_at")}
     out["state"] = state(rec)
+    out["current"] = bool(caller is not None and caller.serial is not None
+                          and revocation.serial_hex(caller.serial) == rec["serial"])
     return out
 
 
@@ -89,12 +93,14 @@ def _cluster():
 
 @bp.get("")
 @policy("control")
-@doc("The operators' client bundles (admin certificates), revoked and expired ones included.",
+@doc("The operators' client bundles (admin certificates), revoked and expired ones included; "
+     "`current` marks the caller's.",
      response=list[models.Admin], tags=("cluster",))
 def list_admins():
     admins = (_cluster().get("admins") or {}).values()
-    return json_response([view(r) for r in sorted(admins, key=lambda r: (r["created_at"],
-                                                                          r["name"]))])
+    caller = identity()
+    return json_response([view(r, caller) for r in sorted(
+        admins, key=lambda r: (r["created_at"], r["name"]))])
 
 
 @bp.post("")
@@ -141,6 +147,20 @@ def create_admin():
     return json_response(dict(view(rec), cert=rec["cert"], ca=c["root_ca"]["cert"]), 201)
 
 
+def _revoke(c: dict, rec: dict, caller, now: float) -> dict:
+    """The cluster object with ``rec`` revoked (its serial on the list)."""
+    if caller is not None and caller.serial is not None and \
+            revocation.serial_hex(caller.serial) == rec["serial"]:
+        raise ApiError(409, "own_credentials",
+                       f"admin bundle {rec['name']} is the one making this request; revoke it "
+                       "with another bundle")
+    rec = dict(rec, revoked_at=now)
+    revoked = revocation.with_entries(
+        c.get("revoked"), [(revocation.serial_key(rec["serial"]), rec["not_after"])])
+    return dict(c, admins=dict(_kept(c.get("admins"), now), **{rec["serial"]: rec}),
+                revoked=revocation.purge(revoked) or revoked)
+
+
 @bp.post("/<name>/revoke")
 @policy("control")
 @doc("Revoke the active admin bundle of this name: every manager and agent refuses it "
@@ -158,18 +178,8 @@ def revoke_admin(name):
             if any(r["name"] == name for r in admins.values()):
                 return None         # revoked (or expired) already: nothing to do
             raise ApiError(404, "not_found", f"no admin bundle named {name}")
-        rec = active[0]
-        if caller is not None and caller.serial is not None and \
-                revocation.serial_hex(caller.serial) == rec["serial"]:
-            raise ApiError(409, "own_credentials",
-                           f"admin bundle {name} is the one making this request; revoke it "
-                           "with another bundle")
-        rec = dict(rec, revoked_at=now)
-        found["serial"] = rec["serial"]
-        revoked = revocation.with_entries(
-            c.get("revoked"), [(revocation.serial_key(rec["serial"]), rec["not_after"])])
-        return dict(c, admins=dict(admins, **{rec["serial"]: rec}),
-                    revoked=revocation.purge(revoked) or revoked)
+        found["serial"] = active[0]["serial"]
+        return _revoke(c, active[0], caller, now)
 
     c = manager().store.update("cluster", _cluster()["id"], change, rid=request_id())
     rec = (c.get("admins") or {}).get(found.get("serial"))
@@ -179,3 +189,49 @@ def revoke_admin(name):
             raise ApiError(404, "not_found", f"no admin bundle named {name}")
         rec = max(named, key=lambda r: r["created_at"])
     return json_response(view(rec))
+
+
+class AdminCertificate(Model):
+    cert: str = Field(max_length=16384)
+
+
+@bp.post("/revoke")
+@policy("control")
+@doc("Revoke the admin bundle whose certificate (PEM) is given, recorded or not (the "
+     "bundle --init wrote before bundles were recorded).", body=AdminCertificate,
+     response=models.Admin, tags=("cluster",))
+def revoke_certificate():
+    body = parse_body(AdminCertificate)
+    c = _cluster()
+    pem = body.cert.encode()
+    try:
+        certs.verify_chain(pem, c["root_ca"]["cert"].encode())
+        ident = certs.identity_from_pem(pem)
+    except certs.CertificateError as exc:
+        raise ApiError(400, "invalid", f"cert: {exc}", field="cert") from None
+    if ident.role != certs.ROLE_ADMIN or ident.cluster_id != c["id"]:
+        raise ApiError(400, "invalid", "cert: not an admin certificate of this cluster",
+                       field="cert")
+    serial = format(ident.serial, "x")
+    caller = identity()
+
+    def change(c):
+        now = time.time()
+        admins = _kept(c.get("admins"), now)
+        rec = admins.get(serial)
+        if rec is None:
+            # Issued before bundles were recorded: only --init did that.
+            taken = {r["name"] for r in admins.values()}
+            name = "init" if "init" not in taken else f"unrecorded-{serial[:8]}"
+            rec = objects.admin_record(name, ident, body.cert, certs.cert_key_id(pem), now)
+            rec["created_at"] = ident.not_before.timestamp()
+        elif state(rec, now) != "active":
+            return None
+        return _revoke(c, rec, caller, now)
+
+    c = manager().store.update("cluster", c["id"], change, rid=request_id())
+    rec = (c.get("admins") or {}).get(serial)
+    return json_response(view(rec) if rec is not None else {
+        "name": "", "id": ident.node_id, "serial": serial,
+        "not_after": ident.not_after.timestamp(), "created_at": ident.not_before.timestamp(),
+        "revoked_at": None, "state": "expired", "current": False})

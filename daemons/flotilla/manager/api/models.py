@@ -149,6 +149,7 @@ class Admin(BaseModel):
     created_at: float
     revoked_at: Optional[float] = None
     state: str
+    current: bool = False
 
 
 class AdminIssued(Admin):
