@@ -2,7 +2,7 @@
 its own systemd, sshd and dockerd, reached over SSH.
 
 The tests share one set of hosts and run in order: bootstrap, idempotence,
-scale out and in, rolling upgrade.
+admin bundle rotation, scale out and in, rolling upgrade.
 """
 
 import json
@@ -69,6 +69,26 @@ def test_site_bootstraps_a_healthy_cluster(test_hosts):
 def test_second_run_changes_nothing(test_hosts):
     res = test_hosts.run_playbook("site").check()
     assert res.changed == 0, {h: r for h, r in res.recap.items() if r["changed"]}
+
+
+def test_rotate_certs_replaces_the_admin_bundle_and_revokes_the_old(test_hosts):
+    hosts = test_hosts
+    m1 = hosts.managers[0]
+    hosts.exec(m1, ["cp", "-a", ADMIN, "/root/admin-before"])
+    hosts.run_playbook("rotate_certs", extra_vars={"flotilla_admin_rotate": True}).check()
+    admins = {a["name"]: a for a in fjson(hosts, "cluster", "admin", "ls")}
+    (current,) = [a for a in admins.values() if a["current"]]
+    assert current["name"].startswith("ansible-") and current["state"] == "active"
+    assert admins["init"]["state"] == "revoked"
+    assert hosts.exec(m1, ["stat", "-c", "%a", f"{ADMIN}/key.pem"]).stdout.strip() == "600"
+    old = hosts.exec(m1, [CLI, "--host", f"{m1.ip}:4242", "--tls-dir", "/root/admin-before",
+                          "node", "ls"], check=False)
+    assert old.returncode != 0 and "revoked" in old.stderr
+    # Not due again: the next run rotates the join tokens only.
+    res = hosts.run_playbook("rotate_certs").check()
+    assert res.changed == 1, res.tail()
+    assert [a["name"] for a in fjson(hosts, "cluster", "admin", "ls") if a["current"]] == \
+        [current["name"]]
 
 
 def test_add_then_remove_a_worker(test_hosts):
