@@ -1,7 +1,8 @@
 """Automatic certificate renewal.
 
 The node renews at a random point between 50 % and 80 % of its certificate's
-lifetime (or at once when its role changes), with a fresh key each time. The
+lifetime (or at once when its role changes), with a fresh key each time (a
+renewal that failed is tried again with the same key). The
 new key and certificate replace the bundle in one atomic rename, so every
 reader (the API server, the Raft transport, the clients) sees either the old
 pair or the new one, and picks the new one up on its next connection.
@@ -30,6 +31,10 @@ class Renewer(Component):
         self._on_renewed = on_renewed
         self._force = threading.Event()
         self._planned: tuple[int, datetime.datetime] | None = None
+        # The key of a renewal not answered yet: asked again with the same
+        # key, the CA recognises it even if the certificate it comes with
+        # was revoked meanwhile (a demotion).
+        self._pending_key = None
         self.renewals = 0
 
     def current(self) -> certs.CertIdentity:
@@ -74,13 +79,16 @@ class Renewer(Component):
                 backoff = min(backoff * 2, max(2.0, lifetime / 20), 300.0)
 
     def renew(self) -> certs.CertIdentity:
-        key = certs.new_key()
+        if self._pending_key is None:
+            self._pending_key = certs.new_key()
+        key = self._pending_key
         csr = certs.make_csr(key).decode()
         reply = self._client.post("/v1/ca/renew", {"csr": csr}, timeout=15, retry_for=10)
         cert_pem = reply["cert"].encode()
         with open(self._cfg.ca_path, "rb") as f:
             certs.verify_chain(cert_pem, f.read())
         certs.write_node_bundle(self._cfg.bundle_path, certs.key_to_pem(key), cert_pem)
+        self._pending_key = None
         ident = certs.identity_from_pem(cert_pem)
         self.renewals += 1
         log.info("certificate renewed: serial %x, role %s, valid until %s",
