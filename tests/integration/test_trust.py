@@ -200,6 +200,15 @@ def test_demoted_managers_certificate_is_refused_everywhere(cluster, tmp_path):
     assert raft_refuses(leader, old)
     wait_for(lambda: c.health(leader)["refused"].get("raft.revoked", 0) > before, 10,
              what="the refused Raft connection counted")
+    # Renewal with it is refused too, except for the request whose answer
+    # the node may have lost: the same key as its new worker certificate.
+    renew = Client([leader.addr], old, ca, retry_for=0)
+    with pytest.raises(ApiError) as e:
+        renew.post("/v1/ca/renew", {"csr": certs.make_csr(certs.new_key()).decode()})
+    assert e.value.status == 401 and e.value.code == "certificate_revoked"
+    current_key = certs.load_key(open(m4.bundle(), "rb").read())
+    again = renew.post("/v1/ca/renew", {"csr": certs.make_csr(current_key).decode()})
+    assert again["role"] == "worker"
     # The demoted node itself carries on as a worker with its new certificate.
     c.wait_node_ready(m4)
 

@@ -19,6 +19,9 @@ Policies:
 - ``public``: no client certificate needed (joining).
 - ``any``: any valid identity.
 - ``agent``: a node certificate (manager or worker) of a node that exists.
+- ``renewal``: as ``agent``, but a certificate revoked by serial is left to
+  the CA to judge (a demoted node asking again for the worker certificate
+  whose answer it lost; see ``caserver.py``).
 - ``manager``: a manager certificate of a node whose desired role is manager.
 - ``control``: an admin certificate, or a manager node's certificate.
 """
@@ -181,7 +184,7 @@ def authorize(policy: str, ident: Identity | None) -> None:
     if ident.via != "unix" and m.ca.revoked(ident.node_id):
         m.counters.inc("api.revoked")
         raise ApiError(401, "revoked", "this certificate belongs to a node removed from the cluster")
-    if ident.via != "unix" and m.ca.revoked(None, ident.serial):
+    if ident.via != "unix" and policy != "renewal" and m.ca.revoked(None, ident.serial):
         # A certificate revoked on its own (a demoted manager's, an admin
         # bundle's): the node itself, if any, is still a member.
         m.counters.inc("api.certificate_revoked")
@@ -196,7 +199,7 @@ def authorize(policy: str, ident: Identity | None) -> None:
     if node is None:
         m.counters.inc("api.unknown_node")
         raise ApiError(401, "revoked", "unknown node (removed from the cluster?)")
-    if policy == "agent":
+    if policy in ("agent", "renewal"):
         return
     if policy == "manager":
         if ident.role == certs.ROLE_MANAGER and node["spec"]["role"] == "manager":

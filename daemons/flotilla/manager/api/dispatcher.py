@@ -121,7 +121,7 @@ def status():
 
 
 @bp.post("/ca/renew")
-@policy("agent")
+@policy("renewal")
 @doc("Agent: renew this node's certificate.", body=Renew, tags=("agents",))
 def renew():
     body = parse_body(Renew)
