@@ -83,7 +83,7 @@ def test_rotate_certs_replaces_the_admin_bundle_and_revokes_the_old(test_hosts):
     assert hosts.exec(m1, ["stat", "-c", "%a", f"{ADMIN}/key.pem"]).stdout.strip() == "600"
     old = hosts.exec(m1, [CLI, "--host", f"{m1.ip}:4242", "--tls-dir", "/root/admin-before",
                           "node", "ls"], check=False)
-    assert old.returncode != 0 and "revoked" in old.stderr
+    assert old.returncode != 0 and "revoked" in old.stdout     # stderr is merged into it
     # Not due again: the next run rotates the join tokens only.
     res = hosts.run_playbook("rotate_certs").check()
     assert res.changed == 1, res.tail()
