@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from flotilla.common.httpclient import ApiError
+from flotilla.common.httpclient import ApiError, tls_session
 from tests.helpers.cluster import wait_for
 
 
@@ -115,3 +115,47 @@ def test_version_and_control_socket(cluster):
                           "node", "ls", "-q"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert len(res.stdout.split()) == 4
+
+
+def test_idempotency_keys_are_bound_to_their_request(make_cluster):
+    """The same Idempotency-Key with another request is refused (422) and
+    changes nothing; with the same request, through any manager, it gets
+    the first answer."""
+    c = make_cluster()
+    c.init("m1")
+    c.join("m2", "manager")
+    api = tls_session(c.admin_dir)
+    leader, follower = c.nodes["m1"], c.nodes["m2"]
+    assert c.health(leader)["is_leader"] and not c.health(follower)["is_leader"]
+
+    def send(node, method, path, key, body=None):
+        resp = api.request(method, f"https://{node.addr}{path}", timeout=30,
+                           json=body, headers={"Idempotency-Key": key})
+        return resp.status_code, resp.json()
+
+    web = {"name": "web", "replicas": 0, "task": {"container": {"image": "flotilla-test/busybox:1"}}}
+    status, created = send(follower, "POST", "/v1/services", "key-1", web)
+    assert status == 201
+    # The same request again, through the leader: the first answer, no second write.
+    assert send(leader, "POST", "/v1/services", "key-1", web) == (201, created)
+    assert [s["id"] for s in c.admin().get("/v1/services")] == [created["id"]]
+
+    # The same key on another request: refused, whichever manager takes it.
+    for node in (leader, follower):
+        status, body = send(node, "DELETE", "/v1/services/web", "key-1")
+        assert status == 422, body
+        assert body["error"]["code"] == "key_reused"
+        assert body["error"]["field"] == "Idempotency-Key"
+        assert "already used for a different request" in body["error"]["message"]
+        status, body = send(node, "PATCH", "/v1/services/web", "key-1", {"replicas": 3})
+        assert status == 422 and body["error"]["code"] == "key_reused", body
+    assert c.admin().get("/v1/services/web")["spec"]["replicas"] == 0
+
+    # A removal retried with its key gets its first answer, not a 404.
+    status, removed = send(follower, "DELETE", "/v1/services/web", "key-2")
+    assert (status, removed) == (200, {"id": created["id"], "removed": True})
+    assert send(leader, "DELETE", "/v1/services/web", "key-2") == (200, removed)
+    assert send(follower, "DELETE", "/v1/services/web", "key-2") == (200, removed)
+    # ... and that key cannot create anything either.
+    status, body = send(leader, "POST", "/v1/services", "key-2", web)
+    assert status == 422 and c.admin().get("/v1/services") == []

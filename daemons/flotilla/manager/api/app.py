@@ -71,7 +71,7 @@ def create_app(manager, forwarder: Forwarder | None = None) -> Flask:
 
     @app.errorhandler(TxnFailed)
     def _txn_failed(exc):
-        return common.error_response(exc.status, exc.code, str(exc))
+        return common.error_response(exc.status, exc.code, str(exc), exc.field)
 
     @app.errorhandler(NotLeader)
     def _not_leader(exc):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 
@@ -29,6 +30,7 @@ from pydantic import ValidationError
 from ...ca import certs
 from ...common.jsonbody import dumps_line
 from .. import objects
+from ..store.store import RequestId
 from .validation import (  # noqa: F401 (Model, Text and error_body are shared from here)
     ApiError, Model, Text, error_body, validate, validation_error)
 
@@ -269,7 +271,9 @@ def refuse_unknown_query(view) -> None:
         raise ApiError(400, "invalid", f"{name}: unknown parameter", field=name)
 
 
-def request_id() -> str | None:
+def request_id() -> RequestId | None:
+    """The request's ``Idempotency-Key``, bound to the request: the store
+    applies a key once, and refuses it (422) with any other request."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
@@ -277,7 +281,29 @@ def request_id() -> str | None:
     if not key or len(key) > 128:
         raise ApiError(400, "invalid", "Idempotency-Key must be 1-128 characters",
                        field="Idempotency-Key")
-    return key
+    return RequestId(key, request_digest())
+
+
+def request_digest() -> str:
+    """What the request is: its method, path, query parameters and body
+    (128 bits of SHA-256). A follower forwards all four unchanged, so the
+    leader computes the same digest whichever manager the client reached."""
+    h = hashlib.sha256()
+    h.update(json.dumps([request.method, request.path,
+                         sorted(request.args.items(multi=True))]).encode())
+    h.update(b"\n")
+    h.update(body_bytes())
+    return h.hexdigest()[:32]
+
+
+def replayed_removal() -> dict | None:
+    """For a removal (DELETE) whose Idempotency-Key was applied before with
+    the same request: its first answer, ``{"id", "removed": true}``; the
+    object is gone, so the view could not look it up again."""
+    done = manager().store.remembered(request_id())
+    if done is None or not done["removed"]:
+        return None
+    return {"id": done["removed"][0][1], "removed": True}
 
 
 def flag(name: str) -> bool:

@@ -28,7 +28,12 @@ Each successful transaction advances ``index`` by one and stamps the objects
 it wrote with ``version = index``. Results of transactions that carried a
 request id are remembered (bounded), so a client that retries after an
 unknown outcome gets the original answer instead of a second write (only
-successes are remembered: a refused transaction changed nothing).
+successes are remembered: a refused transaction changed nothing). A request
+id is bound to the request it came with: the proposer sends a digest of the
+request (``rd``) and it is remembered with the result, so the same id with
+another request is refused (``key_reused``) instead of answered with the
+first request's result. Results remembered without a digest (by an older
+release, or in an older snapshot) are replayed for any request.
 """
 
 from __future__ import annotations
@@ -49,6 +54,14 @@ INDEXED = {"task": ("service_id", "node_id"), "node": ("role",)}
 DEDUPE_LIMIT = 100_000
 # Set by apply on every stored object; a patch cannot set them.
 STAMPED = ("id", "version", "created_at", "updated_at")
+
+
+def key_reused(rid) -> dict:
+    """The refusal of a request id that came with another request."""
+    return {"code": "key_reused", "field": "Idempotency-Key",
+            "message": f"Idempotency-Key {rid!r} was already used for a different request "
+                       "(another method, path or body); nothing was changed: send a new "
+                       "request with a new key"}
 
 
 class Event:
@@ -151,10 +164,20 @@ class StateMachine:
             self.hub.publish(events)
         return results
 
+    def remembered(self, rid):
+        """The result remembered for request id ``rid`` (with its
+        ``rd``, ``refs`` and ``gone``), or None."""
+        return self._dedupe.get(rid)
+
     def _apply_txn(self, txn, events):
         rid = txn.get("rid")
         if rid is not None and rid in self._dedupe:
-            return self._replay(self._dedupe[rid])
+            done = self._dedupe[rid]
+            digest, first = txn.get("rd"), done.get("rd")
+            if digest is not None and first is not None and digest != first:
+                # Not remembered either: the first request keeps the id.
+                return {"ok": False, "error": key_reused(rid)}
+            return self._replay(done)
         ts = txn.get("ts", 0.0)
         staged: dict[tuple[str, str], dict | None] = {}
         order: list[tuple[str, str]] = []
@@ -187,6 +210,7 @@ class StateMachine:
         self.index += 1
         index = self.index
         refs = []
+        gone = []
         for kind, oid in order:
             old = self.objects[kind].get(oid)
             new = staged[(kind, oid)]
@@ -198,6 +222,7 @@ class StateMachine:
                 if kind == "task":
                     self._count(old, None)
                 events.append(Event(index, "delete", kind, oid, None, old))
+                gone.append((kind, oid))
                 continue
             new = dict(new)
             if kind == "task":
@@ -216,6 +241,13 @@ class StateMachine:
             refs.append((kind, oid))
             events.append(Event(index, "update" if old is not None else "create", kind, oid, new, old))
         result = {"ok": True, "index": index, "refs": refs}
+        if rid is not None:
+            # What the request was, and what it removed (a retry of a
+            # removal finds the object gone and is answered from this).
+            if txn.get("rd") is not None:
+                result["rd"] = txn["rd"]
+            if gone:
+                result["gone"] = gone
         self._remember(rid, result)
         return self._replay(result)
 
@@ -413,9 +445,12 @@ class StateMachine:
                 if kind in objects:
                     objects[kind][obj["id"]] = obj
             elif tag == "d":
+                # (``rd`` and ``gone`` are absent from older snapshots)
                 result = record[2]
                 if result.get("ok"):
                     result["refs"] = [tuple(r) for r in result.get("refs", ())]
+                    if "gone" in result:
+                        result["gone"] = [tuple(r) for r in result["gone"]]
                 dedupe[record[1]] = result
             elif tag == "end":
                 complete = True
