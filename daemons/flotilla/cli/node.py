@@ -9,7 +9,7 @@ import click
 
 from ..common import logs
 from ..common.config import ConfigError, NodeConfig
-from ..common.units import parse_duration
+from ..common.units import format_duration, parse_duration
 from .context import call
 from .fmt import format_option
 from .output import emit_json, table
@@ -22,6 +22,10 @@ def _duration(_ctx, _param, value):
         return parse_duration(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _show_duration(seconds: float) -> str:
+    return format_duration(seconds) if seconds == int(seconds) else f"{seconds:g}s"
 
 
 @click.group()
@@ -73,6 +77,16 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
             if not resume_ok:
                 raise click.ClickException(f"{data_dir} already holds node {cfg.node_id} of "
                                            f"cluster {cfg.cluster_id}")
+            for flag, value in (("--cert-expiry", cert_expiry),
+                                ("--heartbeat-period", heartbeat_period)):
+                if value is not None:
+                    # A cluster setting: applying it here would surprise
+                    # the other nodes, ignoring it would surprise the user.
+                    raise click.ClickException(
+                        f"{flag} is a cluster setting, taken only when --init creates the "
+                        f"cluster; {data_dir} already holds node {cfg.node_id} of cluster "
+                        f"{cfg.cluster_id}: change it with `flotilla cluster update {flag} "
+                        f"{_show_duration(value)}` and start the node without it")
             if init or join_addr:
                 click.echo(f"{data_dir} already holds node {cfg.node_id} of cluster "
                            f"{cfg.cluster_id}: resuming it", err=True)
@@ -80,6 +94,15 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
                 # written by an older version: derive what is missing
                 cfg.fill_addresses(None, None, None, None, *addrs[4:])
                 cfg.save()
+            manager = cfg.role == "manager" or os.path.isdir(cfg.raft_dir)
+            flags = {k: o[k] for k in ("listen", "advertise", "raft_listen", "raft_advertise",
+                                       "agent_listen", "agent_advertise", "dispatcher_listen",
+                                       "dispatcher_advertise", "hostname")}
+            changes = cfg.apply_restart_flags(flags, manager)
+            if changes:
+                cfg.save()
+                for change in changes:
+                    click.echo(f"node {cfg.node_id}: {change}", err=True)
             return cfg
         if not (init or join_addr):
             raise click.ClickException(f"{data_dir} holds no node: start with --init or --join")
