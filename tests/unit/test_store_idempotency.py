@@ -68,8 +68,8 @@ def test_nothing_is_proposed_for_a_change_of_nothing_without_a_request_id(stored
 
 # -- a request id is bound to its request --------------------------------------------
 
-DELETE_A = RequestId("K", "digest-of-delete-a")
-CREATE_B = RequestId("K", "digest-of-create-b")
+DELETE_A = RequestId("K", b"digest-of-delete-a")
+CREATE_B = RequestId("K", b"digest-of-create-b")
 
 
 def test_a_request_id_with_another_request_is_refused_and_changes_nothing(stored):
@@ -84,7 +84,7 @@ def test_a_request_id_with_another_request_is_refused_and_changes_nothing(stored
     assert s.get("config", "a") is not None and s.index == index
     # read-modify-write too, and the check before it
     with pytest.raises(TxnFailed) as err:
-        s.update("config", "a", set_data("z"), rid=RequestId("K", "digest-of-set-z"))
+        s.update("config", "a", set_data("z"), rid=RequestId("K", b"digest-of-set-z"))
     assert err.value.code == "key_reused" and s.get("config", "a")["data"] == "x"
     # the first request keeps its id: its retry is answered as the first time
     again = s.commit([Op.create("config", {"id": "b", "name": "b", "data": "y"})], rid=CREATE_B)
@@ -103,7 +103,7 @@ def test_a_retried_removal_is_answered_from_what_it_removed(stored):
 
 def test_a_request_id_applied_before_is_not_evaluated_again(stored):
     s, _ = stored
-    rid = RequestId("P", "digest-of-pause")
+    rid = RequestId("P", b"digest-of-pause")
 
     def pause(current):
         if current.get("paused"):
@@ -135,12 +135,12 @@ def _apply(sm, ops, rid=None, digest=None):
 
 def test_the_binding_survives_a_snapshot_and_old_snapshots_still_load():
     sm = StateMachine()
-    _apply(sm, [Op.create("config", {"id": "a", "name": "a"})], "K", "create-a")
-    _apply(sm, [Op.delete("config", "a")], "D", "delete-a")
+    _apply(sm, [Op.create("config", {"id": "a", "name": "a"})], "K", b"create-a")
+    _apply(sm, [Op.delete("config", "a")], "D", b"delete-a")
     restored = _load(_snapshot(sm))
-    refused = _apply(restored, [Op.create("config", {"id": "c", "name": "c"})], "K", "create-c")
+    refused = _apply(restored, [Op.create("config", {"id": "c", "name": "c"})], "K", b"create-c")
     assert refused["error"]["code"] == "key_reused" and restored.get("config", "c") is None
-    assert _apply(restored, [Op.create("config", {"id": "a", "name": "a"})], "K", "create-a")["ok"]
+    assert _apply(restored, [Op.create("config", {"id": "a", "name": "a"})], "K", b"create-a")["ok"]
     assert restored.remembered("D")["gone"] == [("config", "a")]
 
     # A snapshot written before requests were bound: its ids load, and
@@ -151,5 +151,5 @@ def test_the_binding_survives_a_snapshot_and_old_snapshots_still_load():
                     packer.pack(["d", "K", {"ok": True, "index": 1, "refs": [["config", "a"]]}]),
                     packer.pack(["end"])])
     restored = _load(old)
-    again = _apply(restored, [Op.create("config", {"id": "a", "name": "a"})], "K", "create-a")
+    again = _apply(restored, [Op.create("config", {"id": "a", "name": "a"})], "K", b"create-a")
     assert again["ok"] and again["index"] == 1 and restored.index == 1

@@ -185,7 +185,7 @@ class Manager:
             data = fsutil.read_json(path)
             self.store.commit([Op.create("cluster", data["cluster"]),
                                Op.create("node", data["node"])],
-                              rid=RequestId("bootstrap", "bootstrap"))
+                              rid=RequestId("bootstrap", b"bootstrap"))
             log.info("cluster %s bootstrapped", data["cluster"]["id"])
         os.unlink(path)
         fsutil.fsync_dir(os.path.dirname(path))

@@ -284,7 +284,7 @@ def request_id() -> RequestId | None:
     return RequestId(key, request_digest())
 
 
-def request_digest() -> str:
+def request_digest() -> bytes:
     """What the request is: its method, path, query parameters and body
     (128 bits of SHA-256). A follower forwards all four unchanged, so the
     leader computes the same digest whichever manager the client reached."""
@@ -293,7 +293,7 @@ def request_digest() -> str:
                          sorted(request.args.items(multi=True))]).encode())
     h.update(b"\n")
     h.update(body_bytes())
-    return h.hexdigest()[:32]
+    return h.digest()[:16]
 
 
 def replayed_removal() -> dict | None:

@@ -82,10 +82,10 @@ class RequestId(NamedTuple):
     machine refuses the same ``key`` with another digest. A plain string
     is a request id bound to nothing."""
     key: str
-    digest: str | None = None
+    digest: bytes | None = None
 
 
-def _rid_parts(rid) -> tuple[str | None, str | None]:
+def _rid_parts(rid) -> tuple[str | None, bytes | None]:
     if rid is None or isinstance(rid, str):
         return rid, None
     return rid.key, rid.digest
