@@ -4,8 +4,9 @@ worker process.
 One process owns the Raft member, so gunicorn runs exactly one worker
 (gthread, many threads) and never preloads the app: the member, the store
 and their threads are created in the worker, after the fork. The worker is
-``apiworker.ApiWorker``, which reads the TLS handshake and request head
-without a thread, so slow clients cannot hold the threads. The TLS
+``apiworker.ApiWorker``, which reads the TLS handshake, the request head
+and the body without a thread, so slow clients hold neither the threads
+nor the admission slots. The TLS
 context is rebuilt whenever the node's certificate bundle changes on disk,
 so a renewed certificate is served from the next connection on.
 """

@@ -22,10 +22,20 @@ ACTIVE_REQUESTS = int(os.environ.get("FLOTILLA_API_ACTIVE", "6"))
 # Agent traffic (sessions, status reports, joins, renewals): many clients,
 # served after operators' and other managers' requests when both wait.
 AGENT_PATHS = ("/v1/dispatcher/", "/v1/join", "/v1/ca/renew")
+# The only endpoints that need no client certificate (checked against the
+# views' policies below). The worker answers a request without one for any
+# other path at once, and refuses bodies over MAX_PUBLIC_BODY on these (a
+# join request is a token and a certificate signing request).
+PUBLIC_PATHS = frozenset({"/v1/join", "/v1/join/ca"})
+MAX_PUBLIC_BODY = 32 * 1024
 
 
 def is_agent_path(path: str) -> bool:
     return path.startswith(AGENT_PATHS)
+
+
+def is_public_path(path: str) -> bool:
+    return path in PUBLIC_PATHS
 
 
 def create_app(manager, forwarder: Forwarder | None = None) -> Flask:
@@ -40,6 +50,10 @@ def create_app(manager, forwarder: Forwarder | None = None) -> Flask:
     for bp in (health.bp, join.bp, cluster.bp, nodes.bp, configs.bp, dispatcher.bp, raft.bp,
                services.bp, openapi.bp, metrics.bp, events.bp, logs.bp):
         app.register_blueprint(bp)
+    public = {rule.rule for rule in app.url_map.iter_rules()
+              if getattr(app.view_functions[rule.endpoint], "flotilla_policy", None) == "public"}
+    if public != PUBLIC_PATHS:
+        raise RuntimeError(f"public endpoints {sorted(public)} differ from PUBLIC_PATHS")
     # Timing first, so that requests refused or forwarded below are timed too.
     app.before_request(metrics.start_timer)
     app.after_request(metrics.observe_request)
