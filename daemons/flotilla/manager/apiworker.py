@@ -216,6 +216,8 @@ class ApiConn(TConn):
         self.handshaken = False
         self.head = None
         self.req = None         # the request parsed on the event loop
+        self.request_line = None    # its method and path, until it is answered
+        self.started = None
         self.buf = None         # its body (and what follows), as it arrives
         self.scanner = None
         self.out = b""
@@ -376,6 +378,8 @@ class ApiWorker(ThreadWorker):
         certified = tls.peer_identity(conn.sock) is not None
         limit = MAX_BODY if certified or not public else min(MAX_BODY, MAX_PUBLIC_BODY)
         conn.control = not is_agent_path(req.path)
+        conn.started = time.monotonic()
+        conn.request_line = (req.method, req.path)
         conn.req = req
         conn.buf = bytearray()
         conn.scanner = ChunkScanner(limit) if chunked else None
@@ -499,6 +503,7 @@ class ApiWorker(ThreadWorker):
             pass
         conn.parser.unreader.unread(bytes(conn.buf))
         conn.parser.ready, conn.req = conn.req, None
+        conn.request_line = None
         conn.buf = None
         conn.scanner = None
         conn.phase = None
@@ -519,6 +524,11 @@ class ApiWorker(ThreadWorker):
         """Answer in the API's error shape and close the connection."""
         from .api.common import error_body
 
+        if conn.request_line is not None:
+            answered = getattr(self.app, "answered", None)
+            if answered is not None:
+                answered(*conn.request_line, status, time.monotonic() - conn.started)
+            conn.request_line = None
         body = dumps_line(error_body(code, message))
         head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nConnection: close\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
