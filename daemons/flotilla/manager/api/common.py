@@ -182,31 +182,14 @@ def policy(name: str, *, local: bool = False):
     return deco
 
 
-# A body over the limit but under this size is read and thrown away before
-# the refusal, so that the client, still sending, sees the 413 rather than a
-# connection reset; anything larger is refused without reading it.
-DRAIN_LIMIT = 64 * 1024 * 1024
-
-
-def _drain(length: int) -> None:
-    stream = request.environ.get("wsgi.input")
-    left = length
-    try:
-        while stream is not None and left > 0:
-            chunk = stream.read(min(left, 256 * 1024))
-            if not chunk:
-                break
-            left -= len(chunk)
-    except OSError:  # the client stopped sending, or went away
-        pass
-
-
 def refuse_oversized_body() -> None:
-    """Refuse a body over the limit before anything else looks at the request."""
+    """Refuse a body over the limit before anything else looks at the request.
+
+    The body is not read here: the API's worker has read (or thrown away)
+    all of it before the request got a thread (see manager/apiworker.py),
+    and the control socket likewise (manager/control.py)."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length and request.content_length > limit:
-        if request.content_length <= DRAIN_LIMIT:
-            _drain(request.content_length)
         raise ApiError(413, "too_large",
                        f"request body too large ({request.content_length} bytes; "
                        f"the limit is {limit})")
