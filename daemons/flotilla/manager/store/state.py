@@ -34,11 +34,14 @@ successes are remembered: a refused transaction changed nothing).
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 
 import msgpack
 
 from ..raft import codec
+
+log = logging.getLogger(__name__)
 
 KINDS = ("cluster", "node", "config", "service", "task")
 # Fields that must be unique among live objects of a kind.
@@ -140,16 +143,57 @@ class StateMachine:
 
     # -- apply --------------------------------------------------------------------
     def apply(self, payload: bytes):
+        """Apply one Raft entry; never raises for what the entry holds.
+
+        Every member applies the same entries in the same order, so
+        whatever this decides must depend only on the entry's bytes and the
+        state. An entry that does not decode to a batch of transactions is
+        refused whole (``{"ok": False, "error": ...}`` instead of a list);
+        a transaction that cannot be applied (a malformed operation, a
+        value of the wrong type) is refused alone and changes nothing, like
+        one that fails its compare-and-set. An exception would stop this
+        member's Raft thread at this entry for good, on every member."""
         self.applied_bytes += len(payload)
-        batch = codec.unpack_lists(payload)
+        try:
+            batch = codec.unpack_lists(payload)
+        except codec.CodecError as exc:
+            return self._refused_entry(str(exc))
+        txns = batch.get("txns", []) if isinstance(batch, dict) else None
+        if not isinstance(txns, list):
+            return self._refused_entry("not a batch of transactions")
         events: list[Event] = []
         results = []
         with self.lock:
-            for txn in batch.get("txns", ()):
-                results.append(self._apply_txn(txn, events))
+            for txn in txns:
+                results.append(self._apply_guarded(txn, events))
         if self.hub is not None and events:
             self.hub.publish(events)
         return results
+
+    @staticmethod
+    def _refused_entry(reason):
+        log.error("raft entry refused: %s", reason)
+        return {"ok": False, "error": {"code": "refused",
+                                       "message": f"malformed raft entry refused: {reason}"}}
+
+    def _apply_guarded(self, txn, events):
+        """``_apply_txn``, made total: checks that need no state come
+        first, then an unexpected error while staging (nothing is changed
+        yet) refuses the transaction; one while changing the maps undoes
+        what it had changed (see ``_apply_txn``)."""
+        problem = _malformed_txn(txn)
+        if problem is None:
+            try:
+                return self._apply_txn(txn, events)
+            except MemoryError:
+                raise               # not a property of the entry: see node.py
+            except _Undone as exc:
+                problem = f"{exc.__cause__.__class__.__name__}: {exc.__cause__}"
+            except Exception as exc:
+                problem = f"{exc.__class__.__name__}: {exc}"
+            log.error("transaction refused while applying it: %s", problem)
+        return {"ok": False, "error": {"code": "invalid",
+                                       "message": f"transaction refused: {problem}"}}
 
     def _apply_txn(self, txn, events):
         rid = txn.get("rid")
@@ -166,6 +210,10 @@ class StateMachine:
             return self.objects[kind].get(oid)
 
         for op in txn.get("ops", ()):
+            problem = _malformed_op(op)
+            if problem is not None:
+                return {"ok": False, "error": {"code": "invalid",
+                                               "message": f"transaction refused: {problem}"}}
             # Compact forms (a patch, a task naming its service's spec)
             # become the plain operation they stand for.
             expand = self._patched if op.get("op") == "patch" else (
@@ -174,6 +222,10 @@ class StateMachine:
                 op, failure = expand(op, current)
                 if failure is not None:
                     return {"ok": False, "error": failure}
+                problem = _malformed_op(op)
+                if problem is not None:
+                    return {"ok": False, "error": {"code": "invalid",
+                                                   "message": f"transaction refused: {problem}"}}
             failure = self._check(op, current, staged)
             if failure is not None:
                 # Failures change nothing and are not remembered: a retry
@@ -184,37 +236,58 @@ class StateMachine:
                 order.append(key)
             staged[key] = None if op["op"] == "delete" else op["obj"]
 
-        self.index += 1
-        index = self.index
-        refs = []
-        for kind, oid in order:
-            old = self.objects[kind].get(oid)
-            new = staged[(kind, oid)]
-            if new is None:
-                if old is None:
+        # Everything above only read the state; from here on it changes.
+        # The checks above leave nothing that could fail here, but should
+        # anything still do, what this transaction changed is undone and
+        # it is refused: every member takes the same decision.
+        index_before, events_before = self.index, len(events)
+        undo: list[tuple[str, str, dict | None]] = []
+        try:
+            self.index += 1
+            index = self.index
+            refs = []
+            for kind, oid in order:
+                old = self.objects[kind].get(oid)
+                new = staged[(kind, oid)]
+                undo.append((kind, oid, old))
+                if new is None:
+                    if old is None:
+                        continue
+                    del self.objects[kind][oid]
+                    self._unindex(kind, old)
+                    if kind == "task":
+                        self._count(old, None)
+                    events.append(Event(index, "delete", kind, oid, None, old))
                     continue
-                del self.objects[kind][oid]
-                self._unindex(kind, old)
+                new = dict(new)
                 if kind == "task":
-                    self._count(old, None)
-                events.append(Event(index, "delete", kind, oid, None, old))
-                continue
-            new = dict(new)
-            if kind == "task":
-                self._share(new, old)
-            new["version"] = index
-            new["created_at"] = old["created_at"] if old is not None else ts
-            new["updated_at"] = ts
-            # An object whose indexed value did not change stays in its
-            # index entry throughout: a reader never misses it.
-            self.objects[kind][oid] = new
-            if old is not None:
-                self._unindex(kind, old, new)
-            self._index(kind, new, old)
-            if kind == "task":
-                self._count(old, new)
-            refs.append((kind, oid))
-            events.append(Event(index, "update" if old is not None else "create", kind, oid, new, old))
+                    self._share(new, old)
+                new["version"] = index
+                new["created_at"] = old["created_at"] if old is not None else ts
+                new["updated_at"] = ts
+                # An object whose indexed value did not change stays in its
+                # index entry throughout: a reader never misses it.
+                self.objects[kind][oid] = new
+                if old is not None:
+                    self._unindex(kind, old, new)
+                self._index(kind, new, old)
+                if kind == "task":
+                    self._count(old, new)
+                refs.append((kind, oid))
+                events.append(Event(index, "update" if old is not None else "create", kind, oid,
+                                    new, old))
+        except BaseException as exc:
+            for kind, oid, old in reversed(undo):
+                if old is None:
+                    self.objects[kind].pop(oid, None)
+                else:
+                    self.objects[kind][oid] = old
+            self.index = index_before
+            del events[events_before:]
+            self._reindex()
+            if isinstance(exc, MemoryError):
+                raise
+            raise _Undone() from exc
         result = {"ok": True, "index": index, "refs": refs}
         self._remember(rid, result)
         return self._replay(result)
@@ -301,6 +374,19 @@ class StateMachine:
                                 "message": f"{kind} with {field} {value!r} already exists"}
         return None
 
+    def _reindex(self):
+        """Rebuild the unique and secondary indexes and the task counts
+        from the objects (after loading a snapshot, or undoing a
+        transaction that failed half-way)."""
+        self._unique = {key: {} for key in self._unique}
+        self._indexes = {key: {} for key in self._indexes}
+        self._counts = {}
+        for kind, objs in self.objects.items():
+            for obj in objs.values():
+                if kind == "task":
+                    self._count(None, obj)
+                self._index(kind, obj)
+
     def _share(self, new, old):
         """Let a task share its spec with its previous version or its
         service instead of holding its own copy (every applied object is
@@ -313,8 +399,9 @@ class StateMachine:
             new["spec"] = old["spec"]
         else:
             service = self.objects["service"].get(new.get("service_id"))
-            if service is not None and service["spec"].get("task") == spec:
-                new["spec"] = service["spec"]["task"]
+            service_spec = service.get("spec") if service is not None else None
+            if isinstance(service_spec, dict) and service_spec.get("task") == spec:
+                new["spec"] = service_spec["task"]
         if old is not None and old.get("ports") == new.get("ports"):
             new["ports"] = old["ports"]
 
@@ -427,14 +514,60 @@ class StateMachine:
             self.applied_bytes = int(head.get("bytes", 0))
             self.objects = objects
             self._dedupe = dedupe
-            self._unique = {key: {} for key in self._unique}
-            self._indexes = {key: {} for key in self._indexes}
-            self._counts = {}
-            for kind, objs in objects.items():
-                for obj in objs.values():
-                    if kind == "task":
-                        self._share(obj, None)
-                        self._count(None, obj)
-                    self._index(kind, obj)
+            for obj in objects["task"].values():
+                self._share(obj, None)
+            self._reindex()
         if self.hub is not None:
             self.hub.publish([Event(self.index, "reset", None, None, None, None)])
+
+
+class _Undone(Exception):
+    """A transaction failed while changing the maps and was undone."""
+
+
+def _hashable(value) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+# The checks below refuse only what applying would have failed on anyway
+# (a value used as a key that cannot be one, a task status that is not a
+# map): nothing that applied before is refused now, so members of different
+# releases still agree on every entry.
+
+def _malformed_txn(txn) -> str | None:
+    """What makes ``txn`` impossible to apply, judged from its own content
+    (the same on every member), or None."""
+    if not isinstance(txn, dict):
+        return "a transaction must be a map"
+    if not _hashable(txn.get("rid")):
+        return "the request id must be a string"
+    return None
+
+
+def _malformed_op(op) -> str | None:
+    """Shape checks of one operation that staging and changing the maps
+    take for granted (``StateMachine._check`` judges the rest)."""
+    if not isinstance(op, dict):
+        return "an operation must be a map"
+    kind = op.get("kind")
+    if not isinstance(kind, str):
+        return "the kind must be a string"
+    if op.get("op") in ("delete", "patch"):
+        if not _hashable(op.get("id")):
+            return f"{op.get('op')} of {kind}: the id must be a string"
+        return None
+    obj = op.get("obj")
+    if not isinstance(obj, dict):
+        return None                     # refused by _check: object without id
+    for field in UNIQUE.get(kind, ()) + INDEXED.get(kind, ()):
+        if not _hashable(obj.get(field)):
+            return f"{kind} {obj.get('id')}: {field} must be a string"
+    if kind == "task" and obj.get("desired_state") == "running":
+        status = obj.get("status")
+        if status and not isinstance(status, dict):
+            return f"task {obj.get('id')}: status must be a map"
+    return None

@@ -68,7 +68,8 @@ class TxnFailed(StoreError):
         super().__init__(error.get("message", error.get("code")))
         self.error = error
         self.code = error.get("code", "failed")
-        self.status = {"conflict": 409, "exists": 409, "not_found": 404, "invalid": 400}.get(self.code, 400)
+        self.status = {"conflict": 409, "exists": 409, "not_found": 404, "invalid": 400,
+                       "refused": 500}.get(self.code, 400)
 
 
 class _Waiter:
@@ -455,6 +456,12 @@ class Store:
             self.raft.journal.sync()
             for pending, result in zip(batch, results):
                 pending.answer(result=result)
+            return
+        if err == FAIL_REASON.SUCCESS and isinstance(results, dict) and not results.get("ok"):
+            # Every member refused the entry as a whole (state.py, node.py):
+            # nothing of it was applied.
+            self.raft.journal.sync()
+            self._fail(batch, TxnFailed(results.get("error") or {"code": "refused"}))
             return
         reason = FAIL_TEXT.get(err, f"raft error {err}")
         if err in (FAIL_REASON.NOT_LEADER, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
