@@ -7,7 +7,7 @@ import signal
 import threading
 
 from flotilla.common.httpclient import ApiError
-from flotilla.manager.raft.journal import DurableJournal
+from flotilla.manager.raft.journal import DurableJournal, scan_journal
 from flotilla.manager.raft.snapshot import read_boundary
 from tests.helpers.cluster import wait_for
 
@@ -157,3 +157,49 @@ def test_a_crash_between_snapshot_and_log_cut_loses_nothing(make_cluster):
     c.wait_leader_ready(60)
     present = {x["name"] for x in c.admin().get("/v1/configs")}
     assert set(after) <= present, f"lost {sorted(set(after) - present)}"
+
+
+def test_a_damaged_journal_refuses_to_start_until_repaired(make_cluster):
+    # A bad record in the middle of a manager's journal, with intact ones
+    # after it, is not what a crash leaves: the node refuses to start,
+    # naming the file and the byte, until the operator asks for the cut;
+    # the entries after it then come back from the leader.
+    c = make_cluster()
+    c.init("m1")
+    c.join("m2")
+    c.join("m3")
+    client = c.admin()
+    names = [f"cfg-{i}" for i in range(30)]
+    for name in names:
+        client.post("/v1/configs", {"name": name, "data": "eA=="})
+    victim = next(m for m in c.nodes.values() if m is not c.leader())
+    index = c.health(c.leader())["store_index"]
+    wait_for(lambda: c.health(victim)["store_index"] >= index, 30, what="the victim caught up")
+    victim.stop()
+    path = os.path.join(victim.data_dir, "raft", "log")
+    with open(path, "rb") as f:
+        scan = scan_journal(path, f.read())
+    bad = scan.offsets[len(scan.offsets) // 2]
+    with open(path, "r+b") as f:
+        f.seek(bad + 30)
+        byte = f.read(1)
+        f.seek(bad + 30)
+        f.write(bytes([byte[0] ^ 0x55]))
+
+    victim.start()
+    assert victim.proc.wait(60) == 1
+    last = victim.log().strip().splitlines()[-1]
+    assert last == (f"Error: raft journal {path} is damaged at byte {bad} (a bad record, "
+                    f"intact ones after it from byte {scan.offsets[len(scan.offsets) // 2 + 1]}):"
+                    f" start with --repair-journal to cut it there; this manager then gets the"
+                    f" entries after it from the leader"), last
+
+    client.post("/v1/configs", {"name": "meanwhile", "data": "eA=="})
+    victim.start("--repair-journal")
+    wait_for(lambda: f"raft journal {path} cut at byte {bad}" in victim.log(), 30,
+             what="the repair reported")
+    index = c.health(c.leader())["store_index"]
+    wait_for(lambda: c.health(victim)["store_index"] >= index, 60,
+             what="the repaired manager caught up")
+    with open(path, "rb") as f:       # what was cut came back from the leader
+        assert scan_journal(path, f.read()).entries[-1][1] > scan.entries[-1][1]
