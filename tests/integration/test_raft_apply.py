@@ -50,3 +50,35 @@ def test_a_write_that_cannot_be_applied_is_refused_everywhere_and_later_writes_a
     states = [(s.sm.index, sorted(c["name"] for c in s.list("config"))) for s, _ in members]
     assert states[0] == states[1] == states[2]
     assert states[0][0] == leader[0].sm.index
+
+
+class _Failing:
+    """A state machine whose apply raises for entries holding ``marker``
+    (a fault the state machine's own checks would have missed)."""
+
+    def __init__(self, sm, marker):
+        self._sm, self._marker = sm, marker
+
+    def apply(self, payload):
+        if self._marker in payload:
+            raise RuntimeError("a fault in the state machine")
+        return self._sm.apply(payload)
+
+    def __getattr__(self, name):
+        return getattr(self._sm, name)
+
+
+def test_an_entry_whose_apply_raises_is_refused_and_the_members_go_on(members):
+    for _, raft in members:
+        raft.flotilla_sm = _Failing(raft.flotilla_sm, b"poison")
+    leader = wait_for(lambda: next((m for m in members if m[0].raft.is_leader), None), 30,
+                      what="a leader")
+    store = leader[0]
+    with pytest.raises(TxnFailed) as refused:
+        store.commit([_config("poison")], timeout=5)
+    assert refused.value.status == 500 and refused.value.code == "refused"
+    store.commit([_config("after")], timeout=10)
+    for s, raft in members:
+        wait_for(lambda s=s: "after" in {c["name"] for c in s.list("config")}, 15,
+                 what=f"the later write on {raft.self_address}")
+        assert "poison" not in {c["name"] for c in s.list("config")}
