@@ -12,12 +12,14 @@ there after the restart.
 """
 
 import base64
+import os
 import random
 import threading
 
 import pytest
 
 from flotilla.common.httpclient import ApiError
+from flotilla.manager.raft.snapshot import read_boundary
 from tests.helpers.cluster import wait_for
 from tests.helpers.crashfs import CrashFS
 
@@ -31,7 +33,17 @@ def crashfs(tmp_path):
         fs.unmount()
 
 
-def _power_cut(fs, make_cluster, managers: int, cut_after: int, env=None):
+def _snapshot_points(nodes) -> dict:
+    """The last entry each manager's snapshot on disk covers (0: none)."""
+    out = {}
+    for node in nodes:
+        boundary = read_boundary(os.path.join(node.data_dir, "raft", "snapshot"))
+        out[node.name] = boundary[1][1] if boundary else 0
+    return out
+
+
+def _power_cut(fs, make_cluster, managers: int, cut_after: int, env=None,
+               snapshots=False):
     c = make_cluster(data_root=fs.mountpoint, env=env or {})
     c.init("m1")
     for i in range(2, managers + 1):
@@ -40,6 +52,7 @@ def _power_cut(fs, make_cluster, managers: int, cut_after: int, env=None):
     # What the cluster wrote while it was set up is on disk, as the kernel
     # would have flushed it by now: only what follows is under test.
     fs.checkpoint()
+    before = _snapshot_points(nodes)
 
     acked: set[str] = set()
     lock = threading.Lock()
@@ -79,6 +92,10 @@ def _power_cut(fs, make_cluster, managers: int, cut_after: int, env=None):
         t.join(30)
     fs.restore()                # the disks as they were at the cut
     print(f"\n{len(acknowledged)} writes acknowledged before the power cut")
+    if snapshots:
+        # Snapshots and log cuts (file renames) were part of what was cut.
+        after = _snapshot_points(nodes)
+        assert any(after[n] > before[n] for n in after), (before, after)
 
     for node in nodes:
         node.restart()
@@ -98,4 +115,4 @@ def test_acknowledged_writes_survive_a_power_cut_of_every_manager(crashfs, make_
     # Small compaction threshold: snapshots, log cuts and their renames
     # happen while the writes are being answered.
     _power_cut(crashfs, make_cluster, managers=3, cut_after=300 + random.randint(0, 200),
-               env={"FLOTILLA_RAFT_COMPACTION_ENTRIES": "150"})
+               env={"FLOTILLA_RAFT_COMPACTION_ENTRIES": "150"}, snapshots=True)
