@@ -180,11 +180,8 @@ def test_a_damaged_journal_refuses_to_start_until_repaired(make_cluster):
     with open(path, "rb") as f:
         scan = scan_journal(path, f.read())
     bad = scan.offsets[len(scan.offsets) // 2]
-    with open(path, "r+b") as f:
-        f.seek(bad + 30)
-        byte = f.read(1)
-        f.seek(bad + 30)
-        f.write(bytes([byte[0] ^ 0x55]))
+    last_before = scan.entries[-1][1]
+    _flip(path, bad + 30)
 
     victim.start()
     assert victim.proc.wait(60) == 1
@@ -202,4 +199,34 @@ def test_a_damaged_journal_refuses_to_start_until_repaired(make_cluster):
     wait_for(lambda: c.health(victim)["store_index"] >= index, 60,
              what="the repaired manager caught up")
     with open(path, "rb") as f:       # what was cut came back from the leader
-        assert scan_journal(path, f.read()).entries[-1][1] > scan.entries[-1][1]
+        scan = scan_journal(path, f.read())
+    assert scan.entries[-1][1] > last_before
+
+    # Damage found by a manager the node restarts (here after kill -9 of
+    # the manager alone) stops the node too: starting again would not help.
+    _flip(path, scan.offsets[len(scan.offsets) // 2] + 30)
+    os.kill(_manager_child(victim.proc.pid), signal.SIGKILL)
+    assert victim.proc.wait(60) == 2
+    assert f"flotilla-manager: raft journal {path} is damaged at byte" in victim.log()
+
+
+def _flip(path, at):
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x55]))
+
+
+def _manager_child(node_pid):
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == node_pid and b"flotilla.manager.server" in cmdline:
+            return int(pid)
+    raise AssertionError(f"no manager child of node process {node_pid}")
