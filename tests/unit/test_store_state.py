@@ -391,3 +391,14 @@ def test_members_agree_on_every_entry_however_malformed():
     a, b = members
     assert a.index == b.index and a.objects == b.objects
     assert a._unique == b._unique and a._indexes == b._indexes and a._counts == b._counts
+
+
+def test_a_task_without_ports_can_be_updated():
+    # Sharing the ports of a task's previous version used to raise when
+    # neither version had any, half-way through the update.
+    sm = StateMachine()
+    task = {"id": "t", "service_id": "s", "spec": {"image": "x"}, "desired_state": "running"}
+    apply(sm, txn(Op.create("task", task)))
+    [r] = apply(sm, txn(Op.update("task", dict(task, desired_state="shutdown"), version=1)))
+    assert r["ok"] and sm.get("task", "t")["desired_state"] == "shutdown"
+    assert "ports" not in sm.get("task", "t") and sm.task_counts("s") == (0, 0)

@@ -165,7 +165,18 @@ class StateMachine:
         results = []
         with self.lock:
             for txn in txns:
-                results.append(self._apply_guarded(txn, events))
+                # Total: an error while staging (nothing changed yet), or
+                # while changing the maps (undone, see _apply_txn), refuses
+                # the transaction the same way on every member.
+                try:
+                    result = self._apply_txn(txn, events)
+                except MemoryError:
+                    raise           # not a property of the entry: see node.py
+                except _Undone as exc:
+                    result = _refused(f"{exc.__cause__.__class__.__name__}: {exc.__cause__}")
+                except Exception as exc:
+                    result = _refused(f"{exc.__class__.__name__}: {exc}")
+                results.append(result)
         if self.hub is not None and events:
             self.hub.publish(events)
         return results
@@ -176,26 +187,9 @@ class StateMachine:
         return {"ok": False, "error": {"code": "refused",
                                        "message": f"malformed raft entry refused: {reason}"}}
 
-    def _apply_guarded(self, txn, events):
-        """``_apply_txn``, made total: checks that need no state come
-        first, then an unexpected error while staging (nothing is changed
-        yet) refuses the transaction; one while changing the maps undoes
-        what it had changed (see ``_apply_txn``)."""
-        problem = _malformed_txn(txn)
-        if problem is None:
-            try:
-                return self._apply_txn(txn, events)
-            except MemoryError:
-                raise               # not a property of the entry: see node.py
-            except _Undone as exc:
-                problem = f"{exc.__cause__.__class__.__name__}: {exc.__cause__}"
-            except Exception as exc:
-                problem = f"{exc.__class__.__name__}: {exc}"
-            log.error("transaction refused while applying it: %s", problem)
-        return {"ok": False, "error": {"code": "invalid",
-                                       "message": f"transaction refused: {problem}"}}
-
     def _apply_txn(self, txn, events):
+        if not isinstance(txn, dict):
+            return _refused("a transaction must be a map")
         rid = txn.get("rid")
         if rid is not None and rid in self._dedupe:
             return self._replay(self._dedupe[rid])
@@ -210,10 +204,6 @@ class StateMachine:
             return self.objects[kind].get(oid)
 
         for op in txn.get("ops", ()):
-            problem = _malformed_op(op)
-            if problem is not None:
-                return {"ok": False, "error": {"code": "invalid",
-                                               "message": f"transaction refused: {problem}"}}
             # Compact forms (a patch, a task naming its service's spec)
             # become the plain operation they stand for.
             expand = self._patched if op.get("op") == "patch" else (
@@ -222,15 +212,15 @@ class StateMachine:
                 op, failure = expand(op, current)
                 if failure is not None:
                     return {"ok": False, "error": failure}
-                problem = _malformed_op(op)
-                if problem is not None:
-                    return {"ok": False, "error": {"code": "invalid",
-                                                   "message": f"transaction refused: {problem}"}}
             failure = self._check(op, current, staged)
             if failure is not None:
                 # Failures change nothing and are not remembered: a retry
                 # with the same request id is simply evaluated again.
                 return {"ok": False, "error": failure}
+            if op["kind"] in INDEXED and op["op"] != "delete":
+                problem = _hazard(op["kind"], op["obj"])
+                if problem is not None:
+                    return _refused(problem)
             key = (op["kind"], op["id"] if op["op"] == "delete" else op["obj"]["id"])
             if key not in staged:
                 order.append(key)
@@ -402,7 +392,7 @@ class StateMachine:
             service_spec = service.get("spec") if service is not None else None
             if isinstance(service_spec, dict) and service_spec.get("task") == spec:
                 new["spec"] = service_spec["task"]
-        if old is not None and old.get("ports") == new.get("ports"):
+        if old is not None and "ports" in old and old["ports"] == new.get("ports"):
             new["ports"] = old["ports"]
 
     def _index(self, kind, obj, old=None):
@@ -533,41 +523,24 @@ def _hashable(value) -> bool:
     return True
 
 
-# The checks below refuse only what applying would have failed on anyway
-# (a value used as a key that cannot be one, a task status that is not a
-# map): nothing that applied before is refused now, so members of different
+def _refused(problem: str) -> dict:
+    log.error("transaction refused while applying it: %s", problem)
+    return {"ok": False, "error": {"code": "invalid",
+                                   "message": f"transaction refused: {problem}"}}
+
+
+# Values that changing the maps uses as keys, or reads into, without
+# checking them: an object that passed ``StateMachine._check`` but would
+# make that fail half-way is refused before anything changes. Only what
+# applying would have failed on anyway is refused, so members of different
 # releases still agree on every entry.
-
-def _malformed_txn(txn) -> str | None:
-    """What makes ``txn`` impossible to apply, judged from its own content
-    (the same on every member), or None."""
-    if not isinstance(txn, dict):
-        return "a transaction must be a map"
-    if not _hashable(txn.get("rid")):
-        return "the request id must be a string"
-    return None
-
-
-def _malformed_op(op) -> str | None:
-    """Shape checks of one operation that staging and changing the maps
-    take for granted (``StateMachine._check`` judges the rest)."""
-    if not isinstance(op, dict):
-        return "an operation must be a map"
-    kind = op.get("kind")
-    if not isinstance(kind, str):
-        return "the kind must be a string"
-    if op.get("op") in ("delete", "patch"):
-        if not _hashable(op.get("id")):
-            return f"{op.get('op')} of {kind}: the id must be a string"
-        return None
-    obj = op.get("obj")
-    if not isinstance(obj, dict):
-        return None                     # refused by _check: object without id
-    for field in UNIQUE.get(kind, ()) + INDEXED.get(kind, ()):
-        if not _hashable(obj.get(field)):
-            return f"{kind} {obj.get('id')}: {field} must be a string"
+def _hazard(kind: str, obj: dict) -> str | None:
+    for field in INDEXED[kind]:
+        value = obj.get(field)
+        if value is not None and type(value) is not str and not _hashable(value):
+            return f"{kind} {obj['id']}: {field} must be a string"
     if kind == "task" and obj.get("desired_state") == "running":
         status = obj.get("status")
         if status and not isinstance(status, dict):
-            return f"task {obj.get('id')}: status must be a map"
+            return f"task {obj['id']}: status must be a map"
     return None
