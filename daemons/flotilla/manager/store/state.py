@@ -275,8 +275,8 @@ class StateMachine:
             self.index = index_before
             del events[events_before:]
             self._reindex()
-            if isinstance(exc, MemoryError):
-                raise
+            if isinstance(exc, MemoryError) or not isinstance(exc, Exception):
+                raise               # not a property of the entry
             raise _Undone() from exc
         result = {"ok": True, "index": index, "refs": refs}
         self._remember(rid, result)
