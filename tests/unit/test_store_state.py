@@ -295,7 +295,8 @@ def test_a_transaction_that_cannot_be_applied_is_refused_and_changes_nothing():
         assert results[1]["error"]["code"] == "invalid"
         assert results[1]["error"]["message"].startswith("transaction refused")
     assert sm.index == 2 * len(MALFORMED)
-    assert {c["id"] for c in sm.list("config")} == {f"good{i}" for i in range(2 * len(MALFORMED))}
+    good = {f"good{i}" for i in range(2 * len(MALFORMED))}
+    assert {c["id"] for c in sm.list("config")} == good
     assert sm.list("task") == [] and sm.list("service") == []
     assert sm.by_unique("config", "name", "c2") is None and sm.task_counts("s") == (0, 0)
     assert [e.id for e in w.next(0)] == [f"good{i}" for i in range(2 * len(MALFORMED))]
