@@ -127,12 +127,33 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
 @click.option("--cert-expiry", callback=_duration, help="With --init: node certificate lifetime (e.g. 90d, 60s).")
 @click.option("--heartbeat-period", callback=_duration, help="With --init: agent heartbeat period (default 1s).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def run(init, join_addr, token, cert_expiry, heartbeat_period, log_level, **o):
-    """Run this node in the foreground (agent always; manager when its role is manager)."""
+@click.option("--repair-journal", is_flag=True,
+              help="If this manager's Raft journal is damaged (a bad record with intact ones "
+                   "after it), cut it at the bad record and start. The entries after it are "
+                   "lost on this manager and fetched again from the leader: repair one "
+                   "manager at a time, while the others have a leader.")
+def run(init, join_addr, token, cert_expiry, heartbeat_period, log_level, repair_journal, **o):
+    """Run this node in the foreground (agent always; manager when its role is manager).
+
+    A manager whose Raft journal is damaged in the middle (not just a tail
+    torn by a crash, which is cut on its own) refuses to start and names the
+    file and byte; --repair-journal cuts it there."""
+    from ..manager.raft.journal import check_journal
+    from ..manager.raft.journal import repair_journal as repair
     from ..node.daemon import NodeDaemon
 
     logs.setup(log_level, "node")
     cfg = _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, resume_ok=True)
+    try:
+        if repair_journal:
+            said = repair(cfg.raft_dir)
+            click.echo(said or "raft journal not damaged: nothing to repair", err=True)
+        else:
+            damage = check_journal(cfg.raft_dir)
+            if damage is not None:
+                raise click.ClickException(str(damage))
+    except (OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
     sys.exit(NodeDaemon(cfg, log_level).run())
 
 

@@ -28,6 +28,7 @@ from ..common import gcpolicy, logs, tls
 from ..common.procutil import die_with_parent
 from ..common.config import NodeConfig
 from ..common.httpclient import ApiError, Client
+from .raft.journal import EXIT_JOURNAL_DAMAGED, check_journal
 from .raft.node import RaftSettings
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,13 @@ def main(argv=None):
     if cfg is None or not cfg.initialised():
         print(f"flotilla-manager: {args.data_dir} holds no node identity", file=sys.stderr)
         return 2
+    try:
+        damage = check_journal(cfg.raft_dir)
+    except (OSError, RuntimeError) as exc:
+        damage = exc
+    if damage is not None:
+        print(f"flotilla-manager: {damage}", file=sys.stderr)
+        return EXIT_JOURNAL_DAMAGED
     ManagerApplication(cfg, args.log_level).run()
     return 0
 

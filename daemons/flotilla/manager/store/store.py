@@ -73,7 +73,7 @@ class TxnFailed(StoreError):
         self.code = error.get("code", "failed")
         self.field = error.get("field")
         self.status = {"conflict": 409, "exists": 409, "not_found": 404, "invalid": 400,
-                       "key_reused": 422}.get(self.code, 400)
+                       "key_reused": 422, "refused": 500}.get(self.code, 400)
 
 
 class RequestId(NamedTuple):
@@ -504,6 +504,12 @@ class Store:
             self.raft.journal.sync()
             for pending, result in zip(batch, results):
                 pending.answer(result=result)
+            return
+        if err == FAIL_REASON.SUCCESS and isinstance(results, dict) and not results.get("ok"):
+            # Every member refused the entry as a whole (state.py, node.py):
+            # nothing of it was applied.
+            self.raft.journal.sync()
+            self._fail(batch, TxnFailed(results.get("error") or {"code": "refused"}))
             return
         reason = FAIL_TEXT.get(err, f"raft error {err}")
         if err in (FAIL_REASON.NOT_LEADER, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
