@@ -594,6 +594,47 @@ def test_validation_errors_point_at_the_key(tmp_path):
     ]
 
 
+def test_service_templates(tmp_path):
+    """Swarm's placeholders pass through to the spec (each node expands them);
+    an unknown one is an error at its own line."""
+    text = """\
+        services:
+          web:
+            image: busybox
+            hostname: "{{.Service.Name}}-{{.Task.Slot}}"
+            environment:
+              NODE_ID: "{{.Node.ID}}"
+              HOST: "{{ .Node.Hostname }}"
+            volumes:
+              - /srv/{{.Node.Hostname}}:/data/{{.Task.Slot}}
+        """
+    _, specs, _ = stack_specs([write(tmp_path, text)], "s", {})
+    container = specs[0]["task"]["container"]
+    assert container["hostname"] == "{{.Service.Name}}-{{.Task.Slot}}"
+    assert container["env"] == ["NODE_ID={{.Node.ID}}", "HOST={{ .Node.Hostname }}"]
+    assert container["mounts"] == [{"type": "bind", "source": "/srv/{{.Node.Hostname}}",
+                                    "target": "/data/{{.Task.Slot}}"}]
+    text = """\
+        services:
+          web:
+            image: busybox
+            environment:
+              GOOD: "{{.Node.ID}}"
+              BAD: "{{.Node.Name}}"
+          db:
+            image: busybox
+            hostname: "{{.Task.Number}}"
+            environment: ["A=1", 'B={{index .Service.Labels "x"}}']
+        """
+    path, errors = errors_of(tmp_path, text)
+    assert [e.split(" (")[0] for e in errors] == [
+        f"{path}:6: services.web.environment.BAD: unknown template placeholder {{{{.Node.Name}}}}",
+        f"{path}:9: services.db.hostname: unknown template placeholder {{{{.Task.Number}}}}",
+        f"{path}:10: services.db.environment[1]: template placeholder "
+        '{{index .Service.Labels "..."}} is not supported: service labels are not sent to the '
+        "nodes running its tasks"]
+
+
 def test_type_errors_and_durations(tmp_path):
     text = """\
         services:

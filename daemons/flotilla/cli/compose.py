@@ -798,6 +798,7 @@ class _Translator:
             container["env"] = [f"{k}={v}" for k, v in env.items()]
             key = "environment" if "environment" in svc else "env_file"
             origin.add(("task", "container", "env"), sub(key), at(key))
+            self.env_origins(list(env), svc.get("environment"), sub("environment"), origin)
         labels = {}
         if svc.get("labels") is not None:
             labels = self.pairs(svc["labels"], at("labels"), sub("labels"), False) or {}
@@ -843,6 +844,20 @@ class _Translator:
         if len(self.errors) > first_error:
             return None
         return self.validate(spec, origin)
+
+    @staticmethod
+    def env_origins(keys: list, environment, path: str, origin: _Origin):
+        """Place each environment entry at its own line (an entry from an
+        env_file keeps the service's)."""
+        for i, key in enumerate(keys):
+            if isinstance(environment, Map) and key in environment:
+                origin.add(("task", "container", "env", i), f"{path}.{key}", environment.at(key),
+                           exact=True)
+            elif isinstance(environment, Seq):
+                for j, item in enumerate(environment):
+                    if isinstance(item, str) and item.partition("=")[0] == key:
+                        origin.add(("task", "container", "env", i), f"{path}[{j}]",
+                                   environment.at(j), exact=True)
 
     def reserved(self, labels: dict, mark, path):
         if STACK_LABEL in labels:
