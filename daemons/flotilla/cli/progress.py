@@ -193,9 +193,9 @@ def converge(ctx, service_refs: list[str], timeout: float = 120.0, rollback: boo
             stuck = _unplaceable(services, time.monotonic())
             if stuck is not None:
                 t = stuck.unplaced
-                raise ConvergeFailed(f"service {stuck.name}: task {_task_name(t)} cannot be placed: "
-                                     f"{t['message']}; the service is kept and its tasks start "
-                                     "when a node can take them")
+                raise ConvergeFailed(f"service {stuck.name}: task {_task_name(t)} cannot be "
+                                     f"placed: {t['message']}; the service is kept and its tasks "
+                                     "start when a node can take them")
             if time.monotonic() >= deadline:
                 late = [s for s in services if not s.done]
                 why = f": {late[0].reason}" if late[0].reason else ""
