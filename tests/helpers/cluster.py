@@ -64,7 +64,7 @@ class NodeProc:
         self.port = free_api_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.raft_addr = f"127.0.0.1:{self.port + 10000}"
-        self.data_dir = os.path.join(cluster.base, name)
+        self.data_dir = os.path.join(cluster.data_root, name)
         self.log_path = os.path.join(cluster.base, f"{name}.log")
         self.proc: subprocess.Popen | None = None
         self.node_id: str | None = None
@@ -143,8 +143,11 @@ def _group_alive(pgid: int) -> bool:
 
 class LocalCluster:
     def __init__(self, base: str, heartbeat: str = "1s", cert_expiry: str | None = None,
-                 env: dict | None = None):
+                 env: dict | None = None, data_root: str | None = None):
+        """Nodes' logs go to ``base``, their data directories to ``data_root``
+        (default: ``base`` too)."""
         self.base = base
+        self.data_root = data_root or base
         os.makedirs(base, exist_ok=True)
         self.heartbeat = heartbeat
         self.cert_expiry = cert_expiry

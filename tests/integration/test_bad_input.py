@@ -29,6 +29,7 @@ from flotilla.ca import certs
 from flotilla.common import tls
 from flotilla.common.httpclient import _TLSAdapter, tls_session
 from tests.helpers.cluster import LocalCluster, wait_for
+from tests.helpers.slowuploads import SlowUploads
 
 IMAGE = "flotilla-test/busybox:1"
 SERVICE = "bad-input-target"
@@ -730,6 +731,81 @@ def test_slow_clients_do_not_exhaust_the_api(env, unchanged):
     handshaken = len(slow.idle) + len(slow.trickling)
     assert after.get("api.slow_request", 0) - before.get("api.slow_request", 0) >= handshaken
     assert after.get("tls.timeout", 0) - before.get("tls.timeout", 0) >= len(slow.silent)
+    unchanged.check()
+
+
+def service_ls_times(e: Env, node, n=20) -> list[float]:
+    def one():
+        resp = e.api.get(e.url(node, "/v1/services"), timeout=10)
+        assert resp.status_code == 200, resp.text
+    return latencies(one, n)
+
+
+def anonymous_session(node):
+    session = requests.Session()
+    session.trust_env = False
+    session.mount("https://", _TLSAdapter(tls.client_context(None, node.ca())))
+    return session
+
+
+def test_slow_uploads_hold_no_slot(env, unchanged):
+    """Bodies sent a byte a second, 50 without a client certificate (and 6
+    with one), hold neither a thread nor an admission slot: listing services
+    is as fast as when idle, a join is still answered, and a request without
+    a certificate is answered 401 or 413 before its body is sent."""
+    node = env.leader
+    host, port = node.addr.rsplit(":", 1)
+    idle = service_ls_times(env, node)
+    counts = {"join": 40, "control": 5, "oversized": 5, "certified": 6}
+    slow = SlowUploads(host, int(port), counts=counts, ca_path=node.ca(),
+                       tls_dir=env.c.admin_dir, interval=1.0).start()
+    try:
+        assert not slow.errors, slow.errors[:3]
+        early = wait_for(lambda: (lambda a: a if len(a) >= 10 else None)(
+            [a for a in slow.snapshot() if a[0] in ("control", "oversized")]),
+            10, what="the requests without a certificate to be answered")
+        for kind, status, _, sent in early:
+            assert status == (401 if kind == "control" else 413), early
+            assert sent < 100, early
+        busy = service_ls_times(env, node)
+        assert busy[-1] <= 2 * idle[-1] + 0.25, (idle, busy)
+        # A join of its own is answered (a bad token here: refused, and
+        # nothing changes), beside 40 joins still being sent.
+        t0 = time.monotonic()
+        resp = anonymous_session(node).post(
+            env.url(node, "/v1/join"), timeout=10,
+            json={"token": "FLTKN-1-nope-nope", "csr": "x", "addr": "127.0.0.1:1"})
+        assert_refused(resp, 400, code="invalid_token")
+        assert time.monotonic() - t0 < 2
+        # The slow ones are all still open, and none has been answered.
+        assert slow.open_now() == {"join": 40, "certified": 6}
+        assert [a for a in slow.snapshot() if a[0] in ("join", "certified")] == []
+    finally:
+        slow.stop()
+    unchanged.check()
+
+
+def test_clients_that_never_close_cost_no_time(env, unchanged):
+    """After an answer that ends the connection, the manager half-closes it
+    and reads what the client still sends for up to 2 s, without a thread
+    and without holding up the other connections, however many clients
+    never close their end."""
+    node = env.leader
+    socks = []
+    try:
+        ctx = tls.client_context(None, node.ca())
+        for _ in range(10):
+            socks.append(tls_connect(node, ctx, timeout=30))
+        for sock in socks:
+            sock.sendall(b"GET /v1/join/ca HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        for sock in socks:
+            status, _, body = read_response(sock)
+            assert status == 200 and body.startswith(b"-----BEGIN CERTIFICATE-----")
+        times = service_ls_times(env, node, 10)
+        assert times[-1] < 1.0, times
+    finally:
+        for sock in socks:
+            sock.close()
     unchanged.check()
 
 

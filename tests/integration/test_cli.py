@@ -4,8 +4,11 @@ one-line errors."""
 
 import json
 import os
+import time
 
 import pytest
+
+from tests.helpers.cluster import wait_for
 
 IMAGE = "flotilla-test/busybox:1"
 
@@ -72,19 +75,62 @@ def test_service_lifecycle_waits_for_convergence(cluster):
     assert c.cli("service", "ls", "--format", "json").stdout.strip() == "[]"
 
 
-def test_convergence_failure_exits_non_zero_with_the_reason(cluster):
+def test_convergence_failure_exits_non_zero_with_the_reason(cluster, tmp_path):
     c = cluster
-    res = c.cli("service", "create", "--name", "huge", "--reserve-memory", "100T", "--timeout", "3",
-                IMAGE, "true", check=False)
-    assert res.returncode == 1
-    err = res.stderr.strip().splitlines()
-    assert len(err) == 1 and "did not converge within 3s" in err[0]
-    assert "no suitable node" in err[0] and "memory" in err[0]
+
+    def fails_at_once(*args):
+        start = time.monotonic()
+        res = c.cli(*args, check=False)
+        took = time.monotonic() - start
+        err = [line for line in res.stderr.splitlines() if line.strip()]
+        assert res.returncode == 1, (args, res.stdout, res.stderr)
+        assert len(err) == 1 and "Traceback" not in res.stderr, res.stderr
+        # the scheduler's reason, long before the default --timeout of 120 s
+        assert took < 20, (args, took)
+        return err[0]
+
+    # A task that fits nowhere: the scheduler's reason at once; the service
+    # is kept, pending with that reason.
+    err = fails_at_once("service", "create", "--name", "huge", "--reserve-memory", "100T",
+                        IMAGE, "true")
+    assert err == ("Error: service huge: task huge.1 cannot be placed: no suitable node "
+                   "(2 nodes lack 100 TB memory); the service is kept and its tasks start "
+                   "when a node can take them"), err
+    tasks = c.admin().get("/v1/services/huge/tasks")
+    assert [(t["state"], t["message"]) for t in tasks] == [
+        ("pending", "no suitable node (2 nodes lack 100 TB memory)")]
+
+    # It is placed once a node can take it, with no further command.
+    err = fails_at_once("service", "create", "--name", "gpu", "--constraint", "node.labels.gpu==yes",
+                        "--replicas-max-per-node", "1", "--init", IMAGE, "sleep", "3600")
+    assert "task gpu.1 cannot be placed: no suitable node (2 nodes fail constraint " \
+           "node.labels.gpu==yes)" in err
+    c.cli("node", "update", "--label-add", "gpu=yes", "w1")
+    wait_for(lambda: len(running(c, "gpu")) == 1, 30, what="gpu placed")
+
+    # scale, update and stack deploy stop waiting the same way.
+    err = fails_at_once("service", "scale", "gpu=2")
+    assert "task gpu.2 cannot be placed: no suitable node (" in err
+    assert "max replicas per node (1) reached on 1 node" in err
+    err = fails_at_once("service", "update", "--replicas", "1", "--reserve-memory", "100T", "gpu")
+    assert "task gpu.1 cannot be placed: no suitable node (2 nodes lack 100 TB memory)" in err
+    compose = tmp_path / "compose.yml"
+    compose.write_text("services:\n  big:\n    image: flotilla-test/busybox:1\n"
+                       "    command: sleep 3600\n    deploy:\n      resources:\n"
+                       "        reservations:\n          memory: 100T\n")
+    err = fails_at_once("stack", "deploy", "-c", str(compose), "shop")
+    assert "service shop_big: task shop_big.1 cannot be placed: no suitable node" in err
+
     # A crash loop is reported as such, long before the timeout.
     res = c.cli("service", "create", "--name", "crash", "--restart-delay", "0s", "--timeout", "100",
                 IMAGE, "sh", "-c", "exit 3", check=False)
     assert res.returncode == 1
     assert "service crash is failing" in res.stderr and "exit" in res.stderr
+    # --timeout still bounds the wait.
+    res = c.cli("service", "create", "--name", "slow", "--health-cmd", "false",
+                "--health-interval", "1s", "--health-retries", "100", "--timeout", "3",
+                IMAGE, "sleep", "3600", check=False)
+    assert res.returncode == 1 and "did not converge within 3s" in res.stderr
     # --detach returns at once.
     res = c.cli("service", "create", "--detach", "--name", "later", "--replicas", "0", IMAGE, "true")
     assert res.stdout.strip() == c.admin().get("/v1/services/later")["id"]

@@ -2,11 +2,12 @@
 
 import base64
 import json
+import subprocess
 
 import pytest
 
-from flotilla.common.httpclient import ApiError
-from tests.helpers.cluster import wait_for
+from flotilla.common.httpclient import ApiError, tls_session
+from tests.helpers.cluster import PYTHON, free_api_port, wait_for
 
 
 @pytest.fixture
@@ -115,3 +116,116 @@ def test_version_and_control_socket(cluster):
                           "node", "ls", "-q"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert len(res.stdout.split()) == 4
+
+
+def test_idempotency_keys_are_bound_to_their_request(make_cluster):
+    """The same Idempotency-Key with another request is refused (422) and
+    changes nothing; with the same request, through any manager, it gets
+    the first answer."""
+    c = make_cluster()
+    c.init("m1")
+    c.join("m2", "manager")
+    api = tls_session(c.admin_dir)
+    leader, follower = c.nodes["m1"], c.nodes["m2"]
+    assert c.health(leader)["is_leader"] and not c.health(follower)["is_leader"]
+
+    def send(node, method, path, key, body=None):
+        resp = api.request(method, f"https://{node.addr}{path}", timeout=30,
+                           json=body, headers={"Idempotency-Key": key})
+        return resp.status_code, resp.json()
+
+    web = {"name": "web", "replicas": 0, "task": {"container": {"image": "flotilla-test/busybox:1"}}}
+    status, created = send(follower, "POST", "/v1/services", "key-1", web)
+    assert status == 201
+    # The same request again, through the leader: the first answer, no second write.
+    assert send(leader, "POST", "/v1/services", "key-1", web) == (201, created)
+    assert [s["id"] for s in c.admin().get("/v1/services")] == [created["id"]]
+
+    # The same key on another request: refused, whichever manager takes it.
+    for node in (leader, follower):
+        status, body = send(node, "DELETE", "/v1/services/web", "key-1")
+        assert status == 422, body
+        assert body["error"]["code"] == "key_reused"
+        assert body["error"]["field"] == "Idempotency-Key"
+        assert "already used for a different request" in body["error"]["message"]
+        status, body = send(node, "PATCH", "/v1/services/web", "key-1", {"replicas": 3})
+        assert status == 422 and body["error"]["code"] == "key_reused", body
+    assert c.admin().get("/v1/services/web")["spec"]["replicas"] == 0
+
+    # A removal retried with its key gets its first answer, not a 404.
+    status, removed = send(follower, "DELETE", "/v1/services/web", "key-2")
+    assert (status, removed) == (200, {"id": created["id"], "removed": True})
+    assert send(leader, "DELETE", "/v1/services/web", "key-2") == (200, removed)
+    assert send(follower, "DELETE", "/v1/services/web", "key-2") == (200, removed)
+    # ... and that key cannot create anything either.
+    status, body = send(leader, "POST", "/v1/services", "key-2", web)
+    assert status == 422 and c.admin().get("/v1/services") == []
+
+
+def test_restart_flags_are_applied_or_refused_never_ignored(cluster):
+    """A node resumed with changed flags either does as told or exits with
+    one line naming the flag; it never starts as if they were not given."""
+    m3, w1 = cluster.nodes["m3"], cluster.nodes["w1"]
+
+    def start(node, *extra):
+        return subprocess.Popen(
+            [PYTHON, "-m", "flotilla.cli.main", "node", "run", "--data-dir", node.data_dir,
+             "--listen", node.addr, "--hostname", node.name, *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env)
+
+    # A manager's API and Raft addresses are in the Raft membership; the
+    # heartbeat period and certificate lifetime are the cluster's.
+    m3.stop()
+    saved = m3.config()
+    other = free_api_port()
+    cases = [
+        (["--advertise", f"127.0.0.1:{other}"], "--advertise",
+         "would move this manager's API address"),
+        (["--raft-advertise", f"127.0.0.1:{other}"], "--raft-advertise",
+         "would move this manager's Raft address"),
+        (["--listen", f"127.0.0.1:{other}"], "--listen",
+         "would move this manager's API address"),
+        (["--heartbeat-period", "2s"], "--heartbeat-period",
+         "`flotilla cluster update --heartbeat-period 2s`"),
+        (["--init", "--cert-expiry", "2h"], "--cert-expiry",
+         "`flotilla cluster update --cert-expiry 2h`")]
+    procs = [(start(m3, *case[0]), *case) for case in cases]
+    try:
+        for proc, extra, flag, why in procs:
+            try:
+                stdout, stderr = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"node run {' '.join(extra)} started the node") from None
+            out = (stdout + stderr).strip().splitlines()
+            assert proc.returncode != 0 and len(out) == 1, (extra, stdout, stderr)
+            assert out[0].startswith(f"Error: {flag} ") and why in out[0], out
+    finally:
+        for proc, *_ in procs:
+            if proc.poll() is None:
+                proc.kill()     # its manager child dies with it
+                proc.wait(10)
+    assert m3.config() == saved
+    m3.restart()
+    cluster.wait_node_ready(m3, manager=True)
+
+    # A worker's addresses are announced again at each registration: a new
+    # --listen moves its API, agent and dispatcher ports, as on a first start.
+    before = cluster.node_view(w1)
+    w1.stop()
+    old = w1.addr
+    w1.port = free_api_port()
+    w1.addr = f"127.0.0.1:{w1.port}"
+    w1.start()
+    view = wait_for(lambda: (v := cluster.node_view(w1)) and v["state"] == "ready"
+                    and v.get("agent_addr") == f"127.0.0.1:{w1.port + 20000}" and v, 60,
+                    what="w1 registered at its new address")
+    assert view["id"] == before["id"] and view["addr"] == w1.addr
+    assert w1.config()["listen"] == w1.addr
+    assert f"listen {old} -> {w1.addr} (from --listen)" in w1.log()
+    # Work is pushed to it there.
+    cluster.admin().post("/v1/services", {
+        "name": "moved", "replicas": 1,
+        "task": {"container": {"image": "flotilla-test/busybox:1", "command": ["sleep", "600"]},
+                 "placement": {"constraints": ["node.hostname==w1"]}}})
+    wait_for(lambda: [t["state"] for t in cluster.admin().get("/v1/services/moved/tasks")]
+             == ["running"], 60, what="a task running on the moved worker")

@@ -7,7 +7,7 @@ import signal
 import threading
 
 from flotilla.common.httpclient import ApiError
-from flotilla.manager.raft.journal import DurableJournal
+from flotilla.manager.raft.journal import DurableJournal, scan_journal
 from flotilla.manager.raft.snapshot import read_boundary
 from tests.helpers.cluster import wait_for
 
@@ -157,3 +157,76 @@ def test_a_crash_between_snapshot_and_log_cut_loses_nothing(make_cluster):
     c.wait_leader_ready(60)
     present = {x["name"] for x in c.admin().get("/v1/configs")}
     assert set(after) <= present, f"lost {sorted(set(after) - present)}"
+
+
+def test_a_damaged_journal_refuses_to_start_until_repaired(make_cluster):
+    # A bad record in the middle of a manager's journal, with intact ones
+    # after it, is not what a crash leaves: the node refuses to start,
+    # naming the file and the byte, until the operator asks for the cut;
+    # the entries after it then come back from the leader.
+    c = make_cluster()
+    c.init("m1")
+    c.join("m2")
+    c.join("m3")
+    client = c.admin()
+    names = [f"cfg-{i}" for i in range(30)]
+    for name in names:
+        client.post("/v1/configs", {"name": name, "data": "eA=="})
+    victim = next(m for m in c.nodes.values() if m is not c.leader())
+    index = c.health(c.leader())["store_index"]
+    wait_for(lambda: c.health(victim)["store_index"] >= index, 30, what="the victim caught up")
+    victim.stop()
+    path = os.path.join(victim.data_dir, "raft", "log")
+    with open(path, "rb") as f:
+        scan = scan_journal(path, f.read())
+    bad = scan.offsets[len(scan.offsets) // 2]
+    last_before = scan.entries[-1][1]
+    _flip(path, bad + 30)
+
+    victim.start()
+    assert victim.proc.wait(60) == 1
+    last = victim.log().strip().splitlines()[-1]
+    assert last == (f"Error: raft journal {path} is damaged at byte {bad} (a bad record, "
+                    f"intact ones after it from byte {scan.offsets[len(scan.offsets) // 2 + 1]}):"
+                    f" start with --repair-journal to cut it there; this manager then gets the"
+                    f" entries after it from the leader"), last
+
+    client.post("/v1/configs", {"name": "meanwhile", "data": "eA=="})
+    victim.start("--repair-journal")
+    wait_for(lambda: f"raft journal {path} cut at byte {bad}" in victim.log(), 30,
+             what="the repair reported")
+    index = c.health(c.leader())["store_index"]
+    wait_for(lambda: c.health(victim)["store_index"] >= index, 60,
+             what="the repaired manager caught up")
+    with open(path, "rb") as f:       # what was cut came back from the leader
+        scan = scan_journal(path, f.read())
+    assert scan.entries[-1][1] > last_before
+
+    # Damage found by a manager the node restarts (here after kill -9 of
+    # the manager alone) stops the node too: starting again would not help.
+    _flip(path, scan.offsets[len(scan.offsets) // 2] + 30)
+    os.kill(_manager_child(victim.proc.pid), signal.SIGKILL)
+    assert victim.proc.wait(60) == 2
+    assert f"flotilla-manager: raft journal {path} is damaged at byte" in victim.log()
+
+
+def _flip(path, at):
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x55]))
+
+
+def _manager_child(node_pid):
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == node_pid and b"flotilla.manager.server" in cmdline:
+            return int(pid)
+    raise AssertionError(f"no manager child of node process {node_pid}")

@@ -5,8 +5,10 @@ in order and the last one kills a worker.
 """
 
 import json
+import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -298,3 +300,169 @@ def test_logs_with_a_dead_node(c, web):
     assert re.search(rf"(?m)^{PREFIX}hello-", res.stdout)
     warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and warnings[0].startswith("warning: logs from node w1 unavailable: ")
+
+
+class HostileAgent:
+    """A fake agent listener on a dead node's agent address, with that
+    node's own certificate: it answers every logs request with a 200 whose
+    body never ends, either at full speed (``flood``, stopping by itself
+    after ``FLOOD_CAP`` bytes) or one byte at a time (``trickle``), or with
+    entries that are not log lines (``malformed``). It notes when the
+    leader hangs up on it."""
+
+    FLOOD_CAP = 256 * 1024 * 1024
+    ENTRY = json.dumps({"timestamp": "2026-01-01T00:00:00.000000000Z", "time": 1767225600.0,
+                        "stream": "stdout", "line": "x" * 1000}).encode() + b","
+
+    def __init__(self, node, port):
+        from flotilla.common import tls
+
+        self.ctx = tls.server_context(node.bundle(), node.ca(), client_cert="required")
+        self.sock = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        self.sock.settimeout(0.2)
+        self.mode = "flood"
+        self.requests = 0
+        self.hangups: list[tuple[str, float, int]] = []   # (mode, when, bytes sent)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stopping.is_set():
+            try:
+                raw, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            threading.Thread(target=self._answer, args=(raw,), daemon=True).start()
+
+    def _answer(self, raw):
+        mode, sent = self.mode, 0
+        try:
+            conn = self.ctx.wrap_socket(raw, server_side=True)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            if not head.startswith(b"GET /v1/containers/"):
+                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                return
+            self.requests += 1
+            if mode == "malformed":
+                body = b'{"entries": [1, {"line": 5}]}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Connection: close\r\n\r\n{\"entries\": [")
+            block = self.ENTRY * 64
+            while not self.stopping.is_set():
+                if mode == "flood":
+                    if sent >= self.FLOOD_CAP:
+                        return
+                    conn.sendall(block)
+                    sent += len(block)
+                else:
+                    conn.sendall(self.ENTRY[sent % len(self.ENTRY):][:1])
+                    sent += 1
+                    time.sleep(0.1)
+        except OSError:
+            self.hangups.append((mode, time.monotonic(), sent))
+        finally:
+            raw.close()
+
+    def stop(self):
+        self.stopping.set()
+        self.sock.close()
+        self.thread.join(5)
+
+
+def _manager_rss(node) -> int:
+    """Resident bytes of a node's manager processes (the gunicorn arbiter and
+    its worker, which reads the logs)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+            if b"flotilla.manager.server" not in cmd or node.data_dir.encode() not in cmd:
+                continue
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+def test_a_hostile_agent_costs_the_leader_a_bounded_amount(c, web):
+    """w1 is dead (previous test); on its agent address, with its certificate,
+    an agent answers logs requests with bodies that never end. The leader
+    answers in time, says w1's logs were cut short, hangs up on it, and its
+    memory does not follow what the agent sends."""
+    from flotilla.manager import logs as collector
+
+    w1, leader = c.nodes["w1"], c.leader()
+    agent = HostileAgent(w1, w1.port + 20000)
+    peak = [0]
+    sampling = threading.Event()
+
+    def sample():
+        while not sampling.wait(0.02):
+            peak[0] = max(peak[0], _manager_rss(leader))
+
+    try:
+        for mode in ("flood", "trickle"):
+            agent.mode = mode
+            before = _manager_rss(leader)
+            peak[0], hung_up = before, len(agent.hangups)
+            sampling.clear()
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            t0 = time.monotonic()
+            got = logs(c)
+            took = time.monotonic() - t0
+            sampling.set()
+            sampler.join(5)
+            answered = time.monotonic()
+            assert took < collector.DEADLINE + 3, (mode, took)
+            [u] = got["unreachable"]
+            assert u["node"] == "w1", got["unreachable"]
+            if mode == "flood":
+                assert u["truncated"] is True and "8 MiB per node" in u["error"], u
+            else:
+                assert u["truncated"] is False and u["error"].startswith("timed out"), u
+            assert {e["node"] for e in got["entries"]} == {"w2"}
+            ServiceLogs.model_validate(got)
+            # The leader hung up on the agent; it does not keep reading.
+            wait_for(lambda: len(agent.hangups) > hung_up, 5, what=f"the leader to hang up ({mode})")
+            mode_seen, when, sent = agent.hangups[-1]
+            print(f"{mode}: answered in {took:.2f} s; leader RSS +{(peak[0] - before) / 2**20:.1f} "
+                  f"MiB at the most; the agent had sent {sent / 2**20:.1f} MiB when it was hung up on")
+            assert when < answered + 2, (mode, when - answered)
+            if mode == "flood":
+                assert sent < agent.FLOOD_CAP
+            # What the leader read cost it a bounded amount (16 MiB in all at
+            # the most), not what the agent sent.
+            assert peak[0] - before < 64 * 1024 * 1024, (mode, before, peak[0], sent)
+        assert agent.requests == 2
+
+        # Lines that are not lines fail that node, not the request.
+        agent.mode = "malformed"
+        got = logs(c)
+        assert [(u["node"], u["error"], u["truncated"]) for u in got["unreachable"]] == [
+            ("w1", "the agent's answer is malformed", False)]
+        assert {e["node"] for e in got["entries"]} == {"w2"}
+
+        # The CLI says which node's logs were cut short, and prints the rest.
+        agent.mode = "flood"
+        res = c.cli("service", "logs", "web")
+        assert res.returncode == 0 and re.search(rf"(?m)^{PREFIX}hello-", res.stdout)
+        warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
+        assert len(warnings) == 1, res.stderr
+        assert warnings[0].startswith("warning: logs from node w1 truncated: answer over the limit")
+        assert warnings[0].endswith("(ask for fewer lines with --tail or --since)")
+    finally:
+        agent.stop()

@@ -251,3 +251,59 @@ def test_removed_node_tasks_are_orphaned_and_replaced(cluster):
              what="replacements running elsewhere")
     states = {t["id"]: t["state"] for t in ps(c, "web")}
     assert {states[i] for i in on_w2 if i in states} <= {"orphaned"}
+
+
+def test_templates_are_expanded_per_task(cluster, tmp_path):
+    """Swarm's placeholders in environment values, hostname and mounts are
+    filled in by the node running each task; an unknown one is refused."""
+    from flotilla.common.httpclient import ApiError
+
+    c = cluster
+    for host in ("m1", "w1", "w2"):
+        (tmp_path / host).mkdir()
+    create(c, "--name", "tmpl", "--replicas", "3", "--replicas-max-per-node", "1",
+           "--hostname", "{{.Service.Name}}-{{.Task.Slot}}",
+           "--env", "NODE_ID={{.Node.ID}}", "--env", "NODE_HOST={{ .Node.Hostname }}",
+           "--env", "WHERE={{.Node.Platform.OS}}/{{.Node.Platform.Architecture}}",
+           "--env", "TASK={{.Task.Name}} {{.Task.ID}} {{.Service.ID}}",
+           "--env", 'LITERAL={{"{{.Node.ID}}"}}', "--env", "PLAIN=a}}b",
+           "--mount", f"type=bind,source={tmp_path}/{{{{.Node.Hostname}}}},"
+                      "target=/data/{{.Task.Slot}}",
+           IMAGE, "sleep", "3600")
+    wait_for(lambda: converged(c, "tmpl", 3), 60, what="tmpl running")
+    service = c.admin().get("/v1/services/tmpl")
+    # the stored spec keeps the templates
+    assert "NODE_ID={{.Node.ID}}" in service["spec"]["task"]["container"]["env"]
+    nodes = {n["id"]: n for n in c.admin().get("/v1/nodes")}
+    tasks = {t["id"]: t for t in running(c, "tmpl")}
+    seen = set()
+    for ctr in c.containers(service="tmpl"):
+        info = ctr.attrs
+        task = tasks[ctr.labels["flotilla.task.id"]]
+        node = nodes[task["node_id"]]
+        slot = task["slot"]
+        env = dict(e.split("=", 1) for e in info["Config"]["Env"])
+        assert info["Config"]["Hostname"] == f"tmpl-{slot}"
+        assert env["NODE_ID"] == node["id"] == ctr.labels["flotilla.node.id"]
+        assert env["NODE_HOST"] == node["hostname"]
+        assert env["WHERE"] == f"{node['platform']['os']}/{node['platform']['arch']}"
+        assert env["TASK"] == f"tmpl.{slot}.{task['id']} {task['id']} {service['id']}"
+        assert env["LITERAL"] == "{{.Node.ID}}" and env["PLAIN"] == "a}}b"
+        assert [(m["Source"], m["Destination"]) for m in info["Mounts"]] == [
+            (f"{tmp_path}/{node['hostname']}", f"/data/{slot}")]
+        seen.add(node["hostname"])
+    assert seen == {"m1", "w1", "w2"}
+
+    # An unknown placeholder is refused, naming the field and the placeholder.
+    spec = dict(service["spec"], name="bad")
+    spec["task"] = dict(spec["task"], container=dict(spec["task"]["container"],
+                                                     env=["A=1", "NODE={{.Node.Name}}"]))
+    with pytest.raises(ApiError) as e:
+        c.admin().post("/v1/services", spec)
+    assert e.value.status == 400 and e.value.field == "task.container.env.1"
+    assert "unknown template placeholder {{.Node.Name}}" in e.value.message
+    res = c.cli("service", "create", "--name", "bad", "--hostname", "{{.Task.Number}}", IMAGE,
+                check=False)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "task.container.hostname" in res.stderr and "{{.Task.Number}}" in res.stderr
+    assert [s["name"] for s in c.admin().get("/v1/services")] == ["tmpl"]

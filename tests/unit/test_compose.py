@@ -594,6 +594,47 @@ def test_validation_errors_point_at_the_key(tmp_path):
     ]
 
 
+def test_service_templates(tmp_path):
+    """Swarm's placeholders pass through to the spec (each node expands them);
+    an unknown one is an error at its own line."""
+    text = """\
+        services:
+          web:
+            image: busybox
+            hostname: "{{.Service.Name}}-{{.Task.Slot}}"
+            environment:
+              NODE_ID: "{{.Node.ID}}"
+              HOST: "{{ .Node.Hostname }}"
+            volumes:
+              - /srv/{{.Node.Hostname}}:/data/{{.Task.Slot}}
+        """
+    _, specs, _ = stack_specs([write(tmp_path, text)], "s", {})
+    container = specs[0]["task"]["container"]
+    assert container["hostname"] == "{{.Service.Name}}-{{.Task.Slot}}"
+    assert container["env"] == ["NODE_ID={{.Node.ID}}", "HOST={{ .Node.Hostname }}"]
+    assert container["mounts"] == [{"type": "bind", "source": "/srv/{{.Node.Hostname}}",
+                                    "target": "/data/{{.Task.Slot}}"}]
+    text = """\
+        services:
+          web:
+            image: busybox
+            environment:
+              GOOD: "{{.Node.ID}}"
+              BAD: "{{.Node.Name}}"
+          db:
+            image: busybox
+            hostname: "{{.Task.Number}}"
+            environment: ["A=1", 'B={{index .Service.Labels "x"}}']
+        """
+    path, errors = errors_of(tmp_path, text)
+    assert [e.split(" (")[0] for e in errors] == [
+        f"{path}:6: services.web.environment.BAD: unknown template placeholder {{{{.Node.Name}}}}",
+        f"{path}:9: services.db.hostname: unknown template placeholder {{{{.Task.Number}}}}",
+        f"{path}:10: services.db.environment[1]: template placeholder "
+        '{{index .Service.Labels "..."}} is not supported: service labels are not sent to the '
+        "nodes running its tasks"]
+
+
 def test_type_errors_and_durations(tmp_path):
     text = """\
         services:
@@ -755,3 +796,130 @@ def test_anchors_and_extension_fields(tmp_path):
 
 def test_stack_label_constant():
     assert compose.STACK_LABEL == "flotilla.stack.namespace"
+
+
+def _write_bytes(tmp_path, name, data: bytes):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return str(path)
+
+
+def _errors(paths, environ=None):
+    with pytest.raises(ComposeError) as info:
+        stack_specs(paths, "shop", environ if environ is not None else {})
+    return info.value.errors
+
+
+def test_files_that_are_not_utf8_name_file_line_and_key(tmp_path):
+    path = _write_bytes(tmp_path, "compose.yml", b"services:\n  web:\n    image: busybox\n"
+                        b"    environment:\n      NAME: caf\xe9\n")
+    assert _errors([path]) == [f"{path}:5: services.web.environment.NAME: the file is not UTF-8 "
+                               "(byte 0xe9); save it as UTF-8"]
+    # an env_file: every line that is not UTF-8, by line and variable
+    env = _write_bytes(tmp_path, "app.env", b"A=1\nNAME=caf\xe9\nexport B=\xff\n")
+    path = _write_bytes(tmp_path, "compose.yml", b"services:\n  web:\n    image: busybox\n"
+                        b"    env_file: app.env\n")
+    assert _errors([path]) == [
+        f"{env}:2: NAME: the file is not UTF-8 (byte 0xe9); save it as UTF-8",
+        f"{env}:3: B: the file is not UTF-8 (byte 0xff); save it as UTF-8"]
+    # the .env next to the Compose file
+    dotenv = _write_bytes(tmp_path, ".env", b"# settings\nTAG=\xe91\n")
+    assert _errors([path]) == [f"{dotenv}:2: TAG: the file is not UTF-8 (byte 0xe9); "
+                               "save it as UTF-8"]
+
+
+def test_a_condition_of_the_wrong_type_is_an_error(tmp_path):
+    path, error = one_error(tmp_path, """\
+        services:
+          web:
+            image: busybox
+            depends_on: {db: {condition: [service_started]}}
+          db:
+            image: busybox
+        """)
+    assert error == (f"{path}:4: services.web.depends_on.db.condition: must be service_started, "
+                     "service_healthy, service_completed_successfully")
+
+
+def test_merge_tags_reset_and_override(tmp_path):
+    base = write(tmp_path, """\
+        services:
+          web:
+            image: busybox:1
+            environment: {A: "1", B: "2"}
+            ports: ["8080:80", "8443:443"]
+            volumes: ["/srv/a:/data"]
+            deploy:
+              replicas: 3
+              placement: {constraints: [node.role==worker]}
+        """)
+    override = write(tmp_path, """\
+        services:
+          web:
+            environment:
+              B: !reset null
+              C: "3"
+            ports: !override ["9090:90"]
+            volumes: !reset []
+            deploy:
+              replicas: !reset
+              placement: !override
+                constraints: [node.labels.zone==a]
+        """, "compose.override.yml")
+    _, specs, _ = stack_specs([base, override], "s", {})
+    web = specs[0]
+    c = web["task"]["container"]
+    assert c["env"] == ["A=1", "C=3"]
+    assert "mounts" not in c
+    assert [p["published"] for p in web["endpoint"]["ports"]] == [9090]
+    assert "replicas" not in web                          # back to the default (1)
+    assert web["task"]["placement"]["constraints"] == ["node.labels.zone==a"]
+    # a later file may set a reset key again; in a single file the tags
+    # simply remove or set
+    again = write(tmp_path, "services:\n  web:\n    volumes: [\"/srv/c:/c\"]\n", "third.yml")
+    _, specs, _ = stack_specs([base, override, again], "s", {})
+    assert specs[0]["task"]["container"]["mounts"] == [
+        {"type": "bind", "source": "/srv/c", "target": "/c"}]
+    single = write(tmp_path, """\
+        services:
+          web:
+            image: !override busybox:3
+            ports: !reset ["1:1"]
+            environment: [A=1, !reset B=2]
+        """, "single.yml")
+    _, specs, _ = stack_specs([single], "s", {})
+    c = specs[0]["task"]["container"]
+    assert c["image"] == "busybox:3" and c["env"] == ["A=1"] and "endpoint" not in specs[0]
+
+
+def test_unknown_yaml_tags_name_line_and_key(tmp_path):
+    path, errors = errors_of(tmp_path, """\
+        services:
+          web:
+            image: busybox
+            ports: !merge ["8080:80"]
+            labels: !!python/object:os.system {}
+        """)
+    assert errors == [
+        f"{path}:4: services.web.ports: unknown YAML tag '!merge': Compose files take only "
+        "!reset (remove what earlier files set) and !override (replace it)",
+        f"{path}:5: services.web.labels: unknown YAML tag '!!python/object:os.system': Compose "
+        "files take only !reset (remove what earlier files set) and !override (replace it)"]
+
+
+def test_files_too_deep_or_too_large_are_refused(tmp_path):
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+        for i in range(8)) + "services: {web: {image: busybox}}\n"
+    path, error = one_error(tmp_path, laughs)
+    assert error.startswith(f"{path}:") and "more than 200000 values once its aliases" in error
+    path, error = one_error(tmp_path, "services: {web: {image: busybox, x-a: "
+                            + "[" * 100 + "]" * 100 + "}}\n")
+    assert error.startswith(f"{path}:1: services.web.x-a") and "nested more than 64" in error
+    path, error = one_error(tmp_path, "services: {web: {image: busybox, x-a: "
+                            + "[" * 5000 + "]" * 5000 + "}}\n")
+    assert error == f"{path}:1: values are nested more than 64 levels deep"
+    path, error = one_error(tmp_path, "services:\n  web:\n    image: busy\x01box\n")
+    assert error == (f"{path}:3: invalid YAML: character U+0001 is not allowed (a control "
+                     "character other than tab and newline)")

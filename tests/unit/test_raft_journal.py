@@ -1,7 +1,10 @@
 import os
 import time
 
-from flotilla.manager.raft.journal import DurableJournal
+import pytest
+
+from flotilla.manager.raft.journal import (DurableJournal, JournalDamaged, check_journal,
+                                             repair_journal)
 
 
 def test_entries_survive_reopen(tmp_path):
@@ -66,6 +69,65 @@ def test_corrupt_record_stops_replay(tmp_path):
     data[-3] ^= 0xFF                     # flip a byte in the last record
     open(path, "wb").write(bytes(data))
     assert len(DurableJournal(str(tmp_path))) == 2
+
+
+def _journal_of(tmp_path, count, size=40):
+    j = DurableJournal(str(tmp_path))
+    for i in range(1, count + 1):
+        j.add(b"%04d" % i + b"x" * size, i, 1)
+    offsets = list(j._offsets)
+    j._destroy()
+    return os.path.join(str(tmp_path), "log"), offsets
+
+
+def _damage(path, at, data):
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(data)
+
+
+def test_a_bad_record_followed_by_intact_ones_refuses_to_open(tmp_path):
+    path, offsets = _journal_of(tmp_path, 10)
+    size = os.path.getsize(path)
+    _damage(path, offsets[4] + 20, b"\xff")          # one byte of entry 5's command
+    with pytest.raises(JournalDamaged) as damaged:
+        DurableJournal(str(tmp_path))
+    message = str(damaged.value)
+    assert f"{path} is damaged at byte {offsets[4]}" in message
+    assert "--repair-journal" in message and "\n" not in message
+    assert os.path.getsize(path) == size                # nothing was cut
+    assert check_journal(str(tmp_path)).offset == offsets[4]
+    # Repair cuts at the bad record; the entries after it are gone here
+    # (Raft fetches them again from the leader).
+    said = repair_journal(str(tmp_path))
+    assert f"cut at byte {offsets[4]}" in said and "5 intact records" in said
+    j = DurableJournal(str(tmp_path))
+    assert [e[1] for e in j] == [1, 2, 3, 4]
+    j.add(b"next", 5, 2)
+    j._destroy()
+    assert [e[1] for e in DurableJournal(str(tmp_path))] == [1, 2, 3, 4, 5]
+    assert check_journal(str(tmp_path)) is None and repair_journal(str(tmp_path)) is None
+
+
+def test_a_bad_record_header_followed_by_intact_ones_refuses_to_open(tmp_path):
+    path, offsets = _journal_of(tmp_path, 10)
+    _damage(path, offsets[2], b"\x13\x37\x13\x37")   # entry 3's length
+    with pytest.raises(JournalDamaged) as damaged:
+        DurableJournal(str(tmp_path))
+    assert damaged.value.offset == offsets[2] and damaged.value.next_record == offsets[3]
+
+
+def test_unwritten_blocks_before_intact_records_are_a_torn_tail(tmp_path):
+    # A power cut can leave some blocks of the records appended since the
+    # last sync on disk and not others, which read as zeros: never synced,
+    # never acknowledged, so cut like any torn tail.
+    path, offsets = _journal_of(tmp_path, 60, size=100)
+    sector = -(-offsets[30] // 512) * 512
+    _damage(path, sector, bytes(512))
+    first_bad = max(o for o in offsets if o <= sector)
+    j = DurableJournal(str(tmp_path))
+    assert [e[1] for e in j] == list(range(1, offsets.index(first_bad) + 1))
+    assert os.path.getsize(path) == first_bad
 
 
 def test_term_and_vote_are_durable_immediately(tmp_path):

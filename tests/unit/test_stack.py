@@ -145,3 +145,25 @@ def test_compose_errors_and_foreign_services(api, tmp_path):
     res = run("deploy", "-d", "-c", str(path))
     assert res.exit_code == 1
     assert "no stack name: give one, or set name at the top of the Compose file" in res.output
+
+
+def test_unreadable_files_are_one_line_errors(api, tmp_path):
+    """A Compose file that is not UTF-8, a condition of the wrong type: one
+    line each naming file, line and key, exit code 1, nothing sent."""
+    path = tmp_path / "compose.yml"
+    path.write_bytes(b"services:\n  web:\n    image: busybox\n    environment:\n"
+                     b"      NAME: caf\xe9\n")
+    res = run("deploy", "-c", str(path), "s")
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.exception
+    assert res.output.splitlines() == [
+        f"error: {path}:5: services.web.environment.NAME: the file is not UTF-8 (byte 0xe9); "
+        "save it as UTF-8"]
+    path.write_text("services:\n  web:\n    image: busybox\n"
+                    "    depends_on: {db: {condition: [service_started]}}\n"
+                    "  db:\n    image: busybox\n    ports: !reset\n")
+    res = run("deploy", "-c", str(path), "s")
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.exception
+    assert res.output.splitlines() == [
+        f"error: {path}:4: services.web.depends_on.db.condition: must be service_started, "
+        "service_healthy, service_completed_successfully"]
+    assert api.calls == []

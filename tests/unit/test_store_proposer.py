@@ -142,3 +142,31 @@ def test_an_answered_group_is_freed_without_the_cycle_collector():
         gc.garbage.clear()
         gc.enable()
         s.stop()
+
+
+def test_an_entry_refused_whole_fails_each_of_its_writes_at_once():
+    # Every member refused the entry (it did not decode as a batch): its
+    # writers get a definite error, not "outcome unknown" after a timeout.
+    s, raft = _store()
+    try:
+        out = {}
+
+        def write(i):
+            try:
+                s.commit(_config(i), timeout=10)
+            except store_mod.StoreError as exc:
+                out[i] = exc
+
+        writer = threading.Thread(target=write, args=(0,))
+        writer.start()
+        [(_, callback)] = raft.wait_entries(1)
+        started = time.monotonic()
+        callback({"ok": False, "error": {"code": "refused", "message": "malformed raft entry "
+                                         "refused: undecodable payload"}}, FAIL_REASON.SUCCESS)
+        writer.join(5)
+        assert time.monotonic() - started < 2
+        assert isinstance(out[0], store_mod.TxnFailed)
+        assert out[0].status == 500 and out[0].code == "refused"
+        assert "malformed raft entry refused" in str(out[0])
+    finally:
+        s.stop()

@@ -257,3 +257,149 @@ def test_the_store_sends_compact_operations_only_when_every_manager_applies_them
     [by_ref, patch] = store._compact([create, update])
     assert by_ref["spec_of"] == "s" and "spec" not in by_ref["obj"]
     assert patch["op"] == "patch" and patch["set"] == {"name": "www"}
+
+
+# -- applying is total: what cannot be applied is refused, the same everywhere ----------
+
+def _good(i):
+    return txn(Op.create("config", {"id": f"good{i}", "name": f"good-{i}"}))
+
+
+MALFORMED = [
+    "not a transaction",
+    {"rid": ["a", "list"], "ts": 1.0, "ops": []},
+    txn("not an operation"),
+    txn(Op.delete("config", ["a", "list"])),
+    txn(Op.create("config", {"id": "c1", "name": ["a", "list"]})),
+    # Each of these used to fail half-way through changing the maps: the
+    # config was stored, then the task's index or count raised.
+    txn(Op.create("config", {"id": "c2", "name": "c2"}),
+        Op.create("task", {"id": "t1", "node_id": {"a": "map"}})),
+    txn(Op.create("config", {"id": "c3", "name": "c3"}),
+        Op.create("task", {"id": "t2", "service_id": "s", "desired_state": "running",
+                           "status": "up"})),
+    # A task by reference to a service that has no spec.
+    txn(Op.create("service", {"id": "s1", "name": "s1", "spec_version": 1}),
+        {"op": "create", "kind": "task", "spec_of": "s1",
+         "obj": {"id": "t3", "service_id": "s1", "spec_version": 1}}),
+]
+
+
+def test_a_transaction_that_cannot_be_applied_is_refused_and_changes_nothing():
+    hub = EventHub()
+    sm = StateMachine(hub)
+    w = hub.watch()
+    for i, bad in enumerate(MALFORMED):
+        results = apply(sm, _good(2 * i), bad, _good(2 * i + 1))
+        assert [r["ok"] for r in results] == [True, False, True], (bad, results)
+        assert results[1]["error"]["code"] == "invalid"
+        assert results[1]["error"]["message"].startswith("transaction refused")
+    assert sm.index == 2 * len(MALFORMED)
+    good = {f"good{i}" for i in range(2 * len(MALFORMED))}
+    assert {c["id"] for c in sm.list("config")} == good
+    assert sm.list("task") == [] and sm.list("service") == []
+    assert sm.by_unique("config", "name", "c2") is None and sm.task_counts("s") == (0, 0)
+    assert [e.id for e in w.next(0)] == [f"good{i}" for i in range(2 * len(MALFORMED))]
+
+
+def test_a_failure_while_changing_the_maps_is_undone(monkeypatch):
+    # Should changing the maps fail anyway (the checks before it missed
+    # something), what the transaction had changed is put back.
+    sm = StateMachine()
+    apply(sm, txn(Op.create("config", {"id": "a", "name": "one"})),
+          txn(Op.create("task", {"id": "t0", "service_id": "s", "node_id": "n",
+                                 "desired_state": "running", "status": {"state": "running"}})))
+    real_index = StateMachine._index
+
+    def failing_index(self, kind, obj, old=None):
+        if obj.get("id") == "t1":
+            raise RuntimeError("index failed")
+        return real_index(self, kind, obj, old)
+
+    monkeypatch.setattr(StateMachine, "_index", failing_index)
+    [r] = apply(sm, txn(Op.update("config", {"id": "a", "name": "renamed"}),
+                        Op.delete("task", "t0"),
+                        Op.create("task", {"id": "t1", "service_id": "s", "node_id": "n",
+                                           "desired_state": "running",
+                                           "status": {"state": "running"}})))
+    assert not r["ok"] and "index failed" in r["error"]["message"]
+    assert sm.index == 2
+    assert sm.get("config", "a")["name"] == "one" and sm.get("task", "t1") is None
+    assert sm.by_unique("config", "name", "one")["id"] == "a"
+    assert sm.by_unique("config", "name", "renamed") is None
+    assert [t["id"] for t in sm.by_index("task", "node_id", "n")] == ["t0"]
+    assert sm.task_counts("s") == (1, 1)
+    monkeypatch.setattr(StateMachine, "_index", real_index)
+    [r] = apply(sm, txn(Op.update("config", {"id": "a", "name": "renamed"})))
+    assert r["ok"] and r["index"] == 3
+
+
+def test_an_entry_that_is_not_a_batch_is_refused_whole():
+    sm = StateMachine()
+    for payload in (b"\xc1", codec.pack(["txns"]), codec.pack({"txns": "x"}), b""):
+        result = sm.apply(payload)
+        assert result["ok"] is False and result["error"]["code"] == "refused", payload
+    assert sm.index == 0
+    [r] = apply(sm, _good(0))
+    assert r["ok"]
+
+
+def _scramble(rng, value, depth=0):
+    """``value`` with a few parts replaced by values of other types."""
+    pool = [None, 0, 7, 1.5, True, "", "x", "running", b"\x00", [], ["a"], {}, {"k": 1},
+            {"state": "running"}]
+    if depth > 3 or rng.random() < 0.15:
+        return rng.choice(pool)
+    if isinstance(value, dict):
+        out = {k: _scramble(rng, v, depth + 1) if rng.random() < 0.3 else v
+               for k, v in value.items()}
+        if rng.random() < 0.1:
+            out[rng.choice(["id", "name", "node_id", "status", "spec"])] = rng.choice(pool)
+        return out
+    if isinstance(value, list):
+        return [_scramble(rng, v, depth + 1) if rng.random() < 0.3 else v for v in value]
+    return value
+
+
+def test_members_agree_on_every_entry_however_malformed():
+    # Two members apply the same entries, a third of them scrambled: no
+    # entry raises, and both end in the same state with the same answers.
+    import random
+
+    rng = random.Random(20240607)
+    members = [StateMachine(), StateMachine()]
+    entries = []
+    for i in range(600):
+        sid, tid = f"s{i % 7}", f"t{i % 23}"
+        ops = rng.choice([
+            [Op.create("service", {"id": sid, "name": sid, "spec_version": 1,
+                                   "spec": {"task": {"image": "x"}}})],
+            [Op.upsert("task", {"id": tid, "service_id": sid, "node_id": f"n{i % 3}",
+                                "desired_state": "running", "status": {"state": "running"},
+                                "spec": {"image": "x"}})],
+            [Op.patch("task", tid, {"status": {"state": "failed"}}, unset=["node_id"])],
+            [{"op": "create", "kind": "task", "spec_of": sid,
+              "obj": {"id": f"r{i}", "service_id": sid, "spec_version": 1}}],
+            [Op.delete("task", tid), Op.create("config", {"id": f"c{i}", "name": f"c{i % 5}"})],
+        ])
+        t = txn(*ops, rid=f"rid{i % 50}" if rng.random() < 0.2 else None, ts=float(i))
+        if rng.random() < 0.35:
+            t = _scramble(rng, t)
+        entries.append(codec.pack({"txns": [t]}))
+    answers = [[sm.apply(e) for e in entries] for sm in members]
+    assert answers[0] == answers[1]
+    assert sum(1 for a in answers[0] if not a[0]["ok"]) > 50
+    a, b = members
+    assert a.index == b.index and a.objects == b.objects
+    assert a._unique == b._unique and a._indexes == b._indexes and a._counts == b._counts
+
+
+def test_a_task_without_ports_can_be_updated():
+    # Sharing the ports of a task's previous version used to raise when
+    # neither version had any, half-way through the update.
+    sm = StateMachine()
+    task = {"id": "t", "service_id": "s", "spec": {"image": "x"}, "desired_state": "running"}
+    apply(sm, txn(Op.create("task", task)))
+    [r] = apply(sm, txn(Op.update("task", dict(task, desired_state="shutdown"), version=1)))
+    assert r["ok"] and sm.get("task", "t")["desired_state"] == "shutdown"
+    assert "ports" not in sm.get("task", "t") and sm.task_counts("s") == (0, 0)

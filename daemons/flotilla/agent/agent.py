@@ -28,7 +28,8 @@ class Agent:
     def __init__(self, cfg, client, on_update, on_removed, docker_client=None):
         self.cfg = cfg
         # Enough engine connections for the worker's stop pool (see worker.py).
-        self.executor = DockerExecutor(cfg.node_id, docker_client, max_pool_size=160)
+        self.executor = DockerExecutor(cfg.node_id, docker_client, max_pool_size=160,
+                                       hostname=cfg.hostname)
         self.link = DispatcherLink(client)
         self.reporter = Reporter(self.link)
         self.worker = Worker(cfg.node_id, os.path.join(cfg.data_dir, "agent"), self.executor,

@@ -4,7 +4,8 @@ A controller drives its task toward ``min(desired state, running)``::
 
     assigned -> accepted -> preparing -> ready -> starting -> running
                                |           |          |          |
-                               +-> rejected (image, mounts, create or start error)
+                               +-> rejected (image, templates, mounts, create or
+                                            start error)
                                                       +----------+-> complete (exit 0)
                                                                  +-> failed (non-zero exit,
                                                                      out of memory, unhealthy,
@@ -45,8 +46,8 @@ from typing import Callable
 
 from ..common import taskmodel
 from ..common.taskmodel import at_least, before, finished
-from .executor import (APIError, ImageUnavailable, container_address, grace_seconds,
-                       log_timestamp, probed)
+from .executor import (APIError, ImageUnavailable, TemplateError, container_address,
+                       grace_seconds, log_timestamp, probed)
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,9 @@ class Controller:
             self.container_id = self._executor.create(task)
         except APIError as exc:
             self._report("rejected", "creating the container failed", err=_explain(exc))
+            return False
+        except TemplateError as exc:
+            self._report("rejected", "expanding the spec's templates failed", err=str(exc))
             return False
         self._report("ready")
         return True

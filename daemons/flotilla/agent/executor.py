@@ -2,8 +2,11 @@
 
 The executor is the only part of the agent that talks to the Docker engine.
 It turns a task into a container (name, labels, entrypoint, mounts, limits,
-published ports, healthcheck...), and offers the few container operations a
-task controller needs. Every container it creates or lists carries the label
+published ports, healthcheck...), expanding the spec's templates
+(``{{.Node.ID}}``, ``{{.Task.Slot}}``... in environment values, hostname and
+mounts, see ``common/template.py``) with this node's id, hostname and
+platform, and offers the few container operations a task controller needs.
+Every container it creates or lists carries the label
 ``flotilla.node.id=<node id>``: several nodes may share one engine, and each
 only ever sees and touches its own containers.
 """
@@ -22,7 +25,8 @@ from docker import errors as docker_errors
 from docker.types import Healthcheck, Mount
 from docker.utils import parse_repository_tag
 
-from ..common import taskmodel
+from ..common import taskmodel, template
+from ..common.template import TemplateError  # noqa: F401 (raised by create)
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +136,13 @@ class DockerExecutor:
     """Docker engine access for one node."""
 
     def __init__(self, node_id: str, docker_client=None, pull: bool = True,
-                 pull_timeout: float = PULL_TIMEOUT, max_pool_size: int = 32):
+                 pull_timeout: float = PULL_TIMEOUT, max_pool_size: int = 32,
+                 hostname: str | None = None):
+        """``hostname`` is the node's (what it registers with; the engine's
+        host name when None), for ``{{.Node.Hostname}}``."""
         self.node_id = node_id
+        self.hostname = hostname
+        self._node_platform: dict | None = None
         self.pull = pull
         self.pull_timeout = pull_timeout
         self._client = docker_client
@@ -245,10 +254,27 @@ class DockerExecutor:
         })
         return labels
 
+    def template_context(self, task: dict) -> dict:
+        """What the spec's placeholders stand for, for ``task`` on this node:
+        the node's hostname and platform as it registers them."""
+        if self._node_platform is None or not self.hostname:
+            try:
+                found = self.describe()
+            except Exception:   # the engine is down: creating fails anyway
+                found = {}
+            if self._node_platform is None:
+                from ..node.bootstrap import local_platform
+                self._node_platform = found.get("platform") or local_platform()
+            if not self.hostname:
+                self.hostname = found.get("hostname") or ""
+        return template.context(task, self.node_id, self.hostname, self._node_platform)
+
     def create(self, task: dict) -> str:
-        """Create (not start) the task's container; returns its id."""
+        """Create (not start) the task's container; returns its id. Raises
+        TemplateError if the spec holds a template this node cannot expand
+        (specs are checked when submitted: only one stored before that)."""
         spec = task["spec"]
-        c = spec["container"]
+        c = template.expand_container(spec["container"], self.template_context(task))
         limits = (spec.get("resources") or {}).get("limits") or {}
         cpus = float(limits.get("cpus") or 0)
         memory = int(limits.get("memory") or 0)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import yaml
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
-from yaml.nodes import ScalarNode
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 from yaml.parser import Parser
 from yaml.reader import Reader
 from yaml.resolver import BaseResolver
@@ -112,9 +112,27 @@ class _Loader(Reader, Scanner, Parser, Composer, SafeConstructor, _Resolver):
         _Resolver.__init__(self)
         self.filename = filename
         self.problems: list[str] = []
+        self.placed: list[tuple[Mark, str]] = []    # problems to name with their key path
 
     def mark_of(self, node) -> Mark:
         return Mark(self.filename, node.start_mark.line + 1)
+
+
+class Reset:
+    """A value tagged ``!reset``: the key is removed from what the earlier
+    files (and this one) set; a later file may set it again."""
+
+    def __init__(self, mark: Mark | None = None):
+        self.mark = mark
+
+
+class Override:
+    """A value tagged ``!override``: it replaces what the earlier files set
+    instead of being merged into it."""
+
+    def __init__(self, value, mark: Mark | None = None):
+        self.value = value
+        self.mark = mark
 
 
 def _construct_map(loader: _Loader, node):
@@ -156,34 +174,164 @@ def _construct_int(loader: _Loader, node) -> int:
     return sign * int(text, 10)
 
 
+def _construct_reset(loader: _Loader, node) -> Reset:
+    return Reset(loader.mark_of(node))
+
+
+def _construct_override(loader: _Loader, node) -> Override:
+    """The value as if it had no tag, marked to replace."""
+    if isinstance(node, ScalarNode):
+        tag = loader.resolve(ScalarNode, node.value, (True, False)) if node.style is None \
+            else "tag:yaml.org,2002:str"
+        plain = ScalarNode(tag, node.value, node.start_mark, node.end_mark, node.style)
+    elif isinstance(node, SequenceNode):
+        plain = SequenceNode("tag:yaml.org,2002:seq", node.value, node.start_mark, node.end_mark,
+                             node.flow_style)
+    else:
+        plain = MappingNode("tag:yaml.org,2002:map", node.value, node.start_mark, node.end_mark,
+                            node.flow_style)
+    return Override(loader.construct_object(plain, deep=True), loader.mark_of(node))
+
+
+def _construct_unknown(loader: _Loader, node):
+    tag = str(node.tag)
+    if tag.startswith("tag:yaml.org,2002:"):
+        tag = "!!" + tag[len("tag:yaml.org,2002:"):]
+    loader.placed.append((loader.mark_of(node), f"unknown YAML tag {tag[:60]!r}: Compose "
+                          "files take only !reset (remove what earlier files set) and !override "
+                          "(replace it)"))
+    return None
+
+
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("!reset", _construct_reset)
+_Loader.add_constructor("!override", _construct_override)
+_Loader.add_constructor(None, _construct_unknown)
+
+# A file nested deeper than this, or whose aliases expand to more values, is
+# refused (no Compose file comes near; a few lines of aliases could otherwise
+# expand to billions of values).
+MAX_DEPTH = 64
+MAX_VALUES = 200_000
+
+
+def _children(v):
+    if isinstance(v, Override):
+        v = v.value
+    if isinstance(v, dict):
+        return [(k, x, v.at(k) if isinstance(v, Map) else None) for k, x in v.items()]
+    if isinstance(v, list):
+        return [(i, x, v.at(i) if isinstance(v, Seq) else None) for i, x in enumerate(v)]
+    return []
+
+
+def path_at(data, line: int, file: str) -> str:
+    """The dotted path of the deepest key (or list item) of ``file`` written
+    on ``line``, or "" (aliases are not followed twice)."""
+    best, seen = "", set()
+    stack = [(data, "")]
+    while stack:
+        cur, path = stack.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        for key, child, mark in _children(cur):
+            sub = f"{path}[{key}]" if isinstance(key, int) else _join(path, key)
+            if mark is not None and mark.file == file and mark.line == line and \
+                    sub.count(".") + sub.count("[") >= best.count(".") + best.count("["):
+                best = sub
+            stack.append((child, sub))
+    return best
+
+
+def _check_size(data: Map, path: str) -> None:
+    count, stack = 0, [(data, 0, "", data.mark)]
+    while stack:
+        cur, depth, where, mark = stack.pop()
+        count += 1
+        problem = None
+        if depth > MAX_DEPTH:
+            problem = f"values are nested more than {MAX_DEPTH} levels deep"
+        elif count > MAX_VALUES:
+            problem = f"the file holds more than {MAX_VALUES} values once its aliases are expanded"
+        if problem:
+            raise ComposeError([f"{mark or path}: {where}: {problem}" if where
+                                else f"{mark or path}: {problem}"])
+        for key, child, at in _children(cur):
+            sub = f"{where}[{key}]" if isinstance(key, int) else _join(where, key)
+            stack.append((child, depth + 1, sub if depth < 8 else where, at or mark))
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _parse(text: str, path: str):
+    """(data, loader) of one YAML document; ComposeError if it is not YAML."""
+    loader = None
+    try:
+        loader = _Loader(text, path)
+        return loader.get_single_data(), loader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        raise ComposeError([f"{path}:{line}: invalid YAML: "
+                            f"{_one_line(exc.problem or exc.context)}"]) from None
+    except yaml.reader.ReaderError as exc:
+        # a control character: say where, as a line
+        line = text.count("\n", 0, max(0, exc.position)) + 1
+        char = exc.character
+        char = char if isinstance(char, int) else ord(str(char)[:1] or "\0")
+        raise ComposeError([f"{path}:{line}: invalid YAML: character U+{char:04X} is not "
+                            "allowed (a control character other than tab and newline)"]) from None
+    except yaml.YAMLError as exc:
+        raise ComposeError([f"{path}: invalid YAML: {_one_line(exc)}"]) from None
+    except RecursionError:
+        line = loader.line + 1 if loader is not None else 1
+        raise ComposeError([f"{path}:{line}: values are nested more than {MAX_DEPTH} levels "
+                            "deep"]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError, path: str) -> str:
+    """Where a file stops being UTF-8: line, key and the bad byte."""
+    line = raw.count(b"\n", 0, exc.start) + 1
+    try:
+        data, _ = _parse(raw.decode("utf-8", "replace"), path)
+        key = path_at(data, line, path)
+    except ComposeError:
+        key = ""
+    where = f"{path}:{line}: {key}: " if key else f"{path}:{line}: "
+    return (f"{where}the file is not UTF-8 (byte 0x{raw[exc.start]:02x}); "
+            "save it as UTF-8")
 
 
 def _read_yaml(path: str):
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as exc:
         raise ComposeError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    loader = _Loader(text, path)
     try:
-        data = loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        raise ComposeError([f"{path}:{line}: invalid YAML: {exc.problem or exc.context}"]) from None
-    except yaml.YAMLError as exc:
-        raise ComposeError([f"{path}: invalid YAML: {exc}"]) from None
-    finally:
-        loader.dispose()
-    if loader.problems:
-        raise ComposeError(loader.problems)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ComposeError([_not_utf8(raw, exc, path)]) from None
+    data, loader = _parse(text, path)
+    problems = list(loader.problems)
+    for mark, message in loader.placed:
+        key = path_at(data, mark.line, path)
+        problems.append(f"{mark}: {key}: {message}" if key else f"{mark}: {message}")
+    if problems:
+        raise ComposeError(problems)
     if data is None:
         raise ComposeError([f"{path}:1: the file is empty"])
     if not isinstance(data, Map):
         raise ComposeError([f"{path}:1: the top level must be a mapping"])
+    _check_size(data, path)
     return data
 
 
@@ -210,6 +358,8 @@ class Interpolator:
         self._warned: set[str] = set()
 
     def value(self, v, mark, path: str):
+        if isinstance(v, Override):
+            return Override(self.value(v.value, mark, path), v.mark)
         if isinstance(v, Map):
             return Map(((k, self.value(x, v.at(k), _join(path, k))) for k, x in v.items()),
                        v.mark, v.marks)
@@ -306,11 +456,20 @@ def read_env_file(path: str, env: dict | None = None, problems: list | None = No
     Returns KEY -> value (None for a bare KEY missing from ``env``)."""
     problems = problems if problems is not None else []
     env = dict(env or {})
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    with open(path, "rb") as f:
+        data = f.read()
     out: dict = {}
     interp = Interpolator(env, problems, warnings if warnings is not None else [])
-    for n, raw in enumerate(lines, 1):
+    for n, encoded in enumerate(data.splitlines(), 1):
+        try:
+            raw = encoded.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            key = encoded.partition(b"=")[0].strip().decode("utf-8", "replace")
+            key = key[7:].lstrip() if key.startswith("export ") else key
+            where = f"{key[:60]}: " if ENV_KEY.match(key) else ""
+            problems.append(f"{path}:{n}: {where}the file is not UTF-8 "
+                            f"(byte 0x{encoded[exc.start]:02x}); save it as UTF-8")
+            continue
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -371,7 +530,12 @@ def load(paths: list[str], environ: dict | None = None) -> Project:
     warnings: list[str] = []
     dotenv = os.path.join(directory, ".env")
     if os.path.isfile(dotenv):
-        for key, val in read_env_file(dotenv, env, errors, warnings).items():
+        try:
+            values = read_env_file(dotenv, env, errors, warnings)
+        except OSError as exc:
+            errors.append(f"{dotenv}: cannot read: {exc.strerror or exc}")
+            values = {}
+        for key, val in values.items():
             if key not in env and val is not None:
                 env[key] = val
     merged = None
@@ -383,7 +547,7 @@ def load(paths: list[str], environ: dict | None = None) -> Project:
             errors.extend(exc.errors)
             continue
         data = interp.value(raw, raw.mark, "")
-        merged = data if merged is None else _merge(merged, data, ())
+        merged = _settle(data if merged is None else _merge(merged, data, ()))
     if errors:
         raise ComposeError(errors + problems)
     return Project(merged, list(paths), directory, env, warnings, problems)
@@ -391,7 +555,8 @@ def load(paths: list[str], environ: dict | None = None) -> Project:
 
 def _volume_target(item):
     if isinstance(item, Map):
-        return item.get("target")
+        target = item.get("target")
+        return target if isinstance(target, str) else None
     if isinstance(item, str):
         parts = item.split(":")
         return parts[1] if len(parts) > 1 else parts[0]
@@ -470,10 +635,37 @@ _MERGE_RULES = {
 }
 
 
+def _settle(v):
+    """The merge's result with the merge tags applied: keys (and list items)
+    tagged ``!reset`` removed, ``!override`` values in place."""
+    if isinstance(v, Override):
+        v = v.value
+    if isinstance(v, Map):
+        out = Map(mark=v.mark)
+        for key, x in v.items():
+            if not isinstance(x, Reset):
+                out[key] = _settle(x)
+                out.marks[key] = v.at(key)
+        return out
+    if isinstance(v, Seq):
+        out = Seq(mark=v.mark)
+        for i, x in enumerate(v):
+            if not isinstance(x, Reset):
+                out.append(_settle(x))
+                out.marks.append(v.at(i))
+        return out
+    return v
+
+
 def _merge(a, b, path: tuple):
     """Compose's merge of a later file into an earlier one: mappings merge key
     by key, environment and labels by variable, volumes by target, ports and
-    constraints are appended, anything else is replaced."""
+    constraints are appended, anything else is replaced; a value tagged
+    ``!override`` replaces, one tagged ``!reset`` removes (see ``_settle``)."""
+    if isinstance(b, Override):
+        return b.value
+    if isinstance(b, Reset):
+        return b
     pattern = ("services", "*") + path[2:] if len(path) >= 2 and path[0] == "services" else path
     rule = _MERGE_RULES.get(pattern)
     if rule is not None:
@@ -798,6 +990,7 @@ class _Translator:
             container["env"] = [f"{k}={v}" for k, v in env.items()]
             key = "environment" if "environment" in svc else "env_file"
             origin.add(("task", "container", "env"), sub(key), at(key))
+            self.env_origins(list(env), svc.get("environment"), sub("environment"), origin)
         labels = {}
         if svc.get("labels") is not None:
             labels = self.pairs(svc["labels"], at("labels"), sub("labels"), False) or {}
@@ -843,6 +1036,20 @@ class _Translator:
         if len(self.errors) > first_error:
             return None
         return self.validate(spec, origin)
+
+    @staticmethod
+    def env_origins(keys: list, environment, path: str, origin: _Origin):
+        """Place each environment entry at its own line (an entry from an
+        env_file keeps the service's)."""
+        for i, key in enumerate(keys):
+            if isinstance(environment, Map) and key in environment:
+                origin.add(("task", "container", "env", i), f"{path}.{key}", environment.at(key),
+                           exact=True)
+            elif isinstance(environment, Seq):
+                for j, item in enumerate(environment):
+                    if isinstance(item, str) and item.partition("=")[0] == key:
+                        origin.add(("task", "container", "env", i), f"{path}[{j}]",
+                                   environment.at(j), exact=True)
 
     def reserved(self, labels: dict, mark, path):
         if STACK_LABEL in labels:
@@ -1280,7 +1487,8 @@ class _Translator:
                         continue
                     self.keys(conf, where, {"condition"})
                     if conf.get("condition") is not None:
-                        condition = CONDITIONS.get(conf["condition"])
+                        given = conf["condition"]
+                        condition = CONDITIONS.get(given) if isinstance(given, str) else None
                         if condition is None:
                             self.err(conf.at("condition"), f"{where}.condition",
                                      "must be " + ", ".join(CONDITIONS))

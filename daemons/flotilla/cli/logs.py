@@ -68,8 +68,12 @@ class _Printer:
             if u["node_id"] in self.warned:
                 continue
             self.warned.add(u["node_id"])
-            click.echo(f"warning: logs from node {u.get('node') or u['node_id']} unavailable: "
-                       f"{u['error']}", err=True)
+            name = u.get("node") or u["node_id"]
+            if u.get("truncated"):
+                click.echo(f"warning: logs from node {name} truncated: {u['error']} "
+                           "(ask for fewer lines with --tail or --since)", err=True)
+            else:
+                click.echo(f"warning: logs from node {name} unavailable: {u['error']}", err=True)
 
 
 @click.command("logs")
@@ -85,8 +89,9 @@ def logs(ctx: Context, follow, tail, timestamps, no_task_ids, ref):
     """Print what a service's tasks wrote to stdout and stderr (stderr lines
     go to stderr), oldest first, each prefixed with its task and node.
 
-    Nodes that cannot be reached are reported once on stderr; the lines of
-    the others are still printed.
+    Nodes that cannot be reached, or that answer too slowly (5 s) or too
+    much (over 8 MiB) for one request, are reported once on stderr; the
+    lines of the others are still printed.
     """
     out = _Printer(ctx.json, timestamps, not no_task_ids)
     path = f"/v1/services/{urllib.parse.quote(ref, safe='')}/logs"

@@ -9,7 +9,7 @@ import click
 
 from ..common import logs
 from ..common.config import ConfigError, NodeConfig
-from ..common.units import parse_duration
+from ..common.units import format_duration, parse_duration
 from .context import call
 from .fmt import format_option
 from .output import emit_json, table
@@ -22,6 +22,10 @@ def _duration(_ctx, _param, value):
         return parse_duration(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _show_duration(seconds: float) -> str:
+    return format_duration(seconds) if seconds == int(seconds) else f"{seconds:g}s"
 
 
 @click.group()
@@ -73,6 +77,16 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
             if not resume_ok:
                 raise click.ClickException(f"{data_dir} already holds node {cfg.node_id} of "
                                            f"cluster {cfg.cluster_id}")
+            for flag, value in (("--cert-expiry", cert_expiry),
+                                ("--heartbeat-period", heartbeat_period)):
+                if value is not None:
+                    # A cluster setting: applying it here would surprise
+                    # the other nodes, ignoring it would surprise the user.
+                    raise click.ClickException(
+                        f"{flag} is a cluster setting, taken only when --init creates the "
+                        f"cluster; {data_dir} already holds node {cfg.node_id} of cluster "
+                        f"{cfg.cluster_id}: change it with `flotilla cluster update {flag} "
+                        f"{_show_duration(value)}` and start the node without it")
             if init or join_addr:
                 click.echo(f"{data_dir} already holds node {cfg.node_id} of cluster "
                            f"{cfg.cluster_id}: resuming it", err=True)
@@ -80,6 +94,15 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
                 # written by an older version: derive what is missing
                 cfg.fill_addresses(None, None, None, None, *addrs[4:])
                 cfg.save()
+            manager = cfg.role == "manager" or os.path.isdir(cfg.raft_dir)
+            flags = {k: o[k] for k in ("listen", "advertise", "raft_listen", "raft_advertise",
+                                       "agent_listen", "agent_advertise", "dispatcher_listen",
+                                       "dispatcher_advertise", "hostname")}
+            changes = cfg.apply_restart_flags(flags, manager)
+            if changes:
+                cfg.save()
+                for change in changes:
+                    click.echo(f"node {cfg.node_id}: {change}", err=True)
             return cfg
         if not (init or join_addr):
             raise click.ClickException(f"{data_dir} holds no node: start with --init or --join")
@@ -104,12 +127,33 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
 @click.option("--cert-expiry", callback=_duration, help="With --init: node certificate lifetime (e.g. 90d, 60s).")
 @click.option("--heartbeat-period", callback=_duration, help="With --init: agent heartbeat period (default 1s).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def run(init, join_addr, token, cert_expiry, heartbeat_period, log_level, **o):
-    """Run this node in the foreground (agent always; manager when its role is manager)."""
+@click.option("--repair-journal", is_flag=True,
+              help="If this manager's Raft journal is damaged (a bad record with intact ones "
+                   "after it), cut it at the bad record and start. The entries after it are "
+                   "lost on this manager and fetched again from the leader: repair one "
+                   "manager at a time, while the others have a leader.")
+def run(init, join_addr, token, cert_expiry, heartbeat_period, log_level, repair_journal, **o):
+    """Run this node in the foreground (agent always; manager when its role is manager).
+
+    A manager whose Raft journal is damaged in the middle (not just a tail
+    torn by a crash, which is cut on its own) refuses to start and names the
+    file and byte; --repair-journal cuts it there."""
+    from ..manager.raft.journal import check_journal
+    from ..manager.raft.journal import repair_journal as repair
     from ..node.daemon import NodeDaemon
 
     logs.setup(log_level, "node")
     cfg = _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, resume_ok=True)
+    try:
+        if repair_journal:
+            said = repair(cfg.raft_dir)
+            click.echo(said or "raft journal not damaged: nothing to repair", err=True)
+        else:
+            damage = check_journal(cfg.raft_dir)
+            if damage is not None:
+                raise click.ClickException(str(damage))
+    except (OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
     sys.exit(NodeDaemon(cfg, log_level).run())
 
 

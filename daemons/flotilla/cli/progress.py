@@ -6,6 +6,17 @@ healthcheck exists); ``removed`` follows removed services until their tasks
 and containers are gone. On a terminal, progress is a live table; otherwise a
 line is printed whenever a task changes state, so logs of scripted runs stay
 readable. Failure raises ``click.ClickException`` with the reason.
+
+The wait gives up before its timeout when the service cannot converge: a
+crash loop, a rolling update that paused or rolled back, or a task the
+scheduler has found no node for (its status message says "no suitable node
+(...)", as Nomad's ``job run`` stops at a placement failure). A task still
+waiting for the scheduler's first decision ("pending task scheduling") does
+not count; an explanation must hold for ``SETTLE`` seconds (the scheduler
+retries every second and whenever nodes or tasks change), and not while
+another of the services followed is still being updated, whose old tasks
+may hold what the task needs. The service itself is kept: its tasks are
+placed as soon as a node can take them.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from ..common.taskmodel import UNSCHEDULABLE
 from .context import call
 
 POLL = 0.5
@@ -25,6 +37,10 @@ POLL = 0.5
 # a running service (Docker verifies for 5 s).
 STABLE = 3.0
 FAILED = ("failed", "rejected")
+# A "no suitable node" explanation must hold this long before the wait gives
+# up: one written just before capacity appeared is acted on within a second.
+SETTLE = 2.0
+UPDATING = ("updating", "rollback_started")
 
 
 class ConvergeFailed(click.ClickException):
@@ -52,12 +68,16 @@ class _Service:
         self.reason = ""
         self.current: list[dict] = []
         self.desired = 0
+        self.updating = False
+        self.unplaced: dict | None = None     # a current task the scheduler found no node for
+        self.unplaced_since: float | None = None
 
     def poll(self):
         svc = call(self.ctx, "GET", f"/v1/services/{self.ref}")
         self.name = svc["name"]
         update = svc.get("update_status") or {}
         state = update.get("state")
+        self.updating = state in UPDATING
         # A rolling update that paused or rolled back will not converge to
         # what was asked for: say why instead of waiting.
         recent = (update.get("started_at") or 0) >= self.started - 1
@@ -83,6 +103,9 @@ class _Service:
         self.done = (len(running) >= self.desired and len(running) == len(self.current)
                      and not stale and state not in ("updating", "rollback_started", "paused",
                                                      "rollback_paused"))
+        unplaced = [t for t in self.current if t["state"] == "pending"
+                    and (t["message"] or "").startswith(UNSCHEDULABLE)]
+        self.unplaced = unplaced[0] if unplaced and not self.done else None
         if self.failures and not self.done:
             last = max(self.failures.values(), key=lambda t: t["timestamp"] or 0)
             self.reason = f"task {_task_name(last)} {last['state']}: {last['error'] or last['message']}"
@@ -97,6 +120,25 @@ class _Service:
 
     def running(self) -> int:
         return sum(1 for t in self.current if t["state"] == "running")
+
+
+def _unplaceable(services: list[_Service], now: float) -> _Service | None:
+    """The first service with a task that fits on no node, once the
+    scheduler's explanation has held for ``SETTLE`` seconds and no other
+    service followed is still making progress on an update (its old tasks
+    may hold the resources or ports the task needs)."""
+    for s in services:
+        if s.unplaced is None:
+            s.unplaced_since = None
+        elif s.unplaced_since is None:
+            s.unplaced_since = now
+    for s in services:
+        if s.unplaced_since is None or now - s.unplaced_since < SETTLE:
+            continue
+        if any(o.updating and o.unplaced is None for o in services if o is not s):
+            continue
+        return s
+    return None
 
 
 def _render(services: list[_Service], elapsed: float) -> Table:
@@ -148,6 +190,12 @@ def converge(ctx, service_refs: list[str], timeout: float = 120.0, rollback: boo
             broken = [s for s in services if not s.done and s.failing()]
             if broken:
                 raise ConvergeFailed(f"service {broken[0].name} is failing: {broken[0].reason}")
+            stuck = _unplaceable(services, time.monotonic())
+            if stuck is not None:
+                t = stuck.unplaced
+                raise ConvergeFailed(f"service {stuck.name}: task {_task_name(t)} cannot be "
+                                     f"placed: {t['message']}; the service is kept and its tasks "
+                                     "start when a node can take them")
             if time.monotonic() >= deadline:
                 late = [s for s in services if not s.done]
                 why = f": {late[0].reason}" if late[0].reason else ""

@@ -72,6 +72,40 @@ class Admission:
         return app
 
 
+class Budget:
+    """At most ``limit`` requests of one kind at a time, beside the slots
+    (joins: each signs a certificate, and nobody needs a certificate to ask).
+    Up to ``queue`` more wait at most ``wait`` seconds for a turn; beyond
+    that ``enter()`` says no at once."""
+
+    def __init__(self, limit: int, queue: int = 0, wait: float = 0.0):
+        self.limit = limit
+        self.queue = queue
+        self.wait = wait
+        self._cond = threading.Condition(threading.Lock())
+        self._running = 0
+        self._waiting = 0
+
+    def enter(self) -> bool:
+        with self._cond:
+            if self._running >= self.limit:
+                if self._waiting >= self.queue:
+                    return False
+                self._waiting += 1
+                try:
+                    if not self._cond.wait_for(lambda: self._running < self.limit, self.wait):
+                        return False
+                finally:
+                    self._waiting -= 1
+            self._running += 1
+            return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self._running -= 1
+            self._cond.notify()
+
+
 @contextlib.contextmanager
 def blocking():
     """Give this thread's slot back while it waits for something slow (a

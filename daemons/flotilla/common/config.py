@@ -193,6 +193,99 @@ class NodeConfig:
         host, port = split_addr(addr, default_port=None)
         setattr(self, field, join_addr(host, port))
 
+    # -- a restart with flags ---------------------------------------------------------
+    def apply_restart_flags(self, flags: dict, manager: bool) -> list[str]:
+        """Apply to this (saved) node the address and name flags given to
+        ``node run`` when it resumes; returns what changed, as
+        ``field old -> new (from --flag)`` lines.
+
+        An address that followed another one when the node was created (the
+        Raft port as the API port + 10000, an advertised port as the listen
+        port) follows it again, as on a first start. Listen addresses and
+        the hostname are applied; so are advertised addresses that every
+        registration announces again (agent, dispatcher, and a worker's
+        API and Raft addresses). A manager's API and Raft addresses are
+        recorded in the cluster's Raft membership: changing them is refused
+        (ConfigError, one line naming the flag).
+        """
+        old = dataclasses.replace(self)
+        new: dict[str, str] = {}
+        cause: dict[str, str] = {}
+
+        def given(field):
+            value = flags.get(field)
+            return value if value else None
+
+        value = given("listen")
+        if value:
+            host, port = split_addr(value)
+            new["listen"], cause["listen"] = join_addr(host, port), "--listen"
+        else:
+            new["listen"], cause["listen"] = old.listen, ""
+        lhost, lport = split_addr(old.listen)
+        nhost, nport = split_addr(new["listen"])
+        value = given("advertise")
+        if value:
+            host, port = split_addr(value, default_port=nport)
+            new["advertise"], cause["advertise"] = join_addr(host, port), "--advertise"
+        else:
+            ahost, aport = split_addr(old.advertise)
+            if aport == lport:
+                aport = nport
+            if ahost == lhost and not is_unspecified(nhost):
+                ahost = nhost
+            new["advertise"], cause["advertise"] = join_addr(ahost, aport), "--listen"
+        for name, offset in (("raft", RAFT_OFFSET), ("agent", AGENT_OFFSET),
+                             ("dispatcher", DISPATCHER_OFFSET)):
+            lf, af = f"{name}_listen", f"{name}_advertise"
+            flag = name.replace("_", "-")
+            value = given(lf)
+            if value:
+                host, port = split_addr(value, default_port=None)
+                new[lf], cause[lf] = join_addr(host, port), f"--{flag}-listen"
+            elif getattr(old, lf) == derived(old.listen, offset):
+                new[lf], cause[lf] = derived(new["listen"], offset), "--listen"
+            else:
+                new[lf], cause[lf] = getattr(old, lf), ""
+            value = given(af)
+            if value:
+                host, port = split_addr(value, default_port=None)
+                new[af], cause[af] = join_addr(host, port), f"--{flag}-advertise"
+            elif getattr(old, af) == join_addr(split_addr(old.advertise)[0],
+                                               split_addr(getattr(old, lf))[1]):
+                new[af] = join_addr(split_addr(new["advertise"])[0], split_addr(new[lf])[1])
+                cause[af] = (cause[lf] if split_addr(new[lf])[1] != split_addr(getattr(old, lf))[1]
+                             else cause["advertise"])
+            else:
+                new[af], cause[af] = getattr(old, af), ""
+
+        changes = []
+        for field, value in new.items():
+            before = getattr(old, field)
+            if value == before:
+                continue
+            flag = cause[field]
+            if manager and field in ("advertise", "raft_advertise"):
+                what = "API" if field == "advertise" else "Raft"
+                shown = flags.get(flag[2:].replace("-", "_"))
+                raise ConfigError(
+                    f"{flag} {shown}: would move this manager's {what} address from {before} "
+                    f"to {value}, the address the other managers know it by (Raft "
+                    "membership); managers cannot move yet: keep the current address, or "
+                    "demote the node to a worker first")
+            changes.append(f"{field.replace('_', '-')} {before} -> {value} (from {flag})")
+        hostname = given("hostname")
+        if hostname and hostname != old.hostname:
+            changes.append(f"hostname {old.hostname or '(none)'} -> {hostname} (from --hostname)")
+            self.hostname = hostname
+        if given("advertise") or given("agent_advertise"):
+            # Managers then reach the agent where it was told, not where it
+            # connects from (see ``advertise_explicit``).
+            self.advertise_explicit = True
+        for field, value in new.items():
+            setattr(self, field, value)
+        return changes
+
 
 def _guess_address() -> str:
     """The address this host uses to reach others (no packet is sent)."""

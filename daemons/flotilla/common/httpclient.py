@@ -27,6 +27,9 @@ from . import tls
 # Answers that are about the manager we reached, not about the request:
 # another manager may well serve it.
 NEXT_MANAGER_CODES = {"no_leader", "not_leader", "leader_unreachable", "forward_refused"}
+# 503 answers worth the same request again after a pause: the outcome is
+# unknown (same idempotency key), or the manager was too busy to start it.
+RETRY_CODES = {"outcome_unknown", "busy"}
 
 
 class ApiError(Exception):
@@ -181,7 +184,7 @@ class Client:
                     last_error = result
                     if result.code in NEXT_MANAGER_CODES and idempotent:
                         continue  # try another manager, then wait and retry
-                    if result.status == 503 and result.code == "outcome_unknown" and idempotent:
+                    if result.status == 503 and result.code in RETRY_CODES and idempotent:
                         break  # same request id again after a pause
                     self._preferred = address
                     raise result

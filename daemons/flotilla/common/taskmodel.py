@@ -96,6 +96,11 @@ LABEL_SLOT = "flotilla.task.slot"
 
 DEFAULT_STOP_GRACE = 10.0
 
+# How the scheduler's status message of a pending task that fits on no node
+# begins: "no suitable node (2 nodes lack 512 MB memory; ...)". Clients (the
+# CLI's wait) rely on it to tell such a task from one not yet scheduled.
+UNSCHEDULABLE = "no suitable node"
+
 
 def value(state: str) -> int:
     return STATE_VALUES[state]

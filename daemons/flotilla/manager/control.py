@@ -8,6 +8,7 @@ served, with admin rights. Everything else about the API is the same.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
@@ -16,9 +17,37 @@ import struct
 from werkzeug.serving import make_server
 
 from ..common.component import Component
+from .api.app import MAX_BODY
 from .api.common import Identity
+from .apiworker import DRAIN_LIMIT
 
 log = logging.getLogger(__name__)
+
+
+def _read_body(environ) -> None:
+    """Read the whole body before the application runs, as the API's worker
+    does, so that no admission slot waits for it. A body over the limit is
+    read and thrown away (up to DRAIN_LIMIT) and the application refuses it."""
+    stream = environ.get("wsgi.input")
+    length = environ.get("CONTENT_LENGTH") or ""
+    data = b""
+    try:
+        if environ.get("wsgi.input_terminated"):        # chunked
+            data = stream.read(MAX_BODY + 1)
+        elif not length.isdigit() or int(length) == 0:
+            return
+        elif int(length) <= MAX_BODY:
+            data = stream.read(int(length))
+        elif int(length) <= DRAIN_LIMIT:
+            left = int(length)
+            while left > 0:
+                chunk = stream.read(min(left, 256 * 1024))
+                if not chunk:
+                    break
+                left -= len(chunk)
+    except OSError:     # the client went away
+        pass
+    environ["wsgi.input"] = io.BytesIO(data)
 
 
 def _peer_uid(sock) -> int | None:
@@ -46,6 +75,7 @@ class ControlServer(Component):
             start_response("403 Forbidden", [("Content-Type", "application/json")])
             return [b'{"error": {"code": "forbidden", "message": "root only"}}\n']
         environ["flotilla.identity"] = Identity("local-root", "admin", self._cluster_id, via="unix")
+        _read_body(environ)
         return self._app(environ, start_response)
 
     def run(self):

@@ -24,7 +24,7 @@ from .metrics import ManagerMetrics
 from .raft.node import RaftNode, RaftSettings
 from .raftsecurity import RaftSecurity, SecurityCounters, saved_members
 from .rolemanager import RoleManager
-from .store.store import Op, Store, StoreError
+from .store.store import Op, RequestId, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,8 @@ class Manager:
         if objects.cluster(self.store) is None:
             data = fsutil.read_json(path)
             self.store.commit([Op.create("cluster", data["cluster"]),
-                               Op.create("node", data["node"])], rid="bootstrap")
+                               Op.create("node", data["node"])],
+                              rid=RequestId("bootstrap", b"bootstrap"))
             log.info("cluster %s bootstrapped", data["cluster"]["id"])
         os.unlink(path)
         fsutil.fsync_dir(os.path.dirname(path))

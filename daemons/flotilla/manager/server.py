@@ -4,8 +4,9 @@ worker process.
 One process owns the Raft member, so gunicorn runs exactly one worker
 (gthread, many threads) and never preloads the app: the member, the store
 and their threads are created in the worker, after the fork. The worker is
-``apiworker.ApiWorker``, which reads the TLS handshake and request head
-without a thread, so slow clients cannot hold the threads. The TLS
+``apiworker.ApiWorker``, which reads the TLS handshake, the request head
+and the body without a thread, so slow clients hold neither the threads
+nor the admission slots. The TLS
 context is rebuilt whenever the node's certificate bundle changes on disk,
 so a renewed certificate is served from the next connection on.
 """
@@ -21,11 +22,13 @@ import sys
 import time
 
 from gunicorn.app.base import BaseApplication
+from werkzeug.exceptions import HTTPException
 
 from ..common import gcpolicy, logs, tls
 from ..common.procutil import die_with_parent
 from ..common.config import NodeConfig
 from ..common.httpclient import ApiError, Client
+from .raft.journal import EXIT_JOURNAL_DAMAGED, check_journal
 from .raft.node import RaftSettings
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,7 @@ class ManagerApplication(BaseApplication):
         self.cfg_node = cfg
         self.log_level = log_level
         self.manager = None
+        self.api = None
         self.control = None
         self._ssl = tls.ReloadingContext(self._make_context, [cfg.bundle_path, cfg.ca_path],
                                          check_interval=0.5)
@@ -92,6 +96,18 @@ class ManagerApplication(BaseApplication):
         """Count a refused connection (called by the worker)."""
         if self.manager is not None:
             self.manager.counters.inc(reason)
+
+    def answered(self, method: str, path: str, status: int, seconds: float) -> None:
+        """Time a request the worker answered itself (401 without a client
+        certificate, 413, a body too slow), by endpoint as the application
+        times the ones it answers (called by the worker)."""
+        if self.manager is None or self.api is None:
+            return
+        try:
+            endpoint = self.api.url_map.bind("flotilla").match(path, method)[0]
+        except HTTPException:       # unknown path, wrong method, redirect
+            endpoint = None
+        self.manager.metrics.observe_request(method, endpoint, status, seconds)
 
     def load_config(self):
         cfg = self.cfg_node
@@ -150,6 +166,7 @@ class ManagerApplication(BaseApplication):
         app = create_app(self.manager)
         self.control = ControlServer(cfg.control_socket, app, cfg.cluster_id)
         self.control.start()
+        self.api = app
         return app
 
     def _shutdown(self):
@@ -171,6 +188,13 @@ def main(argv=None):
     if cfg is None or not cfg.initialised():
         print(f"flotilla-manager: {args.data_dir} holds no node identity", file=sys.stderr)
         return 2
+    try:
+        damage = check_journal(cfg.raft_dir)
+    except (OSError, RuntimeError) as exc:
+        damage = exc
+    if damage is not None:
+        print(f"flotilla-manager: {damage}", file=sys.stderr)
+        return EXIT_JOURNAL_DAMAGED
     ManagerApplication(cfg, args.log_level).run()
     return 0
 

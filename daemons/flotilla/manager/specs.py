@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
+from ..common import template
 from ..common.units import parse_bytes, parse_duration
 from .api.common import Model, Text
 
@@ -44,6 +45,21 @@ def _no_nul(items, what):
     return items
 
 
+def _template(value):
+    """A field each node expands per task (``common/template.py``): only
+    the placeholders it knows."""
+    if value is not None:
+        template.check(value)      # TemplateError is a ValueError: a 400 naming the field
+    return value
+
+
+def _env_template(entry):
+    _, sep, value = entry.partition("=")
+    if sep:
+        template.check(value)
+    return entry
+
+
 def _labels(labels):
     if len(labels) > 64:
         raise ValueError("at most 64 labels")
@@ -57,17 +73,21 @@ def _labels(labels):
 
 class Mount(Model):
     type: Literal["bind", "volume", "tmpfs"] = "volume"
-    source: str = Field(default="", max_length=4096)
-    target: str = Field(max_length=4096)
+    # source and target may hold templates ({{.Task.Slot}}), expanded per task
+    source: Annotated[str, AfterValidator(_template)] = Field(default="", max_length=4096)
+    target: Annotated[str, AfterValidator(_template)] = Field(max_length=4096)
     readonly: bool = False
 
     @model_validator(mode="after")
     def _check(self):
-        if not self.target.startswith("/"):
+        # what the placeholders stand for is checked by the engine; their
+        # surroundings must make an absolute path or a volume name
+        target, source = template.sample(self.target), template.sample(self.source)
+        if not target.startswith("/"):
             raise ValueError("mount target must be an absolute path")
-        if self.type == "bind" and not self.source.startswith("/"):
+        if self.type == "bind" and not source.startswith("/"):
             raise ValueError("bind mount source must be an absolute path")
-        if self.type == "volume" and self.source and not NAME.match(self.source):
+        if self.type == "volume" and source and not NAME.match(source):
             raise ValueError("volume name must be letters, digits, '_', '.', '-'")
         if self.type == "tmpfs" and self.source:
             raise ValueError("tmpfs mounts take no source")
@@ -171,11 +191,15 @@ class ContainerSpec(Model):
     image: str = Field(min_length=1, max_length=512)
     command: Optional[list[Text]] = Field(default=None, max_length=256)
     args: Optional[list[Text]] = Field(default=None, max_length=4096)
-    env: list[Text] = Field(default_factory=list, max_length=1024)
+    # values of env entries, hostname and mounts may hold templates
+    # ({{.Node.ID}}), expanded by each node per task
+    env: list[Annotated[Text, AfterValidator(_env_template)]] = Field(default_factory=list,
+                                                                      max_length=1024)
     labels: dict[str, Text] = Field(default_factory=dict)
     workdir: Optional[str] = Field(default=None, max_length=4096)
     user: Optional[str] = Field(default=None, max_length=256)
-    hostname: Optional[str] = Field(default=None, max_length=253)
+    hostname: Annotated[Optional[str], AfterValidator(_template)] = Field(default=None,
+                                                                          max_length=253)
     mounts: list[Mount] = Field(default_factory=list, max_length=64)
     healthcheck: Optional[Healthcheck] = None
     stop_grace_period: Duration = 10.0

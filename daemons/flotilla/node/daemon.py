@@ -31,11 +31,13 @@ from ..agent.agent import Agent
 from ..ca import certs
 from ..common.httpclient import Client
 from ..common.procutil import die_with_parent
+from ..manager.raft.journal import EXIT_JOURNAL_DAMAGED
 from .renewer import Renewer
 
 log = logging.getLogger(__name__)
 
 EXIT_REMOVED = 3
+EXIT_JOURNAL = 2
 
 
 class NodeDaemon:
@@ -50,6 +52,7 @@ class NodeDaemon:
         self._child_backoff = 0.5
         self._next_start = 0.0
         self._removed = False
+        self._journal_damaged = False
         self._cert_cache: tuple[tuple, certs.CertIdentity] | None = None
         self.client = Client(self._addresses(), cfg.bundle_path, cfg.ca_path, timeout=10,
                              retry_for=5)
@@ -146,6 +149,15 @@ class NodeDaemon:
         alive = self._child_alive()
         if self._child is not None and not alive:
             code = self._child.returncode
+            if code == EXIT_JOURNAL_DAMAGED:
+                # The manager refused its Raft journal (it said why on
+                # stderr): starting it again would refuse again.
+                log.error("manager refused its damaged raft journal: stopping this node "
+                          "(see `flotilla node run --help`, --repair-journal)")
+                self._child = None
+                self._journal_damaged = True
+                self._stop.set()
+                return
             ran = time.monotonic() - self._child_started
             self._child = None
             self._child_backoff = 0.5 if ran > 30 else min(self._child_backoff * 2, 10.0)
@@ -186,4 +198,6 @@ class NodeDaemon:
         if self._removed:
             log.error("node removed from the cluster: exiting")
             return EXIT_REMOVED
+        if self._journal_damaged:
+            return EXIT_JOURNAL
         return 0

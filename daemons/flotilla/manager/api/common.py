@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import ipaddress
 import json
 import logging
@@ -40,6 +41,7 @@ from pydantic import ValidationError
 from ...ca import certs
 from ...common.jsonbody import dumps_line
 from .. import objects
+from ..store.store import RequestId
 from .validation import (  # noqa: F401 (Model, Text and error_body are shared from here)
     ApiError, Model, Text, error_body, validate, validation_error)
 
@@ -234,31 +236,14 @@ def policy(name: str, *, local: bool = False):
     return deco
 
 
-# A body over the limit but under this size is read and thrown away before
-# the refusal, so that the client, still sending, sees the 413 rather than a
-# connection reset; anything larger is refused without reading it.
-DRAIN_LIMIT = 64 * 1024 * 1024
-
-
-def _drain(length: int) -> None:
-    stream = request.environ.get("wsgi.input")
-    left = length
-    try:
-        while stream is not None and left > 0:
-            chunk = stream.read(min(left, 256 * 1024))
-            if not chunk:
-                break
-            left -= len(chunk)
-    except OSError:  # the client stopped sending, or went away
-        pass
-
-
 def refuse_oversized_body() -> None:
-    """Refuse a body over the limit before anything else looks at the request."""
+    """Refuse a body over the limit before anything else looks at the request.
+
+    The body is not read here: the API's worker has read (or thrown away)
+    all of it before the request got a thread (see manager/apiworker.py),
+    and the control socket likewise (manager/control.py)."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length and request.content_length > limit:
-        if request.content_length <= DRAIN_LIMIT:
-            _drain(request.content_length)
         raise ApiError(413, "too_large",
                        f"request body too large ({request.content_length} bytes; "
                        f"the limit is {limit})")
@@ -323,7 +308,9 @@ def refuse_unknown_query(view) -> None:
         raise ApiError(400, "invalid", f"{name}: unknown parameter", field=name)
 
 
-def request_id() -> str | None:
+def request_id() -> RequestId | None:
+    """The request's ``Idempotency-Key``, bound to the request: the store
+    applies a key once, and refuses it (422) with any other request."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
@@ -331,7 +318,29 @@ def request_id() -> str | None:
     if not key or len(key) > 128:
         raise ApiError(400, "invalid", "Idempotency-Key must be 1-128 characters",
                        field="Idempotency-Key")
-    return key
+    return RequestId(key, request_digest())
+
+
+def request_digest() -> bytes:
+    """What the request is: its method, path, query parameters and body
+    (128 bits of SHA-256). A follower forwards all four unchanged, so the
+    leader computes the same digest whichever manager the client reached."""
+    h = hashlib.sha256()
+    h.update(json.dumps([request.method, request.path,
+                         sorted(request.args.items(multi=True))]).encode())
+    h.update(b"\n")
+    h.update(body_bytes())
+    return h.digest()[:16]
+
+
+def replayed_removal() -> dict | None:
+    """For a removal (DELETE) whose Idempotency-Key was applied before with
+    the same request: its first answer, ``{"id", "removed": true}``; the
+    object is gone, so the view could not look it up again."""
+    done = manager().store.remembered(request_id())
+    if done is None or not done["removed"]:
+        return None
+    return {"id": done["removed"][0][1], "removed": True}
 
 
 def flag(name: str) -> bool:

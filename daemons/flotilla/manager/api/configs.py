@@ -13,7 +13,8 @@ from pydantic import Field, field_validator
 from ..store.store import Op, new_id
 from . import models
 from .openapi import doc
-from .common import ApiError, Model, Text, json_response, manager, parse_body, policy, request_id
+from .common import (ApiError, Model, Text, json_response, manager, parse_body, policy,
+                     replayed_removal, request_id)
 from .nodes import validate_labels
 
 bp = Blueprint("configs", __name__, url_prefix="/v1/configs")
@@ -96,6 +97,8 @@ def inspect_config(ref):
 @policy("control")
 @doc("Remove a config.", response=models.Removed, tags=("configs",))
 def remove_config(ref):
+    if (done := replayed_removal()) is not None:
+        return json_response(done)
     c = _get(ref)
     manager().store.commit([Op.delete("config", c["id"])], rid=request_id())
     return json_response({"id": c["id"], "removed": True})

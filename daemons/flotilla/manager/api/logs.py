@@ -9,8 +9,8 @@ from typing import Literal, Optional
 from flask import Blueprint, current_app
 from pydantic import BaseModel, Field
 
-from ..logs import LogCollector
-from .common import Model, json_response, manager, parse_query, policy
+from ..logs import Busy, LogCollector
+from .common import ApiError, Model, json_response, manager, parse_query, policy
 from .openapi import doc
 from .services import _get_service
 
@@ -43,12 +43,17 @@ class LogUnreachable(BaseModel):
     node_id: str
     node: Optional[str]
     error: str
+    truncated: bool = Field(default=False, description=(
+        "The node answered more than a logs request reads (8 MiB per node, 16 MiB and "
+        "100,000 lines in all): the lines of its tasks read before the limit are included, "
+        "the others left out. Ask for fewer with `tail` or `since`."))
 
 
 class ServiceLogs(BaseModel):
     entries: list[LogEntry] = Field(description="Oldest first.")
     unreachable: list[LogUnreachable] = Field(description=(
-        "Nodes whose tasks' logs could not be read; the other nodes' lines are still returned."))
+        "Nodes whose tasks' logs could not be read in full (unreachable, too slow: 5 s for the "
+        "whole request, or truncated); the other nodes' lines are still returned."))
 
 
 def _collector() -> LogCollector:
@@ -71,4 +76,7 @@ def service_logs(ref):
     store = manager().store
     service = _get_service(ref)
     tasks = store.by_index("task", "service_id", service["id"])
-    return json_response(_collector().collect(store, tasks, tail=q.tail, since=q.since))
+    try:
+        return json_response(_collector().collect(store, tasks, tail=q.tail, since=q.since))
+    except Busy as exc:
+        raise ApiError(503, "busy", str(exc)) from None

@@ -17,7 +17,7 @@ from ..store.store import Op
 from . import models
 from .openapi import doc
 from .common import (ApiError, Model, Text, json_response, manager, parse_body, parse_query,
-                     policy, request_id)
+                     policy, replayed_removal, request_id)
 
 bp = Blueprint("nodes", __name__, url_prefix="/v1/nodes")
 
@@ -222,6 +222,8 @@ def demote(ref):
 def remove(ref):
     m = manager()
     force = parse_query(ForceQuery).force
+    if (done := replayed_removal()) is not None:
+        return json_response(done)
     node = _get(ref)
     if node.get("role") == "manager" or node["spec"]["role"] == "manager":
         raise ApiError(409, "is_manager", f"node {node['hostname']} is a manager; demote it first")

@@ -33,6 +33,10 @@ COMMON_ERRORS = {
 BODY_ERRORS = {
     "415": "The body is not sent as application/json.",
 }
+# ...and the control writes, which take an Idempotency-Key.
+WRITE_ERRORS = {
+    "422": "The Idempotency-Key was already used for a different request.",
+}
 
 
 class ErrorDetail(BaseModel):
@@ -123,7 +127,8 @@ def build(app) -> dict:
             responses[str(d.status)] = {"description": "Success.",
                                         "content": {d.content_type: {"schema": schema}}}
             pol = getattr(view, "flotilla_policy", "control")
-            errors = dict(COMMON_ERRORS, **(BODY_ERRORS if d.body is not None else {}))
+            errors = dict(COMMON_ERRORS, **(BODY_ERRORS if d.body is not None else {}),
+                          **(WRITE_ERRORS if method != "GET" and pol == "control" else {}))
             for code, why in sorted(errors.items()):
                 if pol == "public" and code in ("401", "403"):
                     continue

@@ -17,7 +17,7 @@ from ..store.store import Op, new_id
 from . import models
 from .openapi import doc
 from .common import (ApiError, Model, json_response, manager, parse_body, parse_query, policy,
-                     request_id)
+                     replayed_removal, request_id)
 
 bp = Blueprint("services", __name__, url_prefix="/v1")
 
@@ -244,6 +244,8 @@ def resume_update(ref):
 @policy("control")
 @doc("Remove a service; its tasks stop and are removed.", response=models.Removed, tags=("services",))
 def remove_service(ref):
+    if (done := replayed_removal()) is not None:
+        return json_response(done)
     s = _get_service(ref)
     manager().store.commit([Op.delete("service", s["id"])], rid=request_id())
     return json_response({"id": s["id"], "removed": True})

@@ -54,6 +54,8 @@ def unpack(data: bytes):
     # Frame size is bounded by the reader (MAX_FRAME) before this is called.
     try:
         return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True)
+    except MemoryError:
+        raise               # says nothing about the bytes
     except Exception as exc:  # msgpack raises several unrelated types
         raise CodecError(f"undecodable payload: {exc.__class__.__name__}") from None
 
@@ -62,6 +64,8 @@ def unpack_lists(data: bytes):
     """Like unpack() but arrays decode as lists (for mutable application data)."""
     try:
         return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
+    except MemoryError:
+        raise               # says nothing about the bytes
     except Exception as exc:
         raise CodecError(f"undecodable payload: {exc.__class__.__name__}") from None
 

@@ -9,8 +9,9 @@ majority".
 
 File format (``log``): an 8-byte magic, then records of
 ``<u32 length><u32 crc32><payload>`` where payload is ``b"E" idx term command``
-(an entry) or ``b"T" idx`` (entries with index >= idx were dropped). A torn or
-corrupt tail left by a crash is cut off on open. Term and vote live in
+(an entry) or ``b"T" idx`` (entries with index >= idx were dropped). A torn
+tail left by a crash is cut off on open; a bad record with intact records
+after it is damage, and the journal refuses to open (``scan_journal``). Term and vote live in
 ``meta`` (JSON, replaced atomically and fsynced before any vote is sent).
 
 Cutting the log after a snapshot happens in memory at once; the file keeps
@@ -98,45 +99,20 @@ class DurableJournal:
             return
         with open(self._path, "rb") as f:
             data = f.read()
-        if not data.startswith(MAGIC):
-            raise RuntimeError(f"{self._path}: not a Flotilla journal")
-        pos = len(MAGIC)
-        good = pos
-        entries: list[tuple[bytes, int, int]] = []
-        offsets: list[int] = []
-        while pos + RECORD.size <= len(data):
-            length, crc = RECORD.unpack_from(data, pos)
-            start = pos + RECORD.size
-            end = start + length
-            if end > len(data):
-                break
-            payload = data[start:end]
-            if zlib.crc32(payload) != crc or not payload:
-                break
-            kind = payload[:1]
-            if kind == b"E" and len(payload) >= 1 + ENTRY.size:
-                idx, term = ENTRY.unpack_from(payload, 1)
-                entries.append((bytes(payload[1 + ENTRY.size:]), idx, term))
-                offsets.append(pos)
-            elif kind == b"T" and len(payload) == 1 + TRUNC.size:
-                (idx,) = TRUNC.unpack_from(payload, 1)
-                while entries and entries[-1][1] >= idx:
-                    entries.pop()
-                    offsets.pop()
-            else:
-                break
-            pos = end
-            good = pos
-        if good != len(data):
-            log.warning("journal %s: dropping %d bytes of torn tail", self._path, len(data) - good)
-            with open(self._path, "r+b") as f:
-                f.truncate(good)
-                os.fsync(f.fileno())
-        self._entries = entries
-        self._offsets = offsets
-        self._end = good
+        scan = scan_journal(self._path, data)
+        if scan.damaged:
+            raise JournalDamaged(self._path, scan.good, scan.next_record)
+        if scan.good != len(data):
+            log.warning("journal %s: dropping %d bytes of torn tail at byte %d%s", self._path,
+                        len(data) - scan.good, scan.good,
+                        " (a record left unwritten by a crash, and what follows it)"
+                        if scan.next_record is not None else "")
+            _cut(self._path, scan.good)
+        self._entries = scan.entries
+        self._offsets = scan.offsets
+        self._end = scan.good
         self._shift = 0
-        self.bytes = sum(len(e[0]) for e in entries)
+        self.bytes = sum(len(e[0]) for e in scan.entries)
         self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
 
     def _rewrite(self, entries) -> None:
@@ -422,6 +398,161 @@ class DurableJournal:
         started = time.monotonic()
         fsutil.atomic_write(path, data)
         self.sync_seconds += time.monotonic() - started
+
+
+# -- reading a journal file, telling a torn tail from damage --------------------------
+SECTOR = 512
+# The manager's exit status when it refuses a damaged journal (EX_DATAERR).
+EXIT_JOURNAL_DAMAGED = 65
+
+
+class JournalDamaged(RuntimeError):
+    """A bad record with intact records after it: not what a crash leaves."""
+
+    def __init__(self, path: str, offset: int, next_record: int | None):
+        self.path, self.offset, self.next_record = path, offset, next_record
+        super().__init__(
+            f"raft journal {path} is damaged at byte {offset} (a bad record, intact ones "
+            f"after it from byte {next_record}): start with --repair-journal to cut it "
+            f"there; this manager then gets the entries after it from the leader")
+
+
+class JournalScan:
+    __slots__ = ("entries", "offsets", "good", "next_record", "damaged", "dropped")
+
+    def __init__(self):
+        self.entries: list[tuple[bytes, int, int]] = []
+        self.offsets: list[int] = []
+        self.good = len(MAGIC)          # end of the last good record
+        self.next_record = None         # first intact record after a bad one
+        self.damaged = False
+        self.dropped = 0                # intact records after the bad one
+
+
+def _record_at(data, pos):
+    """The payload and end of the valid record at ``pos``, or None."""
+    if pos + RECORD.size > len(data):
+        return None
+    length, crc = RECORD.unpack_from(data, pos)
+    start = pos + RECORD.size
+    end = start + length
+    if not length or end > len(data):
+        return None
+    payload = data[start:end]
+    if zlib.crc32(payload) != crc:
+        return None
+    kind = payload[:1]
+    if (kind == b"E" and length >= 1 + ENTRY.size) or (kind == b"T" and length == 1 + TRUNC.size):
+        return payload, end
+    return None
+
+
+def _next_record(data, pos) -> int | None:
+    """Where the first valid record after the bad one at ``pos`` starts."""
+    claimed = pos + RECORD.size + RECORD.unpack_from(data, pos)[0] \
+        if pos + RECORD.size <= len(data) else len(data)
+    if claimed < len(data) and _record_at(data, claimed) is not None:
+        return claimed          # only the record's content is bad
+    at = pos + 1
+    while at + RECORD.size < len(data):
+        # A record's payload starts with its kind: look only there.
+        hits = [h for h in (data.find(b"E", at + RECORD.size), data.find(b"T", at + RECORD.size))
+                if h >= 0]
+        if not hits:
+            return None
+        candidate = min(hits) - RECORD.size
+        if _record_at(data, candidate) is not None:
+            return candidate
+        at = candidate + 1
+    return None
+
+
+def _unwritten(data, start, end) -> bool:
+    """Whether ``start:end`` looks like blocks a crash left unwritten: a
+    zero record header, or a whole zero sector (a file extended by writes
+    whose blocks never reached the disk reads as zeros there)."""
+    if data[start:start + RECORD.size] == bytes(RECORD.size):
+        return True
+    zero = bytes(SECTOR)
+    first = -(-start // SECTOR) * SECTOR
+    return any(data[s:s + SECTOR] == zero for s in range(first, end - SECTOR + 1, SECTOR))
+
+
+def scan_journal(path: str, data: bytes) -> JournalScan:
+    """Read a journal file's records.
+
+    A crash can leave the end of the file torn: a record cut short, or
+    records appended since the last sync of which some blocks reached the
+    disk and others did not (those read as zeros). Everything from the
+    first bad record on is then a torn tail, never synced, so never
+    acknowledged: it is cut. A bad record with intact records after it,
+    and no sign of unwritten blocks in between, is damage (a bad disk, a
+    stray write): those records may be acknowledged entries, so cutting
+    them silently could lose committed writes. That is ``damaged``."""
+    if not data.startswith(MAGIC):
+        raise RuntimeError(f"{path}: not a Flotilla journal")
+    scan = JournalScan()
+    pos = len(MAGIC)
+    while pos < len(data):
+        record = _record_at(data, pos)
+        if record is None:
+            break
+        payload, end = record
+        if payload[:1] == b"E":
+            idx, term = ENTRY.unpack_from(payload, 1)
+            scan.entries.append((bytes(payload[1 + ENTRY.size:]), idx, term))
+            scan.offsets.append(pos)
+        else:
+            (idx,) = TRUNC.unpack_from(payload, 1)
+            while scan.entries and scan.entries[-1][1] >= idx:
+                scan.entries.pop()
+                scan.offsets.pop()
+        pos = end
+    scan.good = pos
+    if pos < len(data):
+        scan.next_record = _next_record(data, pos)
+        if scan.next_record is not None:
+            scan.damaged = not _unwritten(data, pos, scan.next_record)
+            at = scan.next_record
+            while (record := _record_at(data, at)) is not None:
+                scan.dropped += 1
+                at = record[1]
+    return scan
+
+
+def _cut(path: str, size: int) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(size)
+        os.fsync(f.fileno())
+
+
+def check_journal(directory: str) -> JournalDamaged | None:
+    """The damage in ``directory``'s journal, if any (reads only)."""
+    path = os.path.join(directory, "log")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    scan = scan_journal(path, data)
+    return JournalDamaged(path, scan.good, scan.next_record) if scan.damaged else None
+
+
+def repair_journal(directory: str) -> str | None:
+    """Cut a damaged journal at its bad record; says what was cut, or None
+    if the journal was not damaged. The records after it are lost on this
+    member: Raft sends them again from the leader (which has every
+    committed entry, as a majority of the members do)."""
+    damage = check_journal(directory)
+    if damage is None:
+        return None
+    with open(damage.path, "rb") as f:
+        data = f.read()
+    scan = scan_journal(damage.path, data)
+    _cut(damage.path, damage.offset)
+    return (f"raft journal {damage.path} cut at byte {damage.offset}: {scan.dropped} intact "
+            f"records after the bad one dropped ({len(data) - damage.offset} bytes); this "
+            f"manager gets them again from the leader")
 
 
 def _copy(source: int, target: int, start: int, end: int, offset: int) -> None:

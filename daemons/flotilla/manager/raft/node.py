@@ -62,6 +62,10 @@ _NEVER_ENTRIES = 2 ** 62
 _NEVER_SECONDS = 10.0 ** 9
 
 _patch_lock = threading.Lock()
+# The result of an entry that could not be applied (see _apply_regular).
+APPLY_REFUSED = {"ok": False, "error": {"code": "refused",
+                                        "message": "the replicated store could not apply this "
+                                                   "write (see the managers' logs)"}}
 
 
 def compaction_due(position: float, held: float, limit: float, rank: int,
@@ -413,13 +417,31 @@ class RaftNode(SyncObj):
 
     # -- pysyncobj hooks (name-mangled private methods of SyncObj) -------------
     def _SyncObj__doApplyCommand(self, command):
-        kind = command[0]
+        kind = command[0] if command else None
         if kind == REGULAR:
-            return self.flotilla_sm.apply(bytes(command[1:]))
+            return self._apply_regular(bytes(command[1:]))
         # Membership changes take effect when appended (pysyncobj does that on
         # append and on truncation); re-applying old ones at commit or replay
         # could resurrect a stale configuration, so nothing happens here.
         return None
+
+    def _apply_regular(self, payload: bytes):
+        """Apply one entry. The state machine refuses what it cannot apply
+        (the same way on every member) instead of raising; should it raise
+        all the same, the entry is refused here and the members go on: an
+        exception would leave this entry unapplied and retried at every
+        tick, and the member would apply nothing after it, ever. Running out
+        of memory is not a property of the entry (another member may apply
+        it): then this member stops, and its manager restarts from disk
+        rather than skip an entry the others applied."""
+        try:
+            return self.flotilla_sm.apply(payload)
+        except MemoryError:
+            log.critical("out of memory while applying a raft entry: stopping the manager")
+            os._exit(70)
+        except Exception:
+            log.exception("raft entry of %d bytes could not be applied: refused", len(payload))
+            return dict(APPLY_REFUSED)
 
     def _SyncObj__applyLogEntries(self):
         # pysyncobj applies every committed entry in one tick. A large
@@ -437,8 +459,8 @@ class RaftNode(SyncObj):
         deadline = time.monotonic() + APPLY_BUDGET
         for entry in self._SyncObj__getEntries(applied + 1, commit - applied):
             term = entry[2]
-            subscribers = waiting.pop(entry[1], [])
             result = self._SyncObj__doApplyCommand(entry[0])
+            subscribers = waiting.pop(entry[1], [])
             for subscribed_term, callback in subscribers:
                 if subscribed_term == term:
                     callback(result, FAIL_REASON.SUCCESS)

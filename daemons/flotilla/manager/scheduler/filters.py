@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...common.taskmodel import UNSCHEDULABLE
 from . import constraint
 from .nodeinfo import NANO, host_ports, memory_bytes, nano_cpus
 
-NO_SUITABLE_NODE = "no suitable node"
+NO_SUITABLE_NODE = UNSCHEDULABLE
 
 
 # -- wording ---------------------------------------------------------------

@@ -28,17 +28,25 @@ Each successful transaction advances ``index`` by one and stamps the objects
 it wrote with ``version = index``. Results of transactions that carried a
 request id are remembered (bounded), so a client that retries after an
 unknown outcome gets the original answer instead of a second write (only
-successes are remembered: a refused transaction changed nothing).
+successes are remembered: a refused transaction changed nothing). A request
+id is bound to the request it came with: the proposer sends a digest of the
+request (``rd``) and it is remembered with the result, so the same id with
+another request is refused (``key_reused``) instead of answered with the
+first request's result. Results remembered without a digest (by an older
+release, or in an older snapshot) are replayed for any request.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 
 import msgpack
 
 from ..raft import codec
+
+log = logging.getLogger(__name__)
 
 KINDS = ("cluster", "node", "config", "service", "task")
 # Fields that must be unique among live objects of a kind.
@@ -49,6 +57,14 @@ INDEXED = {"task": ("service_id", "node_id"), "node": ("role",)}
 DEDUPE_LIMIT = 100_000
 # Set by apply on every stored object; a patch cannot set them.
 STAMPED = ("id", "version", "created_at", "updated_at")
+
+
+def key_reused(rid) -> dict:
+    """The refusal of a request id that came with another request."""
+    return {"code": "key_reused", "field": "Idempotency-Key",
+            "message": f"Idempotency-Key {rid!r} was already used for a different request "
+                       "(another method, path or body); nothing was changed: send a new "
+                       "request with a new key"}
 
 
 class Event:
@@ -140,21 +156,66 @@ class StateMachine:
 
     # -- apply --------------------------------------------------------------------
     def apply(self, payload: bytes):
+        """Apply one Raft entry; never raises for what the entry holds.
+
+        Every member applies the same entries in the same order, so
+        whatever this decides must depend only on the entry's bytes and the
+        state. An entry that does not decode to a batch of transactions is
+        refused whole (``{"ok": False, "error": ...}`` instead of a list);
+        a transaction that cannot be applied (a malformed operation, a
+        value of the wrong type) is refused alone and changes nothing, like
+        one that fails its compare-and-set. An exception would stop this
+        member's Raft thread at this entry for good, on every member."""
         self.applied_bytes += len(payload)
-        batch = codec.unpack_lists(payload)
+        try:
+            batch = codec.unpack_lists(payload)
+        except codec.CodecError as exc:
+            return self._refused_entry(str(exc))
+        txns = batch.get("txns", []) if isinstance(batch, dict) else None
+        if not isinstance(txns, list):
+            return self._refused_entry("not a batch of transactions")
         events: list[Event] = []
         results = []
         with self.lock:
-            for txn in batch.get("txns", ()):
-                results.append(self._apply_txn(txn, events))
+            for txn in txns:
+                # Total: an error while staging (nothing changed yet), or
+                # while changing the maps (undone, see _apply_txn), refuses
+                # the transaction the same way on every member.
+                try:
+                    result = self._apply_txn(txn, events)
+                except MemoryError:
+                    raise           # not a property of the entry: see node.py
+                except _Undone as exc:
+                    result = _refused(f"{exc.__cause__.__class__.__name__}: {exc.__cause__}")
+                except Exception as exc:
+                    result = _refused(f"{exc.__class__.__name__}: {exc}")
+                results.append(result)
         if self.hub is not None and events:
             self.hub.publish(events)
         return results
 
+    def remembered(self, rid):
+        """The result remembered for request id ``rid`` (with its
+        ``rd``, ``refs`` and ``gone``), or None."""
+        return self._dedupe.get(rid)
+
+    @staticmethod
+    def _refused_entry(reason):
+        log.error("raft entry refused: %s", reason)
+        return {"ok": False, "error": {"code": "refused",
+                                       "message": f"malformed raft entry refused: {reason}"}}
+
     def _apply_txn(self, txn, events):
+        if not isinstance(txn, dict):
+            return _refused("a transaction must be a map")
         rid = txn.get("rid")
         if rid is not None and rid in self._dedupe:
-            return self._replay(self._dedupe[rid])
+            done = self._dedupe[rid]
+            digest, first = txn.get("rd"), done.get("rd")
+            if digest is not None and first is not None and digest != first:
+                # Not remembered either: the first request keeps the id.
+                return {"ok": False, "error": key_reused(rid)}
+            return self._replay(done)
         ts = txn.get("ts", 0.0)
         staged: dict[tuple[str, str], dict | None] = {}
         order: list[tuple[str, str]] = []
@@ -179,43 +240,77 @@ class StateMachine:
                 # Failures change nothing and are not remembered: a retry
                 # with the same request id is simply evaluated again.
                 return {"ok": False, "error": failure}
+            if op["kind"] in INDEXED and op["op"] != "delete":
+                problem = _hazard(op["kind"], op["obj"])
+                if problem is not None:
+                    return _refused(problem)
             key = (op["kind"], op["id"] if op["op"] == "delete" else op["obj"]["id"])
             if key not in staged:
                 order.append(key)
             staged[key] = None if op["op"] == "delete" else op["obj"]
 
-        self.index += 1
-        index = self.index
-        refs = []
-        for kind, oid in order:
-            old = self.objects[kind].get(oid)
-            new = staged[(kind, oid)]
-            if new is None:
-                if old is None:
+        # Everything above only read the state; from here on it changes.
+        # The checks above leave nothing that could fail here, but should
+        # anything still do, what this transaction changed is undone and
+        # it is refused: every member takes the same decision.
+        index_before, events_before = self.index, len(events)
+        undo: list[tuple[str, str, dict | None]] = []
+        try:
+            self.index += 1
+            index = self.index
+            refs = []
+            gone = []
+            for kind, oid in order:
+                old = self.objects[kind].get(oid)
+                new = staged[(kind, oid)]
+                undo.append((kind, oid, old))
+                if new is None:
+                    if old is None:
+                        continue
+                    del self.objects[kind][oid]
+                    self._unindex(kind, old)
+                    if kind == "task":
+                        self._count(old, None)
+                    events.append(Event(index, "delete", kind, oid, None, old))
+                    gone.append((kind, oid))
                     continue
-                del self.objects[kind][oid]
-                self._unindex(kind, old)
+                new = dict(new)
                 if kind == "task":
-                    self._count(old, None)
-                events.append(Event(index, "delete", kind, oid, None, old))
-                continue
-            new = dict(new)
-            if kind == "task":
-                self._share(new, old)
-            new["version"] = index
-            new["created_at"] = old["created_at"] if old is not None else ts
-            new["updated_at"] = ts
-            # An object whose indexed value did not change stays in its
-            # index entry throughout: a reader never misses it.
-            self.objects[kind][oid] = new
-            if old is not None:
-                self._unindex(kind, old, new)
-            self._index(kind, new, old)
-            if kind == "task":
-                self._count(old, new)
-            refs.append((kind, oid))
-            events.append(Event(index, "update" if old is not None else "create", kind, oid, new, old))
+                    self._share(new, old)
+                new["version"] = index
+                new["created_at"] = old["created_at"] if old is not None else ts
+                new["updated_at"] = ts
+                # An object whose indexed value did not change stays in its
+                # index entry throughout: a reader never misses it.
+                self.objects[kind][oid] = new
+                if old is not None:
+                    self._unindex(kind, old, new)
+                self._index(kind, new, old)
+                if kind == "task":
+                    self._count(old, new)
+                refs.append((kind, oid))
+                events.append(Event(index, "update" if old is not None else "create", kind, oid,
+                                    new, old))
+        except BaseException as exc:
+            for kind, oid, old in reversed(undo):
+                if old is None:
+                    self.objects[kind].pop(oid, None)
+                else:
+                    self.objects[kind][oid] = old
+            self.index = index_before
+            del events[events_before:]
+            self._reindex()
+            if isinstance(exc, MemoryError) or not isinstance(exc, Exception):
+                raise               # not a property of the entry
+            raise _Undone() from exc
         result = {"ok": True, "index": index, "refs": refs}
+        if rid is not None:
+            # What the request was, and what it removed (a retry of a
+            # removal finds the object gone and is answered from this).
+            if txn.get("rd") is not None:
+                result["rd"] = txn["rd"]
+            if gone:
+                result["gone"] = gone
         self._remember(rid, result)
         return self._replay(result)
 
@@ -301,6 +396,19 @@ class StateMachine:
                                 "message": f"{kind} with {field} {value!r} already exists"}
         return None
 
+    def _reindex(self):
+        """Rebuild the unique and secondary indexes and the task counts
+        from the objects (after loading a snapshot, or undoing a
+        transaction that failed half-way)."""
+        self._unique = {key: {} for key in self._unique}
+        self._indexes = {key: {} for key in self._indexes}
+        self._counts = {}
+        for kind, objs in self.objects.items():
+            for obj in objs.values():
+                if kind == "task":
+                    self._count(None, obj)
+                self._index(kind, obj)
+
     def _share(self, new, old):
         """Let a task share its spec with its previous version or its
         service instead of holding its own copy (every applied object is
@@ -313,9 +421,10 @@ class StateMachine:
             new["spec"] = old["spec"]
         else:
             service = self.objects["service"].get(new.get("service_id"))
-            if service is not None and service["spec"].get("task") == spec:
-                new["spec"] = service["spec"]["task"]
-        if old is not None and old.get("ports") == new.get("ports"):
+            service_spec = service.get("spec") if service is not None else None
+            if isinstance(service_spec, dict) and service_spec.get("task") == spec:
+                new["spec"] = service_spec["task"]
+        if old is not None and "ports" in old and old["ports"] == new.get("ports"):
             new["ports"] = old["ports"]
 
     def _index(self, kind, obj, old=None):
@@ -413,9 +522,12 @@ class StateMachine:
                 if kind in objects:
                     objects[kind][obj["id"]] = obj
             elif tag == "d":
+                # (``rd`` and ``gone`` are absent from older snapshots)
                 result = record[2]
                 if result.get("ok"):
                     result["refs"] = [tuple(r) for r in result.get("refs", ())]
+                    if "gone" in result:
+                        result["gone"] = [tuple(r) for r in result["gone"]]
                 dedupe[record[1]] = result
             elif tag == "end":
                 complete = True
@@ -427,14 +539,43 @@ class StateMachine:
             self.applied_bytes = int(head.get("bytes", 0))
             self.objects = objects
             self._dedupe = dedupe
-            self._unique = {key: {} for key in self._unique}
-            self._indexes = {key: {} for key in self._indexes}
-            self._counts = {}
-            for kind, objs in objects.items():
-                for obj in objs.values():
-                    if kind == "task":
-                        self._share(obj, None)
-                        self._count(None, obj)
-                    self._index(kind, obj)
+            for obj in objects["task"].values():
+                self._share(obj, None)
+            self._reindex()
         if self.hub is not None:
             self.hub.publish([Event(self.index, "reset", None, None, None, None)])
+
+
+class _Undone(Exception):
+    """A transaction failed while changing the maps and was undone."""
+
+
+def _hashable(value) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _refused(problem: str) -> dict:
+    log.error("transaction refused while applying it: %s", problem)
+    return {"ok": False, "error": {"code": "invalid",
+                                   "message": f"transaction refused: {problem}"}}
+
+
+# Values that changing the maps uses as keys, or reads into, without
+# checking them: an object that passed ``StateMachine._check`` but would
+# make that fail half-way is refused before anything changes. Only what
+# applying would have failed on anyway is refused, so members of different
+# releases still agree on every entry.
+def _hazard(kind: str, obj: dict) -> str | None:
+    for field in INDEXED[kind]:
+        value = obj.get(field)
+        if value is not None and type(value) is not str and not _hashable(value):
+            return f"{kind} {obj['id']}: {field} must be a string"
+    if kind == "task" and obj.get("desired_state") == "running":
+        status = obj.get("status")
+        if status and not isinstance(status, dict):
+            return f"task {obj['id']}: status must be a map"
+    return None

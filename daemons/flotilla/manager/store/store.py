@@ -15,6 +15,8 @@ transport fsyncs before sending, and the local journal is synced here before
 any result is handed back). If the answer does not come within the timeout
 the outcome is unknown: the caller may retry with the same request id and
 the state machine will return the original result instead of writing twice.
+A request id may carry a digest of its request (``RequestId``): the state
+machine then refuses the id for any other request.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ import logging
 import os
 import threading
 import time
+from typing import NamedTuple
 
 from pysyncobj.config import FAIL_REASON
 
 from ...common import admission
 from ..raft import codec
 from ..raft.node import FAIL_TEXT
-from .state import StateMachine
+from .state import StateMachine, key_reused
 from .watch import EventHub
 
 log = logging.getLogger(__name__)
@@ -68,7 +71,24 @@ class TxnFailed(StoreError):
         super().__init__(error.get("message", error.get("code")))
         self.error = error
         self.code = error.get("code", "failed")
-        self.status = {"conflict": 409, "exists": 409, "not_found": 404, "invalid": 400}.get(self.code, 400)
+        self.field = error.get("field")
+        self.status = {"conflict": 409, "exists": 409, "not_found": 404, "invalid": 400,
+                       "key_reused": 422, "refused": 500}.get(self.code, 400)
+
+
+class RequestId(NamedTuple):
+    """A request id bound to its request: ``digest`` says what the request
+    was (the API hashes its method, path, query and body), and the state
+    machine refuses the same ``key`` with another digest. A plain string
+    is a request id bound to nothing."""
+    key: str
+    digest: bytes | None = None
+
+
+def _rid_parts(rid) -> tuple[str | None, bytes | None]:
+    if rid is None or isinstance(rid, str):
+        return rid, None
+    return rid.key, rid.digest
 
 
 class _Waiter:
@@ -256,7 +276,10 @@ class Store:
     def _pending(self, ops, rid, waiter=None) -> _Pending:
         """The transaction, encoded once, ready to queue."""
         ops = self._compact(ops) if self._patches_allowed() else list(ops)
-        txn = {"rid": rid, "ts": time.time(), "ops": ops}
+        key, digest = _rid_parts(rid)
+        txn = {"rid": key, "ts": time.time(), "ops": ops}
+        if digest is not None:
+            txn["rd"] = digest
         data = codec.pack(txn)
         if len(data) > MAX_BYTES_PER_ENTRY:
             raise TxnFailed({"code": "invalid",
@@ -280,7 +303,7 @@ class Store:
             raise TxnFailed(result["error"])
         return result
 
-    def commit(self, ops, rid: str | None = None, timeout: float = 10.0) -> dict:
+    def commit(self, ops, rid: str | RequestId | None = None, timeout: float = 10.0) -> dict:
         """Apply ``ops`` atomically; returns {"index", "objects"} or raises."""
         raft = self.raft
         if raft is None or not raft.is_leader:
@@ -348,6 +371,21 @@ class Store:
             self._ready.notify()
         return pendings
 
+    def remembered(self, rid) -> dict | None:
+        """What the store remembers of request id ``rid`` (a str or a
+        RequestId): None if it is new; else ``{"index", "removed"}``, the
+        objects its transaction removed as ``(kind, id)`` pairs. Raises
+        TxnFailed ("key_reused") if ``rid`` came with another request."""
+        key, digest = _rid_parts(rid)
+        if key is None:
+            return None
+        done = self.sm.remembered(key)
+        if done is None or not done.get("ok"):
+            return None
+        if digest is not None and done.get("rd") not in (None, digest):
+            raise TxnFailed(key_reused(key))
+        return {"index": done["index"], "removed": list(done.get("gone", ()))}
+
     def _result_or_error(self, pending):
         try:
             return self._result(pending)
@@ -363,7 +401,18 @@ class Store:
         ``version`` must match, and a conflict is then not retried.
         ``extra_ops(current, new)`` may add operations to the same
         transaction. Raises TxnFailed("not_found") if the object is missing.
+
+        A request id that was applied before is not evaluated again: the
+        object is returned as it is now, once the state machine has checked
+        that the id came with the same request (else "key_reused").
         """
+        if self.remembered(rid) is not None:
+            objects = self.commit([], rid=rid)["objects"]
+            current = objects[0] if objects and objects[0].get("id") == oid else self.get(kind, oid)
+            if current is None:
+                raise TxnFailed({"code": "not_found", "kind": kind, "id": oid,
+                                 "message": f"{kind} {oid} not found"})
+            return current
         for _ in range(attempts):
             current = self.get(kind, oid)
             if current is None:
@@ -455,6 +504,12 @@ class Store:
             self.raft.journal.sync()
             for pending, result in zip(batch, results):
                 pending.answer(result=result)
+            return
+        if err == FAIL_REASON.SUCCESS and isinstance(results, dict) and not results.get("ok"):
+            # Every member refused the entry as a whole (state.py, node.py):
+            # nothing of it was applied.
+            self.raft.journal.sync()
+            self._fail(batch, TxnFailed(results.get("error") or {"code": "refused"}))
             return
         reason = FAIL_TEXT.get(err, f"raft error {err}")
         if err in (FAIL_REASON.NOT_LEADER, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
