@@ -267,6 +267,7 @@ def test_templates_are_expanded_per_task(cluster, tmp_path):
            "--env", "WHERE={{.Node.Platform.OS}}/{{.Node.Platform.Architecture}}",
            "--env", "TASK={{.Task.Name}} {{.Task.ID}} {{.Service.ID}}",
            "--env", 'LITERAL={{"{{.Node.ID}}"}}', "--env", "PLAIN=a}}b",
+           "--env", 'TIER={{index .Service.Labels "tier"}}', "--label", "tier=front",
            "--mount", f"type=bind,source={tmp_path}/{{{{.Node.Hostname}}}},"
                       "target=/data/{{.Task.Slot}}",
            IMAGE, "sleep", "3600")
@@ -289,6 +290,7 @@ def test_templates_are_expanded_per_task(cluster, tmp_path):
         assert env["WHERE"] == f"{node['platform']['os']}/{node['platform']['arch']}"
         assert env["TASK"] == f"tmpl.{slot}.{task['id']} {task['id']} {service['id']}"
         assert env["LITERAL"] == "{{.Node.ID}}" and env["PLAIN"] == "a}}b"
+        assert env["TIER"] == "front"
         assert [(m["Source"], m["Destination"]) for m in info["Mounts"]] == [
             (f"{tmp_path}/{node['hostname']}", f"/data/{slot}")]
         seen.add(node["hostname"])

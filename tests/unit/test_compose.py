@@ -624,15 +624,14 @@ def test_service_templates(tmp_path):
           db:
             image: busybox
             hostname: "{{.Task.Number}}"
-            environment: ["A=1", 'B={{index .Service.Labels "x"}}']
+            environment: ["A=1", 'B={{index .Service.Labels "x"}}', 'C={{index .Node "x"}}']
         """
     path, errors = errors_of(tmp_path, text)
     assert [e.split(" (")[0] for e in errors] == [
         f"{path}:6: services.web.environment.BAD: unknown template placeholder {{{{.Node.Name}}}}",
         f"{path}:9: services.db.hostname: unknown template placeholder {{{{.Task.Number}}}}",
-        f"{path}:10: services.db.environment[1]: template placeholder "
-        '{{index .Service.Labels "..."}} is not supported: service labels are not sent to the '
-        "nodes running its tasks"]
+        f"{path}:10: services.db.environment[2]: unknown template placeholder "
+        '{{index .Node "x"}}: index takes .Service.Labels']
 
 
 def test_type_errors_and_durations(tmp_path):

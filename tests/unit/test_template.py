@@ -48,14 +48,23 @@ def test_global_tasks_use_the_node_id_for_the_slot():
     assert template.expand("[{{.Node.Platform.OS}}]", ctx) == "[]"
 
 
-def test_service_labels_are_expanded_where_known_but_refused_in_specs():
+def test_service_labels_are_expanded():
     ctx = dict(CTX, **{".Service.Labels": {"b": "2", "a": "1"}})
     assert template.expand('{{index .Service.Labels "a"}}-{{index .Service.Labels "c"}}',
                            ctx) == "1-"
     assert template.expand("{{.Service.Labels}}", ctx) == "map[a:1 b:2]"     # Go's format
     for text in ('{{index .Service.Labels "a"}}', "{{.Service.Labels}}"):
-        with pytest.raises(TemplateError, match="not supported: service labels are not sent"):
-            template.check(text)
+        template.check(text)
+
+
+def test_only_containers_that_read_service_labels_carry_them():
+    assert template.uses_labels({"env": ['TIER={{index .Service.Labels "tier"}}']})
+    assert template.uses_labels({"hostname": "{{ .Service.Labels }}"})
+    assert template.uses_labels({"mounts": [{"source": '/d/{{index .Service.Labels "x"}}',
+                                             "target": "/d"}]})
+    assert not template.uses_labels({"env": ['A={{".Service.Labels"}}', "B=.Service.Labels"]})
+    assert not template.uses_labels({"env": ["ID={{.Service.ID}}"], "hostname": None})
+    assert not template.uses_labels({})
 
 
 @pytest.mark.parametrize("text, message", [

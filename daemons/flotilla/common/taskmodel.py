@@ -28,6 +28,8 @@ A task (store object and what agents receive)::
       "spec_version": int,
       "ports": [{"target": 80, "published": 8080, "protocol": "tcp"}],   # host mode
       "desired_state": "running",
+      "service_labels": {str: str},  # only when the container's templates
+                                     # read {{.Service.Labels}}: as at creation
       "status": {"state": "pending", "message": str, "err": str | None,
                  "exit_code": int | None, "container_id": str | None,
                  "timestamp": float},

@@ -10,9 +10,10 @@ Placeholders (``FIELDS``): ``.Service.ID``, ``.Service.Name``, ``.Node.ID``,
 ``.Node.Hostname``, ``.Node.Platform.OS``, ``.Node.Platform.Architecture``,
 ``.Task.ID``, ``.Task.Name`` (``<service>.<slot>.<task id>``, the node id in
 place of the slot for a global service) and ``.Task.Slot`` (the node id for
-a global service). ``.Service.Labels`` and ``{{index .Service.Labels "k"}}``
-are understood here but refused in specs (``check``): the service's labels
-do not travel with its tasks to the nodes.
+a global service), and ``.Service.Labels`` (``{{index .Service.Labels "k"}}``
+for one label): a task whose container uses them carries its service's
+labels as they were when the task was created (``service_labels``), as
+Swarm's tasks carry their service's annotations.
 
 Only these forms of Go's text/template are taken: ``{{.A.B}}`` (spaces
 inside the braces allowed), ``{{index .Service.Labels "key"}}``, a string
@@ -29,8 +30,6 @@ import re
 FIELDS = (".Service.ID", ".Service.Name", ".Service.Labels", ".Node.ID", ".Node.Hostname",
           ".Node.Platform.OS", ".Node.Platform.Architecture", ".Task.ID", ".Task.Name",
           ".Task.Slot")
-# Understood by ``expand`` but refused by ``check``: see the module doc.
-UNAVAILABLE = {".Service.Labels": "service labels are not sent to the nodes running its tasks"}
 
 _FIELD = re.compile(r"(?:\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
 _STRING = r'"(?:[^"\\\n]|\\.)*"|`[^`]*`'
@@ -58,7 +57,7 @@ def _string(token: str) -> str:
 
 
 def _known() -> str:
-    usable = [f for f in FIELDS if f not in UNAVAILABLE]
+    usable = list(FIELDS)
     return ", ".join(usable[:-1]) + " or " + usable[-1]
 
 
@@ -144,15 +143,29 @@ def is_template(s) -> bool:
 
 def check(s: str) -> None:
     """Raise TemplateError if ``s`` is not a template a node can expand."""
-    if not is_template(s):
-        return
-    for part in parse(s):
-        if isinstance(part, tuple) and part[0] != "text":
-            name = part[1]
-            if name in UNAVAILABLE:
-                shown = "{{" + (f'index {name} "..."' if part[0] == "index" else name) + "}}"
-                raise TemplateError(f"template placeholder {shown} is not supported: "
-                                    f"{UNAVAILABLE[name]}")
+    if is_template(s):
+        parse(s)
+
+
+def _templated_fields(container: dict):
+    """The values of a container spec that each node expands."""
+    for entry in container.get("env") or ():
+        yield entry.partition("=")[2]
+    yield container.get("hostname")
+    for m in container.get("mounts") or ():
+        yield m.get("source")
+        yield m.get("target")
+
+
+def uses_labels(container: dict) -> bool:
+    """Whether the container spec's templates read the service's labels
+    (the spec was checked: every template in it parses)."""
+    for value in _templated_fields(container):
+        if is_template(value) and ".Service.Labels" in value:
+            if any(isinstance(p, tuple) and p[0] != "text" and p[1] == ".Service.Labels"
+                   for p in parse(value)):
+                return True
+    return False
 
 
 def sample(s: str) -> str:

@@ -88,7 +88,10 @@ def at_host(addr: str | None, host: str) -> str | None:
 
 
 def agent_view(task: dict) -> dict:
-    return {k: task.get(k) for k in AGENT_FIELDS}
+    view = {k: task.get(k) for k in AGENT_FIELDS}
+    if "service_labels" in task:        # only tasks whose templates read them
+        view["service_labels"] = task["service_labels"]
+    return view
 
 
 def pushed_to_agent(task: dict | None) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ...common import taskmodel
+from ...common import taskmodel, template
 from ..specs import task_ports
 from ..store.store import new_id
 
@@ -12,7 +12,7 @@ from ..store.store import new_id
 def new_task(service: dict, *, slot: int | None = None, node_id: str | None = None,
              desired: str = "running", now: float | None = None) -> dict:
     spec = service["spec"]
-    return {
+    task = {
         "id": new_id(),
         "service_id": service["id"],
         "service_name": service["name"],
@@ -24,6 +24,11 @@ def new_task(service: dict, *, slot: int | None = None, node_id: str | None = No
         "desired_state": desired,
         "status": status("pending", "pending task scheduling", now=now),
     }
+    if template.uses_labels(spec["task"].get("container") or {}):
+        # what {{.Service.Labels}} reads on the node (only then: most
+        # tasks would carry them for nothing)
+        task["service_labels"] = dict(spec.get("labels") or {})
+    return task
 
 
 def status(state: str, message: str = "", *, err: str | None = None, exit_code=None,
