@@ -36,8 +36,9 @@ def status():
 @policy("manager")
 @doc("Manager: join the Raft group.", body=RaftJoin, response=models.RaftMembers, tags=("managers",))
 def join():
-    """Record the caller's addresses, add it to the Raft configuration and
-    return the members (address -> node id) it must start with."""
+    """Record the caller's addresses, add it to the Raft configuration (the
+    change carries its node id and API address) and return the members it
+    must start with (Raft address -> node id, and -> API address)."""
     body = parse_body(RaftJoin)
     m = manager()
     node_id = identity().node_id
@@ -48,11 +49,13 @@ def join():
     m.store.update("node", node_id, lambda node: dict(
         node, role="manager", manager={"raft_addr": body.raft_addr, "api_addr": body.api_addr}))
     try:
-        m.membership.add(body.raft_addr)
+        m.membership.add(body.raft_addr, member={"node_id": node_id, "api_addr": body.api_addr})
     except MembershipBusy as exc:
         raise ApiError(503, "membership_busy", str(exc)) from None
     except MembershipError as exc:
         raise ApiError(503, "membership_failed", str(exc)) from None
     ids = m.security.managers_by_address()
-    members = {addr: ids.get(addr) for addr in m.raft.member_addresses()}
-    return json_response({"members": members})
+    apis = m.security.api_by_address()
+    addresses = m.raft.member_addresses()
+    return json_response({"members": {addr: ids.get(addr) for addr in addresses},
+                          "api": {addr: apis[addr] for addr in addresses if addr in apis}})

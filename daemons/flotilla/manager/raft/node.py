@@ -400,9 +400,15 @@ class RaftNode(SyncObj):
             raise ValueError("command too large")
         self._applyCommand(payload, callback, REGULAR)
 
-    def addNodeToCluster(self, node, callback=None):
+    def addNodeToCluster(self, node, callback=None, member: dict | None = None):
+        """Add a member. ``member`` (``node_id``, ``api_addr``) travels with
+        the change: every member records who stands behind the address at
+        the moment the change takes effect, whatever its store holds."""
         address = node.address if isinstance(node, TCPNode) else str(node)
-        self._applyCommand(codec.pack(["add", address, address]), callback, MEMBERSHIP)
+        about = {k: str(v) for k, v in (member or {}).items()
+                 if k in ("node_id", "api_addr") and v}
+        # The third element was the address again; older releases ignore it.
+        self._applyCommand(codec.pack(["add", address, about or address]), callback, MEMBERSHIP)
 
     def removeNodeFromCluster(self, node, callback=None):
         address = node.address if isinstance(node, TCPNode) else str(node)
@@ -501,7 +507,13 @@ class RaftNode(SyncObj):
                 or request[0] not in ("add", "rem") or not isinstance(request[1], str)):
             log.error("malformed membership change ignored")
             return None
-        return [request[0], request[1], TCPNode(request[1])]
+        about = request[2] if isinstance(request[2], dict) else {}
+        member = {"address": request[1]}
+        for key in ("node_id", "api_addr"):
+            if isinstance(about.get(key), str):
+                member[key] = about[key]
+        # The transport records it when the change takes effect (addNode).
+        return [request[0], request[1], TCPNode(request[1], flotilla_member=member)]
 
     # -- introspection ----------------------------------------------------------
     @property

@@ -442,7 +442,8 @@ class TlsTransport(TCPTransport):
             conn.setOnDisconnectedCallback(functools.partial(self._onDisconnected, conn))
             self._connections[node] = conn
         if self._started:
-            self._security.members_changed(self._member_addresses())
+            self._security.members_changed(self._member_addresses(),
+                                           getattr(node, "flotilla_member", None))
 
     def dropNode(self, node):
         super().dropNode(node)
