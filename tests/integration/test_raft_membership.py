@@ -5,6 +5,8 @@
   just before the crash is in the membership it restarts with, but not yet
   a manager in that store. It must still be let in: it may be the only
   peer able to bring the store forward.
+- ``has_quorum`` means contact with a majority (a leader heard from within
+  the contact window), not connections.
 """
 
 import base64
@@ -14,7 +16,14 @@ import zlib
 
 from flotilla.manager.raft import journal as raftjournal
 from flotilla.manager.raft.node import REGULAR
+from flotilla.manager.store.store import Op, new_id
 from tests.helpers.cluster import wait_for
+from tests.helpers.raftmembers import raft_group
+
+
+def _config(name):
+    return Op.create("config", {"id": new_id(), "name": name,
+                                "data": base64.b64encode(b"x").decode(), "labels": {}})
 
 
 def _journal_entries(raft_dir):
@@ -74,3 +83,28 @@ def test_a_restarted_manager_lets_in_a_member_its_replayed_store_does_not_know_y
     assert m3.raft_addr in health["raft"]["connected"], health["raft"]
     assert health["leader"] is not None
     assert "raft.not_member" not in health["refused"], health["refused"]
+
+
+def test_a_member_connected_only_to_a_follower_has_no_quorum(tmp_path):
+    with raft_group(tmp_path, "quorumcluster") as g:
+        leader = wait_for(lambda: next((i for i, (_s, r) in enumerate(g.members)
+                                        if r.is_leader), None), 30, what="a leader")
+        x, y = [i for i in range(3) if i != leader]
+        path = g.dirs[x] / "raft" / "members.json"
+
+        def misattribute_the_leader():
+            # x's record says another node stands behind the leader's
+            # address: x refuses the leader (and the leader's connection),
+            # keeps its connection to the other follower.
+            saved = json.loads(path.read_text())
+            saved["ids"][g.addrs[leader]] = "someone-else"
+            path.write_text(json.dumps(saved))
+
+        _store, raft = g.restart(x, while_stopped=misattribute_the_leader)
+        g.members[leader][0].commit([_config("while-x-is-refused")])
+        status = wait_for(lambda: (lambda st: st if st["connected"] == [g.addrs[y]] else None)(
+            raft.status()), 15, what="x connected to the other follower")
+        assert status["leader"] is None
+        assert status["has_quorum"] is False, status
+        assert g.members[leader][1].status()["has_quorum"] is True
+        assert g.members[y][1].status()["has_quorum"] is True

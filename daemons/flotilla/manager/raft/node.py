@@ -211,6 +211,9 @@ class RaftNode(SyncObj):
         self._rank = (0, 1)
         self._rank_checked = float("-inf")
         self._compact_after = 0.0
+        # When each peer's last message arrived (Raft address -> monotonic).
+        self._heard: dict[str, float] = {}
+        self._contact_window = settings.leader_fallback
         self._thread = threading.Thread(target=self._tick_loop, name="raft-tick", daemon=True)
 
     # -- lifecycle ------------------------------------------------------------
@@ -464,6 +467,9 @@ class RaftNode(SyncObj):
         # components' decisions (a node marked down, a task rescheduled)
         # applied by the new leader. Refuse it: the proposer's caller gets
         # "not the leader" and nothing is applied.
+        address = getattr(node, "address", None)
+        if address is not None:
+            self._heard[address] = _monotonic()
         mtype = message.get("type")
         if mtype == "pre_vote":
             self._answer_prevote(node, message)
@@ -540,6 +546,18 @@ class RaftNode(SyncObj):
                 continue
         return set()
 
+    def _heard_within(self, window: float) -> set[str]:
+        now = _monotonic()
+        for _ in range(5):
+            try:
+                heard = dict(self._heard)
+                break
+            except RuntimeError:  # changed under us by the tick thread
+                continue
+        else:
+            heard = {}
+        return {addr for addr, t in heard.items() if now - t < window}
+
     def reachable_addresses(self, window: float = 2.0) -> set[str]:
         """This member plus peers that are connected and, when we lead, have
         answered within ``window`` seconds."""
@@ -547,19 +565,24 @@ class RaftNode(SyncObj):
         connected = self.connected_addresses()
         if not self.is_leader:
             return out | connected
-        now = _monotonic()
-        for _ in range(5):
-            try:
-                times = dict(self._SyncObj__lastResponseTime)
-                break
-            except RuntimeError:
-                continue
-        else:
-            times = {}
-        for node, t in times.items():
-            if node.address in connected and now - t < window:
-                out.add(node.address)
-        return out
+        return out | (connected & self._heard_within(window))
+
+    def has_quorum(self) -> bool:
+        """Whether this member is in actual contact with a majority, not
+        merely connected to one: a leader has heard from a majority of the
+        members (itself included) within the contact window (it steps down
+        when it has not for that long); any other member has heard from a
+        leader within that window. A member that keeps connections to a
+        follower but is cut off from the leader (or refused by it) has no
+        quorum."""
+        window = self._contact_window
+        if self.is_leader:
+            members = self.member_addresses()
+            heard = self._heard_within(window) | {self.self_address}
+            return 2 * len(heard.intersection(members)) > len(members)
+        if self._SyncObj__raftLeader is None:
+            return False
+        return _monotonic() - self._prevote.leader_contact < window
 
     def transfer_leadership(self) -> bool:
         """Ask the most caught-up follower to take over; True if asked."""
@@ -592,7 +615,7 @@ class RaftNode(SyncObj):
             "log_length": st["log_len"],
             "members": self.member_addresses(),
             "connected": sorted(self.connected_addresses()),
-            "has_quorum": st["has_quorum"],
+            "has_quorum": self.has_quorum(),
         }
 
 
