@@ -7,11 +7,17 @@
   peer able to bring the store forward.
 - ``has_quorum`` means contact with a majority (a leader heard from within
   the contact window), not connections.
+- The agent of a manager whose own manager does not serve reaches the
+  other managers, which its manager recorded with the Raft membership, even
+  when no answer named them to it yet.
 """
 
 import base64
 import json
 import os
+import socket
+import struct
+import threading
 import zlib
 
 from flotilla.manager.raft import journal as raftjournal
@@ -108,3 +114,64 @@ def test_a_member_connected_only_to_a_follower_has_no_quorum(tmp_path):
         assert status["has_quorum"] is False, status
         assert g.members[leader][1].status()["has_quorum"] is True
         assert g.members[y][1].status()["has_quorum"] is True
+
+
+def _refusing_listener(addr):
+    """Holds ``addr``: every connection is accepted and closed at once, as
+    by a program that took the port of a manager that cannot start."""
+    host, port = addr.rsplit(":", 1)
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, int(port)))
+    srv.listen(64)
+    stop = threading.Event()
+
+    def serve():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+
+    def close():
+        stop.set()
+        t.join(2)
+        srv.close()
+    return close
+
+
+def test_the_agent_of_a_manager_that_does_not_serve_reaches_the_others(make_cluster):
+    c = make_cluster()
+    m1 = c.init("m1")
+    m2 = c.join("m2")
+    m3 = c.join("m3")
+    others = c.admin([m2, m3], retry_for=10)
+
+    def m1_state():
+        return others.get(f"/v1/nodes/{m1.node_id}")["state"]
+
+    m1.signal_group()
+    m1.kill()
+    wait_for(lambda: m1_state() == "down", 30, what="m1 marked down")
+    # As when m1 is killed right after the others joined: no answer has
+    # named them to m1's agent yet.
+    path = os.path.join(m1.data_dir, "node.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg["managers"] = [m1.addr]
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    # m1's own manager cannot serve: a program took its API port.
+    release = _refusing_listener(m1.addr)
+    try:
+        m1.restart()
+        wait_for(lambda: m1_state() == "ready", 60,
+                 what="m1's agent registered through another manager")
+    finally:
+        release()
