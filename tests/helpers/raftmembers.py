@@ -59,6 +59,13 @@ class RaftGroup:
         self.security[i] = security
         return store, raft
 
+    def leader(self, timeout: float = 30.0) -> int:
+        """The index of the member that leads, once one does."""
+        from tests.helpers.cluster import wait_for
+
+        return wait_for(lambda: [i for i, (_s, r) in enumerate(self.members) if r.is_leader],
+                        timeout, what="a leader")[0]
+
     def stop(self, i=None):
         for store, raft in (self.members if i is None else [self.members[i]]):
             raft.stop()

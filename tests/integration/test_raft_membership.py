@@ -93,8 +93,7 @@ def test_a_restarted_manager_lets_in_a_member_its_replayed_store_does_not_know_y
 
 def test_a_member_connected_only_to_a_follower_has_no_quorum(tmp_path):
     with raft_group(tmp_path, "quorumcluster") as g:
-        leader = wait_for(lambda: next((i for i, (_s, r) in enumerate(g.members)
-                                        if r.is_leader), None), 30, what="a leader")
+        leader = g.leader()
         x, y = [i for i in range(3) if i != leader]
         path = g.dirs[x] / "raft" / "members.json"
 
