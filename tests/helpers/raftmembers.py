@@ -21,7 +21,8 @@ def _free_port():
 
 class RaftGroup:
     """``members[i]`` is member i's ``(store, raft)``, ``security[i]`` its
-    RaftSecurity and ``dirs[i]`` its directory (``raft/``, ``node.pem``)."""
+    RaftSecurity, ``counters[i]`` the refusals it counted and ``dirs[i]`` its
+    directory (``raft/``, ``node.pem``)."""
 
     def __init__(self, tmp_path, cluster_id: str, count: int = 3, **raft_options):
         self.root = certs.RootCA.create(cluster_id)
@@ -34,6 +35,7 @@ class RaftGroup:
         self.options = raft_options
         self.members: list[tuple] = [None] * count
         self.security: list[RaftSecurity | None] = [None] * count
+        self.counters: list[SecurityCounters | None] = [None] * count
         for i, d in enumerate(self.dirs):
             (d / "raft").mkdir(parents=True, mode=0o700)
             key, cert = self.root.issue(certs.ROLE_MANAGER, self.ids[i], cluster_id, 3600)
@@ -46,10 +48,11 @@ class RaftGroup:
     def _build(self, i, first: bool):
         d = self.dirs[i]
         store = Store()
+        counters = SecurityCounters()
         security = RaftSecurity(bundle_path=str(d / "node.pem"), ca_path=str(self.ca),
                                 cluster_id=self.cluster_id, store=store,
                                 members_path=str(d / "raft" / "members.json"),
-                                counters=SecurityCounters())
+                                counters=counters)
         if first:
             security.remember(dict(zip(self.addrs, self.ids)))
         raft = RaftNode(self.addrs[i], self.addrs, str(d / "raft"), store.sm, security,
@@ -57,6 +60,7 @@ class RaftGroup:
         store.attach(raft)
         self.members[i] = (store, raft)
         self.security[i] = security
+        self.counters[i] = counters
         return store, raft
 
     def leader(self, timeout: float = 30.0) -> int:

@@ -21,13 +21,18 @@ store then holds.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 
 from ..ca import certs
 from ..common import fsutil, tls
+from ..common.ratelog import RateLimitedLog
 from . import objects
 
 log = logging.getLogger(__name__)
+
+# At most one line about refused Raft connections per this many seconds.
+REFUSAL_LOG_INTERVAL = 5.0
 
 
 class SecurityCounters:
@@ -54,9 +59,10 @@ class RaftSecurity:
         self._members_path = members_path
         self._counters = counters
         self._journal = None
+        self._refusals = RateLimitedLog(log, "raft connection refused", REFUSAL_LOG_INTERVAL)
         self._server = tls.ReloadingContext(
-            lambda: tls.server_context(bundle_path, ca_path, client_cert="required"),
-            [bundle_path, ca_path], check_interval=1.0)
+            lambda: _server_context(bundle_path, ca_path), [bundle_path, ca_path],
+            check_interval=1.0)
         self._client = tls.ReloadingContext(
             lambda: tls.client_context(bundle_path, ca_path),
             [bundle_path, ca_path], check_interval=1.0)
@@ -138,8 +144,13 @@ class RaftSecurity:
         return node_id is not None and self.managers_by_address().get(address) == node_id
 
     def refused(self, reason: str, detail: str = ""):
+        """Count a refused connection; log it, at most one line per
+        REFUSAL_LOG_INTERVAL (with the count by reason)."""
         self._counters.inc(f"raft.{reason}")
-        log.warning("raft connection refused (%s): %s", reason, detail)
+        self._refusals.note(reason, detail)
+
+    def flush_refusals(self):
+        self._refusals.flush()
 
     def attach_journal(self, journal):
         self._journal = journal
@@ -177,6 +188,16 @@ class RaftSecurity:
             "ids": {a: ids[a] for a in members if a in ids},
             "api": {a: self._apis[a] for a in members if a in self._apis},
         })
+
+
+def _server_context(bundle_path: str, ca_path: str):
+    ctx = tls.server_context(bundle_path, ca_path, client_cert="required")
+    # Peers never resume a session (each connection uses a new one), and
+    # issuing tickets was a third of the cost of a handshake: whoever opens
+    # connections to the Raft port would make the manager pay it for nothing.
+    ctx.num_tickets = 0
+    ctx.options |= ssl.OP_NO_TICKET
+    return ctx
 
 
 def _cluster(store):
