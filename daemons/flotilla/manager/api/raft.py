@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint
 from pydantic import Field, field_validator
 
+from .. import objects
 from ..membership import MembershipBusy, MembershipError
 from . import models
 from .openapi import doc
@@ -42,8 +43,10 @@ def join():
     body = parse_body(RaftJoin)
     m = manager()
     node_id = identity().node_id
-    members = m.security.managers_by_address()
-    holder = members.get(body.raft_addr)
+    holder = m.security.managers_by_address().get(body.raft_addr)
+    if holder is None:              # a manager whose joining was left half done
+        recorded = objects.node_by_raft_addr(m.store, body.raft_addr)
+        holder = recorded["id"] if recorded is not None else None
     if holder is not None and holder != node_id:
         raise ApiError(409, "address_in_use", f"raft address {body.raft_addr} belongs to {holder}")
     m.store.update("node", node_id, lambda node: dict(
