@@ -165,7 +165,6 @@ class Nemesis:
             engine.restarts += 1
         return heal
 
-
     def _kill_after_join(self, fault, leader):
         name = self.rng.choice(self.agents)
         pick_leader = self.rng.random() < 2 / 3
