@@ -76,7 +76,8 @@ def start_flooder(c, leader, rate: float) -> subprocess.Popen:
         [os.path.join(ROOT, "daemons"), ROOT, os.environ.get("PYTHONPATH", "")]))
     return subprocess.Popen(
         [sys.executable, "-m", "tests.helpers.raftflood", leader.raft_addr, "--rate", str(rate),
-         "--seconds", "3600", "--cert", os.path.join(admin, "cert.pem"), "--key", os.path.join(admin, "key.pem")],
+         "--seconds", "3600", "--cert", os.path.join(admin, "cert.pem"),
+         "--key", os.path.join(admin, "key.pem")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
 
 
@@ -175,9 +176,11 @@ def main():
     print(f"{'':<10}{'writes':>8}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
     for name in ("idle", "flood"):
         s = res[name]
-        print(f"{name:<10}{s['writes']:>8}{s['p50_ms']:>10.2f}{s['p99_ms']:>10.2f}{s['max_ms']:>10.2f}")
+        print(f"{name:<10}{s['writes']:>8}{s['p50_ms']:>10.2f}{s['p99_ms']:>10.2f}"
+              f"{s['max_ms']:>10.2f}")
     print(f"\np99 flood/idle: {res['p99_ratio']:.2f} (target <= 2); p50: {res['p50_ratio']:.2f}")
-    print(f"flood: {res['flood_rate_achieved']:.0f} connections/s achieved ({res['flood_attempts']} "
+    print(f"flood: {res['flood_rate_achieved']:.0f} connections/s achieved "
+          f"({res['flood_attempts']} "
           f"in all); the leader counted {res['leader_refusals_counted']} refusals and logged "
           f"{res['leader_refusal_log_lines']} lines about them")
     share = res["cpu_share"]

@@ -129,7 +129,8 @@ class Flooder:
             with socket.create_connection(self.addr, timeout=self.timeout) as raw:
                 if kind != "tcp":
                     try:
-                        with self._contexts[kind].wrap_socket(raw, server_hostname=SERVER_NAME) as s:
+                        ctx = self._contexts[kind]
+                        with ctx.wrap_socket(raw, server_hostname=SERVER_NAME) as s:
                             s.recv(1)       # the server's alert or close
                     except (ssl.SSLError, OSError):
                         pass

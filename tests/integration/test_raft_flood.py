@@ -62,7 +62,8 @@ def test_refused_connections_at_200_a_second_neither_stop_commits_nor_fill_the_l
         wait_for(lambda: len([r for r in caplog.records
                               if r.name == "flotilla.manager.raftsecurity"]) > len(lines), 10,
                  what="the refusals of the last interval logged")
-        lines = [r.getMessage() for r in caplog.records if r.name == "flotilla.manager.raftsecurity"]
+        lines = [r.getMessage() for r in caplog.records
+                 if r.name == "flotilla.manager.raftsecurity"]
         assert len(lines) <= 3, lines
         counted = sum(int(line.split(": ", 1)[1].split(" ", 1)[0]) for line in lines[1:])
         assert counted == refused - 1, (lines, refused)
