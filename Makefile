@@ -64,6 +64,7 @@ bench: venv docker bench-deps
 	$(PY) bench/journal_cut.py
 	$(PY) bench/snapshot_write.py
 	$(PY) bench/failover.py
+	$(PY) bench/raft_flood.py
 	$(PY) bench/converge.py
 	$(PY) bench/converge.py --init
 	$(PY) bench/slow_uploads.py

@@ -12,7 +12,13 @@ Kinds:
 - ``partition-oneway``: one host stops receiving from some others, while
   they still receive from it;
 - ``dockerd-restart``: a host's Docker engine is stopped (SIGTERM, its
-  containers stop with it) and started again.
+  containers stop with it) and started again;
+- ``kill-after-join``: an agent is promoted, and within a second of the
+  moment the leader adds it to Raft, a manager (mostly the leader) gets
+  ``kill -9``. The heal restarts it, which must then rejoin as a reachable
+  manager within 30 s (a manager restarted with a store older than the
+  membership it knows must still let the new member in), and demotes the
+  promoted node to a worker again.
 
 Each fault holds for a seeded random time, then heals. The same seed gives
 the same schedule of kinds, targets and durations.
@@ -26,10 +32,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tests.helpers.cluster import wait_for
+
 PROBE_PORT = 24242   # every node's agent listener
 
 KINDS = ("kill", "pause", "partition-leader-minority", "partition-leader-majority",
-         "partition-oneway", "dockerd-restart")
+         "partition-oneway", "dockerd-restart", "kill-after-join")
+# kill-after-join: how long the promoted node may take to join Raft, the
+# restarted manager to rejoin, and the promoted node to be a worker again.
+JOIN_TIMEOUT = 90.0
+REJOIN_TIMEOUT = 30.0
+DEMOTE_TIMEOUT = 90.0
 
 
 @dataclass
@@ -150,6 +163,52 @@ class Nemesis:
         def heal():
             engine.start()
             engine.restarts += 1
+        return heal
+
+    def _kill_after_join(self, fault, leader):
+        name = self.rng.choice(self.agents)
+        pick_leader = self.rng.random() < 2 / 3
+        other = self.rng.choice([m for m in self.managers if m != leader] or self.managers)
+        delay = round(self.rng.uniform(0.0, 1.0), 2)
+        promoted = self._node(name)
+        admin = self.cluster.admin([self._node(m) for m in self.managers], timeout=5,
+                                   retry_for=15)
+        admin.post(f"/v1/nodes/{promoted.node_id}/promote")
+
+        def joined():
+            for m in self.managers:
+                try:
+                    health = self.cluster.health(self._node(m))
+                except Exception:       # noqa: BLE001 - ask the next one
+                    continue
+                if promoted.raft_addr in (health.get("raft") or {}).get("members", []):
+                    return m if health.get("is_leader") else True
+            return None
+
+        found = wait_for(joined, JOIN_TIMEOUT, interval=0.02, what=f"{name} in Raft")
+        time.sleep(delay)                       # the schedule: within a second of the join
+        current = found if isinstance(found, str) else leader
+        victim = (current or other) if pick_leader else other
+        fault.targets = [victim, name]
+        fault.detail = (f"{delay:.2f}s after {name} joined"
+                        + (" (leader)" if victim == current else ""))
+        node = self._node(victim)
+        node.kill(signal.SIGKILL)
+
+        def heal():
+            node.restart()
+            try:
+                self.cluster.wait_node_ready(node, manager=True, timeout=REJOIN_TIMEOUT)
+            except AssertionError as exc:
+                fault.violations.append(f"{victim} did not rejoin as a reachable manager "
+                                        f"within {REJOIN_TIMEOUT:.0f}s of its restart: {exc}")
+            try:
+                admin.post(f"/v1/nodes/{promoted.node_id}/demote")
+                wait_for(lambda: (lambda v: v["role"] == "worker" and v["state"] == "ready")(
+                    admin.get(f"/v1/nodes/{promoted.node_id}")), DEMOTE_TIMEOUT, interval=0.5,
+                    what=f"{name} a worker again")
+            except Exception as exc:    # noqa: BLE001 - reported, the run goes on
+                fault.violations.append(f"{name} not demoted back to a worker: {exc}")
         return heal
 
 

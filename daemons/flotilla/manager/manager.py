@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 
 class Manager:
-    def __init__(self, cfg: NodeConfig, settings: RaftSettings | None = None, join_members=None):
+    def __init__(self, cfg: NodeConfig, settings: RaftSettings | None = None, join_members=None,
+                 join_apis=None):
         self.cfg = cfg
         self.settings = settings or RaftSettings()
         self.counters = SecurityCounters()
@@ -50,6 +51,7 @@ class Manager:
         self._state_changed = threading.Event()
         self._stop = threading.Event()
         self._join_members = join_members
+        self._join_apis = join_apis
         self._thread = threading.Thread(target=self._leadership_loop, name="leadership", daemon=True)
         fsutil.ensure_private_dir(cfg.raft_dir)
         self.security = RaftSecurity(
@@ -64,11 +66,12 @@ class Manager:
         peers = saved_members(members_path)
         if not peers:
             if self._join_members:
-                self.security.remember(self._join_members)
+                self.security.remember(self._join_members, self._join_apis)
                 peers = sorted(self._join_members)
             else:
                 peers = [self.cfg.raft_advertise]
-                self.security.remember({self.cfg.raft_advertise: self.cfg.node_id})
+                self.security.remember({self.cfg.raft_advertise: self.cfg.node_id},
+                                       {self.cfg.raft_advertise: self.cfg.advertise})
         log.info("starting raft member %s (bind %s) with peers %s",
                  self.cfg.raft_advertise, self.cfg.raft_listen, peers)
         self.raft = RaftNode(self.cfg.raft_advertise, peers, self.cfg.raft_dir, self.store.sm,

@@ -57,13 +57,15 @@ class Membership:
         if pending is not None and not pending.wait(timeout):
             raise MembershipBusy("another manager membership change is still in progress")
 
-    def add(self, address: str, timeout: float = 10.0) -> None:
+    def add(self, address: str, timeout: float = 10.0, member: dict | None = None) -> None:
+        """Add ``address``; ``member`` (``node_id``, ``api_addr``) is recorded
+        with the change by every member (see ``raftsecurity``)."""
         with self._lock:
             if address in self._raft.member_addresses():
                 return
             self._wait_previous(timeout)
             outcome = _Outcome()
-            self._raft.addNodeToCluster(address, callback=outcome)
+            self._raft.addNodeToCluster(address, callback=outcome, member=member)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 if address in self._raft.member_addresses():

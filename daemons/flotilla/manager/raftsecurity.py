@@ -1,23 +1,39 @@
 """Who may speak Raft with this manager, and how the transport is secured.
 
 A Raft peer must present a certificate from this cluster's CA with OU=manager,
-O=this cluster, and CN naming a node that is currently a manager and not
-revoked; the certificate itself must not be revoked either (by serial: a
-demoted manager's old certificates). The Raft address it claims must be the one recorded for that node.
-The list of managers comes from the replicated store; until the store holds
-anything (a new member catching up) it comes from the member map this
-manager was given when it joined (``raft/members.json``).
+O=this cluster, and CN naming a node that is a member of the Raft
+configuration in effect here and not revoked; the certificate itself must
+not be revoked either (by serial: a demoted manager's old certificates).
+The Raft address it claims must be the one that member joined with.
+
+Which node id stands behind each member's address is recorded with the
+membership itself, not taken from the replicated store: a membership change
+that adds a manager carries its node id (and API address), and the member
+list in effect is saved with those ids in ``raft/members.json`` whenever it
+changes (after the journal is synced). A restarted manager replays its store
+only up to the commit index it last saved, which may be older than the
+membership it already knows; deciding from that store would refuse a member
+it has not yet seen become a manager, possibly the very leader it needs to
+catch up. The store is consulted only for revocations and for the id of a
+member recorded by an older release (or taken from a snapshot), which that
+store then holds.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 
 from ..ca import certs, revocation
 from ..common import fsutil, tls
+from ..common.ratelog import RateLimitedLog
+from . import objects
 
 log = logging.getLogger(__name__)
+
+# At most one line about refused Raft connections per this many seconds.
+REFUSAL_LOG_INTERVAL = 5.0
 
 
 class SecurityCounters:
@@ -44,43 +60,62 @@ class RaftSecurity:
         self._members_path = members_path
         self._counters = counters
         self._journal = None
+        self._refusals = RateLimitedLog(log, "raft connection refused", REFUSAL_LOG_INTERVAL)
         self._server = tls.ReloadingContext(
-            lambda: tls.server_context(bundle_path, ca_path, client_cert="required"),
-            [bundle_path, ca_path], check_interval=1.0)
+            lambda: _server_context(bundle_path, ca_path), [bundle_path, ca_path],
+            check_interval=1.0)
         self._client = tls.ReloadingContext(
             lambda: tls.client_context(bundle_path, ca_path),
             [bundle_path, ca_path], check_interval=1.0)
         saved = fsutil.read_json(members_path, {}) or {}
-        self._bootstrap: dict[str, str] = dict(saved.get("ids", {}))
+        # Replaced whole, never changed in place: the handshake thread reads them.
+        self._members: tuple[str, ...] = tuple(sorted(saved.get("members", [])))
+        self._ids: dict[str, str] = dict(saved.get("ids", {}))     # raft addr -> node id
+        self._apis: dict[str, str] = dict(saved.get("api", {}))    # raft addr -> API addr
 
     # -- member map ------------------------------------------------------------------
     def managers_by_address(self) -> dict[str, str]:
-        """Raft address -> node id for every node allowed to be a Raft member."""
+        """Raft address -> node id of every member of the configuration in
+        effect that may speak Raft (not revoked)."""
         cluster = _cluster(self._store)
-        nodes = self._store.list("node")
-        if cluster is None:
-            return dict(self._bootstrap)
-        revoked = cluster.get("revoked", {})
+        revoked = cluster.get("revoked", {}) if cluster is not None else {}
+        ids = self._ids
         out = {}
-        for node in nodes:
-            mgr = node.get("manager") or {}
-            addr = mgr.get("raft_addr")
-            if not addr or node["id"] in revoked:
-                continue
-            if node.get("role") == "manager" or node.get("spec", {}).get("role") == "manager":
-                out[addr] = node["id"]
-        # Members we were told about at join time stay valid until the store
-        # says otherwise (it may lag behind the Raft configuration briefly).
-        known = {n["id"] for n in nodes}
-        for addr, nid in self._bootstrap.items():
-            if addr not in out and nid not in known and nid not in revoked:
-                out[addr] = nid
+        for addr in self._members:
+            node_id = ids.get(addr) or self._id_from_store(addr)
+            if node_id and node_id not in revoked:
+                out[addr] = node_id
         return out
 
-    def remember(self, ids: dict[str, str]):
-        """Record address -> node id pairs learned outside the store."""
-        self._bootstrap.update(ids)
-        self._persist(sorted(set(self._bootstrap)))
+    def _id_from_store(self, addr: str) -> str | None:
+        node = objects.node_by_raft_addr(self._store, addr)
+        if node is not None and objects.wants_manager_cert(node):
+            return node["id"]
+        return None
+
+    def api_by_address(self) -> dict[str, str]:
+        """Raft address -> API address of the members, as recorded with the
+        membership (or, for members recorded by an older release, in the
+        store)."""
+        apis = self._apis
+        out = {}
+        for addr in self._members:
+            api = apis.get(addr)
+            if api is None:
+                node = objects.node_by_raft_addr(self._store, addr)
+                api = ((node or {}).get("manager") or {}).get("api_addr")
+            if api:
+                out[addr] = api
+        return out
+
+    def remember(self, ids: dict[str, str], apis: dict[str, str] | None = None):
+        """Start from this membership (address -> node id): the one a joining
+        manager was given, or a new cluster's first member."""
+        self._ids = {**self._ids, **{a: n for a, n in ids.items() if n}}
+        if apis:
+            self._apis = {**self._apis, **{a: x for a, x in apis.items() if x}}
+        self._members = tuple(sorted(ids))
+        self._persist()
 
     # -- transport interface ----------------------------------------------------------
     def context(self, server_side: bool):
@@ -115,8 +150,13 @@ class RaftSecurity:
         return node_id is not None and self.managers_by_address().get(address) == node_id
 
     def refused(self, reason: str, detail: str = ""):
+        """Count a refused connection; log it, at most one line per
+        REFUSAL_LOG_INTERVAL (with the count by reason)."""
         self._counters.inc(f"raft.{reason}")
-        log.warning("raft connection refused (%s): %s", reason, detail)
+        self._refusals.note(reason, detail)
+
+    def flush_refusals(self):
+        self._refusals.flush()
 
     def attach_journal(self, journal):
         self._journal = journal
@@ -125,19 +165,45 @@ class RaftSecurity:
         if self._journal is not None:
             self._journal.sync()
 
-    def members_changed(self, addresses):
+    def members_changed(self, addresses, member: dict | None = None):
+        """The configuration in effect changed (on the Raft thread).
+        ``member`` is what the change that added a manager recorded about
+        it: ``address``, ``node_id``, ``api_addr``."""
+        if member and member.get("address") and member.get("node_id"):
+            addr = member["address"]
+            self._ids = {**self._ids, addr: member["node_id"]}
+            if member.get("api_addr"):
+                self._apis = {**self._apis, addr: member["api_addr"]}
+        self._members = tuple(sorted(addresses))
         # The configuration is in the journal first, then recorded here.
         if self._journal is not None:
             self._journal.sync()
-        self._persist(addresses)
+        self._persist()
 
-    def _persist(self, addresses):
-        ids = self.managers_by_address()
-        ids.update({a: n for a, n in self._bootstrap.items() if a in addresses})
+    def _persist(self):
+        members = self._members
+        ids = dict(self._ids)
+        for addr in members:
+            if addr not in ids:
+                found = self._id_from_store(addr)
+                if found:
+                    ids[addr] = found
+        self._ids = ids
         fsutil.atomic_write_json(self._members_path, {
-            "members": sorted(addresses),
-            "ids": {a: ids[a] for a in addresses if a in ids},
+            "members": list(members),
+            "ids": {a: ids[a] for a in members if a in ids},
+            "api": {a: self._apis[a] for a in members if a in self._apis},
         })
+
+
+def _server_context(bundle_path: str, ca_path: str):
+    ctx = tls.server_context(bundle_path, ca_path, client_cert="required")
+    # Peers never resume a session (each connection uses a new one), and
+    # issuing tickets was a third of the cost of a handshake: whoever opens
+    # connections to the Raft port would make the manager pay it for nothing.
+    ctx.num_tickets = 0
+    ctx.options |= ssl.OP_NO_TICKET
+    return ctx
 
 
 def _cluster(store):
@@ -148,3 +214,10 @@ def _cluster(store):
 def saved_members(path: str) -> list[str]:
     saved = fsutil.read_json(path, {}) or {}
     return list(saved.get("members", []))
+
+
+def saved_api_addresses(path: str) -> list[str]:
+    """API addresses of the Raft members recorded in ``members.json``."""
+    saved = fsutil.read_json(path, {}) or {}
+    apis = saved.get("api", {}) or {}
+    return sorted({apis[a] for a in saved.get("members", []) if a in apis})

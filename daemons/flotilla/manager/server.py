@@ -47,7 +47,8 @@ def raise_fd_limit(want: int = 65536) -> None:
 
 
 def raft_join(cfg: NodeConfig, timeout: float = 120.0) -> dict:
-    """Ask the leader to add this manager to Raft; returns {addr: node id}."""
+    """Ask the leader to add this manager to Raft; returns its answer:
+    ``members`` (Raft address -> node id) and ``api`` (-> API address)."""
     targets = [a for a in cfg.managers if a != cfg.advertise] or cfg.managers
     client = Client(targets, cfg.bundle_path, cfg.ca_path, timeout=15, retry_for=5)
     deadline = time.monotonic() + timeout
@@ -56,7 +57,7 @@ def raft_join(cfg: NodeConfig, timeout: float = 120.0) -> dict:
         try:
             result = client.post("/v1/raft/join", {"raft_addr": cfg.raft_advertise,
                                                    "api_addr": cfg.advertise})
-            return result["members"]
+            return result
         except ApiError as exc:
             if time.monotonic() > deadline:
                 raise
@@ -157,11 +158,13 @@ class ManagerApplication(BaseApplication):
 
         gcpolicy.install()
         cfg = self.cfg_node
-        join_members = None
+        joined = None
         members_file = os.path.join(cfg.raft_dir, "members.json")
         if not os.path.exists(members_file) and not os.path.exists(cfg.bootstrap_path):
-            join_members = raft_join(cfg)
-        self.manager = Manager(cfg, raft_settings_from_env(), join_members=join_members)
+            joined = raft_join(cfg)
+        self.manager = Manager(cfg, raft_settings_from_env(),
+                               join_members=joined["members"] if joined else None,
+                               join_apis=joined.get("api") if joined else None)
         self.manager.start()
         app = create_app(self.manager)
         self.control = ControlServer(cfg.control_socket, app, cfg.cluster_id)

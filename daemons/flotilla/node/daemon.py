@@ -54,6 +54,7 @@ class NodeDaemon:
         self._removed = False
         self._journal_damaged = False
         self._cert_cache: tuple[tuple, certs.CertIdentity] | None = None
+        self._members_sig = None
         self.client = Client(self._addresses(), cfg.bundle_path, cfg.ca_path, timeout=10,
                              retry_for=5)
         self.renewer = Renewer(cfg, self.client, on_renewed=self._on_renewed)
@@ -62,11 +63,43 @@ class NodeDaemon:
 
     # -- addresses and certificate --------------------------------------------------
     def _addresses(self):
-        addrs = list(self.cfg.managers)
+        """Every manager this node knows of: those named in the answers it
+        got (kept in node.json), and, on a manager, the members its own
+        manager recorded with the Raft membership (``raft/members.json``),
+        which it knows of as soon as they join, before any answer says so.
+        Its own manager first: when that one does not serve (no leader,
+        hung), requests go on to the others."""
+        addrs = sorted(set(self.cfg.managers) | set(self._member_apis()))
         if self.cfg.role == "manager":
             local = self.cfg.advertise
             addrs = [local] + [a for a in addrs if a != local]
         return addrs or [self.cfg.advertise]
+
+    def _member_apis(self) -> list[str]:
+        if self.cfg.role != "manager":
+            return []
+        from ..manager.raftsecurity import saved_api_addresses
+
+        try:
+            return saved_api_addresses(os.path.join(self.cfg.raft_dir, "members.json"))
+        except (OSError, ValueError):
+            return []
+
+    def _refresh_addresses(self):
+        """Pick up a change of the Raft members' addresses (checked by the
+        file's change time, every pass of the main loop)."""
+        try:
+            st = os.stat(os.path.join(self.cfg.raft_dir, "members.json"))
+            sig = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            sig = None
+        if sig == self._members_sig:
+            return
+        self._members_sig = sig
+        addrs = self._addresses()
+        if addrs != self.client.addresses:
+            log.info("managers known: %s", ", ".join(addrs))
+            self.client.addresses = addrs
 
     def cert(self) -> certs.CertIdentity:
         st = os.stat(self.cfg.bundle_path)
@@ -187,6 +220,7 @@ class NodeDaemon:
         self.agent.start()
         try:
             while not self._stop.is_set():
+                self._refresh_addresses()
                 self._reconcile()
                 self._wake.wait(0.2)
                 self._wake.clear()

@@ -198,4 +198,5 @@ class Accepted(BaseModel):
 
 
 class RaftMembers(BaseModel):
-    members: list[Any]
+    members: dict[str, Any]
+    api: dict[str, str] = {}

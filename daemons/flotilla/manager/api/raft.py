@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint
 from pydantic import Field, field_validator
 
+from .. import objects
 from ..membership import MembershipBusy, MembershipError
 from . import models
 from .openapi import doc
@@ -36,23 +37,28 @@ def status():
 @policy("manager")
 @doc("Manager: join the Raft group.", body=RaftJoin, response=models.RaftMembers, tags=("managers",))
 def join():
-    """Record the caller's addresses, add it to the Raft configuration and
-    return the members (address -> node id) it must start with."""
+    """Record the caller's addresses, add it to the Raft configuration (the
+    change carries its node id and API address) and return the members it
+    must start with (Raft address -> node id, and -> API address)."""
     body = parse_body(RaftJoin)
     m = manager()
     node_id = identity().node_id
-    members = m.security.managers_by_address()
-    holder = members.get(body.raft_addr)
+    holder = m.security.managers_by_address().get(body.raft_addr)
+    if holder is None:              # a manager whose joining was left half done
+        recorded = objects.node_by_raft_addr(m.store, body.raft_addr)
+        holder = recorded["id"] if recorded is not None else None
     if holder is not None and holder != node_id:
         raise ApiError(409, "address_in_use", f"raft address {body.raft_addr} belongs to {holder}")
     m.store.update("node", node_id, lambda node: dict(
         node, role="manager", manager={"raft_addr": body.raft_addr, "api_addr": body.api_addr}))
     try:
-        m.membership.add(body.raft_addr)
+        m.membership.add(body.raft_addr, member={"node_id": node_id, "api_addr": body.api_addr})
     except MembershipBusy as exc:
         raise ApiError(503, "membership_busy", str(exc)) from None
     except MembershipError as exc:
         raise ApiError(503, "membership_failed", str(exc)) from None
     ids = m.security.managers_by_address()
-    members = {addr: ids.get(addr) for addr in m.raft.member_addresses()}
-    return json_response({"members": members})
+    apis = m.security.api_by_address()
+    addresses = m.raft.member_addresses()
+    return json_response({"members": {addr: ids.get(addr) for addr in addresses},
+                          "api": {addr: apis[addr] for addr in addresses if addr in apis}})

@@ -215,6 +215,9 @@ class RaftNode(SyncObj):
         self._rank = (0, 1)
         self._rank_checked = float("-inf")
         self._compact_after = 0.0
+        # When each peer's last message arrived (Raft address -> monotonic).
+        self._heard: dict[str, float] = {}
+        self._contact_window = settings.leader_fallback
         self._thread = threading.Thread(target=self._tick_loop, name="raft-tick", daemon=True)
 
     # -- lifecycle ------------------------------------------------------------
@@ -404,9 +407,15 @@ class RaftNode(SyncObj):
             raise ValueError("command too large")
         self._applyCommand(payload, callback, REGULAR)
 
-    def addNodeToCluster(self, node, callback=None):
+    def addNodeToCluster(self, node, callback=None, member: dict | None = None):
+        """Add a member. ``member`` (``node_id``, ``api_addr``) travels with
+        the change: every member records who stands behind the address at
+        the moment the change takes effect, whatever its store holds."""
         address = node.address if isinstance(node, TCPNode) else str(node)
-        self._applyCommand(codec.pack(["add", address, address]), callback, MEMBERSHIP)
+        about = {k: str(v) for k, v in (member or {}).items()
+                 if k in ("node_id", "api_addr") and v}
+        # The third element was the address again; older releases ignore it.
+        self._applyCommand(codec.pack(["add", address, about or address]), callback, MEMBERSHIP)
 
     def removeNodeFromCluster(self, node, callback=None):
         address = node.address if isinstance(node, TCPNode) else str(node)
@@ -480,6 +489,9 @@ class RaftNode(SyncObj):
         # components' decisions (a node marked down, a task rescheduled)
         # applied by the new leader. Refuse it: the proposer's caller gets
         # "not the leader" and nothing is applied.
+        address = getattr(node, "address", None)
+        if address is not None:
+            self._heard[address] = _monotonic()
         mtype = message.get("type")
         if mtype == "pre_vote":
             self._answer_prevote(node, message)
@@ -523,7 +535,13 @@ class RaftNode(SyncObj):
                 or request[0] not in ("add", "rem") or not isinstance(request[1], str)):
             log.error("malformed membership change ignored")
             return None
-        return [request[0], request[1], TCPNode(request[1])]
+        about = request[2] if isinstance(request[2], dict) else {}
+        member = {"address": request[1]}
+        for key in ("node_id", "api_addr"):
+            if isinstance(about.get(key), str):
+                member[key] = about[key]
+        # The transport records it when the change takes effect (addNode).
+        return [request[0], request[1], TCPNode(request[1], flotilla_member=member)]
 
     # -- introspection ----------------------------------------------------------
     @property
@@ -550,6 +568,18 @@ class RaftNode(SyncObj):
                 continue
         return set()
 
+    def _heard_within(self, window: float) -> set[str]:
+        now = _monotonic()
+        for _ in range(5):
+            try:
+                heard = dict(self._heard)
+                break
+            except RuntimeError:  # changed under us by the tick thread
+                continue
+        else:
+            heard = {}
+        return {addr for addr, t in heard.items() if now - t < window}
+
     def reachable_addresses(self, window: float = 2.0) -> set[str]:
         """This member plus peers that are connected and, when we lead, have
         answered within ``window`` seconds."""
@@ -557,19 +587,24 @@ class RaftNode(SyncObj):
         connected = self.connected_addresses()
         if not self.is_leader:
             return out | connected
-        now = _monotonic()
-        for _ in range(5):
-            try:
-                times = dict(self._SyncObj__lastResponseTime)
-                break
-            except RuntimeError:
-                continue
-        else:
-            times = {}
-        for node, t in times.items():
-            if node.address in connected and now - t < window:
-                out.add(node.address)
-        return out
+        return out | (connected & self._heard_within(window))
+
+    def has_quorum(self) -> bool:
+        """Whether this member is in actual contact with a majority, not
+        merely connected to one: a leader has heard from a majority of the
+        members (itself included) within the contact window (it steps down
+        when it has not for that long); any other member has heard from a
+        leader within that window. A member that keeps connections to a
+        follower but is cut off from the leader (or refused by it) has no
+        quorum."""
+        window = self._contact_window
+        if self.is_leader:
+            members = self.member_addresses()
+            heard = self._heard_within(window) | {self.self_address}
+            return 2 * len(heard.intersection(members)) > len(members)
+        if self._SyncObj__raftLeader is None:
+            return False
+        return _monotonic() - self._prevote.leader_contact < window
 
     def transfer_leadership(self) -> bool:
         """Ask the most caught-up follower to take over; True if asked."""
@@ -602,7 +637,7 @@ class RaftNode(SyncObj):
             "log_length": st["log_len"],
             "members": self.member_addresses(),
             "connected": sorted(self.connected_addresses()),
-            "has_quorum": st["has_quorum"],
+            "has_quorum": self.has_quorum(),
         }
 
 

@@ -11,15 +11,32 @@ are not served at all. Frames are msgpack (see ``codec``), never pickle.
 pysyncobj's own ``TcpConnection``/``TcpServer`` cannot be wrapped, so this
 module provides classes with the same public surface, driven by pysyncobj's
 poller on its tick thread.
+
+Incoming connections never touch the tick thread until they are
+established and authorised: accepting them, the TLS handshake and the peer
+check run on a thread of their own (:class:`HandshakeWorker`, at a lower
+priority), which hands the connections that pass to the tick thread.
+Whoever opens connections to the Raft port without a manager's certificate
+(a scanner, a flood) costs the tick thread nothing and the process a
+handshake's cryptography, run without the GIL. At most ``HANDSHAKE_LIMIT``
+handshakes are in progress at once; beyond that the oldest is dropped (a
+peer's handshake takes milliseconds, a stalled one is the one to drop), and
+one not finished within the connection timeout is dropped too. Outgoing
+connections (to members only) do their handshake on the tick thread,
+non-blocking.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import logging
+import os
+import selectors
 import socket
 import ssl
+import threading
 import time
 
 from pysyncobj.poller import POLL_EVENT_TYPE
@@ -39,13 +56,19 @@ ERROR = POLL_EVENT_TYPE.ERROR
 RECV_CHUNK = 256 * 1024
 SEND_CHUNK = 256 * 1024
 SERVER_NAME = "flotilla-manager"
+# Incoming handshakes in progress at most; beyond, the oldest is dropped.
+HANDSHAKE_LIMIT = 128
+# How much the handshake thread's nice value is raised: when the machine is
+# busy, the kernel runs the manager's other threads first.
+HANDSHAKE_NICENESS = 10
 
 
 class TlsConnection:
     """One TLS connection between two managers (either direction)."""
 
     def __init__(self, poller, security, *, timeout: float, ping_interval: float,
-                 sock: socket.socket | None = None, expected_address: str | None = None):
+                 established: tuple[ssl.SSLSocket, str] | None = None,
+                 expected_address: str | None = None):
         # Attributes pysyncobj's transport touches.
         self.sendRandKey = None
         self.recvRandKey = None
@@ -72,8 +95,8 @@ class TlsConnection:
         self._on_message = None
         self._on_connected = None
         self._on_disconnected = None
-        if sock is not None:
-            self._accept(sock)
+        if established is not None:
+            self._open(*established)
 
     # -- pysyncobj surface --------------------------------------------------
     def setOnConnectedCallback(self, cb):
@@ -154,21 +177,26 @@ class TlsConnection:
         self._retry_len = 0
         self._state = CONNECTION_STATE.DISCONNECTED
 
-    def _accept(self, raw):
-        try:
-            raw.setblocking(False)
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sock = self._security.context(server_side=True).wrap_socket(
-                raw, server_side=True, do_handshake_on_connect=False)
-        except Exception as exc:
-            self._security.refused("tls_setup", str(exc))
-            raw.close()
-            return
-        self._fileno = self._sock.fileno()
-        self._phase = "handshake"
-        self._state = CONNECTION_STATE.CONNECTING
+    def _open(self, sock: ssl.SSLSocket, peer_id: str):
+        """Take over an incoming connection whose handshake and peer check
+        are done (by the handshake thread)."""
+        self._sock = sock
+        self._fileno = sock.fileno()
+        self.peer_id = peer_id
+        self._phase = "open"
+        self._state = CONNECTION_STATE.CONNECTED
         self._last_read = self._last_write = time.monotonic()
         self._subscribe(READ | ERROR)
+
+    def start_reading(self):
+        """Read what the peer sent while the connection changed hands: it
+        may sit in the TLS layer's buffer, where the poller cannot see it."""
+        if self._state != CONNECTION_STATE.CONNECTED:
+            return
+        self._flush()
+        self._read()
+        if self._state == CONNECTION_STATE.CONNECTED:
+            self._update_subscription(want_write=bool(self._retry_len))
 
     def _subscribe(self, mask):
         if self._fileno is not None and mask != self._mask:
@@ -344,17 +372,271 @@ def _handshake_reason(exc) -> str:
     return "handshake"
 
 
-class TlsServer:
-    """Listening socket; wraps every accepted socket in a TlsConnection."""
+class HandshakeWorker:
+    """The Raft port's listening socket, TLS handshakes and peer checks, on
+    a thread of its own.
 
-    def __init__(self, poller, host, port, on_new_connection, make_connection):
+    The thread accepts connections and runs every pending handshake at
+    once, non-blocking, with a selector of its own; the cryptography runs
+    without the GIL. A connection whose peer passes
+    ``security.verify_peer`` is queued for the tick thread, which a byte on
+    a socket pair watched by pysyncobj's poller wakes: it makes the
+    connection a :class:`TlsConnection` and passes it to
+    ``on_established``. Nothing else of an incoming connection ever runs on
+    the tick thread.
+    """
+
+    def __init__(self, poller, security, on_established, *, timeout: float,
+                 limit: int = HANDSHAKE_LIMIT):
+        self._poller = poller
+        self._security = security
+        self._on_established = on_established
+        self._timeout = timeout
+        self._limit = limit
+        self._listen_ops: collections.deque = collections.deque()
+        self._done: collections.deque = collections.deque()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._listeners: list[socket.socket] = []      # handed over, not yet closed
+        # Wakes the handshake thread (listening socket changes, stop) ...
+        self._wake_r, self._wake_w = socket.socketpair()
+        # ... and the tick thread (established connections).
+        self._ready_r, self._ready_w = socket.socketpair()
+        for s in (self._wake_r, self._wake_w, self._ready_r, self._ready_w):
+            s.setblocking(False)
+        self._ready_fd = self._ready_r.fileno()
+        self._poller.subscribe(self._ready_fd, self._on_ready, READ | ERROR)
+        self.pending = 0            # handshakes in progress
+
+    # -- any thread ---------------------------------------------------------------------
+    def listen(self, sock: socket.socket) -> None:
+        """Accept on ``sock`` (listening, non-blocking), which the handshake
+        thread now owns."""
+        with self._lock:
+            if self._stopping.is_set():
+                _close(sock)
+                return
+            self._listeners.append(sock)
+            self._listen_ops.append(("add", sock))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="raft-handshakes",
+                                                daemon=True)
+                self._thread.start()
+        _poke(self._wake_w)
+
+    def unlisten(self, sock: socket.socket) -> None:
+        """Stop accepting on ``sock``; the handshake thread closes it."""
+        with self._lock:
+            if self._thread is None or self._stopping.is_set():
+                self._forget_listener(sock)
+                return
+            self._listen_ops.append(("remove", sock))
+        _poke(self._wake_w)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._stopping.set()
+        self._poller.unsubscribe(self._ready_fd)
+        _poke(self._wake_w)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+        with self._lock:
+            for sock in list(self._listeners):
+                self._forget_listener(sock)
+        while self._done:
+            _close(self._done.popleft()[0])
+        for s in (self._wake_r, self._wake_w, self._ready_r, self._ready_w):
+            _close(s)
+
+    def _forget_listener(self, sock):
+        if sock in self._listeners:
+            self._listeners.remove(sock)
+        _close(sock)
+
+    # -- tick thread ----------------------------------------------------------------------
+    def _on_ready(self, descr, event):
+        if descr != self._ready_fd:
+            self._poller.unsubscribe(descr)
+            return
+        _drain(self._ready_r)
+        while self._done:
+            sock, peer_id = self._done.popleft()
+            if self._stopping.is_set():
+                _close(sock)
+                continue
+            self._on_established(sock, peer_id)
+
+    # -- handshake thread -------------------------------------------------------------
+    def _run(self):
+        _lower_priority(HANDSHAKE_NICENESS)
+        sel = selectors.DefaultSelector()
+        sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        pending: dict[int, tuple[ssl.SSLSocket, float]] = {}   # fd -> (socket, deadline)
+        try:
+            while not self._stopping.is_set():
+                self._apply_listen_ops(sel)
+                for key, _mask in sel.select(timeout=0.25):
+                    if key.data is _WAKE:
+                        _drain(self._wake_r)
+                    elif key.data is _LISTENER:
+                        self._accept(sel, pending, key.fileobj)
+                    else:
+                        self._step(sel, pending, key.fd)
+                self._expire(sel, pending)
+                self.pending = len(pending)
+        except Exception:
+            log.exception("raft handshake thread failed")
+        finally:
+            for sock, _deadline in pending.values():
+                _close(sock)
+            pending.clear()
+            self.pending = 0
+            sel.close()
+            with self._lock:
+                for sock in list(self._listeners):
+                    self._forget_listener(sock)
+
+    def _apply_listen_ops(self, sel):
+        while self._listen_ops:
+            op, sock = self._listen_ops.popleft()
+            if op == "add":
+                sel.register(sock, selectors.EVENT_READ, _LISTENER)
+            else:
+                try:
+                    sel.unregister(sock)
+                except (KeyError, ValueError):
+                    pass
+                with self._lock:
+                    self._forget_listener(sock)
+
+    def _accept(self, sel, pending, listener):
+        context = None
+        for _ in range(64):
+            try:
+                raw, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ECONNABORTED, errno.ENOBUFS,
+                                 errno.ENOMEM):
+                    return
+                log.warning("raft listener failed: %s", exc)
+                self._listen_ops.append(("remove", listener))
+                return
+            try:
+                if context is None:
+                    context = self._security.context(server_side=True)
+                raw.setblocking(False)
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            except Exception as exc:
+                self._security.refused("tls_setup", str(exc))
+                _close(raw)
+                continue
+            if len(pending) >= self._limit:
+                oldest = min(pending, key=lambda fd: pending[fd][1])
+                self._drop(sel, pending, oldest, "busy", "too many handshakes in progress")
+            fd = sock.fileno()
+            pending[fd] = (sock, time.monotonic() + self._timeout)
+            sel.register(fd, selectors.EVENT_READ, sock)
+            self._step(sel, pending, fd)
+
+    def _step(self, sel, pending, fd):
+        entry = pending.get(fd)
+        if entry is None:
+            return
+        sock = entry[0]
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            sel.modify(fd, selectors.EVENT_READ, sock)
+            return
+        except ssl.SSLWantWriteError:
+            sel.modify(fd, selectors.EVENT_WRITE, sock)
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self._drop(sel, pending, fd, _handshake_reason(exc), str(exc))
+            return
+        sel.unregister(fd)
+        del pending[fd]
+        try:
+            peer = self._security.verify_peer(sock.getpeercert(), None)
+        except Exception as exc:        # never let one connection stop the thread
+            log.exception("raft peer check failed")
+            self._security.refused("peer_check", str(exc))
+            peer = None
+        if peer is None:
+            _close(sock)
+            return
+        self._done.append((sock, peer))
+        _poke(self._ready_w)
+
+    def _expire(self, sel, pending):
+        now = time.monotonic()
+        for fd in [fd for fd, (_s, deadline) in pending.items() if deadline < now]:
+            self._drop(sel, pending, fd, "handshake_timeout",
+                       f"no complete handshake within {self._timeout:.0f}s")
+
+    def _drop(self, sel, pending, fd, reason, detail):
+        sock, _deadline = pending.pop(fd)
+        try:
+            sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        self._security.refused(reason, detail)
+        _close(sock)
+
+
+_WAKE = object()
+_LISTENER = object()
+
+
+def _lower_priority(by: int) -> None:
+    """Raise this thread's nice value (Linux: per thread) by ``by``."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
+    except (OSError, AttributeError):
+        pass
+
+
+def _poke(sock: socket.socket) -> None:
+    try:
+        sock.send(b"\0")
+    except (BlockingIOError, InterruptedError):
+        pass                # a wake-up is pending already
+    except OSError:
+        pass
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except (BlockingIOError, InterruptedError, OSError):
+        pass
+
+
+def _close(sock) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class TlsServer:
+    """The Raft port: binds on the tick thread (pysyncobj retries binding),
+    then hands the listening socket to the handshake worker."""
+
+    def __init__(self, poller, host, port, handshakes: HandshakeWorker):
         self._poller = poller
         self._host = host
         self._port = int(port)
-        self._on_new = on_new_connection
-        self._make = make_connection
+        self._handshakes = handshakes
         self._sock = None
-        self._fileno = None
 
     def bind(self):
         sock = socket.socket(_getAddrType(self._host), socket.SOCK_STREAM)
@@ -362,43 +644,17 @@ class TlsServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setblocking(False)
             sock.bind((self._host, self._port))
-            sock.listen(64)
+            sock.listen(128)
         except Exception:
             sock.close()
             raise
         self._sock = sock
-        self._fileno = sock.fileno()
-        self._poller.subscribe(self._fileno, self._on_event, READ | ERROR)
+        self._handshakes.listen(sock)
 
     def unbind(self):
-        if self._fileno is not None:
-            self._poller.unsubscribe(self._fileno)
-            self._fileno = None
         if self._sock is not None:
-            self._sock.close()
+            self._handshakes.unlisten(self._sock)
             self._sock = None
-
-    def _on_event(self, descr, event):
-        if descr != self._fileno:
-            self._poller.unsubscribe(descr)
-            return
-        if event & READ:
-            for _ in range(64):
-                try:
-                    raw, _addr = self._sock.accept()
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ECONNABORTED):
-                        break
-                    log.warning("raft listener failed: %s", exc)
-                    self.unbind()
-                    return
-                conn = self._make(raw)
-                if conn.state != CONNECTION_STATE.DISCONNECTED:
-                    self._on_new(conn)
-        if event & ERROR:
-            self.unbind()
 
 
 class TlsTransport(TCPTransport):
@@ -419,18 +675,25 @@ class TlsTransport(TCPTransport):
         self._started = True
 
     # -- connection objects -------------------------------------------------
-    def _new_connection(self, sock=None, expected_address=None):
+    def _new_connection(self, established=None, expected_address=None):
         return TlsConnection(
             self._syncObj._poller, self._security,
             timeout=self._syncObj.conf.connectionTimeout,
             ping_interval=self._ping_interval,
-            sock=sock, expected_address=expected_address)
+            established=established, expected_address=expected_address)
 
     def _createServer(self):
         conf = self._syncObj.conf
         host, port = (conf.bindAddress or self._selfNode.address).rsplit(":", 1)
-        self._server = TlsServer(self._syncObj._poller, host, port,
-                                 self._onNewIncomingConnection, self._new_connection)
+        self.handshakes = HandshakeWorker(self._syncObj._poller, self._security,
+                                          self._on_established,
+                                          timeout=conf.connectionTimeout)
+        self._server = TlsServer(self._syncObj._poller, host, port, self.handshakes)
+
+    def _on_established(self, sock, peer_id):
+        conn = self._new_connection(established=(sock, peer_id))
+        self._onNewIncomingConnection(conn)
+        conn.start_reading()
 
     def addNode(self, node):
         self._nodes.add(node)
@@ -442,7 +705,8 @@ class TlsTransport(TCPTransport):
             conn.setOnDisconnectedCallback(functools.partial(self._onDisconnected, conn))
             self._connections[node] = conn
         if self._started:
-            self._security.members_changed(self._member_addresses())
+            self._security.members_changed(self._member_addresses(),
+                                           getattr(node, "flotilla_member", None))
 
     def dropNode(self, node):
         super().dropNode(node)
@@ -501,10 +765,18 @@ class TlsTransport(TCPTransport):
         now = time.monotonic()
         for conn in list(self._connections.values()) + list(self._unknownConnections):
             conn.maintain(now)
+        flush = getattr(self._security, "flush_refusals", None)
+        if flush is not None:
+            flush()
 
     def destroy(self):
         self._destroying = True
-        super().destroy()
+        try:
+            super().destroy()
+        finally:
+            handshakes = getattr(self, "handshakes", None)
+            if handshakes is not None:
+                handshakes.stop()
 
     def connected_addresses(self) -> set[str]:
         return {node.address for node, conn in self._connections.items()
