@@ -15,7 +15,6 @@ through a manager's control socket.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Optional, Union
 
@@ -28,26 +27,19 @@ from ..store.store import new_id
 from .. import objects
 from . import models
 from .openapi import doc
-from .common import ApiError, Model, identity, json_response, manager, parse_body, policy, request_id
+from .common import (ApiError, Model, ObjectName, identity, json_response, manager, parse_body,
+                     policy, request_id, stored_cluster)
 
 bp = Blueprint("admins", __name__, url_prefix="/v1/cluster/admins")
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_EXPIRY = 365 * 86400
 MAX_EXPIRY = 10 * 365 * 86400
 
 
 class AdminCreate(Model):
-    name: str = Field(max_length=64)
+    name: ObjectName
     csr: str = Field(max_length=16384)
     expiry: Optional[Union[str, float]] = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v):
-        if not NAME.match(v):
-            raise ValueError("must be 1-64 characters: letters, digits, '_', '.', '-'")
-        return v
 
     @field_validator("expiry")
     @classmethod
@@ -84,20 +76,13 @@ def _kept(admins: dict, now: float) -> dict:
     return {s: r for s, r in (admins or {}).items() if r["not_after"] + revocation.GRACE > now}
 
 
-def _cluster():
-    c = objects.cluster(manager().store)
-    if c is None:
-        raise ApiError(503, "no_leader", "the cluster is still being created")
-    return c
-
-
 @bp.get("")
 @policy("control")
 @doc("The operators' client bundles (admin certificates), revoked and expired ones included; "
      "`current` marks the caller's.",
      response=list[models.Admin], tags=("cluster",))
 def list_admins():
-    admins = (_cluster().get("admins") or {}).values()
+    admins = (stored_cluster().get("admins") or {}).values()
     caller = identity()
     return json_response([view(r, caller) for r in sorted(
         admins, key=lambda r: (r["created_at"], r["name"]))])
@@ -138,7 +123,7 @@ def create_admin():
                                    cert_pem.decode(), key_id, now)
         return dict(c, admins=dict(admins, **{rec["serial"]: rec}))
 
-    c = m.store.update("cluster", _cluster()["id"], change, rid=request_id())
+    c = m.store.update("cluster", stored_cluster()["id"], change, rid=request_id())
     # The record for this key (also when a retry of the request is answered
     # from the first time it was applied).
     rec = next((r for r in (c.get("admins") or {}).values() if r.get("key_id") == key_id), None)
@@ -181,7 +166,7 @@ def revoke_admin(name):
         found["serial"] = active[0]["serial"]
         return _revoke(c, active[0], caller, now)
 
-    c = manager().store.update("cluster", _cluster()["id"], change, rid=request_id())
+    c = manager().store.update("cluster", stored_cluster()["id"], change, rid=request_id())
     rec = (c.get("admins") or {}).get(found.get("serial"))
     if rec is None:     # nothing left to revoke: the newest bundle of that name
         named = [r for r in (c.get("admins") or {}).values() if r["name"] == name]
@@ -202,7 +187,7 @@ class AdminCertificate(Model):
      response=models.Admin, tags=("cluster",))
 def revoke_certificate():
     body = parse_body(AdminCertificate)
-    c = _cluster()
+    c = stored_cluster()
     pem = body.cert.encode()
     try:
         certs.verify_chain(pem, c["root_ca"]["cert"].encode())

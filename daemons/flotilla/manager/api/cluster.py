@@ -12,7 +12,8 @@ from ...common.units import parse_duration
 from .. import objects
 from . import models
 from .openapi import doc
-from .common import ApiError, Model, json_response, manager, parse_body, policy, request_id
+from .common import (ApiError, Model, json_response, manager, parse_body, policy, request_id,
+                     stored_cluster)
 
 bp = Blueprint("cluster", __name__, url_prefix="/v1/cluster")
 
@@ -45,24 +46,17 @@ class ClusterUpdate(Model):
         return _duration(v, 0.1, 3600, "heartbeat_period")
 
 
-def _cluster():
-    c = objects.cluster(manager().store)
-    if c is None:
-        raise ApiError(503, "no_leader", "the cluster is still being created")
-    return c
-
-
 @bp.get("")
 @policy("control")
 @doc("The cluster's settings and root CA.", response=models.Cluster, tags=("cluster",))
 def get_cluster():
-    return json_response(objects.public_cluster(_cluster()))
+    return json_response(objects.public_cluster(stored_cluster()))
 
 
 @bp.patch("")
 @policy("control")
 @doc("Change cluster settings.", body=ClusterUpdate, response=models.Cluster, tags=("cluster",))
-def update_cluster():
+def updatestored_cluster():
     body = parse_body(ClusterUpdate)
 
     def change(c):
@@ -75,7 +69,7 @@ def update_cluster():
             spec["orchestration"]["task_history_limit"] = body.task_history_limit
         return dict(c, spec=spec)
 
-    c = manager().store.update("cluster", _cluster()["id"], change, rid=request_id(),
+    c = manager().store.update("cluster", stored_cluster()["id"], change, rid=request_id(),
                                version=body.version)
     return json_response(objects.public_cluster(c))
 
@@ -90,7 +84,7 @@ def _role(role):
 @policy("control")
 @doc("Both join tokens.", response=models.JoinTokens, tags=("cluster",))
 def get_tokens():
-    c = _cluster()
+    c = stored_cluster()
     return json_response(dict(c["tokens"]))
 
 
@@ -98,7 +92,7 @@ def get_tokens():
 @policy("control")
 @doc("The join token for a role (worker or manager).", response=models.JoinToken, tags=("cluster",))
 def get_token(role):
-    c = _cluster()
+    c = stored_cluster()
     return json_response({"role": _role(role), "token": c["tokens"][role]})
 
 
@@ -112,5 +106,5 @@ def rotate_token(role):
         token = tokens.generate_token(c["root_ca"]["cert"].encode())
         return dict(c, tokens=dict(c["tokens"], **{role: token}))
 
-    c = manager().store.update("cluster", _cluster()["id"], change, rid=request_id())
+    c = manager().store.update("cluster", stored_cluster()["id"], change, rid=request_id())
     return json_response({"role": role, "token": c["tokens"][role]})

@@ -43,7 +43,7 @@ from ...common.jsonbody import dumps_line
 from .. import objects
 from ..store.store import RequestId
 from .validation import (  # noqa: F401 (Model, Text and error_body are shared from here)
-    ApiError, Model, Text, error_body, validate, validation_error)
+    ApiError, Hostname, Model, ObjectName, Text, error_body, validate, validation_error)
 
 log = logging.getLogger(__name__)
 
@@ -346,3 +346,11 @@ def replayed_removal() -> dict | None:
 def flag(name: str) -> bool:
     value = request.args.get(name, "").lower()
     return value in ("1", "true", "yes", "on")
+
+
+def stored_cluster() -> dict:
+    """The cluster object, or 503 while the cluster is still being created."""
+    c = objects.cluster(manager().store)
+    if c is None:
+        raise ApiError(503, "no_leader", "the cluster is still being created")
+    return c

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 
 from flask import Blueprint
 from pydantic import Field, field_validator
@@ -13,27 +12,19 @@ from pydantic import Field, field_validator
 from ..store.store import Op, new_id
 from . import models
 from .openapi import doc
-from .common import (ApiError, Model, Text, json_response, manager, parse_body, policy,
+from .common import (ApiError, Model, ObjectName, Text, json_response, manager, parse_body, policy,
                      replayed_removal, request_id)
 from .nodes import validate_labels
 
 bp = Blueprint("configs", __name__, url_prefix="/v1/configs")
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_DATA = 500 * 1024
 
 
 class ConfigCreate(Model):
-    name: str = Field(max_length=64)
+    name: ObjectName
     data: str = Field(max_length=(MAX_DATA * 4) // 3 + 8)
     labels: dict[str, Text] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v):
-        if not NAME.match(v):
-            raise ValueError("must be 1-64 characters: letters, digits, '_', '.', '-'")
-        return v
 
     @field_validator("data")
     @classmethod

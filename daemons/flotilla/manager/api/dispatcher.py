@@ -20,9 +20,9 @@ from ..caserver import JoinRefused
 from ..dispatcher import SessionInvalid
 from . import models
 from .openapi import doc
-from .common import (ApiError, Model, identity, json_response, manager, parse_body, peer_ip,
+from .common import (ApiError, Hostname, Model, identity, json_response, manager, parse_body, peer_ip,
                      policy)
-from .join import HOSTNAME, Platform
+from .join import Platform
 from .join import _address as check_address
 from .sessionmodels import Heartbeat, StatusReport
 
@@ -40,7 +40,7 @@ class Engine(Model):
 
 
 class Register(Model):
-    hostname: str = Field(default="", max_length=253)
+    hostname: Hostname = ""
     platform: Optional[Platform] = None
     resources: Optional[Resources] = None
     engine: Optional[Engine] = None
@@ -50,13 +50,6 @@ class Register(Model):
     # The node was given its advertise address explicitly (behind NAT, the
     # address managers must use is not the one it connects from).
     advertise_explicit: bool = False
-
-    @field_validator("hostname")
-    @classmethod
-    def _hostname(cls, v):
-        if v and not HOSTNAME.match(v):
-            raise ValueError("not a valid hostname")
-        return v
 
     @field_validator("addr", "agent_addr")
     @classmethod

@@ -7,7 +7,6 @@ token and issues a certificate whose role the token decides.
 
 from __future__ import annotations
 
-import re
 from typing import Optional
 
 from flask import Blueprint, current_app
@@ -16,12 +15,9 @@ from pydantic import Field, field_validator
 from ...common.config import ConfigError, split_addr
 from ..caserver import JoinRefused
 from .openapi import doc
-from .common import ApiError, Model, json_response, manager, parse_body, policy
+from .common import ApiError, Hostname, Model, json_response, manager, parse_body, policy
 
 bp = Blueprint("join", __name__, url_prefix="/v1")
-
-HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
-
 
 class Platform(Model):
     os: str = Field(default="", max_length=32)
@@ -41,17 +37,10 @@ def _address(value):
 class JoinRequest(Model):
     token: str = Field(max_length=200)
     csr: str = Field(max_length=16384)
-    hostname: str = Field(default="", max_length=253)
+    hostname: Hostname = ""
     addr: str = Field(max_length=300)
     raft_addr: Optional[str] = Field(default=None, max_length=300)
     platform: Optional[Platform] = None
-
-    @field_validator("hostname")
-    @classmethod
-    def _hostname(cls, v):
-        if v and not HOSTNAME.match(v):
-            raise ValueError("not a valid hostname")
-        return v
 
     @field_validator("addr", "raft_addr")
     @classmethod

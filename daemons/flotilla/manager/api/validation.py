@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
 
 
 class ApiError(Exception):
@@ -35,6 +36,27 @@ class Model(BaseModel):
 # Free text (environment entries, arguments, label values) is kept exactly as
 # sent: only names and identifiers lose surrounding whitespace.
 Text = Annotated[str, StringConstraints(strip_whitespace=False)]
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def _object_name(v: str) -> str:
+    if not NAME.match(v):
+        raise ValueError("must be 1-64 characters: letters, digits, '_', '.', '-'")
+    return v
+
+
+def _hostname(v: str) -> str:
+    if v and not HOSTNAME.match(v):
+        raise ValueError("not a valid hostname")
+    return v
+
+
+# The name of a config or an admin bundle.
+ObjectName = Annotated[str, StringConstraints(max_length=64), AfterValidator(_object_name)]
+# A node's hostname, as at join and registration ("" when not given).
+Hostname = Annotated[str, StringConstraints(max_length=253), AfterValidator(_hostname)]
 
 
 # What msgpack (the store's encoding) and every JSON reader can carry.
