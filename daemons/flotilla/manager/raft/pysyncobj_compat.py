@@ -44,12 +44,10 @@ from pysyncobj import SyncObj
 from pysyncobj.node import Node
 from pysyncobj.syncobj import _COMMAND_TYPE, _RAFT_STATE
 from pysyncobj.tcp_connection import _getAddrType
-from pysyncobj.version import VERSION
 
 # The pysyncobj release this module was written against (requirements.txt
 # pins it). Anything else must pass tests/unit/test_pysyncobj_pins.py first.
 PYSYNCOBJ_VERSION = "0.3.17"
-INSTALLED_VERSION: str = VERSION
 
 # Kinds of log entries.
 REGULAR: int = _COMMAND_TYPE.REGULAR
