@@ -12,11 +12,14 @@ What changes compared with a stock ``SyncObj``:
   the first tick and shutdown is orderly;
 - a member asks for pre-votes before it starts an election (``prevote.py``),
   once ``prevote_when()`` says every member answers them.
+
+Every reach into pysyncobj's private state and methods goes through
+``pysyncobj_compat.SyncObjAdapter``; this module uses that and pysyncobj's
+public API only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -24,23 +27,19 @@ import queue
 import threading
 import time
 
-import pysyncobj.syncobj as _syncobj
-from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj import SyncObjConf
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.node import TCPNode
 from pysyncobj.monotonic import monotonic as _monotonic
-from pysyncobj.syncobj import _COMMAND_TYPE, _RAFT_STATE
 
 from . import codec
 from .journal import DurableJournal
 from .prevote import PreVote
+from .pysyncobj_compat import FOLLOWER, LEADER, MEMBERSHIP, REGULAR, SyncObjAdapter
 from .snapshot import SnapshotSerializer, read_boundary
 from .transport import TlsTransport
 
 log = logging.getLogger(__name__)
-
-REGULAR = _COMMAND_TYPE.REGULAR
-MEMBERSHIP = _COMMAND_TYPE.MEMBERSHIP
 
 # Entries are kept well below this, so pysyncobj never falls back to its
 # pickled "transmission" path for a single oversized entry.
@@ -61,7 +60,6 @@ COMPACTION_FAILED_BACKOFF = 5.0
 _NEVER_ENTRIES = 2 ** 62
 _NEVER_SECONDS = 10.0 ** 9
 
-_patch_lock = threading.Lock()
 # The result of an entry that could not be applied (see _apply_regular).
 APPLY_REFUSED = {"ok": False, "error": {"code": "refused",
                                         "message": "the replicated store could not apply this "
@@ -87,19 +85,6 @@ def compaction_due(position: float, held: float, limit: float, rank: int,
         return False
     since_point = (position - rank * limit / members) % limit
     return held > since_point + limit / 4
-
-
-@contextlib.contextmanager
-def _journal_factory(journal):
-    """pysyncobj builds its journal inside ``__init__`` from a module-level
-    factory; hand it ours for the duration of the constructor."""
-    with _patch_lock:
-        original = _syncobj.createJournal
-        _syncobj.createJournal = lambda _path: journal
-        try:
-            yield
-        finally:
-            _syncobj.createJournal = original
 
 
 def _unused_serializer(*_args, **_kwargs):  # pragma: no cover - replaced below
@@ -146,7 +131,7 @@ class RaftSettings:
                              "positive number of seconds")
 
 
-class RaftNode(SyncObj):
+class RaftNode(SyncObjAdapter):
     """One Raft member. ``state_machine`` must provide ``apply(payload) ->
     result``, ``snapshot_capture()``, ``snapshot_write(captured, file)``,
     ``snapshot_load(unpacker)`` and ``applied_bytes`` (the bytes of all the
@@ -198,12 +183,11 @@ class RaftNode(SyncObj):
             bindAddress=bind_address,
         )
         transport = functools.partial(TlsTransport, security=security)
-        with _journal_factory(self.journal):
-            super().__init__(self_address, [p for p in peers if p != self_address], conf,
-                             transportClass=transport)
+        super().__init__(self_address, [p for p in peers if p != self_address], conf,
+                         journal=self.journal, transport_class=transport)
         serializer = SnapshotSerializer(dump, settings.snapshot_chunk, state_machine)
         serializer.startup_members = sorted(set(peers) | {self_address})
-        self._SyncObj__serializer = serializer
+        self.install_serializer(serializer)
         self._tick_calls: queue.SimpleQueue = queue.SimpleQueue()
         self.tick_stalls = 0
         self._last_tick_work = 0.0
@@ -250,7 +234,7 @@ class RaftNode(SyncObj):
                     fn()
                 self._prevote_tick()
                 started, synced = time.monotonic(), self.journal.sync_seconds
-                backlog = self._SyncObj__raftCommitIndex > self._SyncObj__raftLastApplied
+                backlog = self.raftCommitIndex > self.raftLastApplied
                 self.doTick(0.0 if backlog else 0.05)
                 self._last_tick_work = time.monotonic() - started
                 self._last_tick_sync = self.journal.sync_seconds - synced
@@ -259,7 +243,7 @@ class RaftNode(SyncObj):
                 log.exception("raft tick failed")
                 self.flotilla_stopping.wait(0.05)
         try:
-            self._doDestroy()
+            self.destroy_now()
         finally:
             self.flotilla_stopped.set()
 
@@ -282,10 +266,10 @@ class RaftNode(SyncObj):
         held_bytes, held_entries = self.journal.bytes, len(self.journal)
         due = (compaction_due(self.flotilla_sm.applied_bytes, held_bytes,
                               self._compaction_bytes, rank, count)
-               or compaction_due(self._SyncObj__raftLastApplied, held_entries,
+               or compaction_due(self.raftLastApplied, held_entries,
                                  self._compaction_entries, rank, count)
                or period > self._compaction_period)
-        serializer = self._SyncObj__serializer
+        serializer = self.serializer
         if not due or serializer.busy() or (
                 serializer.failed_at is not None
                 and time.monotonic() - serializer.failed_at < COMPACTION_FAILED_BACKOFF):
@@ -304,13 +288,11 @@ class RaftNode(SyncObj):
         too long, give it one more election timeout counted from now: time
         this member could not run says nothing about the leader (nor does
         it when a pre-vote request is read before the leader's heartbeats)."""
-        if self._SyncObj__raftLeader is not None:
+        if self.raft_leader is not None:
             self._prevote.heard_from_leader(_monotonic())
-        self._poller.poll(0)
-        deadline = self._SyncObj__raftElectionDeadline
-        if deadline < _monotonic():
-            self._SyncObj__raftElectionDeadline = \
-                _monotonic() + self._SyncObj__generateRaftTimeout()
+        self.poll_messages(0)
+        if self.election_deadline < _monotonic():
+            self.election_deadline = _monotonic() + self.new_election_timeout()
 
     # -- pre-vote (see prevote.py) ------------------------------------------------
     def _prevote_enabled(self) -> bool:
@@ -321,78 +303,75 @@ class RaftNode(SyncObj):
         except Exception:       # the store is not readable yet: the plain election
             return False
 
-    def _last_log(self) -> tuple[int, int]:
-        return self._SyncObj__getCurrentLogTerm(), self._SyncObj__getCurrentLogIndex()
-
     def _election_allowed(self) -> bool:
         """May pysyncobj start an election now? Without pre-vote, yes; with
         it, only after a won round or when the leader asked (a transfer)."""
-        if self._SyncObj__transferInProgress or not self._SyncObj__otherNodes:
+        if self.transfer_in_progress or not self.voting_nodes:
             return True
-        if self._prevote.won_term == self._SyncObj__raftCurrentTerm + 1:
+        if self._prevote.won_term == self.raftCurrentTerm + 1:
             return True
         return not self._prevote_enabled()
 
-    def _SyncObj__connectedToAnyone(self):
+    def may_start_election(self):
         # pysyncobj asks this only right before it starts an election, after
         # finding its timer run out. Checking the timer ourselves before the
         # tick is not enough: between that check and pysyncobj's, the tick
         # may spend a while in the journal's once-a-second fsync.
-        return SyncObj._SyncObj__connectedToAnyone(self) and self._election_allowed()
+        return self.stock_connected_to_anyone() and self._election_allowed()
 
     def _prevote_tick(self):
         """Runs before pysyncobj's tick: when the election timer has run
         out and no election is allowed yet, ask for pre-votes and put the
         timer back."""
-        if self._SyncObj__raftState == _RAFT_STATE.LEADER or self._SyncObj__selfNode is None:
+        if self.raft_state == LEADER or self.selfNode is None:
             return
         now = _monotonic()
-        if self._SyncObj__raftElectionDeadline >= now or self._election_allowed():
+        if self.election_deadline >= now or self._election_allowed():
             return
-        term = self._SyncObj__raftCurrentTerm
+        term = self.raftCurrentTerm
         pv = self._prevote
-        self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
-        if not SyncObj._SyncObj__connectedToAnyone(self):
+        self.election_deadline = now + self.new_election_timeout()
+        if not self.stock_connected_to_anyone():
             return
-        pv.start(term + 1, self._SyncObj__selfNode)
-        last_term, last_index = self._last_log()
+        pv.start(term + 1, self.selfNode)
+        last_term, last_index = self.last_log()
         message = {"type": "pre_vote", "term": term + 1, "last_log_index": last_index,
                    "last_log_term": last_term}
-        for node in list(self._SyncObj__otherNodes):
-            self._SyncObj__transport.send(node, message)
+        for node in list(self.voting_nodes):
+            self.send_to(node, message)
 
     def _answer_prevote(self, node, message):
-        if self._SyncObj__selfNode is None:
+        if self.selfNode is None:
             return
-        term = self._SyncObj__raftCurrentTerm
+        term = self.raftCurrentTerm
         granted = self._prevote.grant(
             term=message["term"], last=(message["last_log_term"], message["last_log_index"]),
-            my_term=term, my_last=self._last_log(),
-            leading=self._SyncObj__raftState == _RAFT_STATE.LEADER, now=_monotonic())
+            my_term=term, my_last=self.last_log(),
+            leading=self.raft_state == LEADER, now=_monotonic())
         if granted:
             log.info("pre-vote for term %d granted to %s (at term %d, a leader last heard "
                      "%.2f s ago)", message["term"], getattr(node, "address", node), term,
                      _monotonic() - self._prevote.leader_contact)
-        self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": message["term"],
-                                             "current_term": term, "granted": granted})
+        self.send_to(node, {"type": "pre_vote_response", "term": message["term"],
+                            "current_term": term, "granted": granted})
 
     def _count_prevote(self, node, message):
-        term = self._SyncObj__raftCurrentTerm
+        term = self.raftCurrentTerm
         if not message["granted"] and message["current_term"] > term and \
-                self._SyncObj__raftState != _RAFT_STATE.LEADER:
+                self.raft_state != LEADER:
             # Our term fell behind: move up, or no one would ever grant us.
-            self._SyncObj__setCurrentTerm(message["current_term"], None)
-            self._SyncObj__setState(_RAFT_STATE.FOLLOWER)
-            self._SyncObj__raftLeader = None
+            self.set_raft_term(message["current_term"], None)
+            self.set_raft_state(FOLLOWER)
+            self.forget_leader()
             self._prevote.clear()
             return
-        if message["term"] != term + 1 or self._SyncObj__raftState == _RAFT_STATE.LEADER:
+        if message["term"] != term + 1 or self.raft_state == LEADER:
             return
-        members = len(self._SyncObj__otherNodes) + 1
+        members = len(self.voting_nodes) + 1
         if self._prevote.answer(message["term"], message["granted"], node, members):
             log.info("pre-vote for term %d granted by a majority: starting an election",
                      message["term"])
-            self._SyncObj__raftElectionDeadline = 0     # the election starts next tick
+            self.election_deadline = 0     # the election starts next tick
 
     def stop(self, timeout: float = 5.0):
         self.flotilla_stopping.set()
@@ -405,7 +384,7 @@ class RaftNode(SyncObj):
         the tick thread once it is applied here (or failed)."""
         if len(payload) > MAX_COMMAND_BYTES:
             raise ValueError("command too large")
-        self._applyCommand(payload, callback, REGULAR)
+        self.append_command(payload, callback, REGULAR)
 
     def addNodeToCluster(self, node, callback=None, member: dict | None = None):
         """Add a member. ``member`` (``node_id``, ``api_addr``) travels with
@@ -415,17 +394,18 @@ class RaftNode(SyncObj):
         about = {k: str(v) for k, v in (member or {}).items()
                  if k in ("node_id", "api_addr") and v}
         # The third element was the address again; older releases ignore it.
-        self._applyCommand(codec.pack(["add", address, about or address]), callback, MEMBERSHIP)
+        self.append_command(codec.pack(["add", address, about or address]), callback,
+                            MEMBERSHIP)
 
     def removeNodeFromCluster(self, node, callback=None):
         address = node.address if isinstance(node, TCPNode) else str(node)
-        self._applyCommand(codec.pack(["rem", address, address]), callback, MEMBERSHIP)
+        self.append_command(codec.pack(["rem", address, address]), callback, MEMBERSHIP)
 
     def setCodeVersion(self, newVersion, callback=None):
         raise NotImplementedError("code versions are not used by Flotilla")
 
-    # -- pysyncobj hooks (name-mangled private methods of SyncObj) -------------
-    def _SyncObj__doApplyCommand(self, command):
+    # -- pysyncobj hooks (see pysyncobj_compat.SyncObjAdapter) -------------------
+    def apply_entry(self, command):
         kind = command[0] if command else None
         if kind == REGULAR:
             return self._apply_regular(bytes(command[1:]))
@@ -452,7 +432,7 @@ class RaftNode(SyncObj):
             log.exception("raft entry of %d bytes could not be applied: refused", len(payload))
             return dict(APPLY_REFUSED)
 
-    def _SyncObj__applyLogEntries(self):
+    def apply_committed(self):
         # pysyncobj applies every committed entry in one tick. A large
         # backlog (a burst of writes, a follower catching up) then kept the
         # thread from sending heartbeats and reading messages for seconds,
@@ -460,27 +440,27 @@ class RaftNode(SyncObj):
         # entries for at most APPLY_BUDGET seconds (at least one entry) and
         # the next tick goes on; what remains is applied in order, nothing
         # is skipped. Otherwise as pysyncobj's own.
-        commit = self._SyncObj__raftCommitIndex
-        applied = self._SyncObj__raftLastApplied
+        commit = self.raftCommitIndex
+        applied = self.raftLastApplied
         if commit <= applied:
             return False
-        waiting = self._SyncObj__commandsWaitingCommit
+        waiting = self.commands_waiting_commit()
         deadline = time.monotonic() + APPLY_BUDGET
-        for entry in self._SyncObj__getEntries(applied + 1, commit - applied):
+        for entry in self.log_entries(applied + 1, commit - applied):
             term = entry[2]
-            result = self._SyncObj__doApplyCommand(entry[0])
+            result = self.apply_entry(entry[0])
             subscribers = waiting.pop(entry[1], [])
             for subscribed_term, callback in subscribers:
                 if subscribed_term == term:
                     callback(result, FAIL_REASON.SUCCESS)
                 else:
                     callback(None, FAIL_REASON.DISCARDED)
-            self._SyncObj__raftLastApplied += 1
+            self.mark_applied()
             if time.monotonic() > deadline:
                 break
         return True
 
-    def _SyncObj__onMessageReceived(self, node, message):
+    def on_message(self, node, message):
         # Writes reach the leader through its API, never through another
         # member's Raft connection. pysyncobj forwards a command to the
         # leader when its proposer is no longer leader by the time the tick
@@ -499,11 +479,11 @@ class RaftNode(SyncObj):
         if mtype == "pre_vote_response":
             self._count_prevote(node, message)
             return
-        if mtype == "append_entries" and message["term"] >= self._SyncObj__raftCurrentTerm:
+        if mtype == "append_entries" and message["term"] >= self.raftCurrentTerm:
             self._prevote.heard_from_leader(_monotonic())
         if mtype == "apply_command":
             if "request_id" in message:
-                self._SyncObj__transport.send(node, {
+                self.send_to(node, {
                     "type": "apply_command_response", "request_id": message["request_id"],
                     "error": FAIL_REASON.NOT_LEADER})
             return
@@ -513,17 +493,17 @@ class RaftNode(SyncObj):
         # entries it has, truncates and re-appends them. A success ack may
         # only move nextIndex forward.
         if (message.get("type") == "next_node_idx" and message.get("success")
-                and not message.get("reset") and self._isLeader()):
-            next_index = self._SyncObj__raftNextIndex
+                and not message.get("reset") and self.leading):
+            next_index = self.next_index
             before = next_index.get(node)
-            SyncObj._SyncObj__onMessageReceived(self, node, message)
+            self.stock_on_message(node, message)
             after = next_index.get(node)
             if before is not None and after is not None and after < before:
                 next_index[node] = before
             return
-        SyncObj._SyncObj__onMessageReceived(self, node, message)
+        self.stock_on_message(node, message)
 
-    def _SyncObj__parseChangeClusterRequest(self, command):
+    def parse_membership(self, command):
         if command[0] != MEMBERSHIP:
             return None
         try:
@@ -546,11 +526,11 @@ class RaftNode(SyncObj):
     # -- introspection ----------------------------------------------------------
     @property
     def is_leader(self) -> bool:
-        return self._isLeader()
+        return self.leading
 
     @property
     def leader_address(self) -> str | None:
-        leader = self._getLeader()
+        leader = self.leader_node
         return leader.address if leader is not None else None
 
     @property
@@ -563,7 +543,7 @@ class RaftNode(SyncObj):
     def connected_addresses(self) -> set[str]:
         for _ in range(5):
             try:
-                return self._SyncObj__transport.connected_addresses()
+                return self.raft_transport.connected_addresses()
             except RuntimeError:  # changed under us by the tick thread
                 continue
         return set()
@@ -602,7 +582,7 @@ class RaftNode(SyncObj):
             members = self.member_addresses()
             heard = self._heard_within(window) | {self.self_address}
             return 2 * len(heard.intersection(members)) > len(members)
-        if self._SyncObj__raftLeader is None:
+        if self.raft_leader is None:
             return False
         return _monotonic() - self._prevote.leader_contact < window
 

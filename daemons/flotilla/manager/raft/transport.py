@@ -40,10 +40,11 @@ import threading
 import time
 
 from pysyncobj.poller import POLL_EVENT_TYPE
-from pysyncobj.tcp_connection import CONNECTION_STATE, _getAddrType
+from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 
 from . import codec
+from .pysyncobj_compat import address_family, poller_of
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class TlsConnection:
             return False
         self._reset()
         try:
-            raw = socket.socket(_getAddrType(host), socket.SOCK_STREAM)
+            raw = socket.socket(address_family(host), socket.SOCK_STREAM)
         except Exception:
             return False
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -639,7 +640,7 @@ class TlsServer:
         self._sock = None
 
     def bind(self):
-        sock = socket.socket(_getAddrType(self._host), socket.SOCK_STREAM)
+        sock = socket.socket(address_family(self._host), socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setblocking(False)
@@ -677,7 +678,7 @@ class TlsTransport(TCPTransport):
     # -- connection objects -------------------------------------------------
     def _new_connection(self, established=None, expected_address=None):
         return TlsConnection(
-            self._syncObj._poller, self._security,
+            poller_of(self._syncObj), self._security,
             timeout=self._syncObj.conf.connectionTimeout,
             ping_interval=self._ping_interval,
             established=established, expected_address=expected_address)
@@ -685,10 +686,10 @@ class TlsTransport(TCPTransport):
     def _createServer(self):
         conf = self._syncObj.conf
         host, port = (conf.bindAddress or self._selfNode.address).rsplit(":", 1)
-        self.handshakes = HandshakeWorker(self._syncObj._poller, self._security,
+        self.handshakes = HandshakeWorker(poller_of(self._syncObj), self._security,
                                           self._on_established,
                                           timeout=conf.connectionTimeout)
-        self._server = TlsServer(self._syncObj._poller, host, port, self.handshakes)
+        self._server = TlsServer(poller_of(self._syncObj), host, port, self.handshakes)
 
     def _on_established(self, sock, peer_id):
         conn = self._new_connection(established=(sock, peer_id))
