@@ -7,7 +7,7 @@ import pytest
 
 from flotilla.common import template
 from flotilla.common.template import TemplateError
-from flotilla.manager.api.validation import ApiError, validate
+from flotilla.model.validation import ApiError, validate
 from flotilla.manager.specs import ServiceSpec
 
 TASK = {"id": "t123", "service_id": "s456", "service_name": "web", "slot": 2}

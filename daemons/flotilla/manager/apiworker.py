@@ -522,7 +522,7 @@ class ApiWorker(ThreadWorker):
 
     def _answer(self, conn, status: int, code: str, message: str):
         """Answer in the API's error shape and close the connection."""
-        from .api.common import error_body
+        from ..model.validation import error_body
 
         if conn.request_line is not None:
             answered = getattr(self.app, "answered", None)
@@ -673,7 +673,7 @@ class ApiWorker(ThreadWorker):
             pass
 
     def _error_bytes(self, req, addr, exc) -> bytes | None:
-        from .api.common import error_body
+        from ..model.validation import error_body
 
         capture = _Capture()
         super().handle_error(req, capture, addr, exc)

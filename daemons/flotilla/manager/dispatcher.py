@@ -56,7 +56,7 @@ from ..common import taskmodel
 from ..common.config import ConfigError, join_addr, split_addr
 from ..common.component import Component
 from . import objects
-from .api.validation import error_body
+from ..model.validation import error_body
 from .pushproc import PushProcess
 from .store.store import NotLeader, Op, StoreError, TxnFailed, new_id
 

@@ -15,7 +15,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 
 from ..common import template
 from ..common.units import parse_bytes, parse_duration
-from .api.common import Model, Text
+from ..model.validation import Model, Text
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")

@@ -27,8 +27,8 @@ from ..store.store import new_id
 from .. import objects
 from . import models
 from .openapi import doc
-from .common import (ApiError, Model, ObjectName, identity, json_response, manager, parse_body,
-                     policy, request_id, stored_cluster)
+from ...model.validation import ApiError, Model, ObjectName
+from .common import identity, json_response, manager, parse_body, policy, request_id, stored_cluster
 
 bp = Blueprint("admins", __name__, url_prefix="/v1/cluster/admins")
 

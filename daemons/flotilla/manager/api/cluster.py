@@ -12,8 +12,8 @@ from ...common.units import parse_duration
 from .. import objects
 from . import models
 from .openapi import doc
-from .common import (ApiError, Model, json_response, manager, parse_body, policy, request_id,
-                     stored_cluster)
+from ...model.validation import ApiError, Model
+from .common import json_response, manager, parse_body, policy, request_id, stored_cluster
 
 bp = Blueprint("cluster", __name__, url_prefix="/v1/cluster")
 

@@ -40,10 +40,9 @@ from pydantic import ValidationError
 
 from ...ca import certs
 from ...common.jsonbody import dumps_line
+from ...model.validation import ApiError, Model, error_body, validate, validation_error
 from .. import objects
 from ..store.store import RequestId
-from .validation import (  # noqa: F401 (Model, Text and error_body are shared from here)
-    ApiError, Hostname, Model, ObjectName, Text, error_body, validate, validation_error)
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from pydantic import Field, field_validator
 from ..store.store import Op, new_id
 from . import models
 from .openapi import doc
-from .common import (ApiError, Model, ObjectName, Text, json_response, manager, parse_body, policy,
-                     replayed_removal, request_id)
+from ...model.validation import ApiError, Model, ObjectName, Text
+from .common import json_response, manager, parse_body, policy, replayed_removal, request_id
 from .nodes import validate_labels
 
 bp = Blueprint("configs", __name__, url_prefix="/v1/configs")

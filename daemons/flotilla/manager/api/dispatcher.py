@@ -20,8 +20,8 @@ from ..caserver import JoinRefused
 from ..dispatcher import SessionInvalid
 from . import models
 from .openapi import doc
-from .common import (ApiError, Hostname, Model, identity, json_response, manager, parse_body, peer_ip,
-                     policy)
+from ...model.validation import ApiError, Hostname, Model
+from .common import identity, json_response, manager, parse_body, peer_ip, policy
 from .join import Platform
 from .join import _address as check_address
 from .sessionmodels import Heartbeat, StatusReport

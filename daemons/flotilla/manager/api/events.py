@@ -8,7 +8,8 @@ from flask import Blueprint
 from pydantic import BaseModel, Field, field_validator
 
 from .. import events as eventlog
-from .common import ApiError, Model, json_response, manager, parse_query, policy
+from ...model.validation import ApiError, Model
+from .common import json_response, manager, parse_query, policy
 from .openapi import doc
 
 bp = Blueprint("events", __name__, url_prefix="/v1")

@@ -15,7 +15,8 @@ from pydantic import Field, field_validator
 from ...common.config import ConfigError, split_addr
 from ..caserver import JoinRefused
 from .openapi import doc
-from .common import ApiError, Hostname, Model, json_response, manager, parse_body, policy
+from ...model.validation import ApiError, Hostname, Model
+from .common import json_response, manager, parse_body, policy
 
 bp = Blueprint("join", __name__, url_prefix="/v1")
 

@@ -10,7 +10,8 @@ from flask import Blueprint, current_app
 from pydantic import BaseModel, Field
 
 from ..logs import Busy, LogCollector
-from .common import ApiError, Model, json_response, manager, parse_query, policy
+from ...model.validation import ApiError, Model
+from .common import json_response, manager, parse_query, policy
 from .openapi import doc
 from .services import _get_service
 

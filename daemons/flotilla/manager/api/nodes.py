@@ -16,8 +16,9 @@ from ..membership import QuorumError
 from ..store.store import Op
 from . import models
 from .openapi import doc
-from .common import (ApiError, Model, Text, json_response, manager, parse_body, parse_query,
-                     policy, replayed_removal, request_id)
+from ...model.validation import ApiError, Model, Text
+from .common import (json_response, manager, parse_body, parse_query, policy, replayed_removal,
+                     request_id)
 
 bp = Blueprint("nodes", __name__, url_prefix="/v1/nodes")
 

@@ -9,7 +9,8 @@ from .. import objects
 from ..membership import MembershipBusy, MembershipError
 from . import models
 from .openapi import doc
-from .common import ApiError, Model, identity, json_response, manager, parse_body, policy
+from ...model.validation import ApiError, Model
+from .common import identity, json_response, manager, parse_body, policy
 from .join import _address
 
 bp = Blueprint("raft", __name__, url_prefix="/v1/raft")

@@ -16,8 +16,9 @@ from ..orchestrator import updater
 from ..store.store import Op, new_id
 from . import models
 from .openapi import doc
-from .common import (ApiError, Model, json_response, manager, parse_body, parse_query, policy,
-                     replayed_removal, request_id)
+from ...model.validation import ApiError, Model
+from .common import (json_response, manager, parse_body, parse_query, policy, replayed_removal,
+                     request_id)
 
 bp = Blueprint("services", __name__, url_prefix="/v1")
 

@@ -9,7 +9,7 @@ from typing import Optional
 from pydantic import Field, field_validator
 
 from ...common import taskmodel
-from .validation import Model
+from ...model.validation import Model
 
 
 class TaskStatus(Model):

@@ -1,7 +1,10 @@
-"""Request validation without a web framework: the API's error shape,
-strict JSON, and pydantic models whose first error names the field path.
-Shared by the API's views and by the dispatcher's front for agents
-(``manager/front.py``), which runs outside Flask."""
+"""Validation without a web framework: the base of every model, the
+annotated types fields share, the body of every error
+(``{"error": {"code", "message", "field"}}``), strict JSON, and pydantic
+errors turned into the field path the client sent. Used by the API's views
+(whose one response helper, ``manager/api/common.py``, sends the error
+body), by the dispatcher's front for agents, which runs outside Flask, and
+by the CLI's Compose translator."""
 
 from __future__ import annotations
 
