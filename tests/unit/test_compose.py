@@ -7,7 +7,7 @@ import pytest
 
 from flotilla.cli import compose
 from flotilla.cli.compose import ComposeError, load, stack_specs, translate
-from flotilla.manager.specs import ServiceSpec
+from flotilla.model.specs import ServiceSpec
 
 NS = {"flotilla.stack.namespace": "shop"}
 

@@ -1058,7 +1058,7 @@ class _Translator:
     def validate(self, spec: dict, origin: _Origin) -> dict | None:
         from pydantic import ValidationError
 
-        from ..manager.specs import ServiceSpec
+        from ..model.specs import ServiceSpec
         try:
             ServiceSpec.model_validate(spec)
         except ValidationError as exc:

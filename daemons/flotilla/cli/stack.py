@@ -34,7 +34,7 @@ def stack_services(ctx, name: str) -> list[dict]:
 
 
 def _canonical(spec: dict) -> dict:
-    from ..manager import specs as service_specs
+    from ..model import specs as service_specs
     return service_specs.canonical(service_specs.ServiceSpec.model_validate(spec))
 
 

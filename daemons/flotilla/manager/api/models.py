@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
-from .. import specs
+from ...model import specs
 
 
 class Removed(BaseModel):

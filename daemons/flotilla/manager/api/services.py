@@ -9,7 +9,7 @@ from flask import Blueprint
 from pydantic import Field
 
 from ...common import taskmodel
-from .. import specs
+from ...model import specs
 from ..orchestrator import tasks as T
 from ..orchestrator.dependencies import cycle_error
 from ..orchestrator import updater

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from ...common import taskmodel, template
-from ..specs import task_ports
+from ...model.specs import task_ports
 from ..store.store import new_id
 
 

@@ -210,7 +210,8 @@ class Scheduler(Component):
 
 def constraint_matcher():
     """(constraints, node) -> bool, for the global orchestrator."""
-    from .constraint import parse_constraints
+    from ...model.constraint import parse_constraints
+    from .constraint import matches as node_matches
 
     cache: dict[tuple, object] = {}
 
@@ -219,7 +220,7 @@ def constraint_matcher():
         parsed = cache.get(key)
         if parsed is None:
             parsed = cache[key] = parse_constraints(list(constraints))
-        return all(c.matches(node) for c in parsed)
+        return all(node_matches(c, node) for c in parsed)
 
     return matches
 

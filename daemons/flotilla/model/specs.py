@@ -15,7 +15,8 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 
 from ..common import template
 from ..common.units import parse_bytes, parse_duration
-from ..model.validation import Model, Text
+from .constraint import parse_constraints
+from .validation import Model, Text
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -289,7 +290,6 @@ class Placement(Model):
     @field_validator("constraints")
     @classmethod
     def _constraints(cls, v):
-        from .scheduler.constraint import parse_constraints
         for expr in v:
             if len(expr) > MAX_CONSTRAINT:
                 raise ValueError(f"constraint {expr[:40]!r}... is longer than "
