@@ -25,7 +25,9 @@ from docker import errors as docker_errors
 from docker.types import Healthcheck, Mount
 from docker.utils import parse_repository_tag
 
-from ..common import taskmodel, template
+from ..common import template
+
+from ..model import task as taskmodel
 from ..common.template import TemplateError  # noqa: F401 (raised by create)
 
 log = logging.getLogger(__name__)

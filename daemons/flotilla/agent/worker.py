@@ -32,7 +32,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
 
-from ..common import taskmodel
+from ..model import task as taskmodel
 from ..common.component import Component
 from .controller import Controller
 from .health import Prober

@@ -52,7 +52,7 @@ import threading
 import time
 
 from ..ca import revocation
-from ..common import taskmodel
+from ..model import task as taskmodel
 from ..common.config import ConfigError, join_addr, split_addr
 from ..common.component import Component
 from . import objects

@@ -38,7 +38,7 @@ import httptools
 
 from ..ca import certs
 from ..common.jsonbody import dumps_line
-from .api.sessionmodels import Heartbeat, StatusReport
+from ..model.session import Heartbeat, StatusReport
 from ..model.validation import ApiError, error_body, validate
 
 log = logging.getLogger(__name__)

@@ -18,13 +18,13 @@ from pydantic import Field, field_validator
 
 from ..caserver import JoinRefused
 from ..dispatcher import SessionInvalid
-from . import models
+from ...model import responses
 from .openapi import doc
 from ...model.validation import ApiError, Hostname, Model
 from .common import identity, json_response, manager, parse_body, peer_ip, policy
 from .join import Platform
 from .join import _address as check_address
-from .sessionmodels import Heartbeat, StatusReport
+from ...model.session import Heartbeat, StatusReport
 
 bp = Blueprint("dispatcher", __name__, url_prefix="/v1")
 
@@ -102,7 +102,7 @@ def heartbeat():
 
 @bp.post("/dispatcher/status")
 @policy("agent")
-@doc("Agent: report task states.", body=StatusReport, response=models.Accepted, tags=("agents",))
+@doc("Agent: report task states.", body=StatusReport, response=responses.Accepted, tags=("agents",))
 def status():
     body = parse_body(StatusReport)
     updates = [{"task_id": u.task_id, "status": u.status.model_dump()} for u in body.updates]

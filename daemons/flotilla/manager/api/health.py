@@ -6,7 +6,7 @@ from flask import Blueprint
 
 from ... import __version__
 from ...common import tls
-from . import models
+from ...model import responses
 from .openapi import doc
 from .common import json_response, manager, policy
 
@@ -15,7 +15,7 @@ bp = Blueprint("health", __name__, url_prefix="/v1")
 
 @bp.get("/health")
 @policy("any", local=True)
-@doc("Health of this manager as it sees itself.", response=models.Health, tags=("meta",))
+@doc("Health of this manager as it sees itself.", response=responses.Health, tags=("meta",))
 def health():
     m = manager()
     raft = m.raft.status() if m.raft is not None else {"state": "starting"}

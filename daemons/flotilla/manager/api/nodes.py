@@ -10,11 +10,11 @@ from flask import Blueprint
 from pydantic import Field, field_validator
 
 from ...ca import revocation
-from ...common import taskmodel
+from ...model import task as taskmodel
 from .. import objects
 from ..membership import QuorumError
 from ..store.store import Op
-from . import models
+from ...model import responses
 from .openapi import doc
 from ...model.validation import ApiError, Model, Text
 from .common import (json_response, manager, parse_body, parse_query, policy, replayed_removal,
@@ -132,7 +132,7 @@ def _views(nodes):
 
 @bp.get("")
 @policy("control")
-@doc("List nodes.", response=list[models.Node], tags=("nodes",))
+@doc("List nodes.", response=list[responses.Node], tags=("nodes",))
 def list_nodes():
     nodes = sorted(manager().store.list("node"), key=lambda n: (n.get("hostname") or "", n["id"]))
     return json_response(_views(nodes))
@@ -140,7 +140,7 @@ def list_nodes():
 
 @bp.get("/<ref>")
 @policy("control")
-@doc("Inspect a node by id, hostname or id prefix.", response=models.Node, tags=("nodes",))
+@doc("Inspect a node by id, hostname or id prefix.", response=responses.Node, tags=("nodes",))
 def inspect_node(ref):
     return json_response(_views([_get(ref)])[0])
 
@@ -151,7 +151,7 @@ def _update(ref, change, rid, version=None):
 
 @bp.patch("/<ref>")
 @policy("control")
-@doc("Change a node's role, availability or labels.", body=NodeUpdate, query=ForceQuery, response=models.Node, tags=("nodes",))
+@doc("Change a node's role, availability or labels.", body=NodeUpdate, query=ForceQuery, response=responses.Node, tags=("nodes",))
 def update_node(ref):
     body = parse_body(NodeUpdate)
     if body.role == "worker":
@@ -203,14 +203,14 @@ def _check_demotion(node, force):
 
 @bp.post("/<ref>/promote")
 @policy("control")
-@doc("Make a node a manager.", response=models.Node, tags=("nodes",))
+@doc("Make a node a manager.", response=responses.Node, tags=("nodes",))
 def promote(ref):
     return json_response(_views([_set_role(_get(ref), "manager")])[0])
 
 
 @bp.post("/<ref>/demote")
 @policy("control")
-@doc("Make a manager a worker.", query=ForceQuery, response=models.Node, tags=("nodes",))
+@doc("Make a manager a worker.", query=ForceQuery, response=responses.Node, tags=("nodes",))
 def demote(ref):
     node = _get(ref)
     _check_demotion(node, parse_query(ForceQuery).force)
@@ -219,7 +219,7 @@ def demote(ref):
 
 @bp.delete("/<ref>")
 @policy("control")
-@doc("Remove a node from the cluster (its certificate is revoked).", query=ForceQuery, response=models.Removed, tags=("nodes",))
+@doc("Remove a node from the cluster (its certificate is revoked).", query=ForceQuery, response=responses.Removed, tags=("nodes",))
 def remove(ref):
     m = manager()
     force = parse_query(ForceQuery).force

@@ -7,7 +7,7 @@ from pydantic import Field, field_validator
 
 from .. import objects
 from ..membership import MembershipBusy, MembershipError
-from . import models
+from ...model import responses
 from .openapi import doc
 from ...model.validation import ApiError, Model
 from .common import identity, json_response, manager, parse_body, policy
@@ -36,7 +36,7 @@ def status():
 
 @bp.post("/join")
 @policy("manager")
-@doc("Manager: join the Raft group.", body=RaftJoin, response=models.RaftMembers, tags=("managers",))
+@doc("Manager: join the Raft group.", body=RaftJoin, response=responses.RaftMembers, tags=("managers",))
 def join():
     """Record the caller's addresses, add it to the Raft configuration (the
     change carries its node id and API address) and return the members it

@@ -8,13 +8,13 @@ from typing import Optional
 from flask import Blueprint
 from pydantic import Field
 
-from ...common import taskmodel
+from ...model import task as taskmodel
 from ...model import specs
 from ..orchestrator import tasks as T
 from ..orchestrator.dependencies import cycle_error
 from ..orchestrator import updater
 from ..store.store import Op, new_id
-from . import models
+from ...model import responses
 from .openapi import doc
 from ...model.validation import ApiError, Model
 from .common import (json_response, manager, parse_body, parse_query, policy, replayed_removal,
@@ -122,7 +122,7 @@ def _check_ports(spec: dict, exclude: str | None = None):
 
 @bp.post("/services")
 @policy("control")
-@doc("Create a service.", body=specs.ServiceSpec, response=models.Service, status=201, tags=("services",))
+@doc("Create a service.", body=specs.ServiceSpec, response=responses.Service, status=201, tags=("services",))
 def create_service():
     spec = specs.canonical(parse_body(specs.ServiceSpec))
     _check_ports(spec)
@@ -135,7 +135,7 @@ def create_service():
 
 @bp.get("/services")
 @policy("control")
-@doc("List services.", response=list[models.Service], tags=("services",))
+@doc("List services.", response=list[responses.Service], tags=("services",))
 def list_services():
     items = sorted(manager().store.list("service"), key=lambda s: s["name"])
     return json_response([service_view(s) for s in items])
@@ -143,14 +143,14 @@ def list_services():
 
 @bp.get("/services/<ref>")
 @policy("control")
-@doc("Inspect a service by id, name or id prefix.", response=models.Service, tags=("services",))
+@doc("Inspect a service by id, name or id prefix.", response=responses.Service, tags=("services",))
 def inspect_service(ref):
     return json_response(service_view(_get_service(ref)))
 
 
 @bp.patch("/services/<ref>")
 @policy("control")
-@doc("Scale a service or replace its spec.", body=ServiceUpdate, response=models.Service, tags=("services",))
+@doc("Scale a service or replace its spec.", body=ServiceUpdate, response=responses.Service, tags=("services",))
 def update_service(ref):
     body = parse_body(ServiceUpdate)
     current = _get_service(ref)
@@ -192,7 +192,7 @@ def _rolls_out(old: dict, new: dict) -> bool:
 @bp.post("/services/<ref>/rollback")
 @policy("control")
 @doc("Go back to the service's previous spec, with its rollback settings.",
-     response=models.Service, tags=("services",))
+     response=responses.Service, tags=("services",))
 def rollback_service(ref):
     current = _get_service(ref)
 
@@ -225,7 +225,7 @@ def _set_update_state(ref, states: dict, what: str):
 
 @bp.post("/services/<ref>/pause")
 @policy("control")
-@doc("Pause the service's rolling update or rollback.", response=models.Service,
+@doc("Pause the service's rolling update or rollback.", response=responses.Service,
      tags=("services",))
 def pause_update(ref):
     return _set_update_state(ref, {"updating": "paused", "rollback_started": "rollback_paused"},
@@ -234,7 +234,7 @@ def pause_update(ref):
 
 @bp.post("/services/<ref>/resume")
 @policy("control")
-@doc("Resume the service's paused update or rollback.", response=models.Service,
+@doc("Resume the service's paused update or rollback.", response=responses.Service,
      tags=("services",))
 def resume_update(ref):
     return _set_update_state(ref, {"paused": "updating", "rollback_paused": "rollback_started"},
@@ -243,7 +243,7 @@ def resume_update(ref):
 
 @bp.delete("/services/<ref>")
 @policy("control")
-@doc("Remove a service; its tasks stop and are removed.", response=models.Removed, tags=("services",))
+@doc("Remove a service; its tasks stop and are removed.", response=responses.Removed, tags=("services",))
 def remove_service(ref):
     if (done := replayed_removal()) is not None:
         return json_response(done)
@@ -254,7 +254,7 @@ def remove_service(ref):
 
 @bp.get("/services/<ref>/tasks")
 @policy("control")
-@doc("A service's tasks.", response=list[models.Task], tags=("tasks",))
+@doc("A service's tasks.", response=list[responses.Task], tags=("tasks",))
 def service_tasks(ref):
     s = _get_service(ref)
     tasks = manager().store.by_index("task", "service_id", s["id"])
@@ -273,7 +273,7 @@ def _task_list(tasks):
 
 @bp.get("/tasks")
 @policy("control")
-@doc("List tasks.", query=TaskQuery, response=list[models.Task], tags=("tasks",))
+@doc("List tasks.", query=TaskQuery, response=list[responses.Task], tags=("tasks",))
 def list_tasks():
     store = manager().store
     query = parse_query(TaskQuery)
@@ -302,7 +302,7 @@ def list_tasks():
 
 @bp.get("/tasks/<task_id>")
 @policy("control")
-@doc("Inspect a task by id or id prefix.", response=models.TaskDetail, tags=("tasks",))
+@doc("Inspect a task by id or id prefix.", response=responses.TaskDetail, tags=("tasks",))
 def inspect_task(task_id):
     t = manager().store.get("task", task_id)
     if t is None:

@@ -15,7 +15,7 @@ import collections
 import logging
 import time
 
-from ...common import taskmodel
+from ...model import task as taskmodel
 from ...common.component import Component
 from .. import objects
 from ..store.store import Op, StoreError

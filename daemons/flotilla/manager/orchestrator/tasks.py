@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 
-from ...common import taskmodel, template
+from ...common import template
+
+from ...model import task as taskmodel
 from ...model.specs import task_ports
 from ..store.store import new_id
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 
-from ...common import taskmodel
+from ...model import task as taskmodel
 from ...common.component import Component
 from ..store.store import Op, StoreError, TxnFailed
 from . import tasks as T

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...common.taskmodel import UNSCHEDULABLE
+from ...model.task import UNSCHEDULABLE
 from ...model import constraint as syntax
 from .constraint import matches
 from .nodeinfo import NANO, host_ports, memory_bytes, nano_cpus

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
-from ...model import specs
+from . import specs
 
 
 class Removed(BaseModel):

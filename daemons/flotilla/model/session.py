@@ -8,8 +8,8 @@ from typing import Optional
 
 from pydantic import Field, field_validator
 
-from ...common import taskmodel
-from ...model.validation import Model
+from . import task as taskmodel
+from .validation import Model
 
 
 class TaskStatus(Model):
