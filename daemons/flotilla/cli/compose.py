@@ -3,7 +3,7 @@
 ``load`` reads one or more Compose files (merged in order, as Compose merges
 ``-f`` files), interpolates ``${VAR}`` from the environment and remembers the
 file and line of every key. ``translate`` turns the result into service specs
-(plain dicts in the shape of ``flotilla.manager.specs.ServiceSpec``) for one
+(plain dicts in the shape of ``flotilla.model.specs.ServiceSpec``) for one
 stack: service ``web`` of stack ``shop`` becomes service ``shop_web``.
 
 Anything Flotilla cannot honour is an error naming the file, the line and the

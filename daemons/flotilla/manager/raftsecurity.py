@@ -28,7 +28,8 @@ import threading
 from ..ca import certs, revocation
 from ..common import fsutil, tls
 from ..common.ratelog import RateLimitedLog
-from . import objects
+from ..model import objects
+from .store import queries
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class RaftSecurity:
         return out
 
     def _id_from_store(self, addr: str) -> str | None:
-        node = objects.node_by_raft_addr(self._store, addr)
+        node = queries.node_by_raft_addr(self._store, addr)
         if node is not None and objects.wants_manager_cert(node):
             return node["id"]
         return None
@@ -102,7 +103,7 @@ class RaftSecurity:
         for addr in self._members:
             api = apis.get(addr)
             if api is None:
-                node = objects.node_by_raft_addr(self._store, addr)
+                node = queries.node_by_raft_addr(self._store, addr)
                 api = ((node or {}).get("manager") or {}).get("api_addr")
             if api:
                 out[addr] = api

@@ -3,7 +3,7 @@
 A spec arrives as JSON (from the CLI or any client), is validated here with
 unknown keys refused, and is stored in canonical form: durations in seconds,
 sizes in bytes, every field present. The task part is copied into each task
-(see ``flotilla.common.taskmodel``).
+(see ``flotilla.model.task``).
 """
 
 from __future__ import annotations

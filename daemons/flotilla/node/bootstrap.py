@@ -24,7 +24,7 @@ from ..ca import certs, tokens
 from ..common import fsutil, tls
 from ..common.config import NodeConfig
 from ..common.httpclient import ApiError, Client, _TLSAdapter
-from ..manager import objects
+from ..model import objects
 from ..manager.store.store import new_id
 
 log = logging.getLogger(__name__)

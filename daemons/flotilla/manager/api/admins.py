@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 from ...ca import certs, revocation
 from ...common.units import format_duration, parse_duration
 from ..store.store import new_id
-from .. import objects
+from ...model import objects
 from ...model import responses
 from .openapi import doc
 from ...model.validation import ApiError, Model, ObjectName

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from ...ca import tokens
 from ...common.units import parse_duration
-from .. import objects
+from ...model import objects
 from ...model import responses
 from .openapi import doc
 from ...model.validation import ApiError, Model

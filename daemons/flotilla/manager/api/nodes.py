@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from ...ca import revocation
 from ...model import task as taskmodel
-from .. import objects
+from ..store import queries
 from ..membership import QuorumError
 from ..store.store import Op
 from ...model import responses
@@ -117,7 +117,7 @@ def view(node, m, reachable=None, leader_id=None):
 
 
 def _get(ref):
-    node = objects.find_node(manager().store, ref)
+    node = queries.find_node(manager().store, ref)
     if node is None:
         raise ApiError(404, "not_found", f"node {ref} not found")
     return node
@@ -232,7 +232,7 @@ def remove(ref):
         raise ApiError(409, "node_ready",
                        f"node {node['hostname']} is up; stop it first or use --force")
     not_after = (node.get("cert") or {}).get("not_after") or (time.time() + 90 * 86400)
-    cluster = objects.cluster(m.store)
+    cluster = queries.cluster(m.store)
     # The node, its revocation and its unfinished tasks (now orphaned: they
     # will never report again) go in one transaction; a change to any of
     # them in between fails it and the whole thing is retried.

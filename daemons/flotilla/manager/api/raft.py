@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint
 from pydantic import Field, field_validator
 
-from .. import objects
+from ..store import queries
 from ..membership import MembershipBusy, MembershipError
 from ...model import responses
 from .openapi import doc
@@ -46,7 +46,7 @@ def join():
     node_id = identity().node_id
     holder = m.security.managers_by_address().get(body.raft_addr)
     if holder is None:              # a manager whose joining was left half done
-        recorded = objects.node_by_raft_addr(m.store, body.raft_addr)
+        recorded = queries.node_by_raft_addr(m.store, body.raft_addr)
         holder = recorded["id"] if recorded is not None else None
     if holder is not None and holder != node_id:
         raise ApiError(409, "address_in_use", f"raft address {body.raft_addr} belongs to {holder}")
