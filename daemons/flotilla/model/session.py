@@ -1,31 +1,15 @@
-"""The bodies of the agents' heartbeats and status reports. Kept apart from
-the views (and free of Flask) because the dispatcher's front
-(``manager/front.py``) validates them too."""
+"""The bodies of the agents' heartbeats and status reports, validated by
+the dispatcher's API views and by its front (``manager/dispatcher/front.py``),
+which runs outside Flask."""
 
 from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from . import task as taskmodel
+from .task import TaskStatus
 from .validation import Model
-
-
-class TaskStatus(Model):
-    state: str = Field(max_length=16)
-    message: str = Field(default="", max_length=2000)
-    err: Optional[str] = Field(default=None, max_length=2000)
-    exit_code: Optional[int] = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)
-    container_id: Optional[str] = Field(default=None, max_length=128)
-    timestamp: Optional[float] = None
-
-    @field_validator("state")
-    @classmethod
-    def _state(cls, v):
-        if v not in taskmodel.STATE_VALUES:
-            raise ValueError(f"unknown task state {v!r}")
-        return v
 
 
 class StatusUpdate(Model):

@@ -420,8 +420,3 @@ class ServiceSpec(Model):
 def canonical(spec: ServiceSpec) -> dict:
     """The stored form: plain data, every field present."""
     return spec.model_dump(mode="json")
-
-
-def task_ports(service_spec: dict) -> list[dict]:
-    return [{"target": p["target"], "published": p["published"], "protocol": p["protocol"]}
-            for p in service_spec.get("endpoint", {}).get("ports", [])]

@@ -18,59 +18,25 @@ Who moves what:
   before ``starting`` is ``rejected``;
 - a removed node's tasks become ``orphaned``.
 
-A task (store object and what agents receive)::
-
-    {
-      "id": str, "service_id": str, "service_name": str,
-      "slot": int | None,            # replicated services: 1..N
-      "node_id": str | None,         # set by the scheduler (global: preset)
-      "spec": TaskSpec,              # copied from the service at creation
-      "spec_version": int,
-      "ports": [{"target": 80, "published": 8080, "protocol": "tcp"}],   # host mode
-      "desired_state": "running",
-      "service_labels": {str: str},  # only when the container's templates
-                                     # read {{.Service.Labels}}: as at creation
-      "status": {"state": "pending", "message": str, "err": str | None,
-                 "exit_code": int | None, "container_id": str | None,
-                 "timestamp": float},
-    }
-
-TaskSpec::
-
-    {
-      "container": {
-        "image": str,
-        "command": [str] | None,      # replaces the image's ENTRYPOINT
-        "args": [str] | None,         # replaces the image's CMD
-        "env": ["K=V", ...],
-        "labels": {str: str},
-        "workdir": str | None, "user": str | None, "hostname": str | None,
-        "mounts": [{"type": "bind" | "volume" | "tmpfs", "source": str,
-                    "target": str, "readonly": bool}],
-        "healthcheck": {                  # None: the image's own
-            # exactly one of test (run by the engine), http, tcp (probed by the agent)
-            "test": ["CMD-SHELL", "..."] | ["CMD", ...] | ["NONE"] | None,
-            "http": {"port": int, "path": "/...", "status": ["200-399", "204", ...]} | None,
-            "tcp": {"port": int} | None,  # keys absent in specs stored before http/tcp
-            "interval": float, "timeout": float, "retries": int,
-            "start_period": float} | None,
-        "stop_grace_period": float,   # seconds, default 10
-        "stop_signal": str | None,
-        "init": bool | None,
-      },
-      "resources": {"limits": {"cpus": float, "memory": int},
-                    "reservations": {"cpus": float, "memory": int}},
-      "restart": {"condition": "any" | "on-failure" | "none", "delay": float,
-                  "max_attempts": int, "window": float},
-      "placement": {"constraints": [str], "preferences": [{"spread": str}],
-                    "max_replicas": int},
-    }
+A task's shape is defined once, below: ``StoredTask`` is the store object
+(and what agents receive), with its ``status`` a ``TaskStatus`` (what agents
+report) and its ``spec`` the service's ``TaskSpec`` (``model/specs.py``),
+copied at creation; ``Task`` and ``TaskDetail`` are the API's views of it,
+each field naming where in the stored task it is read (``view``).
 
 Container labels set by the agent: ``flotilla.node.id``, ``flotilla.task.id``,
 ``flotilla.service.id``, ``flotilla.service.name``, ``flotilla.task.slot``.
 """
 
 from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Optional, TypedDict
+
+from pydantic import BaseModel, Field, field_validator
+
+from .specs import TaskSpec
+from .validation import Model
 
 STATE_VALUES = {
     "new": 0,
@@ -130,3 +96,152 @@ def active(task: dict) -> bool:
     """Holds resources on its node (what the scheduler counts): desired state
     at most running and not yet finished."""
     return runnable(task) and not finished(task["status"]["state"])
+
+
+# -- the stored task -------------------------------------------------------------------
+# (Models of the API carry no docstring: it would become their description
+# in the OpenAPI document.)
+
+# A task's observed status: what an agent reports (checked as sent)
+# and what the store keeps.
+class TaskStatus(Model):
+    state: str = Field(max_length=16)
+    message: str = Field(default="", max_length=2000)
+    err: Optional[str] = Field(default=None, max_length=2000)
+    exit_code: Optional[int] = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)
+    container_id: Optional[str] = Field(default=None, max_length=128)
+    timestamp: Optional[float] = None
+
+    @field_validator("state")
+    @classmethod
+    def _state(cls, v):
+        if v not in STATE_VALUES:
+            raise ValueError(f"unknown task state {v!r}")
+        return v
+
+
+# A port the task publishes on its node (host mode).
+class TaskPort(BaseModel):
+    target: int
+    published: int
+    protocol: str
+
+
+class _StoredTask(TypedDict):
+    id: str
+    service_id: str
+    service_name: str
+    slot: Optional[int]             # replicated services: 1..N
+    node_id: Optional[str]          # set by the scheduler (global: preset)
+    spec: dict                      # the service's TaskSpec, canonical, as at creation
+    spec_version: int
+    ports: list[dict]               # TaskPort
+    desired_state: str
+    status: dict                    # TaskStatus
+
+
+class StoredTask(_StoredTask, total=False):
+    """A task as the store keeps it and agents receive it (made by the
+    orchestrator, ``manager/orchestrator/tasks.py``)."""
+    service_labels: dict[str, str]  # only when the container's templates read
+                                    # {{.Service.Labels}}: as at creation
+    gated: bool                     # held at ``ready`` by its service's dependencies
+    version: int
+    created_at: float
+    updated_at: float
+
+
+def status(state: str, message: str = "", *, err: str | None = None, exit_code=None,
+           container_id=None, now: float | None = None) -> dict:
+    """A ``TaskStatus`` as the store keeps it."""
+    return {"state": state, "message": message, "err": err, "exit_code": exit_code,
+            "container_id": container_id, "timestamp": now if now is not None else time.time()}
+
+
+_PORT_FIELDS = tuple(TaskPort.model_fields)
+
+
+def task_ports(service_spec: dict) -> list[dict]:
+    """The ``TaskPort`` list of a service's tasks."""
+    return [{k: p[k] for k in _PORT_FIELDS}
+            for p in service_spec.get("endpoint", {}).get("ports", [])]
+
+
+# -- the API's views -------------------------------------------------------------------
+
+_REQUIRED: Any = object()
+
+
+class From:
+    """Where a view's field is read in the stored task: a path of keys
+    (the field's own name when none is given); ``default`` when the last
+    key may be absent."""
+    __slots__ = ("path", "default")
+
+    def __init__(self, *path: str, default: Any = _REQUIRED):
+        self.path = path
+        self.default = default
+
+
+class Given:
+    """A view's field the caller supplies (it is not in the task)."""
+
+
+# A task as the API lists it: its status lifted to the top.
+class Task(BaseModel):
+    id: str
+    service_id: str
+    service_name: str
+    slot: Optional[int] = None
+    node_id: Optional[str] = None
+    node: Annotated[Optional[str], Given()] = None       # the node's hostname
+    desired_state: str
+    state: Annotated[str, From("status", "state")]
+    message: Annotated[str, From("status", "message", default="")]
+    error: Annotated[Optional[str], From("status", "err", default=None)] = None
+    exit_code: Annotated[Optional[int], From("status", "exit_code", default=None)] = None
+    container_id: Annotated[Optional[str], From("status", "container_id", default=None)] = None
+    timestamp: Annotated[Optional[float], From("status", "timestamp", default=None)] = None
+    image: Annotated[str, From("spec", "container", "image")]
+    spec_version: int
+    up_to_date: Annotated[bool, Given()]                 # runs the service's current spec
+    created_at: Annotated[Optional[float], From("created_at", default=None)] = None
+    updated_at: Annotated[Optional[float], From("updated_at", default=None)] = None
+
+
+# A task as the API shows one: with its spec and ports.
+class TaskDetail(Task):
+    spec: TaskSpec
+    ports: list[TaskPort]
+
+
+_readers: dict[type, tuple] = {}
+
+
+def _reader(name: str, metadata: list):
+    for m in metadata:
+        if isinstance(m, Given):
+            return name, None
+        if isinstance(m, From):
+            return name, m
+    return name, From(name)
+
+
+def view(model: type[Task], task: dict, **given: Any) -> dict:
+    """``task`` (a ``StoredTask``) as ``model`` shows it, fields in the
+    model's order; ``given`` holds the fields marked ``Given``."""
+    readers = _readers.get(model)
+    if readers is None:
+        readers = _readers[model] = tuple(_reader(name, f.metadata)
+                                          for name, f in model.model_fields.items())
+    out = {}
+    for name, src in readers:
+        if src is None:
+            out[name] = given[name]
+            continue
+        value = task
+        *head, last = src.path
+        for key in head:
+            value = value[key]
+        out[name] = value[last] if src.default is _REQUIRED else value.get(last, src.default)
+    return out

@@ -61,34 +61,15 @@ def _counts(service_id):
     return {"running": running, "desired": desired}
 
 
-def task_view(t, nodes=None, services=None):
+def task_view(t, nodes=None, services=None, model=taskmodel.Task):
     node = None
     if t.get("node_id"):
         node = (nodes or {}).get(t["node_id"]) if nodes is not None else \
             manager().store.get("node", t["node_id"])
-    st = t["status"]
     service = services.get(t["service_id"]) if services is not None else \
         manager().store.get("service", t["service_id"])
-    return {
-        "id": t["id"],
-        "service_id": t["service_id"],
-        "service_name": t["service_name"],
-        "slot": t["slot"],
-        "node_id": t["node_id"],
-        "node": node["hostname"] if node else None,
-        "desired_state": t["desired_state"],
-        "state": st["state"],
-        "message": st.get("message", ""),
-        "error": st.get("err"),
-        "exit_code": st.get("exit_code"),
-        "container_id": st.get("container_id"),
-        "timestamp": st.get("timestamp"),
-        "image": t["spec"]["container"]["image"],
-        "spec_version": t["spec_version"],
-        "up_to_date": service is not None and not T.is_dirty(t, service),
-        "created_at": t.get("created_at"),
-        "updated_at": t.get("updated_at"),
-    }
+    return taskmodel.view(model, t, node=node["hostname"] if node else None,
+                          up_to_date=service is not None and not T.is_dirty(t, service))
 
 
 def _get_service(ref):
@@ -186,7 +167,7 @@ def update_service(ref):
 
 
 def _rolls_out(old: dict, new: dict) -> bool:
-    return old["task"] != new["task"] or specs.task_ports(old) != specs.task_ports(new)
+    return old["task"] != new["task"] or taskmodel.task_ports(old) != taskmodel.task_ports(new)
 
 
 @bp.post("/services/<ref>/rollback")
@@ -254,7 +235,7 @@ def remove_service(ref):
 
 @bp.get("/services/<ref>/tasks")
 @policy("control")
-@doc("A service's tasks.", response=list[responses.Task], tags=("tasks",))
+@doc("A service's tasks.", response=list[taskmodel.Task], tags=("tasks",))
 def service_tasks(ref):
     s = _get_service(ref)
     tasks = manager().store.by_index("task", "service_id", s["id"])
@@ -273,7 +254,7 @@ def _task_list(tasks):
 
 @bp.get("/tasks")
 @policy("control")
-@doc("List tasks.", query=TaskQuery, response=list[responses.Task], tags=("tasks",))
+@doc("List tasks.", query=TaskQuery, response=list[taskmodel.Task], tags=("tasks",))
 def list_tasks():
     store = manager().store
     query = parse_query(TaskQuery)
@@ -302,7 +283,7 @@ def list_tasks():
 
 @bp.get("/tasks/<task_id>")
 @policy("control")
-@doc("Inspect a task by id or id prefix.", response=responses.TaskDetail, tags=("tasks",))
+@doc("Inspect a task by id or id prefix.", response=taskmodel.TaskDetail, tags=("tasks",))
 def inspect_task(task_id):
     t = manager().store.get("task", task_id)
     if t is None:
@@ -310,7 +291,4 @@ def inspect_task(task_id):
         if len(matches) != 1 or len(task_id) < 4:
             raise ApiError(404, "not_found", f"task {task_id} not found")
         t = matches[0]
-    view = task_view(t)
-    view["spec"] = t["spec"]
-    view["ports"] = t["ports"]
-    return json_response(view)
+    return json_response(task_view(t, model=taskmodel.TaskDetail))

@@ -25,7 +25,7 @@ import time
 from typing import Callable
 
 from ...common.component import Component
-from ..orchestrator import tasks as T
+from ...model import task as taskmodel
 from ..store.store import Op, StoreError
 from .core import SchedulerCore
 
@@ -151,7 +151,7 @@ class Scheduler(Component):
                 self.core.forget_task(task_id)
                 continue
             new = dict(task, node_id=node_id,
-                       status=T.status("assigned", "scheduled", now=now))
+                       status=taskmodel.status("assigned", "scheduled", now=now))
             txns.append([Op.update("task", new, version=task["version"])])
             kinds.append(("assign", task))
         for task_id, why in decisions.unschedulable.items():
