@@ -8,7 +8,7 @@ from typing import Optional
 
 from pydantic import Field
 
-from .task import TaskStatus
+from .taskapi import TaskStatus
 from .validation import Model
 
 

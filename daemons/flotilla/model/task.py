@@ -18,11 +18,13 @@ Who moves what:
   before ``starting`` is ``rejected``;
 - a removed node's tasks become ``orphaned``.
 
-A task's shape is defined once, below: ``StoredTask`` is the store object
+A task's shape is defined once: ``StoredTask`` below is the store object
 (and what agents receive), with its ``status`` a ``TaskStatus`` (what agents
-report) and its ``spec`` the service's ``TaskSpec`` (``model/specs.py``),
-copied at creation; ``Task`` and ``TaskDetail`` are the API's views of it,
-each field naming where in the stored task it is read (``view``).
+report, ``model/taskapi.py``), its ``ports`` ``TaskPort``s and its ``spec``
+the service's ``TaskSpec`` (``model/specs.py``), copied at creation;
+``Task`` and ``TaskDetail`` (``model/taskapi.py``) are the API's views of
+it, each field naming where in the stored task it is read (``view``).
+This module imports no pydantic, so the CLI can read the states cheaply.
 
 Container labels set by the agent: ``flotilla.node.id``, ``flotilla.task.id``,
 ``flotilla.service.id``, ``flotilla.service.name``, ``flotilla.task.slot``.
@@ -31,12 +33,7 @@ Container labels set by the agent: ``flotilla.node.id``, ``flotilla.task.id``,
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Optional, TypedDict
-
-from pydantic import BaseModel, Field, field_validator
-
-from .specs import TaskSpec
-from .validation import Model
+from typing import Any, Optional, TypedDict
 
 STATE_VALUES = {
     "new": 0,
@@ -99,33 +96,6 @@ def active(task: dict) -> bool:
 
 
 # -- the stored task -------------------------------------------------------------------
-# (Models of the API carry no docstring: it would become their description
-# in the OpenAPI document.)
-
-# A task's observed status: what an agent reports (checked as sent)
-# and what the store keeps.
-class TaskStatus(Model):
-    state: str = Field(max_length=16)
-    message: str = Field(default="", max_length=2000)
-    err: Optional[str] = Field(default=None, max_length=2000)
-    exit_code: Optional[int] = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)
-    container_id: Optional[str] = Field(default=None, max_length=128)
-    timestamp: Optional[float] = None
-
-    @field_validator("state")
-    @classmethod
-    def _state(cls, v):
-        if v not in STATE_VALUES:
-            raise ValueError(f"unknown task state {v!r}")
-        return v
-
-
-# A port the task publishes on its node (host mode).
-class TaskPort(BaseModel):
-    target: int
-    published: int
-    protocol: str
-
 
 class _StoredTask(TypedDict):
     id: str
@@ -158,12 +128,9 @@ def status(state: str, message: str = "", *, err: str | None = None, exit_code=N
             "container_id": container_id, "timestamp": now if now is not None else time.time()}
 
 
-_PORT_FIELDS = tuple(TaskPort.model_fields)
-
-
 def task_ports(service_spec: dict) -> list[dict]:
     """The ``TaskPort`` list of a service's tasks."""
-    return [{k: p[k] for k in _PORT_FIELDS}
+    return [{"target": p["target"], "published": p["published"], "protocol": p["protocol"]}
             for p in service_spec.get("endpoint", {}).get("ports", [])]
 
 
@@ -187,34 +154,6 @@ class Given:
     """A view's field the caller supplies (it is not in the task)."""
 
 
-# A task as the API lists it: its status lifted to the top.
-class Task(BaseModel):
-    id: str
-    service_id: str
-    service_name: str
-    slot: Optional[int] = None
-    node_id: Optional[str] = None
-    node: Annotated[Optional[str], Given()] = None       # the node's hostname
-    desired_state: str
-    state: Annotated[str, From("status", "state")]
-    message: Annotated[str, From("status", "message", default="")]
-    error: Annotated[Optional[str], From("status", "err", default=None)] = None
-    exit_code: Annotated[Optional[int], From("status", "exit_code", default=None)] = None
-    container_id: Annotated[Optional[str], From("status", "container_id", default=None)] = None
-    timestamp: Annotated[Optional[float], From("status", "timestamp", default=None)] = None
-    image: Annotated[str, From("spec", "container", "image")]
-    spec_version: int
-    up_to_date: Annotated[bool, Given()]                 # runs the service's current spec
-    created_at: Annotated[Optional[float], From("created_at", default=None)] = None
-    updated_at: Annotated[Optional[float], From("updated_at", default=None)] = None
-
-
-# A task as the API shows one: with its spec and ports.
-class TaskDetail(Task):
-    spec: TaskSpec
-    ports: list[TaskPort]
-
-
 _readers: dict[type, tuple] = {}
 
 
@@ -227,8 +166,9 @@ def _reader(name: str, metadata: list):
     return name, From(name)
 
 
-def view(model: type[Task], task: dict, **given: Any) -> dict:
-    """``task`` (a ``StoredTask``) as ``model`` shows it, fields in the
+def view(model: Any, task: dict, **given: Any) -> dict:
+    """``task`` (a ``StoredTask``) as ``model`` (a pydantic model whose fields
+    are marked with ``From`` and ``Given``) shows it, fields in the
     model's order; ``given`` holds the fields marked ``Given``."""
     readers = _readers.get(model)
     if readers is None:

@@ -9,6 +9,7 @@ from flask import Blueprint
 from pydantic import Field
 
 from ...model import task as taskmodel
+from ...model import taskapi
 from ...model import specs
 from ..orchestrator import tasks as T
 from ..orchestrator.dependencies import cycle_error
@@ -61,7 +62,7 @@ def _counts(service_id):
     return {"running": running, "desired": desired}
 
 
-def task_view(t, nodes=None, services=None, model=taskmodel.Task):
+def task_view(t, nodes=None, services=None, model=taskapi.Task):
     node = None
     if t.get("node_id"):
         node = (nodes or {}).get(t["node_id"]) if nodes is not None else \
@@ -235,7 +236,7 @@ def remove_service(ref):
 
 @bp.get("/services/<ref>/tasks")
 @policy("control")
-@doc("A service's tasks.", response=list[taskmodel.Task], tags=("tasks",))
+@doc("A service's tasks.", response=list[taskapi.Task], tags=("tasks",))
 def service_tasks(ref):
     s = _get_service(ref)
     tasks = manager().store.by_index("task", "service_id", s["id"])
@@ -254,7 +255,7 @@ def _task_list(tasks):
 
 @bp.get("/tasks")
 @policy("control")
-@doc("List tasks.", query=TaskQuery, response=list[taskmodel.Task], tags=("tasks",))
+@doc("List tasks.", query=TaskQuery, response=list[taskapi.Task], tags=("tasks",))
 def list_tasks():
     store = manager().store
     query = parse_query(TaskQuery)
@@ -283,7 +284,7 @@ def list_tasks():
 
 @bp.get("/tasks/<task_id>")
 @policy("control")
-@doc("Inspect a task by id or id prefix.", response=taskmodel.TaskDetail, tags=("tasks",))
+@doc("Inspect a task by id or id prefix.", response=taskapi.TaskDetail, tags=("tasks",))
 def inspect_task(task_id):
     t = manager().store.get("task", task_id)
     if t is None:
@@ -291,4 +292,4 @@ def inspect_task(task_id):
         if len(matches) != 1 or len(task_id) < 4:
             raise ApiError(404, "not_found", f"task {task_id} not found")
         t = matches[0]
-    return json_response(task_view(t, model=taskmodel.TaskDetail))
+    return json_response(task_view(t, model=taskapi.TaskDetail))
