@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import click
 
-from .compose import STACK_LABEL, ComposeError, stack_specs
+from .compose.errors import ComposeError
+from .compose.translate import STACK_LABEL, stack_specs
 from .context import call
 from .fmt import format_option
 from .output import emit_json, table

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
+
+from .names import HOSTNAME, OBJECT_NAME
 
 
 class ApiError(Exception):
@@ -40,12 +41,10 @@ class Model(BaseModel):
 # sent: only names and identifiers lose surrounding whitespace.
 Text = Annotated[str, StringConstraints(strip_whitespace=False)]
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
 def _object_name(v: str) -> str:
-    if not NAME.match(v):
+    if not OBJECT_NAME.match(v):
         raise ValueError("must be 1-64 characters: letters, digits, '_', '.', '-'")
     return v
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Literal, Optional
 
@@ -16,13 +15,13 @@ from ..membership import QuorumError
 from ..store.store import Op
 from ...model import responses
 from .openapi import doc
+from ...model.names import LABEL_KEY
 from ...model.validation import ApiError, Model, Text
 from .common import (json_response, manager, parse_body, parse_query, policy, replayed_removal,
                      request_id)
 
 bp = Blueprint("nodes", __name__, url_prefix="/v1/nodes")
 
-LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
 MAX_LABELS = 64
 MAX_LABEL_VALUE = 1024
 
