@@ -3,7 +3,7 @@
 A stack is the set of services carrying the service label
 ``flotilla.stack.namespace=NAME``; service ``web`` of stack ``shop`` is the
 cluster service ``shop_web``. The translation from Compose lives in
-``compose.py``; this module talks to the API.
+``compose/``; this module talks to the API.
 """
 
 from __future__ import annotations

@@ -17,12 +17,12 @@ from ..common import fsutil
 from ..common.config import NodeConfig
 from .store import queries
 from .caserver import CAServer
-from .dispatcher import Dispatcher
+from .dispatcher.dispatcher import Dispatcher
 from .events import EventLog
-from .membership import Membership
+from .raft.membership import Membership
 from .metrics import ManagerMetrics
 from .raft.node import RaftNode, RaftSettings
-from .raftsecurity import RaftSecurity, SecurityCounters, saved_members
+from .raft.security import RaftSecurity, SecurityCounters, saved_members
 from .rolemanager import RoleManager
 from .store.store import Op, RequestId, Store, StoreError
 

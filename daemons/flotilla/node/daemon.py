@@ -78,7 +78,7 @@ class NodeDaemon:
     def _member_apis(self) -> list[str]:
         if self.cfg.role != "manager":
             return []
-        from ..manager.raftsecurity import saved_api_addresses
+        from ..manager.raft.security import saved_api_addresses
 
         try:
             return saved_api_addresses(os.path.join(self.cfg.raft_dir, "members.json"))

@@ -17,7 +17,7 @@ from flask import Blueprint
 from pydantic import Field, field_validator
 
 from ..caserver import JoinRefused
-from ..dispatcher import SessionInvalid
+from ..dispatcher.dispatcher import SessionInvalid
 from ...model import responses
 from .openapi import doc
 from ...model.validation import ApiError, Hostname, Model

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from ...ca import revocation
 from ...model import task as taskmodel
 from ..store import queries
-from ..membership import QuorumError
+from ..raft.membership import QuorumError
 from ..store.store import Op
 from ...model import responses
 from .openapi import doc

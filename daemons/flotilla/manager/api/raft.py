@@ -6,7 +6,7 @@ from flask import Blueprint
 from pydantic import Field, field_validator
 
 from ..store import queries
-from ..membership import MembershipBusy, MembershipError
+from ..raft.membership import MembershipBusy, MembershipError
 from ...model import responses
 from .openapi import doc
 from ...model.validation import ApiError, Model

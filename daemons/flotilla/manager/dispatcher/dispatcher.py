@@ -51,15 +51,15 @@ import random
 import threading
 import time
 
-from ..ca import revocation
-from ..model import task as taskmodel
-from ..common.config import ConfigError, join_addr, split_addr
-from ..common.component import Component
-from ..model import objects
-from .store import queries
-from ..model.validation import error_body
+from ...ca import revocation
+from ...model import task as taskmodel
+from ...common.config import ConfigError, join_addr, split_addr
+from ...common.component import Component
+from ...model import objects
+from ..store import queries
+from ...model.validation import error_body
 from .pushproc import PushProcess
-from .store.store import NotLeader, Op, StoreError, TxnFailed, new_id
+from ..store.store import NotLeader, Op, StoreError, TxnFailed, new_id
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,11 @@ import logging
 import ssl
 import threading
 
-from ..ca import certs, revocation
-from ..common import fsutil, tls
-from ..common.ratelog import RateLimitedLog
-from ..model import objects
-from .store import queries
+from ...ca import certs, revocation
+from ...common import fsutil, tls
+from ...common.ratelog import RateLimitedLog
+from ...model import objects
+from ..store import queries
 
 log = logging.getLogger(__name__)
 
