@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import socket
 import time
 
 import requests
 
+from ..agent.describe import local_platform
 from ..ca import certs, tokens
 from ..common import fsutil, tls
 from ..common.config import NodeConfig
@@ -34,12 +34,6 @@ ADMIN_CERT_EXPIRY = 365 * 86400
 
 class BootstrapError(Exception):
     pass
-
-
-def local_platform() -> dict:
-    arch = platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(arch, arch)
-    return {"os": platform.system().lower(), "arch": arch}
 
 
 def write_admin_bundle(directory: str, root: certs.RootCA, cluster_id: str,
