@@ -18,9 +18,9 @@ import logging
 import threading
 
 from ..ca import certs, revocation, tokens
-from .store.store import Op, TxnFailed, new_id
 from ..model import objects
 from .store import queries
+from .store.store import Op, TxnFailed, new_id
 
 log = logging.getLogger(__name__)
 

@@ -15,15 +15,15 @@ import time
 
 from ..common import fsutil
 from ..common.config import NodeConfig
-from .store import queries
 from .caserver import CAServer
 from .dispatcher.dispatcher import Dispatcher
 from .events import EventLog
-from .raft.membership import Membership
 from .metrics import ManagerMetrics
+from .raft.membership import Membership
 from .raft.node import RaftNode, RaftSettings
 from .raft.security import RaftSecurity, SecurityCounters, saved_members
 from .rolemanager import RoleManager
+from .store import queries
 from .store.store import Op, RequestId, Store, StoreError
 
 log = logging.getLogger(__name__)

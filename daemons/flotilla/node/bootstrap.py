@@ -24,8 +24,8 @@ from ..ca import certs, tokens
 from ..common import fsutil, tls
 from ..common.config import NodeConfig
 from ..common.httpclient import ApiError, Client, _TLSAdapter
-from ..model import objects
 from ..manager.store.store import new_id
+from ..model import objects
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,11 @@ from pydantic import Field, field_validator
 
 from ...ca import certs, revocation
 from ...common.units import format_duration, parse_duration
-from ..store.store import new_id
-from ...model import objects
-from ...model import responses
-from .openapi import doc
+from ...model import objects, responses
 from ...model.validation import ApiError, Model, ObjectName
+from ..store.store import new_id
 from .common import identity, json_response, manager, parse_body, policy, request_id, stored_cluster
+from .openapi import doc
 
 bp = Blueprint("admins", __name__, url_prefix="/v1/cluster/admins")
 

@@ -12,10 +12,8 @@ from ...common.admission import Admission, Budget
 from ...common.jsonbody import dumps_line
 from ...model.validation import ApiError, error_body
 from ..store.store import CommitTimeout, NotLeader, StoreError, TxnFailed
-from . import admins, cluster, common, configs, dispatcher, health, join, nodes, openapi, raft
-from . import services
-from . import metrics
-from . import events, logs
+from . import (admins, cluster, common, configs, dispatcher, events, health, join, logs, metrics,
+               nodes, openapi, raft, services)
 from .forward import Forwarder
 
 log = logging.getLogger(__name__)

@@ -9,11 +9,10 @@ from pydantic import Field, field_validator
 
 from ...ca import tokens
 from ...common.units import parse_duration
-from ...model import objects
-from ...model import responses
-from .openapi import doc
+from ...model import objects, responses
 from ...model.validation import ApiError, Model
 from .common import json_response, manager, parse_body, policy, request_id, stored_cluster
+from .openapi import doc
 
 bp = Blueprint("cluster", __name__, url_prefix="/v1/cluster")
 

@@ -40,8 +40,8 @@ from pydantic import ValidationError
 
 from ...ca import certs
 from ...common.jsonbody import dumps_line
-from ...model.validation import ApiError, Model, error_body, validate, validation_error
 from ...model import objects
+from ...model.validation import ApiError, Model, error_body, validate, validation_error
 from ..store import queries
 from ..store.store import RequestId
 

@@ -9,12 +9,12 @@ import binascii
 from flask import Blueprint
 from pydantic import Field, field_validator
 
-from ..store.store import Op, new_id
 from ...model import responses
-from .openapi import doc
 from ...model.validation import ApiError, Model, ObjectName, Text
+from ..store.store import Op, new_id
 from .common import json_response, manager, parse_body, policy, replayed_removal, request_id
 from .nodes import validate_labels
+from .openapi import doc
 
 bp = Blueprint("configs", __name__, url_prefix="/v1/configs")
 

@@ -16,15 +16,15 @@ from typing import Optional
 from flask import Blueprint
 from pydantic import Field, field_validator
 
+from ...model import responses
+from ...model.session import Heartbeat, StatusReport
+from ...model.validation import ApiError, Hostname, Model
 from ..caserver import JoinRefused
 from ..dispatcher.dispatcher import SessionInvalid
-from ...model import responses
-from .openapi import doc
-from ...model.validation import ApiError, Hostname, Model
 from .common import identity, json_response, manager, parse_body, peer_ip, policy
 from .join import Platform
 from .join import _address as check_address
-from ...model.session import Heartbeat, StatusReport
+from .openapi import doc
 
 bp = Blueprint("dispatcher", __name__, url_prefix="/v1")
 

@@ -7,8 +7,8 @@ from typing import Any, Literal, Optional
 from flask import Blueprint
 from pydantic import BaseModel, Field, field_validator
 
-from .. import events as eventlog
 from ...model.validation import ApiError, Model
+from .. import events as eventlog
 from .common import json_response, manager, parse_query, policy
 from .openapi import doc
 

@@ -7,8 +7,8 @@ from flask import Blueprint
 from ... import __version__
 from ...common import tls
 from ...model import responses
-from .openapi import doc
 from .common import json_response, manager, policy
+from .openapi import doc
 
 bp = Blueprint("health", __name__, url_prefix="/v1")
 

@@ -13,10 +13,10 @@ from flask import Blueprint, current_app
 from pydantic import Field, field_validator
 
 from ...common.config import ConfigError, split_addr
-from ..caserver import JoinRefused
-from .openapi import doc
 from ...model.validation import ApiError, Hostname, Model
+from ..caserver import JoinRefused
 from .common import json_response, manager, parse_body, policy
+from .openapi import doc
 
 bp = Blueprint("join", __name__, url_prefix="/v1")
 

@@ -9,16 +9,16 @@ from flask import Blueprint
 from pydantic import Field, field_validator
 
 from ...ca import revocation
-from ...model import task as taskmodel
-from ..store import queries
-from ..raft.membership import QuorumError
-from ..store.store import Op
 from ...model import responses
-from .openapi import doc
+from ...model import task as taskmodel
 from ...model.names import LABEL_KEY
 from ...model.validation import ApiError, Model, Text
+from ..raft.membership import QuorumError
+from ..store import queries
+from ..store.store import Op
 from .common import (json_response, manager, parse_body, parse_query, policy, replayed_removal,
                      request_id)
+from .openapi import doc
 
 bp = Blueprint("nodes", __name__, url_prefix="/v1/nodes")
 

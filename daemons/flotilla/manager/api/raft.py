@@ -5,13 +5,13 @@ from __future__ import annotations
 from flask import Blueprint
 from pydantic import Field, field_validator
 
-from ..store import queries
-from ..raft.membership import MembershipBusy, MembershipError
 from ...model import responses
-from .openapi import doc
 from ...model.validation import ApiError, Model
+from ..raft.membership import MembershipBusy, MembershipError
+from ..store import queries
 from .common import identity, json_response, manager, parse_body, policy
 from .join import _address
+from .openapi import doc
 
 bp = Blueprint("raft", __name__, url_prefix="/v1/raft")
 

@@ -8,18 +8,16 @@ from typing import Optional
 from flask import Blueprint
 from pydantic import Field
 
+from ...model import responses, specs, taskapi
 from ...model import task as taskmodel
-from ...model import taskapi
-from ...model import specs
+from ...model.validation import ApiError, Model
+from ..orchestrator import updater
 from ..orchestrator import tasks as T
 from ..orchestrator.dependencies import cycle_error
-from ..orchestrator import updater
 from ..store.store import Op, new_id
-from ...model import responses
-from .openapi import doc
-from ...model.validation import ApiError, Model
 from .common import (json_response, manager, parse_body, parse_query, policy, replayed_removal,
                      request_id)
+from .openapi import doc
 
 bp = Blueprint("services", __name__, url_prefix="/v1")
 

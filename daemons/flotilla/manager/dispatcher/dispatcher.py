@@ -52,14 +52,14 @@ import threading
 import time
 
 from ...ca import revocation
-from ...model import task as taskmodel
-from ...common.config import ConfigError, join_addr, split_addr
 from ...common.component import Component
+from ...common.config import ConfigError, join_addr, split_addr
 from ...model import objects
-from ..store import queries
+from ...model import task as taskmodel
 from ...model.validation import error_body
-from .pushproc import PushProcess
+from ..store import queries
 from ..store.store import NotLeader, Op, StoreError, TxnFailed, new_id
+from .pushproc import PushProcess
 
 log = logging.getLogger(__name__)
 

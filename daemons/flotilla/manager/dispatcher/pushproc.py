@@ -48,8 +48,8 @@ import time
 from ...common import config, logs, tls
 from ...common.jsonbody import dumps_line
 from ...common.procutil import die_with_parent
-from .pusher import Pusher, PushError, call_done
 from ..raft import codec
+from .pusher import PushError, Pusher, call_done
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import collections
 import logging
 import time
 
-from ...model import task as taskmodel
 from ...common.component import Component
 from ...model import objects
+from ...model import task as taskmodel
 from ..store import queries
 from ..store.store import Op, StoreError
 from . import sweeps

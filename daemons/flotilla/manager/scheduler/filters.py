@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...model.task import UNSCHEDULABLE
 from ...model import constraint as syntax
+from ...model.task import UNSCHEDULABLE
 from .constraint import matches
 from .nodeinfo import NANO, host_ports, memory_bytes, nano_cpus
 
