@@ -37,14 +37,14 @@ def test_the_api_views_read_the_stored_task():
                 updated_at=2.5, version=7)
     task["status"] = taskmodel.status("failed", "exited", err="exit 1", exit_code=1,
                                       container_id="c9", now=101.0)
-    listed = taskmodel.view(taskapi.Task, task, node="host-1", up_to_date=True)
+    listed = taskmodel.viewer(taskapi.Task)(task, node="host-1", up_to_date=True)
     assert json.dumps(listed) == json.dumps({
         "id": task["id"], "service_id": "svc1", "service_name": "web", "slot": 2,
         "node_id": "n1", "node": "host-1", "desired_state": "running", "state": "failed",
         "message": "exited", "error": "exit 1", "exit_code": 1, "container_id": "c9",
         "timestamp": 101.0, "image": "nginx:1", "spec_version": 3, "up_to_date": True,
         "created_at": 1.5, "updated_at": 2.5})
-    detail = taskmodel.view(taskapi.TaskDetail, task, node=None, up_to_date=False)
+    detail = taskmodel.viewer(taskapi.TaskDetail)(task, node=None, up_to_date=False)
     assert list(detail) == list(listed) + ["spec", "ports"]
     assert detail["spec"] is task["spec"] and detail["ports"] is task["ports"]
     taskapi.TaskDetail.model_validate(detail)
@@ -52,5 +52,5 @@ def test_the_api_views_read_the_stored_task():
 
 def test_the_view_takes_a_status_stored_without_its_optional_fields():
     task = dict(new_task(_service(), slot=1), status={"state": "pending"})
-    listed = taskmodel.view(taskapi.Task, task, node=None, up_to_date=True)
+    listed = taskmodel.viewer(taskapi.Task)(task, node=None, up_to_date=True)
     assert (listed["message"], listed["error"], listed["created_at"]) == ("", None, None)

@@ -12,7 +12,7 @@ Cluster (one per cluster, id = cluster id)::
      admins: {serial (hex): {name, id, serial, not_after, created_at, revoked_at}}}
 
     (``revoked`` is the revocation list, see ``ca/revocation.py``; ``admins``
-    records the operators' client bundles, see ``api/admins.py``.)
+    records the operators' client bundles, see ``manager/api/admins.py``.)
 
 Node::
 

@@ -23,7 +23,7 @@ A task's shape is defined once: ``StoredTask`` below is the store object
 report, ``model/taskapi.py``), its ``ports`` ``TaskPort``s and its ``spec``
 the service's ``TaskSpec`` (``model/specs.py``), copied at creation;
 ``Task`` and ``TaskDetail`` (``model/taskapi.py``) are the API's views of
-it, each field naming where in the stored task it is read (``view``).
+it, each field naming where in the stored task it is read (``viewer``).
 This module imports no pydantic, so the CLI can read the states cheaply.
 
 Container labels set by the agent: ``flotilla.node.id``, ``flotilla.task.id``,
@@ -33,7 +33,7 @@ Container labels set by the agent: ``flotilla.node.id``, ``flotilla.task.id``,
 from __future__ import annotations
 
 import time
-from typing import Any, Optional, TypedDict
+from typing import Any, Callable, Optional, TypedDict
 
 STATE_VALUES = {
     "new": 0,
@@ -154,34 +154,46 @@ class Given:
     """A view's field the caller supplies (it is not in the task)."""
 
 
-_readers: dict[type, tuple] = {}
+_viewers: dict[Any, Callable[..., dict]] = {}
 
 
-def _reader(name: str, metadata: list):
+def _source(name: str, metadata: list):
     for m in metadata:
-        if isinstance(m, Given):
-            return name, None
-        if isinstance(m, From):
-            return name, m
-    return name, From(name)
+        if isinstance(m, (From, Given)):
+            return m
+    return From(name)
 
 
-def view(model: Any, task: dict, **given: Any) -> dict:
-    """``task`` (a ``StoredTask``) as ``model`` (a pydantic model whose fields
-    are marked with ``From`` and ``Given``) shows it, fields in the
-    model's order; ``given`` holds the fields marked ``Given``."""
-    readers = _readers.get(model)
-    if readers is None:
-        readers = _readers[model] = tuple(_reader(name, f.metadata)
-                                          for name, f in model.model_fields.items())
-    out = {}
-    for name, src in readers:
-        if src is None:
-            out[name] = given[name]
+def _compile(model: Any) -> Callable[..., dict]:
+    """The view's function, built once from the model's fields (as
+    dataclasses build their methods): a listing reads one view per task."""
+    items, given, env = [], [], {}
+    for i, (name, f) in enumerate(model.model_fields.items()):
+        src = _source(name, f.metadata)
+        if isinstance(src, Given):
+            given.append(name)
+            items.append(f"{name!r}: {name}")
             continue
-        value = task
         *head, last = src.path
-        for key in head:
-            value = value[key]
-        out[name] = value[last] if src.default is _REQUIRED else value.get(last, src.default)
-    return out
+        expr = "task" + "".join(f"[{k!r}]" for k in head)
+        if src.default is _REQUIRED:
+            expr += f"[{last!r}]"
+        else:
+            env[f"_d{i}"] = src.default
+            expr += f".get({last!r}, _d{i})"
+        items.append(f"{name!r}: {expr}")
+    params = "".join(f", {name}" for name in given)
+    code = f"def view(task, *{params}):\n    return {{" + ", ".join(items) + "}\n"
+    exec(compile(code, f"<view of {model.__name__}>", "exec"), env)
+    return env["view"]
+
+
+def viewer(model: Any) -> Callable[..., dict]:
+    """The function that shows a task (a ``StoredTask``) as ``model`` does:
+    ``model`` is a pydantic model whose fields are marked with ``From``
+    (or read under their own name) and ``Given`` (keyword arguments of the
+    function); the view's fields are in the model's order."""
+    fn = _viewers.get(model)
+    if fn is None:
+        fn = _viewers[model] = _compile(model)
+    return fn

@@ -67,8 +67,8 @@ def task_view(t, nodes=None, services=None, model=taskapi.Task):
             manager().store.get("node", t["node_id"])
     service = services.get(t["service_id"]) if services is not None else \
         manager().store.get("service", t["service_id"])
-    return taskmodel.view(model, t, node=node["hostname"] if node else None,
-                          up_to_date=service is not None and not T.is_dirty(t, service))
+    return taskmodel.viewer(model)(t, node=node["hostname"] if node else None,
+                                   up_to_date=service is not None and not T.is_dirty(t, service))
 
 
 def _get_service(ref):
