@@ -121,8 +121,9 @@ class StoredTask(_StoredTask, total=False):
     updated_at: float
 
 
-def status(state: str, message: str = "", *, err: str | None = None, exit_code=None,
-           container_id=None, now: float | None = None) -> dict:
+def status(state: str, message: str = "", *, err: str | None = None,
+           exit_code: int | None = None, container_id: str | None = None,
+           now: float | None = None) -> dict:
     """A ``TaskStatus`` as the store keeps it."""
     return {"state": state, "message": message, "err": err, "exit_code": exit_code,
             "container_id": container_id, "timestamp": now if now is not None else time.time()}

@@ -146,8 +146,8 @@ class PushProcess:
             if self._proc is not None:
                 return
             ours, theirs = socket.socketpair()
-            cmd = [sys.executable, "-m", "flotilla.manager.dispatcher.pushproc", "--fd", str(theirs.fileno()),
-                   "--bundle", self._bundle, "--ca", self._ca,
+            cmd = [sys.executable, "-m", "flotilla.manager.dispatcher.pushproc",
+                   "--fd", str(theirs.fileno()), "--bundle", self._bundle, "--ca", self._ca,
                    "--log-level", logging.getLevelName(logging.getLogger().level).lower()]
             fds = [theirs.fileno()]
             listener = self._listen()
