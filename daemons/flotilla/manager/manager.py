@@ -21,7 +21,7 @@ from .events import EventLog
 from .metrics import ManagerMetrics
 from .raft.membership import Membership
 from .raft.node import RaftNode, RaftSettings
-from .raft.security import RaftSecurity, SecurityCounters, saved_members
+from .raft.security import RaftSecurity, SecurityCounters, node_by_raft_addr, saved_members
 from .rolemanager import RoleManager
 from .store import queries
 from .store.store import Op, RequestId, Store, StoreError
@@ -109,7 +109,7 @@ class Manager:
             return None
         if addr == self.cfg.raft_advertise:
             return self.cfg.advertise
-        node = queries.node_by_raft_addr(self.store, addr)
+        node = node_by_raft_addr(self.store, addr)
         return (node.get("manager") or {}).get("api_addr") if node else None
 
     def leader_node_id(self) -> str | None:
@@ -117,7 +117,7 @@ class Manager:
             return None
         if self.raft.leader_address == self.cfg.raft_advertise:
             return self.cfg.node_id
-        node = queries.node_by_raft_addr(self.store, self.raft.leader_address)
+        node = node_by_raft_addr(self.store, self.raft.leader_address)
         return node["id"] if node else None
 
     def _leadership_loop(self):

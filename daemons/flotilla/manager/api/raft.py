@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 from ...model import responses
 from ...model.validation import ApiError, Model
 from ..raft.membership import MembershipBusy, MembershipError
-from ..store import queries
+from ..raft.security import node_by_raft_addr
 from .common import identity, json_response, manager, parse_body, policy
 from .join import _address
 from .openapi import doc
@@ -46,7 +46,7 @@ def join():
     node_id = identity().node_id
     holder = m.security.managers_by_address().get(body.raft_addr)
     if holder is None:              # a manager whose joining was left half done
-        recorded = queries.node_by_raft_addr(m.store, body.raft_addr)
+        recorded = node_by_raft_addr(m.store, body.raft_addr)
         holder = recorded["id"] if recorded is not None else None
     if holder is not None and holder != node_id:
         raise ApiError(409, "address_in_use", f"raft address {body.raft_addr} belongs to {holder}")

@@ -46,16 +46,6 @@ def managers_answer_prevotes(store) -> bool:
     return managers_run(store, PREVOTE_SINCE)
 
 
-def node_by_raft_addr(store, raft_addr):
-    # Managers first (the index); a node whose role is still changing may
-    # hold a Raft address too, so fall back to all nodes.
-    for nodes in (store.by_index("node", "role", "manager"), None):
-        for node in nodes if nodes is not None else store.list("node"):
-            if (node.get("manager") or {}).get("raft_addr") == raft_addr:
-                return node
-    return None
-
-
 def find_node(store, ref: str):
     """By id, unique id prefix, or hostname."""
     node = store.get("node", ref)
