@@ -108,6 +108,38 @@ def test_packages_import_one_way():
     assert not problems, "\n".join(problems)
 
 
+def test_the_parts_of_the_manager_import_without_cycles():
+    """manager/'s modules and sub-packages (api, raft, store, dispatcher...)
+    form no cycle: each can be read, and replaced, from the bottom up."""
+    edges = {}
+    for path, module, is_pkg in _modules():
+        parts = module.split(".")
+        if parts[1:2] != ["manager"] or len(parts) < 3:
+            continue
+        where = os.path.relpath(path, os.path.dirname(ROOT))
+        for line, target, _ in _imports(path, module, is_pkg):
+            t = target.split(".")
+            if t[:2] == ["flotilla", "manager"] and len(t) > 2 and t[2] != parts[2]:
+                edges.setdefault(parts[2], {}).setdefault(t[2], f"{where}:{line} imports {target}")
+
+    def cycle_from(start):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in edges.get(node, {}):
+                if nxt == start:
+                    return trail + [start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, trail + [nxt]))
+        return None
+
+    for part in sorted(edges):
+        cycle = cycle_from(part)
+        assert cycle is None, "manager parts import in a cycle:\n" + "\n".join(
+            edges[a][b] for a, b in zip(cycle, cycle[1:]))
+
+
 def test_the_rules_cover_every_package():
     packages = {_package(m) for _, m, _ in _modules()} - {"__version__"}
     assert packages == set(ALLOWED)
