@@ -121,7 +121,7 @@ def _free_port():
 def _member(idx, addrs, ids, base, cluster_id, go, results, clients, duration):
     from flotilla.common import logs
     from flotilla.manager.raft.node import RaftNode, RaftSettings
-    from flotilla.manager.raftsecurity import RaftSecurity, SecurityCounters
+    from flotilla.manager.raft.security import RaftSecurity, SecurityCounters
     from flotilla.manager.store.store import Op, Store, new_id
 
     logs.setup("warning", f"member{idx}")

@@ -118,9 +118,9 @@ def manager_worker_pid(node) -> int | None:
 
 
 def pusher_pid(worker_pid: int | None) -> int | None:
-    """The leader's assignment-push child process (manager/pushproc.py)."""
+    """The leader's assignment-push child process (manager/dispatcher/pushproc.py)."""
     for kid in _children(worker_pid) if worker_pid else ():
-        if "flotilla.manager.pushproc" in _cmdline(kid):
+        if "flotilla.manager.dispatcher.pushproc" in _cmdline(kid):
             return kid
     return None
 

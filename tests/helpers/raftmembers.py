@@ -9,7 +9,7 @@ import socket
 
 from flotilla.ca import certs
 from flotilla.manager.raft.node import RaftNode, RaftSettings
-from flotilla.manager.raftsecurity import RaftSecurity, SecurityCounters
+from flotilla.manager.raft.security import RaftSecurity, SecurityCounters
 from flotilla.manager.store.store import Store
 
 

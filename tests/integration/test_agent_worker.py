@@ -19,7 +19,7 @@ import pytest
 
 from flotilla.agent.executor import DockerExecutor
 from flotilla.agent.worker import Worker
-from flotilla.common import taskmodel
+from flotilla.model import task as taskmodel
 from tests.helpers.cluster import wait_for
 
 IMAGE = "flotilla-test/busybox:1"

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from flotilla.common.httpclient import ApiError
-from flotilla.common.taskmodel import STATE_VALUES
+from flotilla.model.task import STATE_VALUES
 from flotilla.manager.api.events import EventList
 from flotilla.manager.api.logs import ServiceLogs
 from tests.helpers.cluster import PYTHON, LocalCluster, wait_for

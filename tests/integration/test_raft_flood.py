@@ -39,7 +39,7 @@ def test_refused_connections_at_200_a_second_neither_stop_commits_nor_fill_the_l
         worker = tmp_path / "worker.pem"
         key, cert = g.root.issue(certs.ROLE_WORKER, "a-worker", g.cluster_id, 3600)
         certs.write_node_bundle(str(worker), key, cert)
-        caplog.set_level(logging.INFO, logger="flotilla.manager.raftsecurity")
+        caplog.set_level(logging.INFO, logger="flotilla.manager.raft.security")
         flood = Flooder(g.addrs[leader], rate=200, not_manager_bundle=str(worker),
                         other_ca_bundle_path=other_ca_bundle(str(tmp_path))).start()
         latencies = []
@@ -62,7 +62,7 @@ def test_refused_connections_at_200_a_second_neither_stop_commits_nor_fill_the_l
         # the log, in at most 3 lines for a flood of about 4 s.
         lines = wait_for(lambda: (lambda ls: ls if _logged(ls) == refused else None)(
             [r.getMessage() for r in caplog.records
-             if r.name == "flotilla.manager.raftsecurity"]), 15, what="every refusal logged")
+             if r.name == "flotilla.manager.raft.security"]), 15, what="every refusal logged")
         assert len(lines) <= 3, lines
 
 

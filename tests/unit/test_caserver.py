@@ -8,9 +8,9 @@ import pytest
 from pysyncobj.config import FAIL_REASON
 
 from flotilla.ca import certs, revocation
-from flotilla.manager import objects
+from flotilla.model import objects
 from flotilla.manager.caserver import CAServer, JoinRefused
-from flotilla.manager.raftsecurity import SecurityCounters
+from flotilla.manager.raft.security import SecurityCounters
 from flotilla.manager.store.store import Op, Store
 
 CLUSTER = "cluster1"

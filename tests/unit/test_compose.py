@@ -5,9 +5,10 @@ import textwrap
 
 import pytest
 
-from flotilla.cli import compose
-from flotilla.cli.compose import ComposeError, load, stack_specs, translate
-from flotilla.manager.specs import ServiceSpec
+from flotilla.cli.compose.errors import ComposeError
+from flotilla.cli.compose.merge import load
+from flotilla.cli.compose.translate import STACK_LABEL, stack_specs, translate
+from flotilla.model.specs import ServiceSpec
 
 NS = {"flotilla.stack.namespace": "shop"}
 
@@ -794,7 +795,7 @@ def test_anchors_and_extension_fields(tmp_path):
 
 
 def test_stack_label_constant():
-    assert compose.STACK_LABEL == "flotilla.stack.namespace"
+    assert STACK_LABEL == "flotilla.stack.namespace"
 
 
 def _write_bytes(tmp_path, name, data: bytes):

@@ -15,7 +15,8 @@ import time
 
 import yaml
 
-from flotilla.cli.compose import ComposeError, stack_specs
+from flotilla.cli.compose.errors import ComposeError
+from flotilla.cli.compose.translate import stack_specs
 from tests.unit.test_compose import REALISTIC, WORKER_ENV
 
 # libyaml where present: the mutations are not what is measured

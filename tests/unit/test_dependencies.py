@@ -7,7 +7,7 @@ import click
 import pytest
 
 from flotilla.cli.service import parse_dependency
-from flotilla.manager import specs
+from flotilla.model import specs
 from flotilla.manager.orchestrator import dependencies as D
 from flotilla.manager.orchestrator.orchestrator import Orchestrator
 from flotilla.manager.raft import codec

@@ -10,7 +10,7 @@ import flask
 import pytest
 
 from flotilla.manager.api import forward
-from flotilla.manager.api.validation import error_body
+from flotilla.model.validation import error_body
 
 
 class _Answer:

@@ -1,8 +1,9 @@
 import pytest
 
-from flotilla.manager.scheduler.constraint import (
-    ConstraintError, match_all, parse_constraint, parse_constraints, parse_spread,
-    spread_levels, validate_placement)
+from flotilla.manager.scheduler.constraint import match_all, matches
+from flotilla.model.constraint import (
+    ConstraintError, parse_constraint, parse_constraints, parse_spread, spread_levels,
+    validate_placement)
 
 
 def node(**kw):
@@ -27,7 +28,7 @@ def seen_at(ip, **kw):
 
 
 def ok(expr, n=None):
-    return parse_constraint(expr).matches(n or node())
+    return matches(parse_constraint(expr), n or node())
 
 
 # -- parsing ----------------------------------------------------------------
@@ -76,9 +77,9 @@ def test_parse_rejects_non_lists_and_non_strings():
 
 def test_unknown_key_parses_but_never_matches():
     c = parse_constraint("node.colour==red")
-    assert not c.matches(node())
-    assert not parse_constraint("node.colour!=red").matches(node())
-    assert not parse_constraint("zone!=x").matches(node())
+    assert not matches(c, node())
+    assert not matches(parse_constraint("node.colour!=red"), node())
+    assert not matches(parse_constraint("zone!=x"), node())
 
 
 def test_known_keys():
@@ -113,11 +114,11 @@ def test_labels_keys_are_case_sensitive_values_are_not():
 
 def test_missing_attributes_are_empty():
     bare = {"id": "x"}
-    assert parse_constraint("node.labels.zone!=east").matches(bare)
-    assert not parse_constraint("node.labels.zone==east").matches(bare)
-    assert parse_constraint("node.platform.os!=linux").matches(bare)
-    assert parse_constraint("node.role!=manager").matches(bare)
-    assert parse_constraint("engine.labels.gpu!=x").matches(bare)
+    assert matches(parse_constraint("node.labels.zone!=east"), bare)
+    assert not matches(parse_constraint("node.labels.zone==east"), bare)
+    assert matches(parse_constraint("node.platform.os!=linux"), bare)
+    assert matches(parse_constraint("node.role!=manager"), bare)
+    assert matches(parse_constraint("engine.labels.gpu!=x"), bare)
 
 
 def test_node_ip():

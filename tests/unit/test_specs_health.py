@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from flotilla.manager.specs import ServiceSpec, canonical
+from flotilla.model.specs import ServiceSpec, canonical
 
 TIMING_DEFAULTS = {"interval": 30.0, "timeout": 30.0, "retries": 3, "start_period": 0.0}
 

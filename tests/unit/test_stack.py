@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from flotilla.cli import stack as stack_cli
 from flotilla.cli.main import cli
-from flotilla.manager import specs
+from flotilla.model import specs
 
 
 class FakeApi:

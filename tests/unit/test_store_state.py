@@ -207,11 +207,11 @@ class _Nodes:
 
 
 def test_patches_only_when_every_manager_applies_them():
-    from flotilla.manager import objects
-    assert objects.managers_apply_patches(_Nodes("0.2.0", "0.2.0.post1", "1.0.0"))
-    assert not objects.managers_apply_patches(_Nodes("0.2.0", "0.1.0"))     # rolling upgrade
-    assert not objects.managers_apply_patches(_Nodes("0.2.0", None))        # not yet reported
-    assert not objects.managers_apply_patches(_Nodes())
+    from flotilla.manager.store import queries
+    assert queries.managers_apply_patches(_Nodes("0.2.0", "0.2.0.post1", "1.0.0"))
+    assert not queries.managers_apply_patches(_Nodes("0.2.0", "0.1.0"))     # rolling upgrade
+    assert not queries.managers_apply_patches(_Nodes("0.2.0", None))        # not yet reported
+    assert not queries.managers_apply_patches(_Nodes())
 
 
 def test_a_task_created_with_its_services_spec_by_reference():

@@ -7,8 +7,8 @@ import pytest
 
 from flotilla.common import template
 from flotilla.common.template import TemplateError
-from flotilla.manager.api.validation import ApiError, validate
-from flotilla.manager.specs import ServiceSpec
+from flotilla.model.validation import ApiError, validate
+from flotilla.model.specs import ServiceSpec
 
 TASK = {"id": "t123", "service_id": "s456", "service_name": "web", "slot": 2}
 CTX = template.context(TASK, "n789", "node-a", {"os": "linux", "arch": "amd64"})

@@ -87,7 +87,7 @@ class Server:
                 continue
             try:
                 info = {
-                    "identity": tls.peer_identity(ssock),
+                    "identity": certs.peer_identity(ssock),
                     "peercert": ssock.getpeercert(),
                     "sock_type": type(ssock),
                 }
@@ -348,7 +348,7 @@ def test_peer_identity_before_handshake():
     try:
         ctx = tls.client_context(None, None)
         s = ctx.wrap_socket(a, do_handshake_on_connect=False)
-        assert tls.peer_identity(s) is None
+        assert certs.peer_identity(s) is None
         s.close()
     finally:
         b.close()

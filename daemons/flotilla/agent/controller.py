@@ -44,8 +44,8 @@ import threading
 import time
 from typing import Callable
 
-from ..common import taskmodel
-from ..common.taskmodel import at_least, before, finished
+from ..model import task as taskmodel
+from ..model.task import at_least, before, finished
 from .executor import (APIError, ImageUnavailable, TemplateError, container_address,
                        grace_seconds, log_timestamp, probed)
 

@@ -1,7 +1,7 @@
 """Where the agent sends its heartbeats and status reports.
 
 The leader serves them on a port of its own (the dispatcher's front, see
-``manager/front.py``), named in each registration's answer. They go there
+``manager/dispatcher/front.py``), named in each registration's answer. They go there
 while it answers; when it cannot be reached or sends a request back (the
 leader changed, the node's state must change first) they go to the API,
 which any manager serves, and the front is tried again after the next

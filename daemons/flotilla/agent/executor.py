@@ -25,8 +25,10 @@ from docker import errors as docker_errors
 from docker.types import Healthcheck, Mount
 from docker.utils import parse_repository_tag
 
-from ..common import taskmodel, template
+from ..common import template
 from ..common.template import TemplateError  # noqa: F401 (raised by create)
+from ..model import task as taskmodel
+from .describe import local_platform
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +265,6 @@ class DockerExecutor:
             except Exception:   # the engine is down: creating fails anyway
                 found = {}
             if self._node_platform is None:
-                from ..node.bootstrap import local_platform
                 self._node_platform = found.get("platform") or local_platform()
             if not self.hostname:
                 self.hostname = found.get("hostname") or ""

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..ca import certs
-from ..common import taskmodel
+from ..model import task as taskmodel
 
 
 class AgentMetrics:

@@ -18,7 +18,7 @@ import random
 from .. import __version__
 from ..common.component import Component
 from ..common.httpclient import ApiError
-from ..node.bootstrap import local_platform
+from .describe import local_platform
 
 log = logging.getLogger(__name__)
 

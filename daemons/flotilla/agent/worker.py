@@ -32,8 +32,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
 
-from ..common import taskmodel
 from ..common.component import Component
+from ..model import task as taskmodel
 from .controller import Controller
 from .health import Prober
 from .storage import TaskStore

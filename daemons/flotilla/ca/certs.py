@@ -410,6 +410,16 @@ def identity_from_peercert(d: dict | None) -> CertIdentity | None:
         return None
 
 
+def peer_identity(sock) -> CertIdentity | None:
+    """Verified identity of the peer of a TLS socket, or None when the peer
+    presented no (verified) certificate."""
+    try:
+        peer = sock.getpeercert()
+    except (ValueError, OSError, AttributeError):
+        return None
+    return identity_from_peercert(peer)
+
+
 # --------------------------------------------------------------------------
 # verification and renewal
 

@@ -138,22 +138,16 @@ def run(init, join_addr, token, cert_expiry, heartbeat_period, log_level, repair
     A manager whose Raft journal is damaged in the middle (not just a tail
     torn by a crash, which is cut on its own) refuses to start and names the
     file and byte; --repair-journal cuts it there."""
-    from ..manager.raft.journal import check_journal
-    from ..manager.raft.journal import repair_journal as repair
-    from ..node.daemon import NodeDaemon
+    from ..node.daemon import NodeDaemon, check_raft_journal
 
     logs.setup(log_level, "node")
     cfg = _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, resume_ok=True)
     try:
-        if repair_journal:
-            said = repair(cfg.raft_dir)
-            click.echo(said or "raft journal not damaged: nothing to repair", err=True)
-        else:
-            damage = check_journal(cfg.raft_dir)
-            if damage is not None:
-                raise click.ClickException(str(damage))
+        said = check_raft_journal(cfg.raft_dir, repair=repair_journal)
     except (OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
+    if said:
+        click.echo(said, err=True)
     sys.exit(NodeDaemon(cfg, log_level).run())
 
 

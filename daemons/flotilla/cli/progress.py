@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ..common.taskmodel import UNSCHEDULABLE
+from ..model.task import UNSCHEDULABLE
 from .context import call
 
 POLL = 0.5

@@ -3,14 +3,15 @@
 A stack is the set of services carrying the service label
 ``flotilla.stack.namespace=NAME``; service ``web`` of stack ``shop`` is the
 cluster service ``shop_web``. The translation from Compose lives in
-``compose.py``; this module talks to the API.
+``compose/``; this module talks to the API.
 """
 
 from __future__ import annotations
 
 import click
 
-from .compose import STACK_LABEL, ComposeError, stack_specs
+from .compose.errors import ComposeError
+from .compose.translate import STACK_LABEL, stack_specs
 from .context import call
 from .fmt import format_option
 from .output import emit_json, table
@@ -34,7 +35,7 @@ def stack_services(ctx, name: str) -> list[dict]:
 
 
 def _canonical(spec: dict) -> dict:
-    from ..manager import specs as service_specs
+    from ..model import specs as service_specs
     return service_specs.canonical(service_specs.ServiceSpec.model_validate(spec))
 
 

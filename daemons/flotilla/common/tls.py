@@ -25,8 +25,6 @@ import threading
 import time
 from typing import Callable
 
-from flotilla.ca import certs
-
 log = logging.getLogger(__name__)
 
 MANAGER_SERVER_NAME = "flotilla-manager"
@@ -403,16 +401,6 @@ def install_counting(ctx: ssl.SSLContext, bounded: bool = False) -> ssl.SSLConte
     ``bounded``, time out as :class:`BoundedSSLSocket` does)."""
     ctx.sslsocket_class = BoundedCountingSSLSocket if bounded else CountingSSLSocket
     return ctx
-
-
-def peer_identity(sock) -> certs.CertIdentity | None:
-    """Verified identity of the peer of a TLS socket, or None when the peer
-    presented no (verified) certificate."""
-    try:
-        peer = sock.getpeercert()
-    except (ValueError, OSError, AttributeError):
-        return None
-    return certs.identity_from_peercert(peer)
 
 
 def client_context_from_dir(tls_dir: str) -> ssl.SSLContext:

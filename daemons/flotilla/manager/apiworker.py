@@ -70,6 +70,7 @@ from gunicorn.http.parser import RequestParser
 from gunicorn.http.unreader import IterUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from ..ca import certs
 from ..common import tls
 from ..common.jsonbody import dumps_line
 
@@ -375,7 +376,7 @@ class ApiWorker(ThreadWorker):
         chunked = isinstance(req.body.reader, ChunkedReader)
         length = None if chunked else req.body.reader.length
         public = is_public_path(req.path)
-        certified = tls.peer_identity(conn.sock) is not None
+        certified = certs.peer_identity(conn.sock) is not None
         limit = MAX_BODY if certified or not public else min(MAX_BODY, MAX_PUBLIC_BODY)
         conn.control = not is_agent_path(req.path)
         conn.started = time.monotonic()
@@ -522,7 +523,7 @@ class ApiWorker(ThreadWorker):
 
     def _answer(self, conn, status: int, code: str, message: str):
         """Answer in the API's error shape and close the connection."""
-        from .api.common import error_body
+        from ..model.validation import error_body
 
         if conn.request_line is not None:
             answered = getattr(self.app, "answered", None)
@@ -673,7 +674,7 @@ class ApiWorker(ThreadWorker):
             pass
 
     def _error_bytes(self, req, addr, exc) -> bytes | None:
-        from .api.common import error_body
+        from ..model.validation import error_body
 
         capture = _Capture()
         super().handle_error(req, capture, addr, exc)

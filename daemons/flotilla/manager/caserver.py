@@ -18,8 +18,9 @@ import logging
 import threading
 
 from ..ca import certs, revocation, tokens
+from ..model import objects
+from .store import queries
 from .store.store import Op, TxnFailed, new_id
-from . import objects
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class CAServer:
         self._lock = threading.Lock()
 
     def root(self) -> certs.RootCA:
-        cluster = objects.cluster(self._store)
+        cluster = queries.cluster(self._store)
         root = cluster["root_ca"]
         with self._lock:
             if self._root_cache is None or self._root_cache[0] != root["digest"]:
@@ -48,12 +49,12 @@ class CAServer:
             return self._root_cache[1]
 
     def ca_pem(self) -> str:
-        return objects.cluster(self._store)["root_ca"]["cert"]
+        return queries.cluster(self._store)["root_ca"]["cert"]
 
     # -- joining ----------------------------------------------------------------
     def join(self, *, token: str, csr: str, hostname: str, addr: str, raft_addr: str | None,
              platform: dict | None) -> dict:
-        cluster = objects.cluster(self._store)
+        cluster = queries.cluster(self._store)
         try:
             parsed = tokens.parse_token(token)
         except tokens.InvalidToken as exc:
@@ -88,7 +89,7 @@ class CAServer:
             "role": role,
             "cert": cert_pem.decode(),
             "ca": cluster["root_ca"]["cert"],
-            "managers": objects.manager_api_addrs(self._store),
+            "managers": queries.manager_api_addrs(self._store),
         }
 
     # -- renewal ------------------------------------------------------------------
@@ -100,7 +101,7 @@ class CAServer:
         when the request's key is that of the node's last certificate: the
         same renewal asked again because its answer was lost (the demotion
         that issued that certificate revoked the one presented)."""
-        cluster = objects.cluster(self._store)
+        cluster = queries.cluster(self._store)
         issued = {}
         csr_key = certs.csr_key_id(csr.encode())
         serial = getattr(presented, "serial", None)
@@ -108,7 +109,7 @@ class CAServer:
         def change(node):
             # Signed inside the retry so the role matches the node version
             # the record is written against.
-            if revocation.serial_revoked(objects.cluster(self._store).get("revoked"), serial) \
+            if revocation.serial_revoked(queries.cluster(self._store).get("revoked"), serial) \
                     and (csr_key is None or (node.get("cert") or {}).get("key_id") != csr_key):
                 self._counters.inc("api.certificate_revoked")
                 raise JoinRefused("this certificate has been revoked", "certificate_revoked")
@@ -123,7 +124,7 @@ class CAServer:
             new = objects.with_cert(node, certs.identity_from_pem(cert_pem),
                                     certs.cert_key_id(cert_pem))
             issued["revoke"] = [] if role == "manager" else \
-                objects.manager_certs_to_revoke(node, presented)
+                manager_certs_to_revoke(node, presented)
             if role != "manager":
                 new["manager_certs"] = {}
             return new
@@ -132,7 +133,7 @@ class CAServer:
             entries = issued.get("revoke")
             if not entries:
                 return []
-            current = objects.cluster(self._store)
+            current = queries.cluster(self._store)
             revoked = revocation.with_entries(current.get("revoked"), entries)
             revoked = revocation.purge(revoked) or revoked
             return [Op.update("cluster", dict(current, revoked=revoked),
@@ -154,7 +155,7 @@ class CAServer:
 
     def revoked(self, node_id: str | None, serial=None) -> bool:
         """Whether the node, or the certificate with this serial, is revoked."""
-        cluster = objects.cluster(self._store)
+        cluster = queries.cluster(self._store)
         return cluster is not None and revocation.is_revoked(cluster.get("revoked"), node_id,
                                                             serial)
 
@@ -164,3 +165,18 @@ def purge_revoked(cluster: dict, now: float | None = None,
     """Drop revocation entries whose certificate expired more than ``grace`` ago."""
     keep = revocation.purge(cluster.get("revoked", {}), now, grace)
     return None if keep is None else dict(cluster, revoked=keep)
+
+
+def manager_certs_to_revoke(node: dict, presented=None) -> list[tuple[str, float]]:
+    """The node's manager certificates still valid (and the one presented, if
+    it is a manager certificate), as revocation entries: what a demoted node
+    gives up when it gets its worker certificate. ``presented`` has
+    ``role``, ``serial`` and ``not_after`` (unix time)."""
+    entries = [(revocation.serial_key(s), t) for s, t in (node.get("manager_certs") or {}).items()]
+    last = node.get("cert") or {}
+    if last.get("role") == "manager" and last.get("serial"):
+        entries.append((revocation.serial_key(last["serial"]), last["not_after"]))
+    if (presented is not None and presented.role == "manager"
+            and presented.serial is not None and presented.not_after is not None):
+        entries.append((revocation.serial_key(presented.serial), presented.not_after))
+    return entries

@@ -15,15 +15,15 @@ import time
 
 from ..common import fsutil
 from ..common.config import NodeConfig
-from . import objects
 from .caserver import CAServer
-from .dispatcher import Dispatcher
+from .dispatcher.dispatcher import Dispatcher
 from .events import EventLog
-from .membership import Membership
 from .metrics import ManagerMetrics
+from .raft.membership import Membership
 from .raft.node import RaftNode, RaftSettings
-from .raftsecurity import RaftSecurity, SecurityCounters, saved_members
+from .raft.security import RaftSecurity, SecurityCounters, node_by_raft_addr, saved_members
 from .rolemanager import RoleManager
+from .store import queries
 from .store.store import Op, RequestId, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class Manager:
         self.counters = SecurityCounters()
         self.metrics = ManagerMetrics(self)
         self.store = Store()
-        self.store.patch_when(objects.managers_apply_patches)
+        self.store.patch_when(queries.managers_apply_patches)
         self.events = EventLog(self.store)
         self.raft: RaftNode | None = None
         self.membership: Membership | None = None
@@ -78,7 +78,7 @@ class Manager:
                              self.security, self.settings,
                              on_state_changed=lambda _o, _n: self._state_changed.set(),
                              bind_address=self.cfg.raft_listen,
-                             prevote_when=lambda: objects.managers_answer_prevotes(self.store))
+                             prevote_when=lambda: queries.managers_answer_prevotes(self.store))
         self.membership = Membership(self.raft)
         self.store.attach(self.raft)
         self.store.start()
@@ -109,7 +109,7 @@ class Manager:
             return None
         if addr == self.cfg.raft_advertise:
             return self.cfg.advertise
-        node = objects.node_by_raft_addr(self.store, addr)
+        node = node_by_raft_addr(self.store, addr)
         return (node.get("manager") or {}).get("api_addr") if node else None
 
     def leader_node_id(self) -> str | None:
@@ -117,7 +117,7 @@ class Manager:
             return None
         if self.raft.leader_address == self.cfg.raft_advertise:
             return self.cfg.node_id
-        node = objects.node_by_raft_addr(self.store, self.raft.leader_address)
+        node = node_by_raft_addr(self.store, self.raft.leader_address)
         return node["id"] if node else None
 
     def _leadership_loop(self):
@@ -185,7 +185,7 @@ class Manager:
         path = self.cfg.bootstrap_path
         if not os.path.exists(path):
             return
-        if objects.cluster(self.store) is None:
+        if queries.cluster(self.store) is None:
             data = fsutil.read_json(path)
             self.store.commit([Op.create("cluster", data["cluster"]),
                                Op.create("node", data["node"])],

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..ca import certs
-from ..common import gcpolicy, taskmodel, tls
+from ..common import gcpolicy, tls
+from ..model import task as taskmodel
 
 NODE_STATES = ("unknown", "ready", "down")
 NODE_ROLES = ("manager", "worker")

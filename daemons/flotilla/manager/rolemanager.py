@@ -14,7 +14,7 @@ import logging
 import time
 
 from ..common.component import Component
-from .membership import MembershipBusy, MembershipError, QuorumError
+from .raft.membership import MembershipBusy, MembershipError, QuorumError
 from .store.store import StoreError
 
 log = logging.getLogger(__name__)

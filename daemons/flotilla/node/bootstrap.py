@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import socket
 import time
 
 import requests
 
+from ..agent.describe import local_platform
 from ..ca import certs, tokens
 from ..common import fsutil, tls
 from ..common.config import NodeConfig
 from ..common.httpclient import ApiError, Client, _TLSAdapter
-from ..manager import objects
 from ..manager.store.store import new_id
+from ..model import objects
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,6 @@ ADMIN_CERT_EXPIRY = 365 * 86400
 
 class BootstrapError(Exception):
     pass
-
-
-def local_platform() -> dict:
-    arch = platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(arch, arch)
-    return {"os": platform.system().lower(), "arch": arch}
 
 
 def write_admin_bundle(directory: str, root: certs.RootCA, cluster_id: str,

@@ -31,13 +31,26 @@ from ..agent.agent import Agent
 from ..ca import certs
 from ..common.httpclient import Client
 from ..common.procutil import die_with_parent
-from ..manager.raft.journal import EXIT_JOURNAL_DAMAGED
+from ..manager.raft.journal import EXIT_JOURNAL_DAMAGED, check_journal, repair_journal
 from .renewer import Renewer
 
 log = logging.getLogger(__name__)
 
 EXIT_REMOVED = 3
 EXIT_JOURNAL = 2
+
+
+def check_raft_journal(raft_dir: str, repair: bool = False) -> str | None:
+    """Before the node starts: a manager's Raft journal damaged in the
+    middle (not just a tail torn by a crash, which is cut on its own) is
+    raised (``JournalDamaged``, naming the file and byte), or, with
+    ``repair``, cut there. Returns what the repair did."""
+    if repair:
+        return repair_journal(raft_dir) or "raft journal not damaged: nothing to repair"
+    damage = check_journal(raft_dir)
+    if damage is not None:
+        raise damage
+    return None
 
 
 class NodeDaemon:
@@ -78,7 +91,7 @@ class NodeDaemon:
     def _member_apis(self) -> list[str]:
         if self.cfg.role != "manager":
             return []
-        from ..manager.raftsecurity import saved_api_addresses
+        from ..manager.raft.security import saved_api_addresses
 
         try:
             return saved_api_addresses(os.path.join(self.cfg.raft_dir, "members.json"))

@@ -23,12 +23,11 @@ from pydantic import Field, field_validator
 
 from ...ca import certs, revocation
 from ...common.units import format_duration, parse_duration
+from ...model import objects, responses
+from ...model.validation import ApiError, Model, ObjectName
 from ..store.store import new_id
-from .. import objects
-from . import models
+from .common import identity, json_response, manager, parse_body, policy, request_id, stored_cluster
 from .openapi import doc
-from .common import (ApiError, Model, ObjectName, identity, json_response, manager, parse_body,
-                     policy, request_id, stored_cluster)
 
 bp = Blueprint("admins", __name__, url_prefix="/v1/cluster/admins")
 
@@ -80,7 +79,7 @@ def _kept(admins: dict, now: float) -> dict:
 @policy("control")
 @doc("The operators' client bundles (admin certificates), revoked and expired ones included; "
      "`current` marks the caller's.",
-     response=list[models.Admin], tags=("cluster",))
+     response=list[responses.Admin], tags=("cluster",))
 def list_admins():
     admins = (stored_cluster().get("admins") or {}).values()
     caller = identity()
@@ -91,7 +90,7 @@ def list_admins():
 @bp.post("")
 @policy("control")
 @doc("Issue an admin certificate for the key in a signing request.", body=AdminCreate,
-     response=models.AdminIssued, status=201, tags=("cluster",))
+     response=responses.AdminIssued, status=201, tags=("cluster",))
 def create_admin():
     body = parse_body(AdminCreate)
     key_id = certs.csr_key_id(body.csr.encode())
@@ -149,7 +148,7 @@ def _revoke(c: dict, rec: dict, caller, now: float) -> dict:
 @bp.post("/<name>/revoke")
 @policy("control")
 @doc("Revoke the active admin bundle of this name: every manager and agent refuses it "
-     "from then on (a name already revoked is answered as it is).", response=models.Admin,
+     "from then on (a name already revoked is answered as it is).", response=responses.Admin,
      tags=("cluster",))
 def revoke_admin(name):
     caller = identity()
@@ -184,7 +183,7 @@ class AdminCertificate(Model):
 @policy("control")
 @doc("Revoke the admin bundle whose certificate (PEM) is given, recorded or not (the "
      "bundle --init wrote before bundles were recorded).", body=AdminCertificate,
-     response=models.Admin, tags=("cluster",))
+     response=responses.Admin, tags=("cluster",))
 def revoke_certificate():
     body = parse_body(AdminCertificate)
     c = stored_cluster()

@@ -10,11 +10,10 @@ from werkzeug.exceptions import HTTPException
 
 from ...common.admission import Admission, Budget
 from ...common.jsonbody import dumps_line
+from ...model.validation import ApiError, error_body
 from ..store.store import CommitTimeout, NotLeader, StoreError, TxnFailed
-from . import admins, cluster, common, configs, dispatcher, health, join, nodes, openapi, raft
-from . import services
-from . import metrics
-from . import events, logs
+from . import (admins, cluster, common, configs, dispatcher, events, health, join, logs, metrics,
+               nodes, openapi, raft, services)
 from .forward import Forwarder
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ def _entry(wsgi_app, manager):
         ACTIVE_REQUESTS, lambda environ: not is_agent_path(environ.get("PATH_INFO", ""))
     ).wrap(wsgi_app)
     joins = Budget(JOINS, JOINS_WAITING, JOIN_WAIT)
-    busy = dumps_line(common.error_body("busy", "too many joins at once; retry in a moment"))
+    busy = dumps_line(error_body("busy", "too many joins at once; retry in a moment"))
 
     def entry(environ, start_response):
         if environ.get("PATH_INFO") != JOIN_PATH or environ.get("REQUEST_METHOD") != "POST":
@@ -111,7 +110,7 @@ def create_app(manager, forwarder: Forwarder | None = None) -> Flask:
         common.refuse_unknown_query(view)
         return None
 
-    @app.errorhandler(common.ApiError)
+    @app.errorhandler(ApiError)
     def _api_error(exc):
         return common.error_response(exc.status, exc.code, exc.message, exc.field)
 

@@ -9,11 +9,10 @@ from pydantic import Field, field_validator
 
 from ...ca import tokens
 from ...common.units import parse_duration
-from .. import objects
-from . import models
+from ...model import objects, responses
+from ...model.validation import ApiError, Model
+from .common import json_response, manager, parse_body, policy, request_id, stored_cluster
 from .openapi import doc
-from .common import (ApiError, Model, json_response, manager, parse_body, policy, request_id,
-                     stored_cluster)
 
 bp = Blueprint("cluster", __name__, url_prefix="/v1/cluster")
 
@@ -48,14 +47,14 @@ class ClusterUpdate(Model):
 
 @bp.get("")
 @policy("control")
-@doc("The cluster's settings and root CA.", response=models.Cluster, tags=("cluster",))
+@doc("The cluster's settings and root CA.", response=responses.Cluster, tags=("cluster",))
 def get_cluster():
     return json_response(objects.public_cluster(stored_cluster()))
 
 
 @bp.patch("")
 @policy("control")
-@doc("Change cluster settings.", body=ClusterUpdate, response=models.Cluster, tags=("cluster",))
+@doc("Change cluster settings.", body=ClusterUpdate, response=responses.Cluster, tags=("cluster",))
 def updatestored_cluster():
     body = parse_body(ClusterUpdate)
 
@@ -82,7 +81,7 @@ def _role(role):
 
 @bp.get("/join-tokens")
 @policy("control")
-@doc("Both join tokens.", response=models.JoinTokens, tags=("cluster",))
+@doc("Both join tokens.", response=responses.JoinTokens, tags=("cluster",))
 def get_tokens():
     c = stored_cluster()
     return json_response(dict(c["tokens"]))
@@ -90,7 +89,7 @@ def get_tokens():
 
 @bp.get("/join-tokens/<role>")
 @policy("control")
-@doc("The join token for a role (worker or manager).", response=models.JoinToken, tags=("cluster",))
+@doc("The join token for a role (worker or manager).", response=responses.JoinToken, tags=("cluster",))
 def get_token(role):
     c = stored_cluster()
     return json_response({"role": _role(role), "token": c["tokens"][role]})
@@ -98,7 +97,7 @@ def get_token(role):
 
 @bp.post("/join-tokens/<role>/rotate")
 @policy("control")
-@doc("Replace the join token for a role.", response=models.JoinToken, tags=("cluster",))
+@doc("Replace the join token for a role.", response=responses.JoinToken, tags=("cluster",))
 def rotate_token(role):
     _role(role)
 

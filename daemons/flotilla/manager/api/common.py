@@ -40,10 +40,10 @@ from pydantic import ValidationError
 
 from ...ca import certs
 from ...common.jsonbody import dumps_line
-from .. import objects
+from ...model import objects
+from ...model.validation import ApiError, Model, error_body, validate, validation_error
+from ..store import queries
 from ..store.store import RequestId
-from .validation import (  # noqa: F401 (Model, Text and error_body are shared from here)
-    ApiError, Hostname, Model, ObjectName, Text, error_body, validate, validation_error)
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ def flag(name: str) -> bool:
 
 def stored_cluster() -> dict:
     """The cluster object, or 503 while the cluster is still being created."""
-    c = objects.cluster(manager().store)
+    c = queries.cluster(manager().store)
     if c is None:
         raise ApiError(503, "no_leader", "the cluster is still being created")
     return c

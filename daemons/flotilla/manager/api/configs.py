@@ -9,12 +9,12 @@ import binascii
 from flask import Blueprint
 from pydantic import Field, field_validator
 
+from ...model import responses
+from ...model.validation import ApiError, Model, ObjectName, Text
 from ..store.store import Op, new_id
-from . import models
-from .openapi import doc
-from .common import (ApiError, Model, ObjectName, Text, json_response, manager, parse_body, policy,
-                     replayed_removal, request_id)
+from .common import json_response, manager, parse_body, policy, replayed_removal, request_id
 from .nodes import validate_labels
+from .openapi import doc
 
 bp = Blueprint("configs", __name__, url_prefix="/v1/configs")
 
@@ -61,7 +61,7 @@ def _get(ref):
 
 @bp.get("")
 @policy("control")
-@doc("List configs.", response=list[models.Config], tags=("configs",))
+@doc("List configs.", response=list[responses.Config], tags=("configs",))
 def list_configs():
     items = sorted(manager().store.list("config"), key=lambda c: c["name"])
     return json_response([view(c) for c in items])
@@ -69,7 +69,7 @@ def list_configs():
 
 @bp.post("")
 @policy("control")
-@doc("Create a config (base64 data, at most 500 KB).", body=ConfigCreate, response=models.Config, status=201, tags=("configs",))
+@doc("Create a config (base64 data, at most 500 KB).", body=ConfigCreate, response=responses.Config, status=201, tags=("configs",))
 def create_config():
     body = parse_body(ConfigCreate)
     obj = {"id": new_id(), "name": body.name, "data": body.data, "labels": body.labels}
@@ -79,14 +79,14 @@ def create_config():
 
 @bp.get("/<ref>")
 @policy("control")
-@doc("Inspect a config, with its data.", response=models.Config, tags=("configs",))
+@doc("Inspect a config, with its data.", response=responses.Config, tags=("configs",))
 def inspect_config(ref):
     return json_response(view(_get(ref), with_data=True))
 
 
 @bp.delete("/<ref>")
 @policy("control")
-@doc("Remove a config.", response=models.Removed, tags=("configs",))
+@doc("Remove a config.", response=responses.Removed, tags=("configs",))
 def remove_config(ref):
     if (done := replayed_removal()) is not None:
         return json_response(done)

@@ -16,15 +16,15 @@ from typing import Optional
 from flask import Blueprint
 from pydantic import Field, field_validator
 
+from ...model import responses
+from ...model.session import Heartbeat, StatusReport
+from ...model.validation import ApiError, Hostname, Model
 from ..caserver import JoinRefused
-from ..dispatcher import SessionInvalid
-from . import models
-from .openapi import doc
-from .common import (ApiError, Hostname, Model, identity, json_response, manager, parse_body, peer_ip,
-                     policy)
+from ..dispatcher.dispatcher import SessionInvalid
+from .common import identity, json_response, manager, parse_body, peer_ip, policy
 from .join import Platform
 from .join import _address as check_address
-from .sessionmodels import Heartbeat, StatusReport
+from .openapi import doc
 
 bp = Blueprint("dispatcher", __name__, url_prefix="/v1")
 
@@ -102,7 +102,7 @@ def heartbeat():
 
 @bp.post("/dispatcher/status")
 @policy("agent")
-@doc("Agent: report task states.", body=StatusReport, response=models.Accepted, tags=("agents",))
+@doc("Agent: report task states.", body=StatusReport, response=responses.Accepted, tags=("agents",))
 def status():
     body = parse_body(StatusReport)
     updates = [{"task_id": u.task_id, "status": u.status.model_dump()} for u in body.updates]

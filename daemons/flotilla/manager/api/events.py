@@ -7,8 +7,9 @@ from typing import Any, Literal, Optional
 from flask import Blueprint
 from pydantic import BaseModel, Field, field_validator
 
+from ...model.validation import ApiError, Model
 from .. import events as eventlog
-from .common import ApiError, Model, json_response, manager, parse_query, policy
+from .common import json_response, manager, parse_query, policy
 from .openapi import doc
 
 bp = Blueprint("events", __name__, url_prefix="/v1")

@@ -6,16 +6,16 @@ from flask import Blueprint
 
 from ... import __version__
 from ...common import tls
-from . import models
-from .openapi import doc
+from ...model import responses
 from .common import json_response, manager, policy
+from .openapi import doc
 
 bp = Blueprint("health", __name__, url_prefix="/v1")
 
 
 @bp.get("/health")
 @policy("any", local=True)
-@doc("Health of this manager as it sees itself.", response=models.Health, tags=("meta",))
+@doc("Health of this manager as it sees itself.", response=responses.Health, tags=("meta",))
 def health():
     m = manager()
     raft = m.raft.status() if m.raft is not None else {"state": "starting"}

@@ -13,9 +13,10 @@ from flask import Blueprint, current_app
 from pydantic import Field, field_validator
 
 from ...common.config import ConfigError, split_addr
+from ...model.validation import ApiError, Hostname, Model
 from ..caserver import JoinRefused
+from .common import json_response, manager, parse_body, policy
 from .openapi import doc
-from .common import ApiError, Hostname, Model, json_response, manager, parse_body, policy
 
 bp = Blueprint("join", __name__, url_prefix="/v1")
 

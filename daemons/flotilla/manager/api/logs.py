@@ -9,8 +9,9 @@ from typing import Literal, Optional
 from flask import Blueprint, current_app
 from pydantic import BaseModel, Field
 
+from ...model.validation import ApiError, Model
 from ..logs import Busy, LogCollector
-from .common import ApiError, Model, json_response, manager, parse_query, policy
+from .common import json_response, manager, parse_query, policy
 from .openapi import doc
 from .services import _get_service
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Literal, Optional
 
@@ -10,18 +9,19 @@ from flask import Blueprint
 from pydantic import Field, field_validator
 
 from ...ca import revocation
-from ...common import taskmodel
-from .. import objects
-from ..membership import QuorumError
+from ...model import responses
+from ...model import task as taskmodel
+from ...model.names import LABEL_KEY
+from ...model.validation import ApiError, Model, Text
+from ..raft.membership import QuorumError
+from ..store import queries
 from ..store.store import Op
-from . import models
+from .common import (json_response, manager, parse_body, parse_query, policy, replayed_removal,
+                     request_id)
 from .openapi import doc
-from .common import (ApiError, Model, Text, json_response, manager, parse_body, parse_query,
-                     policy, replayed_removal, request_id)
 
 bp = Blueprint("nodes", __name__, url_prefix="/v1/nodes")
 
-LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
 MAX_LABELS = 64
 MAX_LABEL_VALUE = 1024
 
@@ -116,7 +116,7 @@ def view(node, m, reachable=None, leader_id=None):
 
 
 def _get(ref):
-    node = objects.find_node(manager().store, ref)
+    node = queries.find_node(manager().store, ref)
     if node is None:
         raise ApiError(404, "not_found", f"node {ref} not found")
     return node
@@ -131,7 +131,7 @@ def _views(nodes):
 
 @bp.get("")
 @policy("control")
-@doc("List nodes.", response=list[models.Node], tags=("nodes",))
+@doc("List nodes.", response=list[responses.Node], tags=("nodes",))
 def list_nodes():
     nodes = sorted(manager().store.list("node"), key=lambda n: (n.get("hostname") or "", n["id"]))
     return json_response(_views(nodes))
@@ -139,7 +139,7 @@ def list_nodes():
 
 @bp.get("/<ref>")
 @policy("control")
-@doc("Inspect a node by id, hostname or id prefix.", response=models.Node, tags=("nodes",))
+@doc("Inspect a node by id, hostname or id prefix.", response=responses.Node, tags=("nodes",))
 def inspect_node(ref):
     return json_response(_views([_get(ref)])[0])
 
@@ -150,7 +150,7 @@ def _update(ref, change, rid, version=None):
 
 @bp.patch("/<ref>")
 @policy("control")
-@doc("Change a node's role, availability or labels.", body=NodeUpdate, query=ForceQuery, response=models.Node, tags=("nodes",))
+@doc("Change a node's role, availability or labels.", body=NodeUpdate, query=ForceQuery, response=responses.Node, tags=("nodes",))
 def update_node(ref):
     body = parse_body(NodeUpdate)
     if body.role == "worker":
@@ -202,14 +202,14 @@ def _check_demotion(node, force):
 
 @bp.post("/<ref>/promote")
 @policy("control")
-@doc("Make a node a manager.", response=models.Node, tags=("nodes",))
+@doc("Make a node a manager.", response=responses.Node, tags=("nodes",))
 def promote(ref):
     return json_response(_views([_set_role(_get(ref), "manager")])[0])
 
 
 @bp.post("/<ref>/demote")
 @policy("control")
-@doc("Make a manager a worker.", query=ForceQuery, response=models.Node, tags=("nodes",))
+@doc("Make a manager a worker.", query=ForceQuery, response=responses.Node, tags=("nodes",))
 def demote(ref):
     node = _get(ref)
     _check_demotion(node, parse_query(ForceQuery).force)
@@ -218,7 +218,7 @@ def demote(ref):
 
 @bp.delete("/<ref>")
 @policy("control")
-@doc("Remove a node from the cluster (its certificate is revoked).", query=ForceQuery, response=models.Removed, tags=("nodes",))
+@doc("Remove a node from the cluster (its certificate is revoked).", query=ForceQuery, response=responses.Removed, tags=("nodes",))
 def remove(ref):
     m = manager()
     force = parse_query(ForceQuery).force
@@ -231,7 +231,7 @@ def remove(ref):
         raise ApiError(409, "node_ready",
                        f"node {node['hostname']} is up; stop it first or use --force")
     not_after = (node.get("cert") or {}).get("not_after") or (time.time() + 90 * 86400)
-    cluster = objects.cluster(m.store)
+    cluster = queries.cluster(m.store)
     # The node, its revocation and its unfinished tasks (now orphaned: they
     # will never report again) go in one transaction; a change to any of
     # them in between fails it and the whole thing is retried.

@@ -5,12 +5,13 @@ from __future__ import annotations
 from flask import Blueprint
 from pydantic import Field, field_validator
 
-from .. import objects
-from ..membership import MembershipBusy, MembershipError
-from . import models
-from .openapi import doc
-from .common import ApiError, Model, identity, json_response, manager, parse_body, policy
+from ...model import responses
+from ...model.validation import ApiError, Model
+from ..raft.membership import MembershipBusy, MembershipError
+from ..raft.security import node_by_raft_addr
+from .common import identity, json_response, manager, parse_body, policy
 from .join import _address
+from .openapi import doc
 
 bp = Blueprint("raft", __name__, url_prefix="/v1/raft")
 
@@ -35,7 +36,7 @@ def status():
 
 @bp.post("/join")
 @policy("manager")
-@doc("Manager: join the Raft group.", body=RaftJoin, response=models.RaftMembers, tags=("managers",))
+@doc("Manager: join the Raft group.", body=RaftJoin, response=responses.RaftMembers, tags=("managers",))
 def join():
     """Record the caller's addresses, add it to the Raft configuration (the
     change carries its node id and API address) and return the members it
@@ -45,7 +46,7 @@ def join():
     node_id = identity().node_id
     holder = m.security.managers_by_address().get(body.raft_addr)
     if holder is None:              # a manager whose joining was left half done
-        recorded = objects.node_by_raft_addr(m.store, body.raft_addr)
+        recorded = node_by_raft_addr(m.store, body.raft_addr)
         holder = recorded["id"] if recorded is not None else None
     if holder is not None and holder != node_id:
         raise ApiError(409, "address_in_use", f"raft address {body.raft_addr} belongs to {holder}")

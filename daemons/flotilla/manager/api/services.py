@@ -8,16 +8,16 @@ from typing import Optional
 from flask import Blueprint
 from pydantic import Field
 
-from ...common import taskmodel
-from .. import specs
+from ...model import responses, specs, taskapi
+from ...model import task as taskmodel
+from ...model.validation import ApiError, Model
+from ..orchestrator import updater
 from ..orchestrator import tasks as T
 from ..orchestrator.dependencies import cycle_error
-from ..orchestrator import updater
 from ..store.store import Op, new_id
-from . import models
+from .common import (json_response, manager, parse_body, parse_query, policy, replayed_removal,
+                     request_id)
 from .openapi import doc
-from .common import (ApiError, Model, json_response, manager, parse_body, parse_query, policy,
-                     replayed_removal, request_id)
 
 bp = Blueprint("services", __name__, url_prefix="/v1")
 
@@ -60,34 +60,15 @@ def _counts(service_id):
     return {"running": running, "desired": desired}
 
 
-def task_view(t, nodes=None, services=None):
+def task_view(t, nodes=None, services=None, model=taskapi.Task):
     node = None
     if t.get("node_id"):
         node = (nodes or {}).get(t["node_id"]) if nodes is not None else \
             manager().store.get("node", t["node_id"])
-    st = t["status"]
     service = services.get(t["service_id"]) if services is not None else \
         manager().store.get("service", t["service_id"])
-    return {
-        "id": t["id"],
-        "service_id": t["service_id"],
-        "service_name": t["service_name"],
-        "slot": t["slot"],
-        "node_id": t["node_id"],
-        "node": node["hostname"] if node else None,
-        "desired_state": t["desired_state"],
-        "state": st["state"],
-        "message": st.get("message", ""),
-        "error": st.get("err"),
-        "exit_code": st.get("exit_code"),
-        "container_id": st.get("container_id"),
-        "timestamp": st.get("timestamp"),
-        "image": t["spec"]["container"]["image"],
-        "spec_version": t["spec_version"],
-        "up_to_date": service is not None and not T.is_dirty(t, service),
-        "created_at": t.get("created_at"),
-        "updated_at": t.get("updated_at"),
-    }
+    return taskmodel.viewer(model)(t, node=node["hostname"] if node else None,
+                                   up_to_date=service is not None and not T.is_dirty(t, service))
 
 
 def _get_service(ref):
@@ -121,7 +102,7 @@ def _check_ports(spec: dict, exclude: str | None = None):
 
 @bp.post("/services")
 @policy("control")
-@doc("Create a service.", body=specs.ServiceSpec, response=models.Service, status=201, tags=("services",))
+@doc("Create a service.", body=specs.ServiceSpec, response=responses.Service, status=201, tags=("services",))
 def create_service():
     spec = specs.canonical(parse_body(specs.ServiceSpec))
     _check_ports(spec)
@@ -134,7 +115,7 @@ def create_service():
 
 @bp.get("/services")
 @policy("control")
-@doc("List services.", response=list[models.Service], tags=("services",))
+@doc("List services.", response=list[responses.Service], tags=("services",))
 def list_services():
     items = sorted(manager().store.list("service"), key=lambda s: s["name"])
     return json_response([service_view(s) for s in items])
@@ -142,14 +123,14 @@ def list_services():
 
 @bp.get("/services/<ref>")
 @policy("control")
-@doc("Inspect a service by id, name or id prefix.", response=models.Service, tags=("services",))
+@doc("Inspect a service by id, name or id prefix.", response=responses.Service, tags=("services",))
 def inspect_service(ref):
     return json_response(service_view(_get_service(ref)))
 
 
 @bp.patch("/services/<ref>")
 @policy("control")
-@doc("Scale a service or replace its spec.", body=ServiceUpdate, response=models.Service, tags=("services",))
+@doc("Scale a service or replace its spec.", body=ServiceUpdate, response=responses.Service, tags=("services",))
 def update_service(ref):
     body = parse_body(ServiceUpdate)
     current = _get_service(ref)
@@ -185,13 +166,13 @@ def update_service(ref):
 
 
 def _rolls_out(old: dict, new: dict) -> bool:
-    return old["task"] != new["task"] or specs.task_ports(old) != specs.task_ports(new)
+    return old["task"] != new["task"] or taskmodel.task_ports(old) != taskmodel.task_ports(new)
 
 
 @bp.post("/services/<ref>/rollback")
 @policy("control")
 @doc("Go back to the service's previous spec, with its rollback settings.",
-     response=models.Service, tags=("services",))
+     response=responses.Service, tags=("services",))
 def rollback_service(ref):
     current = _get_service(ref)
 
@@ -224,7 +205,7 @@ def _set_update_state(ref, states: dict, what: str):
 
 @bp.post("/services/<ref>/pause")
 @policy("control")
-@doc("Pause the service's rolling update or rollback.", response=models.Service,
+@doc("Pause the service's rolling update or rollback.", response=responses.Service,
      tags=("services",))
 def pause_update(ref):
     return _set_update_state(ref, {"updating": "paused", "rollback_started": "rollback_paused"},
@@ -233,7 +214,7 @@ def pause_update(ref):
 
 @bp.post("/services/<ref>/resume")
 @policy("control")
-@doc("Resume the service's paused update or rollback.", response=models.Service,
+@doc("Resume the service's paused update or rollback.", response=responses.Service,
      tags=("services",))
 def resume_update(ref):
     return _set_update_state(ref, {"paused": "updating", "rollback_paused": "rollback_started"},
@@ -242,7 +223,7 @@ def resume_update(ref):
 
 @bp.delete("/services/<ref>")
 @policy("control")
-@doc("Remove a service; its tasks stop and are removed.", response=models.Removed, tags=("services",))
+@doc("Remove a service; its tasks stop and are removed.", response=responses.Removed, tags=("services",))
 def remove_service(ref):
     if (done := replayed_removal()) is not None:
         return json_response(done)
@@ -253,7 +234,7 @@ def remove_service(ref):
 
 @bp.get("/services/<ref>/tasks")
 @policy("control")
-@doc("A service's tasks.", response=list[models.Task], tags=("tasks",))
+@doc("A service's tasks.", response=list[taskapi.Task], tags=("tasks",))
 def service_tasks(ref):
     s = _get_service(ref)
     tasks = manager().store.by_index("task", "service_id", s["id"])
@@ -272,7 +253,7 @@ def _task_list(tasks):
 
 @bp.get("/tasks")
 @policy("control")
-@doc("List tasks.", query=TaskQuery, response=list[models.Task], tags=("tasks",))
+@doc("List tasks.", query=TaskQuery, response=list[taskapi.Task], tags=("tasks",))
 def list_tasks():
     store = manager().store
     query = parse_query(TaskQuery)
@@ -301,7 +282,7 @@ def list_tasks():
 
 @bp.get("/tasks/<task_id>")
 @policy("control")
-@doc("Inspect a task by id or id prefix.", response=models.TaskDetail, tags=("tasks",))
+@doc("Inspect a task by id or id prefix.", response=taskapi.TaskDetail, tags=("tasks",))
 def inspect_task(task_id):
     t = manager().store.get("task", task_id)
     if t is None:
@@ -309,7 +290,4 @@ def inspect_task(task_id):
         if len(matches) != 1 or len(task_id) < 4:
             raise ApiError(404, "not_found", f"task {task_id} not found")
         t = matches[0]
-    view = task_view(t)
-    view["spec"] = t["spec"]
-    view["ports"] = t["ports"]
-    return json_response(view)
+    return json_response(task_view(t, model=taskapi.TaskDetail))

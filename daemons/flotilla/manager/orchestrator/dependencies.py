@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from ...common import taskmodel
+from ...model import task as taskmodel
 from . import tasks as T
 
 CONDITIONS = ("started", "healthy", "completed")

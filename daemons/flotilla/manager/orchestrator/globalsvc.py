@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 
-from ...common import taskmodel
+from ...model import task as taskmodel
 from . import tasks as T
 from .replicated import _merge, _pair
 

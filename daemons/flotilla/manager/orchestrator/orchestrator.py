@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 import time
 
-from ...common import taskmodel
 from ...common.component import Component
+from ...model import task as taskmodel
 from ..store.store import Op, StoreError
 from . import dependencies, globalsvc, replicated, sweeps
-from .restart import RestartSupervisor
 from . import tasks as T
+from .restart import RestartSupervisor
 
 log = logging.getLogger(__name__)
 

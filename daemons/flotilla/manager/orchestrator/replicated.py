@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import time
 
-from ...common import taskmodel
+from ...model import task as taskmodel
 from . import tasks as T
 
 DRAIN_WAIT = 30.0

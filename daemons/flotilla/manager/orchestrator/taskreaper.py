@@ -15,9 +15,10 @@ import collections
 import logging
 import time
 
-from ...common import taskmodel
 from ...common.component import Component
-from .. import objects
+from ...model import objects
+from ...model import task as taskmodel
+from ..store import queries
 from ..store.store import Op, StoreError
 from . import sweeps
 from . import tasks as T
@@ -81,7 +82,7 @@ class TaskReaper(Component):
 
     def reap(self, service_ids=None):
         """One pass over the tasks of ``service_ids`` (all tasks if None)."""
-        cluster = objects.cluster(self._store)
+        cluster = queries.cluster(self._store)
         limit = objects.DEFAULT_TASK_HISTORY
         if cluster is not None:
             limit = cluster["spec"]["orchestration"]["task_history_limit"]

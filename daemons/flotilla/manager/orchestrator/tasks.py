@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
-from ...common import taskmodel, template
-from ..specs import task_ports
+from ...common import template
+from ...model import task as taskmodel
 from ..store.store import new_id
 
 
 def new_task(service: dict, *, slot: int | None = None, node_id: str | None = None,
-             desired: str = "running", now: float | None = None) -> dict:
+             desired: str = "running", now: float | None = None) -> taskmodel.StoredTask:
     spec = service["spec"]
-    task = {
+    task: taskmodel.StoredTask = {
         "id": new_id(),
         "service_id": service["id"],
         "service_name": service["name"],
@@ -20,9 +18,9 @@ def new_task(service: dict, *, slot: int | None = None, node_id: str | None = No
         "node_id": node_id,
         "spec": spec["task"],
         "spec_version": service["spec_version"],
-        "ports": task_ports(spec),
+        "ports": taskmodel.task_ports(spec),
         "desired_state": desired,
-        "status": status("pending", "pending task scheduling", now=now),
+        "status": taskmodel.status("pending", "pending task scheduling", now=now),
     }
     if template.uses_labels(spec["task"].get("container") or {}):
         # what {{.Service.Labels}} reads on the node (only then: most
@@ -31,19 +29,13 @@ def new_task(service: dict, *, slot: int | None = None, node_id: str | None = No
     return task
 
 
-def status(state: str, message: str = "", *, err: str | None = None, exit_code=None,
-           container_id=None, now: float | None = None) -> dict:
-    return {"state": state, "message": message, "err": err, "exit_code": exit_code,
-            "container_id": container_id, "timestamp": now if now is not None else time.time()}
-
-
 def with_desired(task: dict, desired: str) -> dict:
     return dict(task, desired_state=desired)
 
 
 def is_dirty(task: dict, service: dict) -> bool:
     """The task runs an older spec than the service's (replicas do not count)."""
-    return task["spec"] != service["spec"]["task"] or task["ports"] != task_ports(service["spec"])
+    return task["spec"] != service["spec"]["task"] or task["ports"] != taskmodel.task_ports(service["spec"])
 
 
 def node_unusable(node: dict | None) -> str | None:

@@ -31,8 +31,8 @@ from __future__ import annotations
 import logging
 import time
 
-from ...common import taskmodel
 from ...common.component import Component
+from ...model import task as taskmodel
 from ..store.store import Op, StoreError, TxnFailed
 from . import tasks as T
 

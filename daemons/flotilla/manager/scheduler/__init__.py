@@ -6,16 +6,12 @@ tasks and commits what it decides.
 - ``core.SchedulerCore``: node/task bookkeeping and ``schedule()``
 - ``filters``: the filter pipeline and the "no suitable node" wording
 - ``placement``: spread preferences and ranking of nodes
-- ``constraint``: placement constraint syntax, also used to validate specs
+- ``constraint``: matching nodes against placement constraints (their
+  syntax is ``model/constraint.py``)
 - ``nodeinfo``: incremental per-node counters
 """
 
-from .constraint import (Constraint, ConstraintError, parse_constraint, parse_constraints,
-                         validate_placement)
 from .core import Decisions, SchedulerCore, counts_on_node
 from .filters import format_bytes
 
-__all__ = [
-    "Constraint", "ConstraintError", "Decisions", "SchedulerCore", "counts_on_node",
-    "format_bytes", "parse_constraint", "parse_constraints", "validate_placement",
-]
+__all__ = ["Decisions", "SchedulerCore", "counts_on_node", "format_bytes"]

@@ -38,7 +38,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ...common import taskmodel
+from ...model import task as taskmodel
 from .filters import Pipeline, Requirements, explain, no_suitable_node
 from .nodeinfo import NodeInfo, Share
 from .placement import Placer, build_tree, failure_rank

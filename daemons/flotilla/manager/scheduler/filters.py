@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...common.taskmodel import UNSCHEDULABLE
-from . import constraint
+from ...model import constraint as syntax
+from ...model.task import UNSCHEDULABLE
+from .constraint import matches
 from .nodeinfo import NANO, host_ports, memory_bytes, nano_cpus
 
 NO_SUITABLE_NODE = UNSCHEDULABLE
@@ -116,8 +117,8 @@ class Requirements:
         self.ports = host_ports(task)
         self.error = None
         try:
-            self.constraints = tuple(constraint.parse_constraints(placement.get("constraints") or []))
-        except constraint.ConstraintError as e:
+            self.constraints = tuple(syntax.parse_constraints(placement.get("constraints") or []))
+        except syntax.ConstraintError as e:
             self.constraints = ()
             self.error = str(e)
         plats = []
@@ -132,7 +133,7 @@ class Requirements:
             self.max_replicas = max(0, int(placement.get("max_replicas") or 0))
         except (TypeError, ValueError):
             self.max_replicas = 0
-        self.spreads = constraint.spread_levels(placement.get("preferences"))
+        self.spreads = syntax.spread_levels(placement.get("preferences"))
         self.signature = (self.nano_cpus, self.memory, self.ports,
                           tuple(c.expr for c in self.constraints), self.platforms,
                           self.max_replicas, self.spreads, self.error)
@@ -196,7 +197,7 @@ class ConstraintFilter:
     def check(self, info):
         node = info.node
         for c, reason in self.items:
-            if not c.matches(node):
+            if not matches(c, node):
                 return reason
         return None
 

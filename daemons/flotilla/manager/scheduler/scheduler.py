@@ -25,7 +25,7 @@ import time
 from typing import Callable
 
 from ...common.component import Component
-from ..orchestrator import tasks as T
+from ...model import task as taskmodel
 from ..store.store import Op, StoreError
 from .core import SchedulerCore
 
@@ -151,7 +151,7 @@ class Scheduler(Component):
                 self.core.forget_task(task_id)
                 continue
             new = dict(task, node_id=node_id,
-                       status=T.status("assigned", "scheduled", now=now))
+                       status=taskmodel.status("assigned", "scheduled", now=now))
             txns.append([Op.update("task", new, version=task["version"])])
             kinds.append(("assign", task))
         for task_id, why in decisions.unschedulable.items():
@@ -210,7 +210,8 @@ class Scheduler(Component):
 
 def constraint_matcher():
     """(constraints, node) -> bool, for the global orchestrator."""
-    from .constraint import parse_constraints
+    from ...model.constraint import parse_constraints
+    from .constraint import matches as node_matches
 
     cache: dict[tuple, object] = {}
 
@@ -219,7 +220,7 @@ def constraint_matcher():
         parsed = cache.get(key)
         if parsed is None:
             parsed = cache[key] = parse_constraints(list(constraints))
-        return all(c.matches(node) for c in parsed)
+        return all(node_matches(c, node) for c in parsed)
 
     return matches
 

@@ -45,11 +45,11 @@ import sys
 import threading
 import time
 
-from ..common import config, logs, tls
-from ..common.jsonbody import dumps_line
-from ..common.procutil import die_with_parent
-from .pusher import Pusher, PushError, call_done
-from .raft import codec
+from ...common import config, logs, tls
+from ...common.jsonbody import dumps_line
+from ...common.procutil import die_with_parent
+from ..raft import codec
+from .pusher import PushError, Pusher, call_done
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,8 @@ class PushProcess:
             if self._proc is not None:
                 return
             ours, theirs = socket.socketpair()
-            cmd = [sys.executable, "-m", "flotilla.manager.pushproc", "--fd", str(theirs.fileno()),
-                   "--bundle", self._bundle, "--ca", self._ca,
+            cmd = [sys.executable, "-m", "flotilla.manager.dispatcher.pushproc",
+                   "--fd", str(theirs.fileno()), "--bundle", self._bundle, "--ca", self._ca,
                    "--log-level", logging.getLevelName(logging.getLogger().level).lower()]
             fds = [theirs.fileno()]
             listener = self._listen()
@@ -343,7 +343,7 @@ def child(fd: int, bundle: str, ca: str, front_fd: int | None = None,
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="flotilla.manager.pushproc")
+    ap = argparse.ArgumentParser(prog="flotilla.manager.dispatcher.pushproc")
     ap.add_argument("--fd", type=int, required=True)
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--ca", required=True)

@@ -36,10 +36,10 @@ import time
 
 import httptools
 
-from ..ca import certs
-from ..common.jsonbody import dumps_line
-from .api.sessionmodels import Heartbeat, StatusReport
-from .api.validation import ApiError, error_body, validate
+from ...ca import certs
+from ...common.jsonbody import dumps_line
+from ...model.session import Heartbeat, StatusReport
+from ...model.validation import ApiError, error_body, validate
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,20 @@
-"""Request validation without a web framework: the API's error shape,
-strict JSON, and pydantic models whose first error names the field path.
-Shared by the API's views and by the dispatcher's front for agents
-(``manager/front.py``), which runs outside Flask."""
+"""Validation without a web framework: the base of every model, the
+annotated types fields share, the body of every error
+(``{"error": {"code", "message", "field"}}``), strict JSON, and pydantic
+errors turned into the field path the client sent. Used by the API's views
+(whose one response helper, ``manager/api/common.py``, sends the error
+body), by the dispatcher's front for agents, which runs outside Flask, and
+by the CLI's Compose translator."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
+
+from .names import HOSTNAME, OBJECT_NAME
 
 
 class ApiError(Exception):
@@ -37,12 +41,10 @@ class Model(BaseModel):
 # sent: only names and identifiers lose surrounding whitespace.
 Text = Annotated[str, StringConstraints(strip_whitespace=False)]
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
 def _object_name(v: str) -> str:
-    if not NAME.match(v):
+    if not OBJECT_NAME.match(v):
         raise ValueError("must be 1-64 characters: letters, digits, '_', '.', '-'")
     return v
 

@@ -3,7 +3,7 @@
 A spec arrives as JSON (from the CLI or any client), is validated here with
 unknown keys refused, and is stored in canonical form: durations in seconds,
 sizes in bytes, every field present. The task part is copied into each task
-(see ``flotilla.common.taskmodel``).
+(see ``flotilla.model.task``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 
 from ..common import template
 from ..common.units import parse_bytes, parse_duration
-from .api.common import Model, Text
+from .constraint import parse_constraints
+from .names import ENV_KEY, LABEL_KEY, SERVICE_NAME
+from .validation import Model, Text
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
 MAX_REPLICAS = 10000
 # The engine takes memory as a signed 64-bit byte count.
 MAX_MEMORY = 2 ** 63 - 1
@@ -87,7 +86,7 @@ class Mount(Model):
             raise ValueError("mount target must be an absolute path")
         if self.type == "bind" and not source.startswith("/"):
             raise ValueError("bind mount source must be an absolute path")
-        if self.type == "volume" and source and not NAME.match(source):
+        if self.type == "volume" and source and not SERVICE_NAME.match(source):
             raise ValueError("volume name must be letters, digits, '_', '.', '-'")
         if self.type == "tmpfs" and self.source:
             raise ValueError("tmpfs mounts take no source")
@@ -289,7 +288,6 @@ class Placement(Model):
     @field_validator("constraints")
     @classmethod
     def _constraints(cls, v):
-        from .scheduler.constraint import parse_constraints
         for expr in v:
             if len(expr) > MAX_CONSTRAINT:
                 raise ValueError(f"constraint {expr[:40]!r}... is longer than "
@@ -368,7 +366,7 @@ class Dependency(Model):
     @field_validator("service")
     @classmethod
     def _name(cls, v):
-        if not NAME.match(v):
+        if not SERVICE_NAME.match(v):
             raise ValueError("must be a service name")
         return v
 
@@ -399,7 +397,7 @@ class ServiceSpec(Model):
     @field_validator("name")
     @classmethod
     def _name(cls, v):
-        if not NAME.match(v):
+        if not SERVICE_NAME.match(v):
             raise ValueError("must be 1-63 characters: letters, digits, '_', '.', '-'")
         return v
 
@@ -420,8 +418,3 @@ class ServiceSpec(Model):
 def canonical(spec: ServiceSpec) -> dict:
     """The stored form: plain data, every field present."""
     return spec.model_dump(mode="json")
-
-
-def task_ports(service_spec: dict) -> list[dict]:
-    return [{"target": p["target"], "published": p["published"], "protocol": p["protocol"]}
-            for p in service_spec.get("endpoint", {}).get("ports", [])]

@@ -1,4 +1,7 @@
-"""Shapes of the objects kept in the store, and small queries over them.
+"""Shapes of the objects kept in the store, and how new ones are made.
+
+Queries over the store are ``manager/store/queries.py``; the task is
+``model/task.py`` and the service spec ``model/specs.py``.
 
 Cluster (one per cluster, id = cluster id)::
 
@@ -9,7 +12,7 @@ Cluster (one per cluster, id = cluster id)::
      admins: {serial (hex): {name, id, serial, not_after, created_at, revoked_at}}}
 
     (``revoked`` is the revocation list, see ``ca/revocation.py``; ``admins``
-    records the operators' client bundles, see ``api/admins.py``.)
+    records the operators' client bundles, see ``manager/api/admins.py``.)
 
 Node::
 
@@ -38,16 +41,7 @@ DEFAULT_CERT_EXPIRY = 90 * 86400
 MIN_CERT_EXPIRY = 60
 DEFAULT_HEARTBEAT = 1.0
 DEFAULT_TASK_HISTORY = 5
-# The first release whose managers apply "patch" operations and tasks
-# created with their service's spec by reference (see store.Store._compact).
-PATCH_SINCE = (0, 2)
-# The first release whose managers answer pre-votes (see raft/prevote.py).
-PREVOTE_SINCE = (0, 3)
 _RELEASE = re.compile(r"(\d+)\.(\d+)")
-
-
-def cluster(store):
-    return store.first("cluster")
 
 
 def default_cluster_spec(cert_expiry=None, heartbeat=None):
@@ -97,23 +91,6 @@ def with_cert(node: dict, ident, key_id: str | None = None, now: float | None = 
     return dict(node, cert=info, manager_certs=held)
 
 
-def manager_certs_to_revoke(node: dict, presented=None) -> list[tuple[str, float]]:
-    """The node's manager certificates still valid (and the one presented, if
-    it is a manager certificate), as revocation entries: what a demoted node
-    gives up when it gets its worker certificate. ``presented`` has
-    ``role``, ``serial`` and ``not_after`` (unix time)."""
-    from ..ca import revocation
-
-    entries = [(revocation.serial_key(s), t) for s, t in (node.get("manager_certs") or {}).items()]
-    last = node.get("cert") or {}
-    if last.get("role") == "manager" and last.get("serial"):
-        entries.append((revocation.serial_key(last["serial"]), last["not_after"]))
-    if (presented is not None and presented.role == "manager"
-            and presented.serial is not None and presented.not_after is not None):
-        entries.append((revocation.serial_key(presented.serial), presented.not_after))
-    return entries
-
-
 def admin_record(name: str, ident, cert_pem: str, key_id: str, now: float) -> dict:
     """The cluster's record of an operator's client bundle (``admins``)."""
     return {"name": name, "id": ident.node_id, "serial": format(ident.serial, "x"),
@@ -131,65 +108,10 @@ def is_manager(node) -> bool:
     return node is not None and node.get("role") == "manager"
 
 
-def manager_api_addrs(store) -> list[str]:
-    # Every heartbeat answer carries this list: read the few managers
-    # through the role index, not all nodes.
-    out = []
-    for node in store.by_index("node", "role", "manager"):
-        mgr = node.get("manager") or {}
-        if mgr.get("api_addr"):
-            out.append(mgr["api_addr"])
-    return sorted(out)
-
-
 def release(node) -> tuple[int, int] | None:
     """(major, minor) of the Flotilla a node's agent reported, if any."""
     found = _RELEASE.match(str((node.get("description") or {}).get("version") or ""))
     return (int(found.group(1)), int(found.group(2))) if found else None
-
-
-def managers_run(store, since: tuple[int, int]) -> bool:
-    """True when every manager's node reports release ``since`` or later
-    (during a rolling upgrade from an older one, it is not)."""
-    managers = store.by_index("node", "role", "manager")
-    return bool(managers) and all((release(n) or (0, 0)) >= since for n in managers)
-
-
-def managers_apply_patches(store) -> bool:
-    """True when every manager runs a release that applies patches (and
-    specs by reference), so the leader may propose them."""
-    return managers_run(store, PATCH_SINCE)
-
-
-def managers_answer_prevotes(store) -> bool:
-    """True when every manager runs a release that answers pre-votes, so a
-    member may ask for them before it starts an election."""
-    return managers_run(store, PREVOTE_SINCE)
-
-
-def node_by_raft_addr(store, raft_addr):
-    # Managers first (the index); a node whose role is still changing may
-    # hold a Raft address too, so fall back to all nodes.
-    for nodes in (store.by_index("node", "role", "manager"), None):
-        for node in nodes if nodes is not None else store.list("node"):
-            if (node.get("manager") or {}).get("raft_addr") == raft_addr:
-                return node
-    return None
-
-
-def find_node(store, ref: str):
-    """By id, unique id prefix, or hostname."""
-    node = store.get("node", ref)
-    if node is not None:
-        return node
-    nodes = store.list("node")
-    by_host = [n for n in nodes if n.get("hostname") == ref]
-    if len(by_host) == 1:
-        return by_host[0]
-    by_prefix = [n for n in nodes if n["id"].startswith(ref)]
-    if len(by_prefix) == 1 and len(ref) >= 4:
-        return by_prefix[0]
-    return None
 
 
 def public_cluster(c) -> dict:

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
-from .. import specs
+from . import specs
 
 
 class Removed(BaseModel):
@@ -49,38 +49,6 @@ class Service(BaseModel):
     version: Optional[int] = None
     created_at: Optional[float] = None
     updated_at: Optional[float] = None
-
-
-class Task(BaseModel):
-    id: str
-    service_id: str
-    service_name: str
-    slot: Optional[int] = None
-    node_id: Optional[str] = None
-    node: Optional[str] = None
-    desired_state: str
-    state: str
-    message: str
-    error: Optional[str] = None
-    exit_code: Optional[int] = None
-    container_id: Optional[str] = None
-    timestamp: Optional[float] = None
-    image: str
-    spec_version: int
-    up_to_date: bool
-    created_at: Optional[float] = None
-    updated_at: Optional[float] = None
-
-
-class TaskPort(BaseModel):
-    target: int
-    published: int
-    protocol: str
-
-
-class TaskDetail(Task):
-    spec: specs.TaskSpec
-    ports: list[TaskPort]
 
 
 class CpuMemory(BaseModel):

@@ -13,7 +13,7 @@ import time
 
 from pysyncobj.config import FAIL_REASON
 
-from .raft.node import FAIL_TEXT
+from .node import FAIL_TEXT
 
 
 class MembershipBusy(Exception):
@@ -59,7 +59,7 @@ class Membership:
 
     def add(self, address: str, timeout: float = 10.0, member: dict | None = None) -> None:
         """Add ``address``; ``member`` (``node_id``, ``api_addr``) is recorded
-        with the change by every member (see ``raftsecurity``)."""
+        with the change by every member (see ``security``)."""
         with self._lock:
             if address in self._raft.member_addresses():
                 return

@@ -25,10 +25,10 @@ import logging
 import ssl
 import threading
 
-from ..ca import certs, revocation
-from ..common import fsutil, tls
-from ..common.ratelog import RateLimitedLog
-from . import objects
+from ...ca import certs, revocation
+from ...common import fsutil, tls
+from ...common.ratelog import RateLimitedLog
+from ...model import objects
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class RaftSecurity:
         return out
 
     def _id_from_store(self, addr: str) -> str | None:
-        node = objects.node_by_raft_addr(self._store, addr)
+        node = node_by_raft_addr(self._store, addr)
         if node is not None and objects.wants_manager_cert(node):
             return node["id"]
         return None
@@ -102,7 +102,7 @@ class RaftSecurity:
         for addr in self._members:
             api = apis.get(addr)
             if api is None:
-                node = objects.node_by_raft_addr(self._store, addr)
+                node = node_by_raft_addr(self._store, addr)
                 api = ((node or {}).get("manager") or {}).get("api_addr")
             if api:
                 out[addr] = api
@@ -204,6 +204,18 @@ def _server_context(bundle_path: str, ca_path: str):
     ctx.num_tickets = 0
     ctx.options |= ssl.OP_NO_TICKET
     return ctx
+
+
+def node_by_raft_addr(store, raft_addr: str) -> dict | None:
+    """The node whose manager speaks Raft from ``raft_addr``, as the store
+    knows it."""
+    # Managers first (the index); a node whose role is still changing may
+    # hold a Raft address too, so fall back to all nodes.
+    for nodes in (store.by_index("node", "role", "manager"), None):
+        for node in nodes if nodes is not None else store.list("node"):
+            if (node.get("manager") or {}).get("raft_addr") == raft_addr:
+                return node
+    return None
 
 
 def _cluster(store):

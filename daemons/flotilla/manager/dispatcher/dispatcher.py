@@ -51,14 +51,15 @@ import random
 import threading
 import time
 
-from ..ca import revocation
-from ..common import taskmodel
-from ..common.config import ConfigError, join_addr, split_addr
-from ..common.component import Component
-from . import objects
-from .api.validation import error_body
+from ...ca import revocation
+from ...common.component import Component
+from ...common.config import ConfigError, join_addr, split_addr
+from ...model import objects
+from ...model import task as taskmodel
+from ...model.validation import error_body
+from ..store import queries
+from ..store.store import NotLeader, Op, StoreError, TxnFailed, new_id
 from .pushproc import PushProcess
-from .store.store import NotLeader, Op, StoreError, TxnFailed, new_id
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class Dispatcher(Component):
 
     # -- periods ------------------------------------------------------------------------
     def period(self) -> float:
-        c = objects.cluster(self._store)
+        c = queries.cluster(self._store)
         base = float(c["spec"]["dispatcher"]["heartbeat_period"]) if c else objects.DEFAULT_HEARTBEAT
         return max(base, self._store.count("node") / MAX_HEARTBEATS_PER_S)
 
@@ -215,7 +216,7 @@ class Dispatcher(Component):
         validated and authenticated: [[id, kind, node id, body, serial], ...]
         -> [[id, HTTP status, body], ...]. Never waits for Raft: a heartbeat
         that would change the node's state is sent back to the API."""
-        c = objects.cluster(self._store)
+        c = queries.cluster(self._store)
         revoked = c.get("revoked", {}) if c else {}
         answers = []
         for request_id, kind, node_id, body, *rest in requests:
@@ -275,7 +276,7 @@ class Dispatcher(Component):
                 "availability": node["spec"]["availability"],
                 "state": node["status"]["state"],
             },
-            "managers": objects.manager_api_addrs(self._store),
+            "managers": queries.manager_api_addrs(self._store),
             "leader_id": self._node_id,
             "trust": block if block["version"] != trust else {"version": block["version"]},
         }
@@ -283,7 +284,7 @@ class Dispatcher(Component):
     def trust(self) -> dict:
         """The node ids of the current managers and the revocation list, with
         a version (a digest of them); rebuilt only when they change."""
-        c = objects.cluster(self._store)
+        c = queries.cluster(self._store)
         managers = tuple(sorted(n["id"] for n in self._store.by_index("node", "role", "manager")))
         key = (c.get("version") if c else None, managers)
         cached = self._trust_cache

@@ -35,8 +35,8 @@ import threading
 import time
 from typing import Callable
 
-from ..common.component import Component
-from ..common.config import address_family, split_addr
+from ...common.component import Component
+from ...common.config import address_family, split_addr
 
 log = logging.getLogger(__name__)
 
