@@ -177,7 +177,7 @@ class Client:
                 except (requests.ConnectionError, requests.Timeout, OSError) as exc:
                     last_error = Unreachable(f"cannot reach manager at {address}: {_short(exc)}")
                     if not idempotent and not isinstance(exc, requests.ConnectionError):
-                        raise last_error
+                        raise last_error from exc
                     continue
                 result = _decode(resp, raw)
                 if isinstance(result, ApiError):
