@@ -54,7 +54,8 @@ class AssignmentStream:
             if seq == self.seq:
                 return self.seq          # already applied
             if msg.get("applies_to") != self.seq:
-                raise Refused("gap", f"have {self.seq}, got an increment for {msg.get('applies_to')}")
+                raise Refused("gap", f"have {self.seq}, "
+                                     f"got an increment for {msg.get('applies_to')}")
             self._worker.assign(msg.get("tasks", []), complete=False,
                                 removed=list(msg.get("removed", [])))
             self.seq = seq

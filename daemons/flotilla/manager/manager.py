@@ -52,7 +52,8 @@ class Manager:
         self._stop = threading.Event()
         self._join_members = join_members
         self._join_apis = join_apis
-        self._thread = threading.Thread(target=self._leadership_loop, name="leadership", daemon=True)
+        self._thread = threading.Thread(target=self._leadership_loop, name="leadership",
+                                        daemon=True)
         fsutil.ensure_private_dir(cfg.raft_dir)
         self.security = RaftSecurity(
             bundle_path=cfg.bundle_path, ca_path=cfg.ca_path, cluster_id=cfg.cluster_id,

@@ -185,7 +185,8 @@ def authorize(policy: str, ident: Identity | None) -> None:
         raise ApiError(401, "unauthenticated", "certificate is from another cluster")
     if ident.via != "unix" and m.ca.revoked(ident.node_id):
         m.counters.inc("api.revoked")
-        raise ApiError(401, "revoked", "this certificate belongs to a node removed from the cluster")
+        raise ApiError(401, "revoked",
+                       "this certificate belongs to a node removed from the cluster")
     if ident.via != "unix" and policy != "renewal" and m.ca.revoked(None, ident.serial):
         # A certificate revoked on its own (a demoted manager's, an admin
         # bundle's): the node itself, if any, is still a member.

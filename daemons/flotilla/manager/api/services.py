@@ -94,7 +94,8 @@ def _get_service(ref):
     store = manager().store
     s = store.get("service", ref) or store.by_unique("service", "name", ref)
     if s is None:
-        matches = [x for x in store.list("service") if x["id"].startswith(ref)] if len(ref) >= 4 else []
+        matches = ([x for x in store.list("service") if x["id"].startswith(ref)]
+                   if len(ref) >= 4 else [])
         if len(matches) == 1:
             return matches[0]
         raise ApiError(404, "not_found", f"service {ref} not found")
@@ -121,7 +122,8 @@ def _check_ports(spec: dict, exclude: str | None = None):
 
 @bp.post("/services")
 @policy("control")
-@doc("Create a service.", body=specs.ServiceSpec, response=models.Service, status=201, tags=("services",))
+@doc("Create a service.", body=specs.ServiceSpec, response=models.Service, status=201,
+     tags=("services",))
 def create_service():
     spec = specs.canonical(parse_body(specs.ServiceSpec))
     _check_ports(spec)
@@ -149,7 +151,8 @@ def inspect_service(ref):
 
 @bp.patch("/services/<ref>")
 @policy("control")
-@doc("Scale a service or replace its spec.", body=ServiceUpdate, response=models.Service, tags=("services",))
+@doc("Scale a service or replace its spec.", body=ServiceUpdate, response=models.Service,
+     tags=("services",))
 def update_service(ref):
     body = parse_body(ServiceUpdate)
     current = _get_service(ref)
@@ -242,7 +245,8 @@ def resume_update(ref):
 
 @bp.delete("/services/<ref>")
 @policy("control")
-@doc("Remove a service; its tasks stop and are removed.", response=models.Removed, tags=("services",))
+@doc("Remove a service; its tasks stop and are removed.", response=models.Removed,
+     tags=("services",))
 def remove_service(ref):
     if (done := replayed_removal()) is not None:
         return json_response(done)

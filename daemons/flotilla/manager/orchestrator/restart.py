@@ -75,8 +75,8 @@ class RestartSupervisor:
         delay = 0.0 if node_failed else float(task["spec"]["restart"]["delay"])
         now = self._clock()
         if service["spec"]["mode"] == "global":
-            new = T.new_task(service, node_id=task["node_id"], desired="ready" if delay else "running",
-                             now=now)
+            new = T.new_task(service, node_id=task["node_id"],
+                             desired="ready" if delay else "running", now=now)
         else:
             new = T.new_task(service, slot=task["slot"], desired="ready" if delay else "running",
                              now=now)
@@ -87,7 +87,8 @@ class RestartSupervisor:
             self._history.setdefault(key, collections.deque(maxlen=256)).append(now)
             if delay:
                 old_alive = not T.finished(task) and not node_failed
-                heapq.heappush(self._timers, (now + delay, new["id"], task["id"] if old_alive else ""))
+                heapq.heappush(self._timers,
+                               (now + delay, new["id"], task["id"] if old_alive else ""))
         return changes
 
     # -- delayed starts -----------------------------------------------------------------

@@ -352,7 +352,8 @@ class TlsConnection:
         if now - self._last_read > self._timeout:
             self.disconnect()
             return
-        if self._state == CONNECTION_STATE.CONNECTED and now - self._last_write > self._ping_interval:
+        if (self._state == CONNECTION_STATE.CONNECTED
+                and now - self._last_write > self._ping_interval):
             self._wbuf += codec.encode_frame(codec.FRAME_PING)
             self._flush()
             if self._state == CONNECTION_STATE.CONNECTED:
@@ -367,7 +368,7 @@ def _handshake_reason(exc) -> str:
         return "unknown_ca" if "EXPIRED" not in text else "expired"
     if "EXPIRED" in text:
         return "expired"
-    if "WRONG_VERSION" in text or "HTTP_REQUEST" in text or "UNEXPECTED" in text or "PACKET" in text:
+    if any(word in text for word in ("WRONG_VERSION", "HTTP_REQUEST", "UNEXPECTED", "PACKET")):
         return "protocol"
     return "handshake"
 

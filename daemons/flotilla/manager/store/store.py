@@ -191,7 +191,8 @@ class Store:
         self._bulk: collections.deque[_Pending] = collections.deque()
         self._slots = threading.Semaphore(MAX_IN_FLIGHT)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._propose_loop, name="store-proposer", daemon=True)
+        self._thread = threading.Thread(target=self._propose_loop, name="store-proposer",
+                                        daemon=True)
         self.entries_proposed = 0
         self.txns_proposed = 0
         self._patch_gate = None
@@ -420,7 +421,8 @@ class Store:
                                  "message": f"{kind} {oid} not found"})
             if version is not None and version != current.get("version"):
                 raise TxnFailed({"code": "conflict", "kind": kind, "id": oid,
-                                 "message": f"{kind} {oid} changed (version {current.get('version')})"})
+                                 "message": f"{kind} {oid} changed "
+                                            f"(version {current.get('version')})"})
             new = change(current)
             if new is None or new == current:
                 if rid is not None:
