@@ -195,6 +195,7 @@ def converge(ctx, service_refs: list[str], timeout: float = 120.0, rollback: boo
             stuck = _unplaceable(services, time.monotonic())
             if stuck is not None:
                 t = stuck.unplaced
+                assert t is not None        # a service is unplaceable only with such a task
                 raise ConvergeFailed(f"service {stuck.name}: task {_task_name(t)} cannot be "
                                      f"placed: {t['message']}; the service is kept and its tasks "
                                      "start when a node can take them")

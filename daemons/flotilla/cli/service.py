@@ -6,6 +6,7 @@ import contextlib
 import copy
 import io
 import shlex
+from typing import Any
 
 import click
 
@@ -31,8 +32,8 @@ def parse_publish(value: str) -> dict:
     if "=" in value:
         fields = dict(part.partition("=")[::2] for part in value.split(","))
         try:
-            port = {"published": int(fields.pop("published")),
-                    "target": int(fields.pop("target"))}
+            port: dict[str, Any] = {"published": int(fields.pop("published")),
+                                    "target": int(fields.pop("target"))}
         except (KeyError, ValueError):
             raise click.BadParameter(f"{value!r} needs published=N,target=N",
                                      param_hint="--publish") from None
@@ -59,7 +60,7 @@ def parse_publish(value: str) -> dict:
 
 def parse_mount(value: str) -> dict:
     """'type=bind,source=/a,target=/b,readonly' (Docker's --mount syntax)."""
-    mount = {}
+    mount: dict[str, Any] = {}
     for part in value.split(","):
         key, sep, val = part.partition("=")
         key = {"src": "source", "dst": "target", "destination": "target",
@@ -112,7 +113,7 @@ def parse_health_http(value: str) -> dict:
     """'80' or '80/health': the port inside the container, then the path."""
     port, sep, path = value.partition("/")
     try:
-        check = {"port": int(port)}
+        check: dict[str, Any] = {"port": int(port)}
     except ValueError:
         raise click.BadParameter(f"{value!r} is not PORT[/PATH]",
                                  param_hint="--health-http") from None
@@ -156,7 +157,7 @@ def _own_healthcheck(hc: dict | None) -> bool:
 
 
 def build_spec(o: dict, image: str, command: tuple) -> dict:
-    container = {"image": image}
+    container: dict[str, Any] = {"image": image}
     if command:
         container["args"] = list(command)
     if o["entrypoint"]:
@@ -182,7 +183,7 @@ def build_spec(o: dict, image: str, command: tuple) -> dict:
                                "--health-tcp")
     if hc is not None:
         container["healthcheck"] = dict(hc, **health_timings(o))
-    task = {"container": container}
+    task: dict[str, Any] = {"container": container}
     resources = {}
     for kind, cpu, mem in (("limits", "limit_cpu", "limit_memory"),
                            ("reservations", "reserve_cpu", "reserve_memory")):
@@ -195,13 +196,13 @@ def build_spec(o: dict, image: str, command: tuple) -> dict:
             resources[kind] = part
     if resources:
         task["resources"] = resources
-    restart = {}
+    restart: dict[str, Any] = {}
     for key in ("condition", "delay", "max_attempts", "window"):
         if o[f"restart_{key}"] is not None:
             restart[key] = o[f"restart_{key}"]
     if restart:
         task["restart"] = restart
-    placement = {}
+    placement: dict[str, Any] = {}
     if o["constraint"]:
         placement["constraints"] = list(o["constraint"])
     if o["placement_pref"]:
@@ -217,7 +218,7 @@ def build_spec(o: dict, image: str, command: tuple) -> dict:
         placement["max_replicas"] = o["replicas_max_per_node"]
     if placement:
         task["placement"] = placement
-    spec = {"name": o["name"], "mode": o["mode"], "task": task}
+    spec: dict[str, Any] = {"name": o["name"], "mode": o["mode"], "task": task}
     for section in ("update", "rollback"):
         cfg = {key: o[f"{section}_{key}"] for key in ("parallelism", "delay", "failure_action",
                                                        "monitor", "max_failure_ratio", "order")
