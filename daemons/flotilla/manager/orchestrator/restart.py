@@ -60,7 +60,8 @@ class RestartSupervisor:
             recent = [t for t in history if not window or t >= now - window]
         return len(recent) < attempts
 
-    def restart(self, service: dict, task: dict, reason: str, nodes: dict) -> list[dict]:
+    def restart(self, service: dict, task: dict, reason: str,
+                nodes: dict) -> list[tuple[str, dict]]:
         """New task objects and updates (as (old, new) pairs) for this restart.
 
         Returns a list of ("update", task) / ("create", task) tuples.
@@ -69,7 +70,7 @@ class RestartSupervisor:
         node_failed = task.get("node_id") is not None and T.node_unusable(node) is not None
         if not self.should_restart(service, task):
             return []
-        changes = []
+        changes: list[tuple[str, dict]] = []
         if task["desired_state"] in ("ready", "running"):
             changes.append(("update", T.with_desired(task, "shutdown")))
         delay = 0.0 if node_failed else float(task["spec"]["restart"]["delay"])

@@ -92,7 +92,7 @@ def old_task_gone(task: dict | None, node: dict | None) -> bool:
     """A stop-first replacement need not wait for ``task`` any more: it has
     stopped, or its node is down or removed (it will be told to stop when
     it comes back, and its slot must not stay empty meanwhile)."""
-    if _stopped(task):
+    if task is None or _stopped(task):
         return True
     return bool(task.get("node_id")) and T.node_gone(node)
 
