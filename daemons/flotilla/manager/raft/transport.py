@@ -81,11 +81,11 @@ class TlsConnection:
         self._security = security
         self._timeout = timeout
         self._ping_interval = ping_interval
-        self._sock = None
-        self._raw = None
-        self._fileno = None
+        self._sock: ssl.SSLSocket | None = None
+        self._raw: socket.socket | None = None
+        self._fileno: int | None = None
         self._mask = 0
-        self._phase = None
+        self._phase: str | None = None
         self._state = CONNECTION_STATE.DISCONNECTED
         self._rbuf = bytearray()
         self._chunk = memoryview(bytearray(RECV_CHUNK))
