@@ -239,7 +239,7 @@ class LogCollector:
         request may still read), by ``deadline``."""
         if resp.length is not None and resp.length > left:
             raise _TooLarge(f"{_mib(MAX_NODE_BYTES)} per node")
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

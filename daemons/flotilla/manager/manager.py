@@ -14,6 +14,7 @@ import threading
 import time
 
 from ..common import fsutil
+from ..common.component import Component
 from ..common.config import NodeConfig
 from . import objects
 from .caserver import CAServer
@@ -45,7 +46,7 @@ class Manager:
         self.dispatcher: Dispatcher | None = None
         self.scheduler = None
         self.orchestrator = None
-        self._components = []
+        self._components: list[Component] = []
         self._leading = False
         self.leader_ready = threading.Event()
         self._state_changed = threading.Event()
