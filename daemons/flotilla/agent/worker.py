@@ -30,9 +30,7 @@ import logging
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable
-
-from docker.types import CancellableStream
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..common import taskmodel
 from ..common.component import Component
@@ -40,6 +38,9 @@ from .controller import Controller
 from .executor import DockerExecutor
 from .health import Prober
 from .storage import TaskStore
+
+if TYPE_CHECKING:
+    from docker.types import CancellableStream
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 from ..ca import certs, revocation, tokens
 from .store.store import Op, TxnFailed, new_id
@@ -102,7 +101,7 @@ class CAServer:
         same renewal asked again because its answer was lost (the demotion
         that issued that certificate revoked the one presented)."""
         cluster = objects.cluster(self._store)
-        issued: dict[str, Any] = {}
+        issued = {}
         csr_key = certs.csr_key_id(csr.encode())
         serial = getattr(presented, "serial", None)
 

@@ -150,8 +150,7 @@ def _update(ref, change, rid, version=None):
 
 @bp.patch("/<ref>")
 @policy("control")
-@doc("Change a node's role, availability or labels.", body=NodeUpdate, query=ForceQuery,
-     response=models.Node, tags=("nodes",))
+@doc("Change a node's role, availability or labels.", body=NodeUpdate, query=ForceQuery, response=models.Node, tags=("nodes",))
 def update_node(ref):
     body = parse_body(NodeUpdate)
     if body.role == "worker":
@@ -219,8 +218,7 @@ def demote(ref):
 
 @bp.delete("/<ref>")
 @policy("control")
-@doc("Remove a node from the cluster (its certificate is revoked).", query=ForceQuery,
-     response=models.Removed, tags=("nodes",))
+@doc("Remove a node from the cluster (its certificate is revoked).", query=ForceQuery, response=models.Removed, tags=("nodes",))
 def remove(ref):
     m = manager()
     force = parse_query(ForceQuery).force
