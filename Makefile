@@ -18,6 +18,13 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
+## Static checks over daemons/: ruff (pyflakes, pycodestyle, bugbear) and mypy, both
+## configured in pyproject.toml.
+.PHONY: lint
+lint: venv
+	$(VENV)/bin/ruff check daemons
+	$(VENV)/bin/mypy
+
 ## A running Docker engine and the test images (installs docker.io if missing).
 docker:
 	./tests/images/setup-docker.sh
@@ -25,7 +32,7 @@ docker:
 ## Everything CI runs (about 25 minutes): unit, integration on real processes and
 ## Docker, deployment with Ansible on five test hosts, make cluster, and a short
 ## seeded chaos run (8 faults).
-test: venv docker
+test: venv lint docker
 	$(PY) -m pytest tests/unit tests/integration tests/deploy tests/chaos -q -m "not slow" --durations=10
 
 test-unit: venv

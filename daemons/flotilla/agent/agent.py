@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING, Callable
 
 from .assignments import AssignmentStream
 from .dispatcherlink import DispatcherLink
@@ -21,11 +22,19 @@ from .session import Session
 from .trust import Trust
 from .worker import Worker
 
+if TYPE_CHECKING:
+    import docker
+
+    from ..common.config import NodeConfig
+    from ..common.httpclient import Client
+
 log = logging.getLogger(__name__)
 
 
 class Agent:
-    def __init__(self, cfg, client, on_update, on_removed, docker_client=None):
+    def __init__(self, cfg: NodeConfig, client: Client, on_update: Callable[[dict], None],
+                 on_removed: Callable[[], None],
+                 docker_client: docker.DockerClient | None = None) -> None:
         self.cfg = cfg
         # Enough engine connections for the worker's stop pool (see worker.py).
         self.executor = DockerExecutor(cfg.node_id, docker_client, max_pool_size=160,
@@ -43,20 +52,20 @@ class Agent:
                                describe=self.executor.describe, on_registered=self._registered,
                                trust=self.trust)
 
-    def _registered(self, reply):
+    def _registered(self, reply: dict) -> None:
         # The leader of the new session first: its first push may follow at once.
         self.trust.update(reply)
         self.stream.reset(reply["session_id"], reply.get("assignments") or {"tasks": []})
         self.reporter.new_session(reply["session_id"], self.worker.statuses())
 
-    def start(self):
+    def start(self) -> None:
         os.makedirs(os.path.join(self.cfg.data_dir, "agent"), mode=0o700, exist_ok=True)
         self.worker.start()
         self.reporter.start()
         self.server.start()
         self.session.start()
 
-    def stop(self):
+    def stop(self) -> None:
         self.session.stop(timeout=2)
         self.server.stop(timeout=2)
         self.reporter.flush()

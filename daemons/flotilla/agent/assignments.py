@@ -12,16 +12,20 @@ twice.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .worker import Worker
 
 
 class Refused(Exception):
-    def __init__(self, code, message):
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
 
 
 class AssignmentStream:
-    def __init__(self, worker):
+    def __init__(self, worker: Worker) -> None:
         self._worker = worker
         self._lock = threading.Lock()
         self.session_id: str | None = None
@@ -29,7 +33,7 @@ class AssignmentStream:
         self.completes = 0
         self.increments = 0
 
-    def reset(self, session_id: str, complete: dict):
+    def reset(self, session_id: str, complete: dict) -> None:
         """A new session: apply its complete set."""
         with self._lock:
             self._worker.assign(complete.get("tasks", []), complete=True)
@@ -54,7 +58,8 @@ class AssignmentStream:
             if seq == self.seq:
                 return self.seq          # already applied
             if msg.get("applies_to") != self.seq:
-                raise Refused("gap", f"have {self.seq}, got an increment for {msg.get('applies_to')}")
+                raise Refused("gap", f"have {self.seq}, "
+                                     f"got an increment for {msg.get('applies_to')}")
             self._worker.assign(msg.get("tasks", []), complete=False,
                                 removed=list(msg.get("removed", [])))
             self.seq = seq

@@ -42,12 +42,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..model import task as taskmodel
 from ..model.task import at_least, before, finished
 from .executor import (APIError, ImageUnavailable, TemplateError, container_address,
                        grace_seconds, log_timestamp, probed)
+
+if TYPE_CHECKING:
+    from .executor import DockerExecutor
+    from .health import Prober
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +101,9 @@ class Controller:
     """The state machine of one task (or of a stray container to remove,
     when built without a task)."""
 
-    def __init__(self, task_id: str, executor, publish: Callable[["Controller", dict], None],
-                 task: dict | None = None, status: dict | None = None, prober=None):
+    def __init__(self, task_id: str, executor: DockerExecutor,
+                 publish: Callable[[Controller, dict], None], task: dict | None = None,
+                 status: dict | None = None, prober: Prober | None = None) -> None:
         self.id = task_id
         self._executor = executor
         self._prober = prober

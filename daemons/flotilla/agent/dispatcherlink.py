@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from ..common.httpclient import ApiError, Client
 
@@ -37,7 +38,7 @@ class DispatcherLink:
                 self._front = Client([addr], self._client.bundle_path, self._client.ca_path,
                                      retry_for=0)
 
-    def post(self, path: str, body: dict, *, timeout: float, retry_for: float):
+    def post(self, path: str, body: dict, *, timeout: float, retry_for: float) -> Any:
         front = self._front
         if front is not None:
             try:

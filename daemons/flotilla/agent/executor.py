@@ -19,10 +19,11 @@ import math
 import re
 import threading
 import time
+from typing import Any, Literal, cast
 
 import docker
 from docker import errors as docker_errors
-from docker.types import Healthcheck, Mount
+from docker.types import CancellableStream, Healthcheck, Mount
 from docker.utils import parse_repository_tag
 
 from ..common import template
@@ -32,6 +33,7 @@ from .describe import local_platform
 
 log = logging.getLogger(__name__)
 
+_List = list        # ``list`` is also a method of DockerExecutor
 PULL_TIMEOUT = 60.0
 # Container events that may change a task's observed state.
 WATCHED_EVENTS = ("start", "die", "oom", "kill", "stop", "destroy", "health_status")
@@ -60,7 +62,7 @@ def container_name(task: dict, node_id: str) -> str:
     return name
 
 
-def _nanos(seconds) -> int | None:
+def _nanos(seconds: float | str | None) -> int | None:
     return int(float(seconds) * 1e9) if seconds else None
 
 
@@ -69,7 +71,7 @@ def probed(spec: dict | None) -> bool:
     return bool(spec and (spec.get("http") or spec.get("tcp")))
 
 
-def _healthcheck(spec: dict | None):
+def _healthcheck(spec: dict | None) -> Healthcheck | None:
     if probed(spec):
         # the agent probes the container itself; the image's HEALTHCHECK
         # must not run as well
@@ -103,7 +105,8 @@ def container_address(info: dict) -> str | None:
 def _mounts(mounts: list[dict] | None) -> list[Mount]:
     out = []
     for m in mounts or ():
-        kind = m.get("type") or "volume"
+        # the service spec allows only these
+        kind = cast(Literal["bind", "volume", "tmpfs"], m.get("type") or "volume")
         source = m.get("source") or None
         out.append(Mount(target=m["target"], source=source if kind != "tmpfs" else None,
                          type=kind, read_only=bool(m.get("readonly"))))
@@ -137,9 +140,9 @@ def grace_seconds(task: dict | None) -> float:
 class DockerExecutor:
     """Docker engine access for one node."""
 
-    def __init__(self, node_id: str, docker_client=None, pull: bool = True,
-                 pull_timeout: float = PULL_TIMEOUT, max_pool_size: int = 32,
-                 hostname: str | None = None):
+    def __init__(self, node_id: str, docker_client: docker.DockerClient | None = None,
+                 pull: bool = True, pull_timeout: float = PULL_TIMEOUT, max_pool_size: int = 32,
+                 hostname: str | None = None) -> None:
         """``hostname`` is the node's (what it registers with; the engine's
         host name when None), for ``{{.Node.Hostname}}``."""
         self.node_id = node_id
@@ -153,7 +156,7 @@ class DockerExecutor:
 
     # -- engine --------------------------------------------------------------------
     @property
-    def client(self):
+    def client(self) -> docker.DockerClient:
         """The Docker client, created on first use (creating it asks the engine
         for its API version)."""
         if self._client is None:
@@ -163,7 +166,7 @@ class DockerExecutor:
         return self._client
 
     @property
-    def api(self):
+    def api(self) -> docker.APIClient:
         return self.client.api
 
     def describe(self) -> dict:
@@ -238,7 +241,7 @@ class DockerExecutor:
         container summaries."""
         return self.api.containers(all=True, filters={"label": self._label_filter()})
 
-    def find(self, task_id: str) -> list[dict]:
+    def find(self, task_id: str) -> _List[dict]:
         """This node's containers for one task, newest first."""
         found = self.api.containers(all=True, filters={"label": self._label_filter(task_id)})
         return sorted(found, key=lambda c: c.get("Created", 0), reverse=True)
@@ -279,7 +282,8 @@ class DockerExecutor:
         limits = (spec.get("resources") or {}).get("limits") or {}
         cpus = float(limits.get("cpus") or 0)
         memory = int(limits.get("memory") or 0)
-        ports, bindings = [], {}
+        ports: _List[tuple[int, str]] = []
+        bindings: dict[int | str, _List[Any]] = {}
         for p in task.get("ports") or ():
             proto = (p.get("protocol") or "tcp").lower()
             target = int(p["target"])
@@ -354,7 +358,7 @@ class DockerExecutor:
         if info is None or labels.get(taskmodel.LABEL_NODE) != self.node_id:
             raise LookupError(f"no container {container_id} on this node")
         limit = MAX_LOG_LINES if tail is None else max(0, min(int(tail), MAX_LOG_LINES))
-        entries = []
+        entries: _List[dict[str, Any]] = []
         for stream in ("stdout", "stderr") if limit else ():
             raw = self.api.logs(info["Id"], stdout=stream == "stdout", stderr=stream == "stderr",
                                 timestamps=True, tail=limit,
@@ -370,7 +374,7 @@ class DockerExecutor:
         return {"container_id": info["Id"], "task_id": labels.get(taskmodel.LABEL_TASK),
                 "entries": entries[-limit:] if limit else []}
 
-    def events(self):
+    def events(self) -> CancellableStream[dict[str, Any]]:
         """A blocking stream of this node's container events (decoded dicts);
         ``close()`` it from another thread to stop reading."""
         return self.api.events(decode=True, filters={

@@ -236,7 +236,7 @@ class Prober(Component):
             self._call(loop, self._wakeup.set)
 
     @staticmethod
-    def _call(loop, fn, *args) -> None:
+    def _call(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: object) -> None:
         try:
             loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:        # the loop has been closed: the prober stopped

@@ -6,6 +6,8 @@ registry of its own (never the process-wide default one).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -13,9 +15,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from ..ca import certs
 from ..model import task as taskmodel
 
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from .agent import Agent
+
 
 class AgentMetrics:
-    def __init__(self, agent):
+    def __init__(self, agent: Agent) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(AgentCollector(agent))
 
@@ -24,10 +31,10 @@ class AgentMetrics:
 
 
 class AgentCollector:
-    def __init__(self, agent):
+    def __init__(self, agent: Agent) -> None:
         self._agent = agent
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         a = self._agent
         tasks = dict.fromkeys(taskmodel.STATES, 0)
         for status in a.worker.statuses().values():

@@ -16,6 +16,7 @@ import threading
 
 from ..common.component import Component
 from ..common.httpclient import ApiError
+from .dispatcherlink import DispatcherLink
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ BATCH = 200
 class Reporter(Component):
     name = "status-reporter"
 
-    def __init__(self, link):
+    def __init__(self, link: DispatcherLink) -> None:
         super().__init__()
         self._link = link
         self._lock = threading.Lock()
@@ -36,22 +37,22 @@ class Reporter(Component):
         self.session_id: str | None = None
         self.sent = 0
 
-    def report(self, task_id: str, status: dict):
+    def report(self, task_id: str, status: dict) -> None:
         with self._lock:
             self._pending[task_id] = dict(status)
         self._kick.set()
 
-    def new_session(self, session_id: str, statuses: dict[str, dict]):
+    def new_session(self, session_id: str, statuses: dict[str, dict]) -> None:
         with self._lock:
             self.session_id = session_id
             for task_id, status in statuses.items():
                 self._pending.setdefault(task_id, dict(status))
         self._kick.set()
 
-    def wake(self):
+    def wake(self) -> None:
         self._kick.set()
 
-    def run(self):
+    def run(self) -> None:
         while not self.stopping.is_set():
             self._kick.wait(RETRY)
             if self.stopping.is_set():

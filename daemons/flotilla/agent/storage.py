@@ -18,7 +18,8 @@ import json
 import os
 import sqlite3
 import threading
-from typing import Iterable
+from types import TracebackType
+from typing import Iterable, Literal
 
 from ..common.fsutil import ensure_private_dir
 
@@ -34,7 +35,7 @@ class TaskRecord:
         self.status = status
         self.dropped = dropped
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = self.status["state"] if self.status else None
         return f"TaskRecord({self.task.get('id')!r}, state={state!r}, dropped={self.dropped})"
 
@@ -142,10 +143,11 @@ class _transaction:
     def __init__(self, db: sqlite3.Connection):
         self._db = db
 
-    def __enter__(self):
+    def __enter__(self) -> sqlite3.Connection:
         self._db.execute("BEGIN IMMEDIATE")
         return self._db
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
         return False

@@ -44,7 +44,7 @@ class Trust:
         self._managers: frozenset[str] = frozenset()
         self._revoked: dict[str, float] = {}
         if path is not None:
-            self._load()
+            self._load(path)
 
     # -- learning ----------------------------------------------------------------------
     def update(self, reply: dict) -> None:
@@ -71,13 +71,13 @@ class Trust:
         self.version = block.get("version")
         self.known = True
 
-    def _load(self) -> None:
-        data = fsutil.read_json(self._path, None)
+    def _load(self, path: str) -> None:
+        data = fsutil.read_json(path, None)
         if isinstance(data, dict) and "managers" in data:
             try:
                 self._set(data)
             except (TypeError, ValueError):
-                log.warning("ignoring unreadable %s", self._path)
+                log.warning("ignoring unreadable %s", path)
 
     def _save(self) -> None:
         if self._path is None:

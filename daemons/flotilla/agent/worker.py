@@ -30,13 +30,17 @@ import logging
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..common.component import Component
 from ..model import task as taskmodel
 from .controller import Controller
+from .executor import DockerExecutor
 from .health import Prober
 from .storage import TaskStore
+
+if TYPE_CHECKING:
+    from docker.types import CancellableStream
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ def _summary_health(summary: dict) -> str | None:
 class Worker(Component):
     name = "agent-worker"
 
-    def __init__(self, node_id: str, state_dir: str, executor,
+    def __init__(self, node_id: str, state_dir: str, executor: DockerExecutor,
                  report: Callable[[str, dict], None], concurrency: int = 16):
         super().__init__()
         if getattr(executor, "node_id", node_id) != node_id:
@@ -83,7 +87,7 @@ class Worker(Component):
         self._pool: ThreadPoolExecutor | None = None
         self._stop_pool: ThreadPoolExecutor | None = None
         self._events_thread: threading.Thread | None = None
-        self._stream = None
+        self._stream: CancellableStream[dict] | None = None
         self.prober = Prober(self._on_health)
 
     # -- public interface ----------------------------------------------------------------
@@ -117,8 +121,8 @@ class Worker(Component):
 
     def tasks(self) -> dict[str, dict]:
         with self._lock:
-            ctls = [c for c in self._ctls.values() if not c.dropped and c.task is not None]
-        return {c.id: copy.deepcopy(c.task) for c in ctls}
+            tasks = [(c.id, c.task) for c in self._ctls.values() if not c.dropped]
+        return {i: copy.deepcopy(t) for i, t in tasks if t is not None}
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> None:
@@ -399,8 +403,9 @@ class Worker(Component):
                     continue
                 if taskmodel.finished(ctl.state):
                     continue
-                c = by_task.get(tid)
-                now = (c["Id"], c.get("State"), _summary_health(c)) if c else None
+                found = by_task.get(tid)
+                now = ((found["Id"], found.get("State"), _summary_health(found)) if found
+                       else None)
                 if ctl.seen is None or now != ctl.seen:
                     kick.append(ctl)
             if self._swept:

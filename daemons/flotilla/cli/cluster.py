@@ -40,9 +40,10 @@ def join_token(ctx, role, rotate, quiet):
     else:
         if rotate:
             click.echo(f"Rotated the {role} join token.")
+        remote = ctx.host and not ctx.host.startswith("unix")
+        manager = ctx.host.split(",")[0] if remote else "MANAGER:4242"
         click.echo(f"To add a {role} to this cluster, run on the new node:\n\n"
-                   f"    flotilla node run --data-dir DIR --listen ADDR --join "
-                   f"{ctx.host.split(',')[0] if ctx.host and not ctx.host.startswith('unix') else 'MANAGER:4242'} "
+                   f"    flotilla node run --data-dir DIR --listen ADDR --join {manager} "
                    f"--token {res['token']}\n")
 
 

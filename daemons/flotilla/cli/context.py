@@ -48,7 +48,8 @@ class Context:
         if any(not h.startswith("unix://") for h in hosts) and not self.tls_dir:
             raise click.UsageError("--tls-dir DIR (or FLOTILLA_TLS_DIR) is needed for TLS hosts")
         if self.tls_dir and not os.path.isfile(os.path.join(self.tls_dir, "cert.pem")):
-            raise click.UsageError(f"{self.tls_dir} has no cert.pem (expected ca.pem, cert.pem, key.pem)")
+            raise click.UsageError(
+                f"{self.tls_dir} has no cert.pem (expected ca.pem, cert.pem, key.pem)")
         self._client = Client(hosts, tls_dir=self.tls_dir, timeout=30, retry_for=10)
         return self._client
 

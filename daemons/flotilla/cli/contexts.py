@@ -102,8 +102,8 @@ def context():
 def create(name, host, tls_dir, description, use_it):
     """Save a context NAME for a cluster."""
     if not NAME.match(name) or name == DEFAULT:
-        raise click.ClickException(f"invalid context name {name!r} (letters, digits, '_', '.', '-'; "
-                                   f"not {DEFAULT!r})")
+        raise click.ClickException(f"invalid context name {name!r} "
+                                   f"(letters, digits, '_', '.', '-'; not {DEFAULT!r})")
     if os.path.exists(os.path.join(_context_dir(name), "context.json")):
         raise click.ClickException(f"context {name} already exists")
     for f in BUNDLE:

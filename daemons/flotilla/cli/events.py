@@ -43,7 +43,8 @@ def _change(attrs, key, prev_key) -> str:
 def describe(ev: dict) -> str:
     """One line, e.g. ``... task state web.1 (3f2a1b2c3d4e) assigned -> running node=host1``."""
     a = ev.get("attributes") or {}
-    head = f"{_when(ev['time'])} {ev['type']} {ev['action']} {ev.get('name') or ''} ({ev['id'][:12]})"
+    head = (f"{_when(ev['time'])} {ev['type']} {ev['action']} {ev.get('name') or ''} "
+            f"({ev['id'][:12]})")
     parts = []
     if ev["type"] == "task":
         if ev["action"] == "state":

@@ -37,11 +37,14 @@ def address_options(fn):
     for opt in reversed([
         click.option("--data-dir", required=True, type=click.Path(file_okay=False),
                      help="Where this node keeps its identity, certificates and Raft data."),
-        click.option("--listen", metavar="HOST:PORT", help="Manager API address (default 0.0.0.0:4242)."),
+        click.option("--listen", metavar="HOST:PORT",
+                     help="Manager API address (default 0.0.0.0:4242)."),
         click.option("--advertise", metavar="HOST[:PORT]",
                      help="API address other nodes use (default: the listen address)."),
-        click.option("--raft-listen", metavar="HOST:PORT", help="Raft address (default: API port + 10000)."),
-        click.option("--raft-advertise", metavar="HOST:PORT", help="Raft address other managers use."),
+        click.option("--raft-listen", metavar="HOST:PORT",
+                     help="Raft address (default: API port + 10000)."),
+        click.option("--raft-advertise", metavar="HOST:PORT",
+                     help="Raft address other managers use."),
         click.option("--agent-listen", metavar="HOST:PORT",
                      help="Agent listener, where managers push work (default: API port + 20000)."),
         click.option("--agent-advertise", metavar="HOST:PORT", help="Agent address managers use."),
@@ -121,12 +124,16 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
 
 @node.command("run")
 @address_options
-@click.option("--init", is_flag=True, help="Create a new cluster with this node as its first manager.")
+@click.option("--init", is_flag=True,
+              help="Create a new cluster with this node as its first manager.")
 @click.option("--join", "join_addr", metavar="HOST:PORT", help="Join the cluster of this manager.")
 @click.option("--token", envvar="FLOTILLA_JOIN_TOKEN", help="Join token (worker or manager).")
-@click.option("--cert-expiry", callback=_duration, help="With --init: node certificate lifetime (e.g. 90d, 60s).")
-@click.option("--heartbeat-period", callback=_duration, help="With --init: agent heartbeat period (default 1s).")
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--cert-expiry", callback=_duration,
+              help="With --init: node certificate lifetime (e.g. 90d, 60s).")
+@click.option("--heartbeat-period", callback=_duration,
+              help="With --init: agent heartbeat period (default 1s).")
+@click.option("--log-level", default="info",
+              type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--repair-journal", is_flag=True,
               help="If this manager's Raft journal is damaged (a bad record with intact ones "
                    "after it), cut it at the bad record and start. The entries after it are "
@@ -153,7 +160,8 @@ def run(init, join_addr, token, cert_expiry, heartbeat_period, log_level, repair
 
 @node.command("init")
 @address_options
-@click.option("--cert-expiry", callback=_duration, help="Node certificate lifetime (e.g. 90d, 60s).")
+@click.option("--cert-expiry", callback=_duration,
+              help="Node certificate lifetime (e.g. 90d, 60s).")
 @click.option("--heartbeat-period", callback=_duration, help="Agent heartbeat period (default 1s).")
 def init_cmd(cert_expiry, heartbeat_period, **o):
     """Create a new cluster in --data-dir and exit; start it with `node run --data-dir`."""
@@ -164,7 +172,8 @@ def init_cmd(cert_expiry, heartbeat_period, **o):
 
 @node.command("join")
 @address_options
-@click.option("--join", "join_addr", required=True, metavar="HOST:PORT", help="A manager of the cluster.")
+@click.option("--join", "join_addr", required=True, metavar="HOST:PORT",
+              help="A manager of the cluster.")
 @click.option("--token", envvar="FLOTILLA_JOIN_TOKEN", required=True,
               help="Join token (or FLOTILLA_JOIN_TOKEN, which keeps it out of process listings).")
 def join_cmd(join_addr, token, **o):
@@ -181,7 +190,8 @@ NODE_COLUMNS = [("ID", "id"), ("HOSTNAME", "hostname"), ("ADDRESS", "addr"), ("R
 def _row(n):
     row = dict(n)
     row["id"] = n["id"][:12] + (" *" if n.get("self") else "")
-    row["role_col"] = n["role"] if n["role"] == n["desired_role"] else f"{n['role']} -> {n['desired_role']}"
+    row["role_col"] = (n["role"] if n["role"] == n["desired_role"]
+                       else f"{n['role']} -> {n['desired_role']}")
     mgr = n.get("manager")
     row["manager_col"] = ("Leader" if n.get("leader") else
                           (mgr["reachability"].capitalize() if mgr else ""))

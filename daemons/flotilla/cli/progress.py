@@ -82,7 +82,8 @@ class _Service:
         # what was asked for: say why instead of waiting.
         recent = (update.get("started_at") or 0) >= self.started - 1
         if state in ("paused", "rollback_paused") or (
-                recent and state in ("rollback_started", "rollback_completed") and not self.rollback):
+                recent and state in ("rollback_started", "rollback_completed")
+                and not self.rollback):
             self.stopped = update.get("reason") or update.get("message") or state
         tasks = call(self.ctx, "GET", f"/v1/services/{svc['id']}/tasks")
         current = [t for t in tasks if t["up_to_date"]]
@@ -108,7 +109,8 @@ class _Service:
         self.unplaced = unplaced[0] if unplaced and not self.done else None
         if self.failures and not self.done:
             last = max(self.failures.values(), key=lambda t: t["timestamp"] or 0)
-            self.reason = f"task {_task_name(last)} {last['state']}: {last['error'] or last['message']}"
+            self.reason = (f"task {_task_name(last)} {last['state']}: "
+                           f"{last['error'] or last['message']}")
         else:
             pending = [t for t in self.current if t["state"] == "pending" and t["message"]]
             self.reason = (f"task {_task_name(pending[0])} pending: {pending[0]['message']}"
@@ -193,6 +195,7 @@ def converge(ctx, service_refs: list[str], timeout: float = 120.0, rollback: boo
             stuck = _unplaceable(services, time.monotonic())
             if stuck is not None:
                 t = stuck.unplaced
+                assert t is not None        # a service is unplaceable only with such a task
                 raise ConvergeFailed(f"service {stuck.name}: task {_task_name(t)} cannot be "
                                      f"placed: {t['message']}; the service is kept and its tasks "
                                      "start when a node can take them")

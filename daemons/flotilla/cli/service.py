@@ -6,6 +6,7 @@ import contextlib
 import copy
 import io
 import shlex
+from typing import Any
 
 import click
 
@@ -31,9 +32,11 @@ def parse_publish(value: str) -> dict:
     if "=" in value:
         fields = dict(part.partition("=")[::2] for part in value.split(","))
         try:
-            port = {"published": int(fields.pop("published")), "target": int(fields.pop("target"))}
+            port: dict[str, Any] = {"published": int(fields.pop("published")),
+                                    "target": int(fields.pop("target"))}
         except (KeyError, ValueError):
-            raise click.BadParameter(f"{value!r} needs published=N,target=N", param_hint="--publish")
+            raise click.BadParameter(f"{value!r} needs published=N,target=N",
+                                     param_hint="--publish") from None
         if "protocol" in fields:
             port["protocol"] = fields.pop("protocol")
         mode = fields.pop("mode", "host")
@@ -57,10 +60,11 @@ def parse_publish(value: str) -> dict:
 
 def parse_mount(value: str) -> dict:
     """'type=bind,source=/a,target=/b,readonly' (Docker's --mount syntax)."""
-    mount = {}
+    mount: dict[str, Any] = {}
     for part in value.split(","):
         key, sep, val = part.partition("=")
-        key = {"src": "source", "dst": "target", "destination": "target", "ro": "readonly"}.get(key, key)
+        key = {"src": "source", "dst": "target", "destination": "target",
+               "ro": "readonly"}.get(key, key)
         if key == "readonly":
             mount["readonly"] = (not sep) or val.lower() in ("1", "true", "yes")
         elif key in ("type", "source", "target"):
@@ -109,9 +113,10 @@ def parse_health_http(value: str) -> dict:
     """'80' or '80/health': the port inside the container, then the path."""
     port, sep, path = value.partition("/")
     try:
-        check = {"port": int(port)}
+        check: dict[str, Any] = {"port": int(port)}
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not PORT[/PATH]", param_hint="--health-http") from None
+        raise click.BadParameter(f"{value!r} is not PORT[/PATH]",
+                                 param_hint="--health-http") from None
     if sep:
         check["path"] = "/" + path
     return check
@@ -128,7 +133,8 @@ def health_form(o: dict) -> dict | None:
         raise click.UsageError(f"{_flag(chosen[0])} and {_flag(chosen[1])} cannot be used together")
     timed = [k for k in HEALTH_TIMINGS if o.get(f"health_{k}") is not None]
     if o.get("no_healthcheck") and timed:
-        raise click.UsageError(f"{_flag('health_' + timed[0])} cannot be used with --no-healthcheck")
+        raise click.UsageError(
+            f"{_flag('health_' + timed[0])} cannot be used with --no-healthcheck")
     if o.get("no_healthcheck"):
         return {"test": ["NONE"]}
     if o.get("health_cmd"):
@@ -151,7 +157,7 @@ def _own_healthcheck(hc: dict | None) -> bool:
 
 
 def build_spec(o: dict, image: str, command: tuple) -> dict:
-    container = {"image": image}
+    container: dict[str, Any] = {"image": image}
     if command:
         container["args"] = list(command)
     if o["entrypoint"]:
@@ -177,7 +183,7 @@ def build_spec(o: dict, image: str, command: tuple) -> dict:
                                "--health-tcp")
     if hc is not None:
         container["healthcheck"] = dict(hc, **health_timings(o))
-    task = {"container": container}
+    task: dict[str, Any] = {"container": container}
     resources = {}
     for kind, cpu, mem in (("limits", "limit_cpu", "limit_memory"),
                            ("reservations", "reserve_cpu", "reserve_memory")):
@@ -190,13 +196,13 @@ def build_spec(o: dict, image: str, command: tuple) -> dict:
             resources[kind] = part
     if resources:
         task["resources"] = resources
-    restart = {}
+    restart: dict[str, Any] = {}
     for key in ("condition", "delay", "max_attempts", "window"):
         if o[f"restart_{key}"] is not None:
             restart[key] = o[f"restart_{key}"]
     if restart:
         task["restart"] = restart
-    placement = {}
+    placement: dict[str, Any] = {}
     if o["constraint"]:
         placement["constraints"] = list(o["constraint"])
     if o["placement_pref"]:
@@ -212,7 +218,7 @@ def build_spec(o: dict, image: str, command: tuple) -> dict:
         placement["max_replicas"] = o["replicas_max_per_node"]
     if placement:
         task["placement"] = placement
-    spec = {"name": o["name"], "mode": o["mode"], "task": task}
+    spec: dict[str, Any] = {"name": o["name"], "mode": o["mode"], "task": task}
     for section in ("update", "rollback"):
         cfg = {key: o[f"{section}_{key}"] for key in ("parallelism", "delay", "failure_action",
                                                        "monitor", "max_failure_ratio", "order")
@@ -244,7 +250,8 @@ def service_options(fn):
         click.option("--mount", multiple=True, metavar="type=bind,source=/x,target=/y"),
         click.option("--publish", "-p", multiple=True, metavar="PUBLISHED:TARGET[/udp]",
                      help="Publish a port on the node running the task (host mode)."),
-        click.option("--constraint", multiple=True, metavar="EXPR", help="e.g. node.labels.disk==ssd"),
+        click.option("--constraint", multiple=True, metavar="EXPR",
+                     help="e.g. node.labels.disk==ssd"),
         click.option("--placement-pref", multiple=True, metavar="spread=node.labels.KEY"),
         click.option("--replicas-max-per-node", type=int),
         click.option("--reserve-cpu", type=float), click.option("--reserve-memory", callback=_size),
@@ -253,7 +260,8 @@ def service_options(fn):
         click.option("--restart-delay", callback=_dur),
         click.option("--restart-max-attempts", type=int),
         click.option("--restart-window", callback=_dur),
-        click.option("--health-cmd", help="Healthcheck command, run in the container by the engine."),
+        click.option("--health-cmd",
+                     help="Healthcheck command, run in the container by the engine."),
         click.option("--health-http", metavar="PORT[/PATH]",
                      help="Healthcheck: GET on this port inside the container, e.g. 80/health."),
         click.option("--health-tcp", type=click.IntRange(1, 65535), metavar="PORT",
@@ -267,7 +275,8 @@ def service_options(fn):
         click.option("--stop-signal"), click.option("--init", is_flag=True),
         click.option("--update-parallelism", type=int, help="Tasks replaced at a time (0: all)."),
         click.option("--update-delay", callback=_dur, help="Wait between batches."),
-        click.option("--update-failure-action", type=click.Choice(["pause", "continue", "rollback"])),
+        click.option("--update-failure-action",
+                     type=click.Choice(["pause", "continue", "rollback"])),
         click.option("--update-monitor", callback=_dur,
                      help="How long each new task is watched for failure."),
         click.option("--update-max-failure-ratio", type=float),
@@ -347,8 +356,9 @@ def ls(ctx, quiet):
         for s in items:
             rows.append(dict(s, id12=s["id"][:12],
                              reps=f"{s['replicas']['running']}/{s['replicas']['desired']}",
-                             ports_col=", ".join(f"*:{p['published']}->{p['target']}/{p['protocol']}"
-                                                 for p in s["ports"])))
+                             ports_col=", ".join(
+                                 f"*:{p['published']}->{p['target']}/{p['protocol']}"
+                                 for p in s["ports"])))
         table(rows, SERVICE_COLUMNS)
 
 
@@ -378,7 +388,8 @@ def print_tasks(ctx, tasks, quiet=False):
                                         else f".{(t['node_id'] or '')[:12]}")
             err = t["error"] or (t["message"] if t["state"] == "pending"
                                  or t["desired_state"] == "ready" else "")
-            rows.append(dict(t, id12=t["id"][:12], name=name, desired_col=t["desired_state"].capitalize(),
+            rows.append(dict(t, id12=t["id"][:12], name=name,
+                             desired_col=t["desired_state"].capitalize(),
                              current=f"{t['state'].capitalize()} {age(t['timestamp'])}",
                              err=(err or "")[:70], container=(t["container_id"] or "")[:12]))
         table(rows, TASK_COLUMNS)
@@ -531,7 +542,8 @@ def update_spec(spec: dict, o: dict) -> dict:
     spec["endpoint"]["ports"] = ports
     placement = task["placement"]
     placement["constraints"] = [x for x in placement["constraints"] if x not in o["constraint_rm"]]
-    placement["constraints"] += [x for x in o["constraint_add"] if x not in placement["constraints"]]
+    placement["constraints"] += [x for x in o["constraint_add"]
+                                 if x not in placement["constraints"]]
     c["mounts"] = [m for m in c["mounts"] if m["target"] not in o["mount_rm"]]
     c["mounts"] += [parse_mount(m) for m in o["mount_add"]]
     if o.get("depends_on_add") or o.get("depends_on_rm"):

@@ -28,13 +28,24 @@ from __future__ import annotations
 import gc
 import threading
 import time
+from typing import TypedDict
 
 FREEZE_AFTER = 0.010
 
 _lock = threading.Lock()
 _installed = False
 _started = 0.0
-_stats = {"collections": [0, 0, 0], "seconds": [0.0, 0.0, 0.0], "max_pause": 0.0, "freezes": 0}
+
+
+class _Stats(TypedDict):
+    collections: list[int]
+    seconds: list[float]
+    max_pause: float
+    freezes: int
+
+
+_stats: _Stats = {"collections": [0, 0, 0], "seconds": [0.0, 0.0, 0.0], "max_pause": 0.0,
+                  "freezes": 0}
 
 
 def _on_collection(phase: str, info: dict) -> None:

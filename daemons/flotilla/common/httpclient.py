@@ -17,6 +17,7 @@ import json as jsonlib
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 
 import requests
@@ -147,7 +148,7 @@ class Client:
     def request(self, method: str, path: str, json=None, params=None, *, idempotent=None,
                 timeout: float | None = None, retry_for: float | None = None, raw=False):
         if params:
-            query = "&".join(f"{k}={requests.utils.quote(str(v))}" for k, v in params.items()
+            query = "&".join(f"{k}={urllib.parse.quote(str(v))}" for k, v in params.items()
                              if v is not None)
             if query:
                 path = f"{path}?{query}"
@@ -177,7 +178,7 @@ class Client:
                 except (requests.ConnectionError, requests.Timeout, OSError) as exc:
                     last_error = Unreachable(f"cannot reach manager at {address}: {_short(exc)}")
                     if not idempotent and not isinstance(exc, requests.ConnectionError):
-                        raise last_error
+                        raise last_error from exc
                     continue
                 result = _decode(resp, raw)
                 if isinstance(result, ApiError):

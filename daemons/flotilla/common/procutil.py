@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import signal
+from typing import Any, Callable
 
 PR_SET_PDEATHSIG = 1
 
 # Looked up once, at import: a process forked from a threaded one must not
 # load a library (another thread may have held the loader's lock).
+_prctl: Callable[..., Any] | None
 try:
     _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
 except (OSError, AttributeError):

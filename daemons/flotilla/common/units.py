@@ -35,7 +35,8 @@ def parse_duration(value) -> float:
             seconds += float(m.group(1)) * _UNITS[m.group(2)]
             pos = m.end()
         if pos != len(text) or pos == 0:
-            raise ValueError(f"invalid duration {value[:40]!r} (use e.g. 90s, 5m, 2h, 90d)") from None
+            raise ValueError(
+                f"invalid duration {value[:40]!r} (use e.g. 90s, 5m, 2h, 90d)") from None
     if not math.isfinite(seconds):   # "nan", "inf", or beyond 1e308
         raise ValueError(f"invalid duration {value[:40]!r} (use e.g. 90s, 5m, 2h, 90d)")
     if seconds < 0:

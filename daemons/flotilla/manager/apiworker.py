@@ -184,7 +184,7 @@ class ApiRequestParser(RequestParser):
     """gunicorn's parser, to which the event loop hands the request it has
     parsed already (``ready``), head consumed and body in the buffer."""
 
-    ready = None
+    ready: Request | None = None
 
     def __next__(self):
         if self.ready is None:
@@ -197,7 +197,8 @@ class ApiRequestParser(RequestParser):
         self.mesg, self.ready = self.ready, None
         return self.mesg
 
-    next = __next__
+    # As gunicorn's Parser does; its stub types ``next`` as an attribute holding a function.
+    next = __next__  # type: ignore[assignment]
 
 
 class ApiConn(TConn):
@@ -677,7 +678,9 @@ class ApiWorker(ThreadWorker):
         from ..model.validation import error_body
 
         capture = _Capture()
-        super().handle_error(req, capture, addr, exc)
+        # gunicorn only calls gettimeout, setblocking and sendall on the client it is
+        # given; the stub asks for a real socket.
+        super().handle_error(req, capture, addr, exc)  # type: ignore[arg-type]
         status, reason = capture.status_line()
         if not status.isdigit():
             return None

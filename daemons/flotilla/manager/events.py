@@ -30,6 +30,7 @@ import time
 
 from ..common import admission
 from ..common.component import Component
+from .store.watch import Watcher
 
 RING_SIZE = 10_000
 TYPES = ("service", "task", "node", "cluster", "config")
@@ -276,7 +277,7 @@ class EventLog(Component):
         self._ring: collections.deque[_Entry] = collections.deque()
         self._floor = 0
         self._index = 0
-        self._watcher = None
+        self._watcher: Watcher | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -289,8 +290,10 @@ class EventLog(Component):
         super().start()
 
     def run(self) -> None:
+        watcher = self._watcher
+        assert watcher is not None, "start() subscribes before run()"
         while not self.stopping.is_set():
-            events = self._watcher.next(timeout=0.5)
+            events = watcher.next(timeout=0.5)
             if events:
                 self.record(events)
 
@@ -309,7 +312,7 @@ class EventLog(Component):
     def record(self, events) -> None:
         # A deletion carries no timestamp of its own: it takes the time of
         # its transaction's other writes, or the time it is recorded.
-        stamps = {}
+        stamps: dict[int, float | None] = {}
         for e in events:
             if e.object is not None and e.index is not None:
                 stamps.setdefault(e.index, e.object.get("updated_at"))

@@ -239,7 +239,7 @@ class LogCollector:
         request may still read), by ``deadline``."""
         if resp.length is not None and resp.length > left:
             raise _TooLarge(f"{_mib(MAX_NODE_BYTES)} per node")
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -332,7 +332,8 @@ def _entries(task: dict, body: dict, fetch: _Fetch, limit: int) -> list[dict]:
     for e in items:
         if not isinstance(e, dict):
             raise NodeUnreachable("the agent's answer is malformed")
-        stamp, when, stream, line = e.get("timestamp"), e.get("time"), e.get("stream"), e.get("line")
+        stamp, when = e.get("timestamp"), e.get("time")
+        stream, line = e.get("stream"), e.get("line")
         if not (isinstance(stamp, str) and isinstance(when, (int, float))
                 and not isinstance(when, bool) and isinstance(line, str)
                 and isinstance(stream, str) and stream in STREAMS):

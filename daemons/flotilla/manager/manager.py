@@ -14,6 +14,7 @@ import threading
 import time
 
 from ..common import fsutil
+from ..common.component import Component
 from ..common.config import NodeConfig
 from .caserver import CAServer
 from .dispatcher.dispatcher import Dispatcher
@@ -45,14 +46,15 @@ class Manager:
         self.dispatcher: Dispatcher | None = None
         self.scheduler = None
         self.orchestrator = None
-        self._components = []
+        self._components: list[Component] = []
         self._leading = False
         self.leader_ready = threading.Event()
         self._state_changed = threading.Event()
         self._stop = threading.Event()
         self._join_members = join_members
         self._join_apis = join_apis
-        self._thread = threading.Thread(target=self._leadership_loop, name="leadership", daemon=True)
+        self._thread = threading.Thread(target=self._leadership_loop, name="leadership",
+                                        daemon=True)
         fsutil.ensure_private_dir(cfg.raft_dir)
         self.security = RaftSecurity(
             bundle_path=cfg.bundle_path, ca_path=cfg.ca_path, cluster_id=cfg.cluster_id,

@@ -225,8 +225,12 @@ class NodeDaemon:
 
     # -- main loop --------------------------------------------------------------------
     def run(self) -> int:
+        def on_signal(*_) -> None:
+            self._stop.set()
+            self._wake.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: (self._stop.set(), self._wake.set()))
+            signal.signal(sig, on_signal)
         log.info("node %s (%s) of cluster %s starting; role %s", self.cfg.node_id,
                  self.cfg.hostname, self.cfg.cluster_id, self.cert().role)
         self.renewer.start()

@@ -69,7 +69,7 @@ def view(rec: dict, caller=None) -> dict:
     return out
 
 
-def _kept(admins: dict, now: float) -> dict:
+def _kept(admins: dict | None, now: float) -> dict:
     """The records worth keeping: a bundle is forgotten a while after it
     expired, when its revocation is dropped too."""
     return {s: r for s, r in (admins or {}).items() if r["not_after"] + revocation.GRACE > now}

@@ -75,7 +75,8 @@ def _entry(wsgi_app, manager):
 def create_app(manager, forwarder: Forwarder | None = None) -> Flask:
     app = Flask("flotilla.manager")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    app.wsgi_app = _entry(app.wsgi_app, manager)
+    # Flask's documented way to wrap the WSGI app; its type makes wsgi_app a plain method.
+    app.wsgi_app = _entry(app.wsgi_app, manager)  # type: ignore[method-assign]
     app.extensions["flotilla.manager"] = manager
     app.extensions["flotilla.forwarder"] = forwarder or Forwarder(manager)
     for bp in (health.bp, join.bp, cluster.bp, admins.bp, nodes.bp, configs.bp, dispatcher.bp,

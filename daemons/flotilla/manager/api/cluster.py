@@ -75,7 +75,8 @@ def updatestored_cluster():
 
 def _role(role):
     if role not in ("worker", "manager"):
-        raise ApiError(404, "not_found", "join token role must be 'worker' or 'manager'", field="role")
+        raise ApiError(404, "not_found", "join token role must be 'worker' or 'manager'",
+                       field="role")
     return role
 
 

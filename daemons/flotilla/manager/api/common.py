@@ -34,6 +34,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+from typing import Any
 
 from flask import current_app, g, request
 from pydantic import ValidationError
@@ -71,7 +72,7 @@ class Identity:
     not_after: float | None = None      # its expiry (unix time)
 
     def header(self) -> str:
-        out = {"cn": self.node_id, "ou": self.role, "o": self.cluster_id}
+        out: dict[str, Any] = {"cn": self.node_id, "ou": self.role, "o": self.cluster_id}
         if self.serial is not None:
             out["s"] = format(self.serial, "x")
         if self.not_after is not None:
@@ -86,17 +87,18 @@ def manager():
 def direct_identity() -> Identity | None:
     if "direct_identity" in g:
         return g.direct_identity
-    ident = None
+    ident: Identity | None = None
     env_ident = request.environ.get("flotilla.identity")
     if env_ident is not None:
         ident = env_ident
     else:
-        sock = request.environ.get("gunicorn.socket")
+        sock: Any = request.environ.get("gunicorn.socket")
         # The verified peer certificate cannot change on a connection: parse
         # it once per connection, not once per request.
-        ident = getattr(sock, "_flotilla_identity", False)
-        if ident is False:
-            ident = None
+        cached: Any = getattr(sock, "_flotilla_identity", False)
+        if cached is not False:
+            ident = cached
+        else:
             getpeercert = getattr(sock, "getpeercert", None)
             if getpeercert is not None:
                 parsed = certs.identity_from_peercert(getpeercert())
@@ -185,7 +187,8 @@ def authorize(policy: str, ident: Identity | None) -> None:
         raise ApiError(401, "unauthenticated", "certificate is from another cluster")
     if ident.via != "unix" and m.ca.revoked(ident.node_id):
         m.counters.inc("api.revoked")
-        raise ApiError(401, "revoked", "this certificate belongs to a node removed from the cluster")
+        raise ApiError(401, "revoked",
+                       "this certificate belongs to a node removed from the cluster")
     if ident.via != "unix" and policy != "renewal" and m.ca.revoked(None, ident.serial):
         # A certificate revoked on its own (a demoted manager's, an admin
         # bundle's): the node itself, if any, is still a member.

@@ -51,7 +51,8 @@ class JoinRequest(Model):
 
 @bp.get("/join/ca")
 @policy("public", local=True)
-@doc("The cluster's root CA certificate (PEM); check it against the join token's digest.", content_type="application/x-pem-file", tags=("join",))
+@doc("The cluster's root CA certificate (PEM); check it against the join token's digest.",
+     content_type="application/x-pem-file", tags=("join",))
 def root_ca():
     m = manager()
     with open(m.cfg.ca_path, "rb") as f:
@@ -61,7 +62,8 @@ def root_ca():
 
 @bp.post("/join")
 @policy("public")
-@doc("Join with a token and a certificate signing request.", body=JoinRequest, status=201, tags=("join",))
+@doc("Join with a token and a certificate signing request.", body=JoinRequest, status=201,
+     tags=("join",))
 def join():
     body = parse_body(JoinRequest)
     m = manager()

@@ -105,8 +105,8 @@ def build(app) -> dict:
             continue
         path = _RULE_ARG.sub(r"{\1}", rule.rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            op: dict[str, Any] = {"summary": d.summary,
-                                  "operationId": rule.endpoint.replace(".", "_") + "_" + method.lower()}
+            op_id = rule.endpoint.replace(".", "_") + "_" + method.lower()
+            op: dict[str, Any] = {"summary": d.summary, "operationId": op_id}
             if d.tags:
                 op["tags"] = list(d.tags)
             params = [{"name": name, "in": "path", "required": True,
@@ -121,7 +121,8 @@ def build(app) -> dict:
                     "application/json": {"schema": _schema_ref(d.body, models)}}}
             responses: dict[str, Any] = {}
             if d.content_type == "application/json":
-                schema = _schema_ref(d.response, models) if d.response is not None else {"type": "object"}
+                schema = (_schema_ref(d.response, models) if d.response is not None
+                          else {"type": "object"})
             else:
                 schema = {"type": "string"}
             responses[str(d.status)] = {"description": "Success.",

@@ -75,7 +75,8 @@ def _get_service(ref):
     store = manager().store
     s = store.get("service", ref) or store.by_unique("service", "name", ref)
     if s is None:
-        matches = [x for x in store.list("service") if x["id"].startswith(ref)] if len(ref) >= 4 else []
+        matches = ([x for x in store.list("service") if x["id"].startswith(ref)]
+                   if len(ref) >= 4 else [])
         if len(matches) == 1:
             return matches[0]
         raise ApiError(404, "not_found", f"service {ref} not found")

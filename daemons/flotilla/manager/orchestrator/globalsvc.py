@@ -17,7 +17,8 @@ from . import tasks as T
 from .replicated import _merge, _pair
 
 
-def reconcile(service: dict, tasks: list[dict], nodes: dict, restarts, matches) -> list[tuple[str, dict]]:
+def reconcile(service: dict, tasks: list[dict], nodes: dict, restarts,
+              matches) -> list[tuple[str, dict]]:
     """``matches(node)`` tells whether the node satisfies the constraints."""
     changes: list[tuple[str, dict]] = []
     by_node: dict[str, list[dict]] = collections.defaultdict(list)

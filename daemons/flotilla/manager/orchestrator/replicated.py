@@ -101,8 +101,9 @@ def reconcile(service: dict, tasks: list[dict], nodes: dict, restarts,
             slot += 1
             while slot in live:
                 slot += 1
-            changes.append(("create", T.new_task(service, slot=slot)))
-            live[slot] = None
+            new = T.new_task(service, slot=slot)
+            changes.append(("create", new))
+            live[slot] = new
     elif len(live) > replicas:
         for slot in _surplus(live, len(live) - replicas):
             for t in by_slot[slot]:

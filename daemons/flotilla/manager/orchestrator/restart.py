@@ -60,7 +60,8 @@ class RestartSupervisor:
             recent = [t for t in history if not window or t >= now - window]
         return len(recent) < attempts
 
-    def restart(self, service: dict, task: dict, reason: str, nodes: dict) -> list[dict]:
+    def restart(self, service: dict, task: dict, reason: str,
+                nodes: dict) -> list[tuple[str, dict]]:
         """New task objects and updates (as (old, new) pairs) for this restart.
 
         Returns a list of ("update", task) / ("create", task) tuples.
@@ -69,14 +70,14 @@ class RestartSupervisor:
         node_failed = task.get("node_id") is not None and T.node_unusable(node) is not None
         if not self.should_restart(service, task):
             return []
-        changes = []
+        changes: list[tuple[str, dict]] = []
         if task["desired_state"] in ("ready", "running"):
             changes.append(("update", T.with_desired(task, "shutdown")))
         delay = 0.0 if node_failed else float(task["spec"]["restart"]["delay"])
         now = self._clock()
         if service["spec"]["mode"] == "global":
-            new = T.new_task(service, node_id=task["node_id"], desired="ready" if delay else "running",
-                             now=now)
+            new = T.new_task(service, node_id=task["node_id"],
+                             desired="ready" if delay else "running", now=now)
         else:
             new = T.new_task(service, slot=task["slot"], desired="ready" if delay else "running",
                              now=now)
@@ -87,7 +88,8 @@ class RestartSupervisor:
             self._history.setdefault(key, collections.deque(maxlen=256)).append(now)
             if delay:
                 old_alive = not T.finished(task) and not node_failed
-                heapq.heappush(self._timers, (now + delay, new["id"], task["id"] if old_alive else ""))
+                heapq.heappush(self._timers,
+                               (now + delay, new["id"], task["id"] if old_alive else ""))
         return changes
 
     # -- delayed starts -----------------------------------------------------------------

@@ -93,7 +93,8 @@ class TaskReaper(Component):
         if service_ids is None:
             tasks = self._store.list("task")
         else:
-            tasks = [t for sid in service_ids for t in self._store.by_index("task", "service_id", sid)]
+            tasks = [t for sid in service_ids
+                     for t in self._store.by_index("task", "service_id", sid)]
         for t in tasks:
             if t["service_id"] not in services and t["desired_state"] != "remove":
                 orphans.append(t)

@@ -57,7 +57,8 @@ def _key(task: dict):
 
 
 def _name(task: dict) -> str:
-    return f"{task['service_name']}.{_key(task) if task['slot'] is not None else task['node_id'][:12]}"
+    which = _key(task) if task["slot"] is not None else task["node_id"][:12]
+    return f"{task['service_name']}.{which}"
 
 
 def live_tasks(service: dict, tasks: list[dict]) -> dict:
@@ -91,7 +92,7 @@ def old_task_gone(task: dict | None, node: dict | None) -> bool:
     """A stop-first replacement need not wait for ``task`` any more: it has
     stopped, or its node is down or removed (it will be told to stop when
     it comes back, and its slot must not stay empty meanwhile)."""
-    if _stopped(task):
+    if task is None or _stopped(task):
         return True
     return bool(task.get("node_id")) and T.node_gone(node)
 
@@ -225,12 +226,14 @@ class Updater(Component):
                 new = T.new_task(service, node_id=old["node_id"])
             else:
                 new = T.new_task(service, slot=old["slot"])
-            new["status"]["message"] = f"replacing {old['id'][:12]} (spec version {old['spec_version']})"
+            new["status"]["message"] = (f"replacing {old['id'][:12]} "
+                                        f"(spec version {old['spec_version']})")
             ops = []
             if start_first:
                 new["replaces"] = old["id"]
             else:
-                ops.append(Op.update("task", T.with_desired(old, "shutdown"), version=old["version"]))
+                ops.append(Op.update("task", T.with_desired(old, "shutdown"),
+                                     version=old["version"]))
                 if not T.finished(old):
                     new["desired_state"] = "ready"
                     new["after"] = old["id"]

@@ -83,8 +83,8 @@ class DurableJournal:
         self._commit_written = self._commit_index
         self._commit_fd: int | None = None
         self._generation = 0        # changes whenever the file is replaced whole
-        self._job = None            # compaction handed to the helper, until it is used
-        self._ready: dict = {}      # the helper's result for ``_job``
+        self._job: dict | None = None   # compaction handed to the helper, until it is used
+        self._ready: dict = {}          # the helper's result for ``_job``
         self._wake = threading.Condition()
         self._helper: threading.Thread | None = None
         self._closing = False
@@ -207,9 +207,9 @@ class DurableJournal:
         self._discard_job()
         if self._covered_bytes():
             # A clean stop leaves no covered records behind.
-            self._job = self._new_job()
-            self._copy_job(self._job)
-            self._finish_job()
+            job = self._job = self._new_job()
+            self._copy_job(job)
+            self._finish_job(job)
         self._flush_meta()
         self._write_commit_index()
         for name in ("_fd", "_commit_fd"):
@@ -254,6 +254,7 @@ class DurableJournal:
                 if self._closing:
                     return
                 job = self._job
+                assert job is not None      # the wait ends on closing or on a job to copy
             try:
                 self._copy_job(job)
             except OSError as exc:
@@ -272,10 +273,9 @@ class DurableJournal:
         os.fdatasync(fd)
         job["copied"] = job["end"]
 
-    def _finish_job(self) -> None:
+    def _finish_job(self, job: dict) -> None:
         """Bring the copy up to date, make it durable and put it in place of
         the log (Raft thread, inside ``sync()``)."""
-        job = self._job
         if job.get("failed") or job["generation"] != self._generation:
             self._discard_job()
             return
@@ -380,7 +380,7 @@ class DurableJournal:
     def sync(self) -> None:
         if self._ready and self._job is not None:
             started = time.monotonic()
-            self._finish_job()
+            self._finish_job(self._job)
             self.sync_seconds += time.monotonic() - started
         if self._dirty and self._fd is not None:
             started = time.monotonic()

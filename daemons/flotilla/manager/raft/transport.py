@@ -82,11 +82,11 @@ class TlsConnection:
         self._security = security
         self._timeout = timeout
         self._ping_interval = ping_interval
-        self._sock = None
-        self._raw = None
-        self._fileno = None
+        self._sock: ssl.SSLSocket | None = None
+        self._raw: socket.socket | None = None
+        self._fileno: int | None = None
         self._mask = 0
-        self._phase = None
+        self._phase: str | None = None
         self._state = CONNECTION_STATE.DISCONNECTED
         self._rbuf = bytearray()
         self._chunk = memoryview(bytearray(RECV_CHUNK))
@@ -353,7 +353,8 @@ class TlsConnection:
         if now - self._last_read > self._timeout:
             self.disconnect()
             return
-        if self._state == CONNECTION_STATE.CONNECTED and now - self._last_write > self._ping_interval:
+        if (self._state == CONNECTION_STATE.CONNECTED
+                and now - self._last_write > self._ping_interval):
             self._wbuf += codec.encode_frame(codec.FRAME_PING)
             self._flush()
             if self._state == CONNECTION_STATE.CONNECTED:
@@ -368,7 +369,7 @@ def _handshake_reason(exc) -> str:
         return "unknown_ca" if "EXPIRED" not in text else "expired"
     if "EXPIRED" in text:
         return "expired"
-    if "WRONG_VERSION" in text or "HTTP_REQUEST" in text or "UNEXPECTED" in text or "PACKET" in text:
+    if any(word in text for word in ("WRONG_VERSION", "HTTP_REQUEST", "UNEXPECTED", "PACKET")):
         return "protocol"
     return "handshake"
 

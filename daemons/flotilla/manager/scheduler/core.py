@@ -130,7 +130,8 @@ class SchedulerCore:
     def schedule(self, pending: list[dict]) -> Decisions:
         decisions = Decisions()
         now = self._clock()
-        preassigned, free = [], []
+        preassigned: list[dict] = []
+        free: list[dict] = []
         for info in self._present_infos():
             if info.failures:
                 info.prune_failures(now)
@@ -140,7 +141,7 @@ class SchedulerCore:
 
         pipelines: dict[tuple, tuple[Requirements, Pipeline]] = {}
 
-        def prepared(task):
+        def prepared(task: dict) -> tuple[Requirements, Pipeline]:
             req = Requirements(task)
             key = (req.service_id, req.spec_version, req.signature)
             hit = pipelines.get(key)

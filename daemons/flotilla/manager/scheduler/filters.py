@@ -172,7 +172,8 @@ class ResourceFilter:
         cpus = format_cpus(self.cpus)
         mem = format_bytes(self.memory)
         self.cpu_reason = Reason(1, f"{{n}} node lacks {cpus}", f"{{n}} nodes lack {cpus}")
-        self.mem_reason = Reason(1, f"{{n}} node lacks {mem} memory", f"{{n}} nodes lack {mem} memory")
+        self.mem_reason = Reason(1, f"{{n}} node lacks {mem} memory",
+                                 f"{{n}} nodes lack {mem} memory")
 
     def check(self, info):
         if self.cpus and info.nano_cpus - info.reserved_nano_cpus < self.cpus:

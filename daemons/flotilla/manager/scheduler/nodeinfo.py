@@ -88,12 +88,12 @@ class NodeInfo:
 
     def __init__(self, node_id: str):
         self.id = node_id
-        self.node = None
+        self.node: dict | None = None
         self.hostname = ""
         self.state = "unknown"
         self.availability = "active"
-        self.labels = {}
-        self.engine_labels = {}
+        self.labels: dict[str, str] = {}
+        self.engine_labels: dict[str, str] = {}
         self.os = ""
         self.arch = ""
         self.nano_cpus = 0

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 
-from .nodeinfo import MAX_FAILURES
+from .nodeinfo import MAX_FAILURES, NodeInfo
 
 
 class Branch:
@@ -33,8 +33,8 @@ class Branch:
     def __init__(self, value: str):
         self.value = value
         self.tasks = 0
-        self.children = None     # list[Branch] below a spread level, None on a leaf
-        self.nodes = []          # NodeInfo, on a leaf
+        self.children: list[Branch] | None = None    # below a spread level, None on a leaf
+        self.nodes: list[NodeInfo] = []              # on a leaf
 
     def __repr__(self) -> str:
         return f"Branch({self.value!r}, tasks={self.tasks})"
@@ -47,7 +47,7 @@ def build_tree(infos, spreads, service_id) -> Branch:
         root.nodes = list(infos)
         root.tasks = sum(i.by_service.get(service_id, 0) for i in infos)
         return root
-    maps = {id(root): {}}
+    maps: dict[int, dict[str, Branch]] = {id(root): {}}
     for info in infos:
         count = info.by_service.get(service_id, 0)
         root.tasks += count

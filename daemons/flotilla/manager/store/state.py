@@ -41,12 +41,24 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 
 from ..raft import codec
 
+if TYPE_CHECKING:
+    from .watch import EventHub
+
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_List = list        # ``list`` is also a method of StateMachine
+# (index, objects by kind and id, remembered results by request id, applied bytes)
+Captured = tuple[int, dict[str, dict[str, dict]], Iterable[tuple[str, dict]], int]
+# Reads an object of ``kind`` by id as the transaction being staged sees it.
+Current = Callable[[str, Any], "dict | None"]
 
 KINDS = ("cluster", "node", "config", "service", "task")
 # Fields that must be unique among live objects of a kind.
@@ -59,7 +71,7 @@ DEDUPE_LIMIT = 100_000
 STAMPED = ("id", "version", "created_at", "updated_at")
 
 
-def key_reused(rid) -> dict:
+def key_reused(rid: str) -> dict:
     """The refusal of a request id that came with another request."""
     return {"code": "key_reused", "field": "Idempotency-Key",
             "message": f"Idempotency-Key {rid!r} was already used for a different request "
@@ -70,7 +82,8 @@ def key_reused(rid) -> dict:
 class Event:
     __slots__ = ("seq", "index", "action", "kind", "id", "object", "old")
 
-    def __init__(self, index, action, kind, oid, obj, old):
+    def __init__(self, index: int | None, action: str, kind: str | None, oid: str | None,
+                 obj: dict | None, old: dict | None) -> None:
         self.seq = 0
         self.index = index
         self.action = action  # create | update | delete | reset
@@ -79,12 +92,12 @@ class Event:
         self.object = obj
         self.old = old
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Event({self.seq}, {self.action} {self.kind}/{self.id} @{self.index})"
 
 
 class StateMachine:
-    def __init__(self, hub=None):
+    def __init__(self, hub: EventHub | None = None) -> None:
         self.lock = threading.RLock()
         self.objects: dict[str, dict[str, dict]] = {k: {} for k in KINDS}
         self.index = 0
@@ -93,7 +106,7 @@ class StateMachine:
         self._indexes: dict[tuple[str, str], dict] = {
             (k, f): {} for k, fields in INDEXED.items() for f in fields}
         self._dedupe: collections.OrderedDict = collections.OrderedDict()
-        self._counts: dict[str, tuple[int, int]] = {}
+        self._counts: dict[Any, tuple[int, int]] = {}     # by the tasks' service_id
         # Bytes of every entry applied since the cluster began: the same on
         # every member at the same entry, kept in snapshots (the Raft member
         # places its snapshots by it).
@@ -101,10 +114,11 @@ class StateMachine:
         self.hub = hub
 
     # -- reads (lock-free) --------------------------------------------------------
-    def get(self, kind, oid):
-        return self.objects[kind].get(oid)
+    def get(self, kind: str, oid: str | None) -> dict | None:
+        """The object, or None (always for a None id)."""
+        return self.objects[kind].get(oid) if oid is not None else None
 
-    def _copy(self, items) -> list:
+    def _copy(self, items: Callable[[], Iterable[_T]]) -> _List[_T]:
         """``list(items())`` as one C-level copy, atomic for other threads; if
         the container changed during it (a finaliser ran), again, and after
         a few tries under the writers' lock."""
@@ -116,13 +130,13 @@ class StateMachine:
         with self.lock:
             return list(items())
 
-    def list(self, kind):
+    def list(self, kind: str) -> _List[dict]:
         return self._copy(lambda: self.objects[kind].values())
 
-    def count(self, kind):
+    def count(self, kind: str) -> int:
         return len(self.objects[kind])
 
-    def first(self, kind):
+    def first(self, kind: str) -> dict | None:
         """One object of ``kind`` (for kinds that hold a single object, such
         as the cluster), read without waiting for the lock: an apply of a
         large Raft entry holds it for a while, and every API request reads
@@ -133,19 +147,19 @@ class StateMachine:
             items = self.list(kind)
             return items[0] if items else None
 
-    def task_counts(self, service_id) -> tuple[int, int]:
+    def task_counts(self, service_id: str) -> tuple[int, int]:
         """(tasks desired running, of those observed running) of a service."""
         return self._counts.get(service_id, (0, 0))
 
-    def by_unique(self, kind, field, value):
+    def by_unique(self, kind: str, field: str, value: Any) -> dict | None:
         oid = self._unique.get((kind, field), {}).get(value)
         return self.objects[kind].get(oid) if oid is not None else None
 
-    def by_index(self, kind, field, value):
-        ids = self._indexes[(kind, field)].get(value)
-        if not ids:
+    def by_index(self, kind: str, field: str, value: Any) -> _List[dict]:
+        held = self._indexes[(kind, field)].get(value)
+        if not held:
             return []
-        ids = self._copy(lambda: ids)
+        ids = self._copy(lambda: held)
         objs = self.objects[kind]
         out = []
         for i in ids:
@@ -155,7 +169,7 @@ class StateMachine:
         return out
 
     # -- apply --------------------------------------------------------------------
-    def apply(self, payload: bytes):
+    def apply(self, payload: bytes) -> _List[dict] | dict:
         """Apply one Raft entry; never raises for what the entry holds.
 
         Every member applies the same entries in the same order, so
@@ -174,7 +188,7 @@ class StateMachine:
         txns = batch.get("txns", []) if isinstance(batch, dict) else None
         if not isinstance(txns, list):
             return self._refused_entry("not a batch of transactions")
-        events: list[Event] = []
+        events: _List[Event] = []
         results = []
         with self.lock:
             for txn in txns:
@@ -186,7 +200,8 @@ class StateMachine:
                 except MemoryError:
                     raise           # not a property of the entry: see node.py
                 except _Undone as exc:
-                    result = _refused(f"{exc.__cause__.__class__.__name__}: {exc.__cause__}")
+                    cause = exc.__cause__
+                    result = _refused(f"{cause.__class__.__name__}: {cause}")
                 except Exception as exc:
                     result = _refused(f"{exc.__class__.__name__}: {exc}")
                 results.append(result)
@@ -194,18 +209,18 @@ class StateMachine:
             self.hub.publish(events)
         return results
 
-    def remembered(self, rid):
+    def remembered(self, rid: str) -> dict | None:
         """The result remembered for request id ``rid`` (with its
         ``rd``, ``refs`` and ``gone``), or None."""
         return self._dedupe.get(rid)
 
     @staticmethod
-    def _refused_entry(reason):
+    def _refused_entry(reason: str) -> dict:
         log.error("raft entry refused: %s", reason)
         return {"ok": False, "error": {"code": "refused",
                                        "message": f"malformed raft entry refused: {reason}"}}
 
-    def _apply_txn(self, txn, events):
+    def _apply_txn(self, txn: Any, events: _List[Event]) -> dict:
         if not isinstance(txn, dict):
             return _refused("a transaction must be a map")
         rid = txn.get("rid")
@@ -220,7 +235,7 @@ class StateMachine:
         staged: dict[tuple[str, str], dict | None] = {}
         order: list[tuple[str, str]] = []
 
-        def current(kind, oid):
+        def current(kind: str, oid: Any) -> dict | None:
             key = (kind, oid)
             if key in staged:
                 return staged[key]
@@ -229,6 +244,7 @@ class StateMachine:
         for op in txn.get("ops", ()):
             # Compact forms (a patch, a task naming its service's spec)
             # become the plain operation they stand for.
+            expand: Callable[[dict, Current], tuple[dict | None, dict | None]] | None
             expand = self._patched if op.get("op") == "patch" else (
                 self._with_service_spec if op.get("spec_of") is not None else None)
             if expand is not None:
@@ -258,8 +274,8 @@ class StateMachine:
         try:
             self.index += 1
             index = self.index
-            refs = []
-            gone = []
+            refs: _List[tuple[str, str]] = []
+            gone: _List[tuple[str, str]] = []
             for kind, oid in order:
                 old = self.objects[kind].get(oid)
                 new = staged[(kind, oid)]
@@ -303,7 +319,7 @@ class StateMachine:
             if isinstance(exc, MemoryError) or not isinstance(exc, Exception):
                 raise               # not a property of the entry
             raise _Undone() from exc
-        result = {"ok": True, "index": index, "refs": refs}
+        result: dict[str, Any] = {"ok": True, "index": index, "refs": refs}
         if rid is not None:
             # What the request was, and what it removed (a retry of a
             # removal finds the object gone and is answered from this).
@@ -314,7 +330,7 @@ class StateMachine:
         self._remember(rid, result)
         return self._replay(result)
 
-    def _patched(self, op, current):
+    def _patched(self, op: dict, current: Current) -> tuple[dict | None, dict | None]:
         """A patch names an existing object and the top-level fields to
         set (``set``) and to remove (``unset``): only those travel through
         Raft. It is applied as the update it stands for, so it is checked
@@ -336,7 +352,8 @@ class StateMachine:
             obj.pop(key, None)
         return {"op": "update", "kind": kind, "obj": obj, "version": op.get("version")}, None
 
-    def _with_service_spec(self, op, current):
+    def _with_service_spec(self, op: dict,
+                           current: Current) -> tuple[dict | None, dict | None]:
         """A task created with ``spec_of`` takes the task spec of that
         service, which must still be at the task's ``spec_version``."""
         obj, sid = op.get("obj"), op.get("spec_of")
@@ -351,7 +368,8 @@ class StateMachine:
         obj["spec"] = service["spec"]["task"]
         return {"op": "create", "kind": "task", "obj": obj}, None
 
-    def _check(self, op, current, staged):
+    def _check(self, op: dict, current: Current,
+               staged: dict[tuple[str, str], dict | None]) -> dict | None:
         kind = op.get("kind")
         if kind not in self.objects:
             return {"code": "invalid", "message": f"unknown kind {kind!r}"}
@@ -396,7 +414,7 @@ class StateMachine:
                                 "message": f"{kind} with {field} {value!r} already exists"}
         return None
 
-    def _reindex(self):
+    def _reindex(self) -> None:
         """Rebuild the unique and secondary indexes and the task counts
         from the objects (after loading a snapshot, or undoing a
         transaction that failed half-way)."""
@@ -409,7 +427,7 @@ class StateMachine:
                     self._count(None, obj)
                 self._index(kind, obj)
 
-    def _share(self, new, old):
+    def _share(self, new: dict, old: dict | None) -> None:
         """Let a task share its spec with its previous version or its
         service instead of holding its own copy (every applied object is
         freshly decoded): 30,000 tasks of 30 services then hold 30 specs,
@@ -420,14 +438,14 @@ class StateMachine:
         if old is not None and old.get("spec") == spec:
             new["spec"] = old["spec"]
         else:
-            service = self.objects["service"].get(new.get("service_id"))
+            service = self.get("service", new.get("service_id"))
             service_spec = service.get("spec") if service is not None else None
             if isinstance(service_spec, dict) and service_spec.get("task") == spec:
                 new["spec"] = service_spec["task"]
         if old is not None and "ports" in old and old["ports"] == new.get("ports"):
             new["ports"] = old["ports"]
 
-    def _index(self, kind, obj, old=None):
+    def _index(self, kind: str, obj: dict, old: dict | None = None) -> None:
         for field in UNIQUE.get(kind, ()):
             if obj.get(field) is not None:
                 self._unique[(kind, field)][obj[field]] = obj["id"]
@@ -436,7 +454,7 @@ class StateMachine:
             if value is not None and (old is None or old.get(field) != value):
                 self._indexes[(kind, field)].setdefault(value, set()).add(obj["id"])
 
-    def _unindex(self, kind, obj, new=None):
+    def _unindex(self, kind: str, obj: dict, new: dict | None = None) -> None:
         for field in UNIQUE.get(kind, ()):
             table = self._unique[(kind, field)]
             if table.get(obj.get(field)) == obj["id"] and \
@@ -451,10 +469,10 @@ class StateMachine:
                     if not ids:
                         del self._indexes[(kind, field)][value]
 
-    def _count(self, old, new):
+    def _count(self, old: dict | None, new: dict | None) -> None:
         """Move a task's contribution to its service's counts (one
         assignment per service, so readers never see a half-made change)."""
-        changes = {}
+        changes: dict[Any, tuple[int, int]] = {}
         for task, sign in ((old, -1), (new, 1)):
             if task is None or task.get("desired_state") != "running":
                 continue
@@ -468,14 +486,14 @@ class StateMachine:
             else:
                 self._counts[sid] = (desired, up)
 
-    def _remember(self, rid, result):
+    def _remember(self, rid: str | None, result: dict) -> None:
         if rid is None:
             return
         self._dedupe[rid] = result
         while len(self._dedupe) > DEDUPE_LIMIT:
             self._dedupe.popitem(last=False)
 
-    def _replay(self, result):
+    def _replay(self, result: dict) -> dict:
         if not result["ok"]:
             return result
         objects = []
@@ -486,20 +504,20 @@ class StateMachine:
         return {"ok": True, "index": result["index"], "objects": objects}
 
     # -- snapshots --------------------------------------------------------------------
-    def snapshot_capture(self):
+    def snapshot_capture(self) -> Captured:
         with self.lock:
             return (self.index,
                     {k: dict(v) for k, v in self.objects.items()},
                     list(self._dedupe.items()), self.applied_bytes)
 
-    def snapshot_view(self):
+    def snapshot_view(self) -> Captured:
         """The state as it is, without a copy: for a process forked from
         the Raft thread, which is the only one that changes it (the
         child's memory is a copy of the parent's at the fork)."""
         return self.index, self.objects, self._dedupe.items(), self.applied_bytes
 
     @staticmethod
-    def snapshot_write(captured, f):
+    def snapshot_write(captured: Captured, f: IO[bytes]) -> None:
         index, objects, dedupe, applied_bytes = captured
         packer = msgpack.Packer(use_bin_type=True)
         f.write(packer.pack({"index": index, "kinds": list(objects), "bytes": applied_bytes}))
@@ -510,10 +528,10 @@ class StateMachine:
             f.write(packer.pack(["d", rid, result]))
         f.write(packer.pack(["end"]))
 
-    def snapshot_load(self, unpacker):
+    def snapshot_load(self, unpacker: Iterator[Any]) -> None:
         head = next(unpacker)
-        objects = {k: {} for k in KINDS}
-        dedupe = collections.OrderedDict()
+        objects: dict[str, dict[str, dict]] = {k: {} for k in KINDS}
+        dedupe: collections.OrderedDict[str, dict] = collections.OrderedDict()
         complete = False
         for record in unpacker:
             tag = record[0]
@@ -550,7 +568,7 @@ class _Undone(Exception):
     """A transaction failed while changing the maps and was undone."""
 
 
-def _hashable(value) -> bool:
+def _hashable(value: object) -> bool:
     try:
         hash(value)
     except TypeError:

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import base64
 import collections
+import functools
 import logging
 import os
 import threading
 import time
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple, Protocol
 
 from pysyncobj.config import FAIL_REASON
 
@@ -35,9 +37,11 @@ from ...common import admission
 from ..raft import codec
 from ..raft.node import FAIL_TEXT
 from .state import StateMachine, key_reused
-from .watch import EventHub
+from .watch import EventHub, Watcher
 
 log = logging.getLogger(__name__)
+
+_List = list        # ``list`` is also a method of Store
 
 MAX_TXNS_PER_ENTRY = 2000
 MAX_BYTES_PER_ENTRY = 2 * 1024 * 1024
@@ -67,7 +71,7 @@ class CommitTimeout(StoreError):
 class TxnFailed(StoreError):
     """The transaction was applied and refused (conflict, exists, ...)."""
 
-    def __init__(self, error: dict):
+    def __init__(self, error: dict) -> None:
         super().__init__(error.get("message", error.get("code")))
         self.error = error
         self.code = error.get("code", "failed")
@@ -85,7 +89,7 @@ class RequestId(NamedTuple):
     digest: bytes | None = None
 
 
-def _rid_parts(rid) -> tuple[str | None, bytes | None]:
+def _rid_parts(rid: str | RequestId | None) -> tuple[str | None, bytes | None]:
     if rid is None or isinstance(rid, str):
         return rid, None
     return rid.key, rid.digest
@@ -97,13 +101,13 @@ class _Waiter:
     called (on the Raft thread) when the last one is answered."""
     __slots__ = ("count", "event", "lock", "then")
 
-    def __init__(self, count, then=None):
+    def __init__(self, count: int, then: Callable[[], None] | None = None) -> None:
         self.count = count
         self.event = threading.Event() if then is None else None
         self.lock = threading.Lock()
         self.then = then
 
-    def one_done(self):
+    def one_done(self) -> None:
         with self.lock:
             self.count -= 1
             last = self.count == 0
@@ -115,20 +119,21 @@ class _Waiter:
                 # keep them all until a full collection.
                 then()
             else:
+                assert self.event is not None       # made when there is no ``then``
                 self.event.set()
 
 
 class _Pending:
     __slots__ = ("data", "size", "waiter", "result", "error")
 
-    def __init__(self, data, waiter):
+    def __init__(self, data: bytes, waiter: _Waiter) -> None:
         self.data = data            # the transaction, packed once
         self.size = len(data)
         self.waiter = waiter
-        self.result = None
-        self.error = None
+        self.result: dict | None = None
+        self.error: Exception | None = None
 
-    def answer(self, result=None, error=None):
+    def answer(self, result: dict | None = None, error: Exception | None = None) -> None:
         self.result, self.error = result, error
         self.waiter.one_done()
 
@@ -137,23 +142,24 @@ class Op:
     """Helpers that build operations."""
 
     @staticmethod
-    def create(kind, obj):
+    def create(kind: str, obj: dict) -> dict:
         return {"op": "create", "kind": kind, "obj": obj}
 
     @staticmethod
-    def update(kind, obj, version=None):
+    def update(kind: str, obj: dict, version: int | None = None) -> dict:
         return {"op": "update", "kind": kind, "obj": obj, "version": version}
 
     @staticmethod
-    def upsert(kind, obj):
+    def upsert(kind: str, obj: dict) -> dict:
         return {"op": "upsert", "kind": kind, "obj": obj}
 
     @staticmethod
-    def delete(kind, oid, version=None):
+    def delete(kind: str, oid: str, version: int | None = None) -> dict:
         return {"op": "delete", "kind": kind, "id": oid, "version": version}
 
     @staticmethod
-    def patch(kind, oid, fields, version=None, unset=()):
+    def patch(kind: str, oid: str, fields: dict, version: int | None = None,
+              unset: Iterable[str] = ()) -> dict:
         return {"op": "patch", "kind": kind, "id": oid, "set": fields, "version": version,
                 "unset": list(unset)}
 
@@ -161,7 +167,7 @@ class Op:
 _STAMPED = frozenset(("id", "version", "created_at", "updated_at"))
 
 
-def as_patch(op, current):
+def as_patch(op: dict, current: dict) -> dict:
     """The patch equivalent to ``op`` (an update with compare-and-set on
     ``current``'s version): the top-level fields that differ, and those
     removed. Unchanged fields (a task's spec, its service id...) are not
@@ -181,26 +187,43 @@ def as_patch(op, current):
     return Op.patch(op["kind"], obj["id"], fields, version=op["version"], unset=unset)
 
 
+class Journal(Protocol):
+    def sync(self) -> None: ...
+
+
+class Replicator(Protocol):
+    """What the store needs of its Raft member (``raft.node.RaftNode``)."""
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def journal(self) -> Journal: ...
+
+    def propose(self, payload: bytes, callback: Callable[[Any, Any], None]) -> None: ...
+
+
 class Store:
-    def __init__(self):
+    def __init__(self) -> None:
         self.hub = EventHub()
         self.sm = StateMachine(self.hub)
-        self.raft = None
+        self.raft: Replicator | None = None
         self._ready = threading.Condition()
         self._single: collections.deque[_Pending] = collections.deque()
         self._bulk: collections.deque[_Pending] = collections.deque()
         self._slots = threading.Semaphore(MAX_IN_FLIGHT)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._propose_loop, name="store-proposer", daemon=True)
+        self._thread = threading.Thread(target=self._propose_loop, name="store-proposer",
+                                        daemon=True)
         self.entries_proposed = 0
         self.txns_proposed = 0
-        self._patch_gate = None
+        self._patch_gate: Callable[[Store], Any] | None = None
         self._patch_cache = (-1, False)
 
-    def attach(self, raft):
+    def attach(self, raft: Replicator) -> None:
         self.raft = raft
 
-    def patch_when(self, gate) -> None:
+    def patch_when(self, gate: Callable[[Store], Any]) -> None:
         """Send updates as patches (only the changed fields) while
         ``gate(store)`` is true: every member must understand them, so the
         gate checks that every manager runs a version that applies them."""
@@ -216,7 +239,7 @@ class Store:
             self._patch_cache = (self.sm.index, allowed)
         return allowed
 
-    def _compact(self, ops):
+    def _compact(self, ops: Iterable[dict]) -> list[dict]:
         """Updates with compare-and-set against the version held here
         become patches (the common case: a task's status, its node), and a
         new task with its service's current spec names the service instead
@@ -235,49 +258,50 @@ class Store:
             out.append(op)
         return out
 
-    def start(self):
+    def start(self) -> None:
         self._thread.start()
 
-    def stop(self):
+    def stop(self) -> None:
         with self._ready:
             self._stop.set()
             self._ready.notify()
 
     # -- reads --------------------------------------------------------------------
-    def get(self, kind, oid):
+    def get(self, kind: str, oid: str | None) -> dict | None:
         return self.sm.get(kind, oid)
 
-    def list(self, kind):
+    def list(self, kind: str) -> _List[dict]:
         return self.sm.list(kind)
 
-    def first(self, kind):
+    def first(self, kind: str) -> dict | None:
         return self.sm.first(kind)
 
-    def count(self, kind):
+    def count(self, kind: str) -> int:
         return self.sm.count(kind)
 
-    def by_unique(self, kind, field, value):
+    def by_unique(self, kind: str, field: str, value: Any) -> dict | None:
         return self.sm.by_unique(kind, field, value)
 
-    def by_index(self, kind, field, value):
+    def by_index(self, kind: str, field: str, value: Any) -> _List[dict]:
         return self.sm.by_index(kind, field, value)
 
-    def task_counts(self, service_id) -> tuple[int, int]:
+    def task_counts(self, service_id: str) -> tuple[int, int]:
         return self.sm.task_counts(service_id)
 
     @property
-    def index(self):
+    def index(self) -> int:
         return self.sm.index
 
-    def watch(self):
+    def watch(self) -> Watcher:
         return self.hub.watch()
 
     # -- writes -------------------------------------------------------------------
-    def _pending(self, ops, rid, waiter=None) -> _Pending:
+    def _pending(self, ops: Iterable[dict], rid: str | RequestId | None,
+                 waiter: _Waiter | None = None) -> _Pending:
         """The transaction, encoded once, ready to queue."""
         ops = self._compact(ops) if self._patches_allowed() else list(ops)
         key, digest = _rid_parts(rid)
-        txn = {"rid": key, "ts": time.time(), "ops": ops}
+        txn: dict[str, Any] = {"rid": key, "ts": time.time(), "ops": ops}
         if digest is not None:
             txn["rd"] = digest
         data = codec.pack(txn)
@@ -287,7 +311,8 @@ class Store:
         return _Pending(data, waiter or _Waiter(1))
 
     @staticmethod
-    def _wait(waiter, timeout):
+    def _wait(waiter: _Waiter, timeout: float) -> None:
+        assert waiter.event is not None     # a waiter without ``then``
         with admission.blocking():
             answered = waiter.event.wait(timeout)
         if not answered:
@@ -295,15 +320,17 @@ class Store:
                                 "have been applied (retry with the same request id)")
 
     @staticmethod
-    def _result(pending):
+    def _result(pending: _Pending) -> dict:
         if pending.error is not None:
             raise pending.error
         result = pending.result
+        assert result is not None           # answered with a result or an error
         if not result["ok"]:
             raise TxnFailed(result["error"])
         return result
 
-    def commit(self, ops, rid: str | RequestId | None = None, timeout: float = 10.0) -> dict:
+    def commit(self, ops: Iterable[dict], rid: str | RequestId | None = None,
+               timeout: float = 10.0) -> dict:
         """Apply ``ops`` atomically; returns {"index", "objects"} or raises."""
         raft = self.raft
         if raft is None or not raft.is_leader:
@@ -315,7 +342,8 @@ class Store:
         self._wait(pending.waiter, timeout)
         return self._result(pending)
 
-    def commit_many(self, transactions, timeout: float = 10.0) -> list:
+    def commit_many(self, transactions: Sequence[Iterable[dict]],
+                    timeout: float = 10.0) -> _List[dict | Exception]:
         """Submit independent transactions together (they share Raft
         entries) and wait for all. Returns, per transaction, its result or
         the exception it failed with."""
@@ -331,17 +359,19 @@ class Store:
             self._wait(waiter, timeout)
         except CommitTimeout as exc:
             timed_out = exc
-        out = []
+        out: _List[dict | Exception] = []
         for p in pendings:
             if isinstance(p, Exception):
                 out.append(p)
             elif p.result is None and p.error is None:
+                assert timed_out is not None    # every transaction is answered otherwise
                 out.append(timed_out)       # not answered in time: outcome unknown
             else:
                 out.append(self._result_or_error(p))
         return out
 
-    def submit_many(self, transactions, then) -> None:
+    def submit_many(self, transactions: Sequence[Iterable[dict]],
+                    then: Callable[[_List[dict | StoreError]], Any]) -> None:
         """Like commit_many() without waiting: ``then(results)`` is called
         on the Raft thread once every transaction is answered (keep it
         short). There is no timeout: an entry is always answered, applied
@@ -349,7 +379,7 @@ class Store:
         raft = self.raft
         if raft is None or not raft.is_leader:
             raise NotLeader("this manager is not the leader")
-        box = []
+        box: _List[_Pending | StoreError] = []
         # One extra count, released once ``box`` is filled: ``then`` must not
         # run before (every transaction may fail at once, or be answered
         # while later ones are still being submitted).
@@ -358,8 +388,9 @@ class Store:
         box.extend(self._submit_all(transactions, waiter))
         waiter.one_done()
 
-    def _submit_all(self, transactions, waiter):
-        pendings = []
+    def _submit_all(self, transactions: Iterable[Iterable[dict]],
+                    waiter: _Waiter) -> _List[_Pending | StoreError]:
+        pendings: _List[_Pending | StoreError] = []
         for ops in transactions:
             try:
                 pendings.append(self._pending(ops, None, waiter))
@@ -371,7 +402,7 @@ class Store:
             self._ready.notify()
         return pendings
 
-    def remembered(self, rid) -> dict | None:
+    def remembered(self, rid: str | RequestId | None) -> dict | None:
         """What the store remembers of request id ``rid`` (a str or a
         RequestId): None if it is new; else ``{"index", "removed"}``, the
         objects its transaction removed as ``(kind, id)`` pairs. Raises
@@ -386,14 +417,16 @@ class Store:
             raise TxnFailed(key_reused(key))
         return {"index": done["index"], "removed": list(done.get("gone", ()))}
 
-    def _result_or_error(self, pending):
+    def _result_or_error(self, pending: _Pending) -> dict | StoreError:
         try:
             return self._result(pending)
         except StoreError as exc:
             return exc
 
-    def update(self, kind, oid, change, *, rid=None, version=None, attempts=10,
-               extra_ops=None):
+    def update(self, kind: str, oid: str, change: Callable[[dict], dict | None], *,
+               rid: str | RequestId | None = None, version: int | None = None,
+               attempts: int = 10,
+               extra_ops: Callable[[dict, dict], _List[dict]] | None = None) -> dict | None:
         """Read-modify-write with compare-and-set, retried on conflict.
 
         ``change(current)`` returns the new object, or None to leave it as
@@ -420,7 +453,8 @@ class Store:
                                  "message": f"{kind} {oid} not found"})
             if version is not None and version != current.get("version"):
                 raise TxnFailed({"code": "conflict", "kind": kind, "id": oid,
-                                 "message": f"{kind} {oid} changed (version {current.get('version')})"})
+                                 "message": f"{kind} {oid} changed "
+                                            f"(version {current.get('version')})"})
             new = change(current)
             if new is None or new == current:
                 if rid is not None:
@@ -450,7 +484,7 @@ class Store:
         applied everything committed before it."""
         return self.commit([], timeout=timeout)["index"]
 
-    def _spec_by_reference(self, op):
+    def _spec_by_reference(self, op: dict) -> dict:
         obj = op.get("obj")
         if not isinstance(obj, dict) or "spec" not in obj:
             return op
@@ -461,7 +495,7 @@ class Store:
         return {"op": "create", "kind": "task", "spec_of": service["id"],
                 "obj": {k: v for k, v in obj.items() if k != "spec"}}
 
-    def _propose_loop(self):
+    def _propose_loop(self) -> None:
         while True:
             with self._ready:
                 while not self._single and not self._bulk and not self._stop.is_set():
@@ -481,13 +515,13 @@ class Store:
             self.entries_proposed += 1
             self.txns_proposed += len(batch)
             try:
-                raft.propose(payload, lambda res, err, b=batch: self._done(b, res, err))
+                raft.propose(payload, functools.partial(self._done, batch))
             except Exception as exc:  # pragma: no cover - defensive
                 self._slots.release()
                 self._fail(batch, StoreError(str(exc)))
 
-    def _take(self) -> list[_Pending]:
-        batch: list[_Pending] = []
+    def _take(self) -> _List[_Pending]:
+        batch: _List[_Pending] = []
         size = 0
         with self._ready:
             for waiting in (self._single, self._bulk):
@@ -497,9 +531,10 @@ class Store:
                     size += pending.size
         return batch
 
-    def _done(self, batch, results, err):
+    def _done(self, batch: _List[_Pending], results: Any, err: Any) -> None:
         # Runs on the Raft tick thread.
         self._slots.release()
+        assert self.raft is not None        # it proposed the entry
         if err == FAIL_REASON.SUCCESS and isinstance(results, list) and len(results) == len(batch):
             self.raft.journal.sync()
             for pending, result in zip(batch, results):
@@ -512,6 +547,7 @@ class Store:
             self._fail(batch, TxnFailed(results.get("error") or {"code": "refused"}))
             return
         reason = FAIL_TEXT.get(err, f"raft error {err}")
+        exc: StoreError
         if err in (FAIL_REASON.NOT_LEADER, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
                    FAIL_REASON.QUEUE_FULL):
             exc = NotLeader(reason)  # definitely not applied: safe to retry anywhere
@@ -520,7 +556,7 @@ class Store:
         self._fail(batch, exc)
 
     @staticmethod
-    def _fail(batch, exc):
+    def _fail(batch: Iterable[_Pending], exc: Exception) -> None:
         for pending in batch:
             pending.answer(error=exc)
 

@@ -16,12 +16,13 @@ import collections
 import itertools
 import threading
 import weakref
+from collections.abc import Iterable
 
 from .state import Event
 
 
 class EventHub:
-    def __init__(self, size: int = 65536):
+    def __init__(self, size: int = 65536) -> None:
         self._cond = threading.Condition()
         self._ring: collections.deque[Event] = collections.deque(maxlen=size)
         self._seq = 0
@@ -31,7 +32,7 @@ class EventHub:
     def seq(self) -> int:
         return self._seq
 
-    def publish(self, events):
+    def publish(self, events: Iterable[Event]) -> None:
         with self._cond:
             for event in events:
                 self._seq += 1
@@ -40,7 +41,7 @@ class EventHub:
             self._trim()
             self._cond.notify_all()
 
-    def _trim(self):
+    def _trim(self) -> None:
         """Drop the events every live watcher has read."""
         low = self._seq
         for watcher in list(self._watchers):
@@ -50,13 +51,13 @@ class EventHub:
         while ring and ring[0].seq <= low:
             ring.popleft()
 
-    def watch(self) -> "Watcher":
+    def watch(self) -> Watcher:
         with self._cond:
             watcher = Watcher(self, self._seq)
             self._watchers.add(watcher)
             return watcher
 
-    def _since(self, seq, timeout):
+    def _since(self, seq: int, timeout: float | None) -> tuple[int, list[Event]]:
         with self._cond:
             if self._seq <= seq:
                 self._cond.wait(timeout)
@@ -73,13 +74,13 @@ class EventHub:
             events = list(itertools.islice(reversed(self._ring), self._seq - seq))[::-1]
             return self._seq, events
 
-    def wake_all(self):
+    def wake_all(self) -> None:
         with self._cond:
             self._cond.notify_all()
 
 
 class Watcher:
-    def __init__(self, hub: EventHub, seq: int):
+    def __init__(self, hub: EventHub, seq: int) -> None:
         self._hub = hub
         self._seq = seq
 
