@@ -149,7 +149,10 @@ class Dispatcher(Component):
     # -- periods ------------------------------------------------------------------------
     def period(self) -> float:
         c = queries.cluster(self._store)
-        base = float(c["spec"]["dispatcher"]["heartbeat_period"]) if c else objects.DEFAULT_HEARTBEAT
+        if c:
+            base = float(c["spec"]["dispatcher"]["heartbeat_period"])
+        else:
+            base = objects.DEFAULT_HEARTBEAT
         return max(base, self._store.count("node") / MAX_HEARTBEATS_PER_S)
 
     def _jittered(self) -> float:
@@ -492,7 +495,7 @@ class Dispatcher(Component):
         if self._statuses:
             self._wake_once()
 
-    # -- pushing assignments ------------------------------------------------------------------------
+    # -- pushing assignments ------------------------------------------------------------------
     def _push_all(self):
         now = time.monotonic()
         jobs = []

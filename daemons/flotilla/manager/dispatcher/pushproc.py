@@ -161,8 +161,10 @@ class PushProcess:
                 self.front_listening = True
             self._sock = ours
             self._outbox = _Outbox(ours)
-            self._threads = [threading.Thread(target=self._outbox.run, name="push-out", daemon=True),
-                             threading.Thread(target=self._read, name="push-in", daemon=True)]
+            self._threads = [
+                threading.Thread(target=self._outbox.run, name="push-out", daemon=True),
+                threading.Thread(target=self._read, name="push-in", daemon=True),
+            ]
         for t in self._threads:
             t.start()
 

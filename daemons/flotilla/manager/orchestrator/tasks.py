@@ -35,7 +35,8 @@ def with_desired(task: dict, desired: str) -> dict:
 
 def is_dirty(task: dict, service: dict) -> bool:
     """The task runs an older spec than the service's (replicas do not count)."""
-    return task["spec"] != service["spec"]["task"] or task["ports"] != taskmodel.task_ports(service["spec"])
+    return (task["spec"] != service["spec"]["task"]
+            or task["ports"] != taskmodel.task_ports(service["spec"]))
 
 
 def node_unusable(node: dict | None) -> str | None:
