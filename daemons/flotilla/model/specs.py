@@ -97,12 +97,17 @@ HTTP_STATUS = re.compile(r"^([1-5][0-9][0-9])(?:-([1-5][0-9][0-9]))?$")
 HEALTH_FORMS = ("test", "http", "tcp")
 
 
+def _any_success() -> list[Union[int, str]]:
+    """HttpCheck's default status: any success or redirect."""
+    return ["200-399"]
+
+
 class HttpCheck(Model):
     """GET http://<container address>:<port><path>, answered with one of the
     ``status`` codes (codes like ``204`` or ranges like ``200-299``)."""
     port: int = Field(ge=1, le=65535)
     path: str = Field(default="/", max_length=2048)
-    status: list[Union[int, str]] = Field(default_factory=lambda: ["200-399"],
+    status: list[Union[int, str]] = Field(default_factory=_any_success,
                                           min_length=1, max_length=32)
 
     @field_validator("path")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic_core import ErrorDetails
 
 from .names import HOSTNAME, OBJECT_NAME
 
@@ -91,7 +92,7 @@ def decode_json(raw: bytes):
 def check_values(data) -> None:
     """Refuse numbers and strings no field may hold, wherever they are:
     integers beyond 64 bits, infinite floats (1e999), unpaired surrogates."""
-    stack = [(data, ())]
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(data, ())]
     while stack:
         value, path = stack.pop()
         problem = None
@@ -120,11 +121,11 @@ def check_values(data) -> None:
                            field=field)
 
 
-def _field_path(error: dict, data) -> str | None:
+def _field_path(error: ErrorDetails, data: Any) -> str | None:
     """The dotted path of an error within what the client sent. pydantic
     also names the members of a union it tried (``memory.str``); those name
     no place in the body and are left out."""
-    parts = []
+    parts: list[str] = []
     cur = data
     loc = error["loc"]
     for i, elem in enumerate(loc):
