@@ -158,7 +158,7 @@ class Given:
 _viewers: dict[Any, Callable[..., dict]] = {}
 
 
-def _source(name: str, metadata: list):
+def _source(name: str, metadata: list) -> From | Given:
     for m in metadata:
         if isinstance(m, (From, Given)):
             return m
