@@ -36,6 +36,10 @@ _INT_FIELDS = {"pre_vote": ("term", "last_log_index", "last_log_term"),
                "pre_vote_response": ("term", "current_term")}
 
 
+# A Raft log entry as pysyncobj keeps it: (command, index, term).
+Entry = tuple[bytes, int, int]
+
+
 class CodecError(ValueError):
     """Raised for bytes that do not decode to an acceptable value."""
 

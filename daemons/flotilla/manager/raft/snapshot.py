@@ -55,8 +55,6 @@ MAGIC = b"FLTSNAP1"
 WRITE_BUFFER = 1 << 20
 CHILD_NICE = 10
 
-Entry = tuple[bytes, int, int]      # a log entry: (command, index, term)
-
 
 class SnapshotState(Protocol):
     """The state a snapshot holds (``store.state.StateMachine``); it may also
@@ -264,7 +262,7 @@ class SnapshotSerializer:
             return SERIALIZER_STATE.NOT_SERIALIZING, None
 
     # -- reading ------------------------------------------------------------
-    def deserialize(self) -> tuple[None, Entry, Entry, list[TCPNode]]:
+    def deserialize(self) -> tuple[None, codec.Entry, codec.Entry, list[TCPNode]]:
         """Load the snapshot into the state machine; return what pysyncobj
         needs: (None, last entry, previous entry, member addresses)."""
         with open(self._path, "rb") as f:
@@ -365,14 +363,14 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _entry(value: Any) -> Entry:
+def _entry(value: Any) -> codec.Entry:
     if not (isinstance(value, (list, tuple)) and len(value) == 3):
         raise codec.CodecError("bad snapshot entry")
     command, idx, term = value
     return (bytes(command), int(idx), int(term))
 
 
-def read_boundary(path: str) -> tuple[Entry, Entry] | None:
+def read_boundary(path: str) -> tuple[codec.Entry, codec.Entry] | None:
     """(previous entry, last entry) of the snapshot at ``path``, or None if
     there is none or it cannot be read (loading it says why)."""
     try:
