@@ -14,11 +14,18 @@ from __future__ import annotations
 import logging
 import os
 import random
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import __version__
 from ..common.component import Component
 from ..common.httpclient import ApiError
 from .describe import local_platform
+
+if TYPE_CHECKING:
+    from ..common.config import NodeConfig
+    from ..common.httpclient import Client
+    from .dispatcherlink import DispatcherLink
+    from .trust import Trust
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +39,11 @@ class NodeRemoved(Exception):
 class Session(Component):
     name = "agent-session"
 
-    def __init__(self, cfg, client, link, on_update, on_removed, describe=None,
-                 on_registered=None, trust=None):
+    def __init__(self, cfg: NodeConfig, client: Client, link: DispatcherLink,
+                 on_update: Callable[[dict], None], on_removed: Callable[[], None],
+                 describe: Callable[[], dict] | None = None,
+                 on_registered: Callable[[dict], None] | None = None,
+                 trust: Trust | None = None) -> None:
         super().__init__()
         self._cfg = cfg
         self._trust = trust
@@ -46,13 +56,13 @@ class Session(Component):
         self.registered = 0
         self.heartbeats = 0
         self.connected = False      # the last registration or heartbeat succeeded
-        self.last_view = None
-        self.session_id = None
+        self.last_view: dict | None = None
+        self.session_id: str | None = None
         # A leader of an earlier release refuses the field: register without it.
         self._plain_register = False
 
-    def _description(self):
-        desc = {
+    def _description(self) -> dict[str, Any]:
+        desc: dict[str, Any] = {
             "hostname": self._cfg.hostname,
             "platform": local_platform(),
             "resources": {"cpus": float(os.cpu_count() or 1),
@@ -76,7 +86,7 @@ class Session(Component):
             desc["advertise_explicit"] = True
         return desc
 
-    def run(self):
+    def run(self) -> None:
         backoff = 0.1
         while not self.stopping.is_set():
             try:
@@ -126,7 +136,7 @@ class Session(Component):
                 if self.sleep(1.0):
                     return
 
-    def _handle(self, reply):
+    def _handle(self, reply: dict) -> None:
         self.last_view = reply.get("node")
         if self._trust is not None:
             self._trust.update(reply)

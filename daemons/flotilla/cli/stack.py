@@ -116,7 +116,7 @@ def _send(ctx, method, path, body, service, what):
 @stack.command("ls")
 @format_option
 @click.pass_obj
-def ls(ctx):
+def ls(ctx) -> None:
     """List stacks."""
     counts: dict[str, int] = {}
     for s in call(ctx, "GET", "/v1/services"):

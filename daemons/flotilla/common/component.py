@@ -26,7 +26,7 @@ RESTART_RESET = 60.0
 class Component:
     name = "component"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.stopping = threading.Event()
         self.crashes = 0
         self._thread: threading.Thread | None = None

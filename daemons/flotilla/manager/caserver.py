@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from ..ca import certs, revocation, tokens
 from ..model import objects
 from .store import queries
-from .store.store import Op, TxnFailed, new_id
+from .store.store import Op, Store, TxnFailed, new_id
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,19 @@ class JoinRefused(Exception):
 
 
 class CAServer:
-    def __init__(self, store, counters):
+    def __init__(self, store: Store, counters) -> None:
         self._store = store
         self._counters = counters
         self._root_cache: tuple[str, certs.RootCA] | None = None
         self._lock = threading.Lock()
 
-    def root(self) -> certs.RootCA:
+    def _cluster(self) -> dict:
         cluster = queries.cluster(self._store)
-        root = cluster["root_ca"]
+        assert cluster is not None      # the store holds the cluster before the CA serves
+        return cluster
+
+    def root(self) -> certs.RootCA:
+        root = self._cluster()["root_ca"]
         with self._lock:
             if self._root_cache is None or self._root_cache[0] != root["digest"]:
                 self._root_cache = (root["digest"], certs.RootCA.from_pem(
@@ -49,12 +54,12 @@ class CAServer:
             return self._root_cache[1]
 
     def ca_pem(self) -> str:
-        return queries.cluster(self._store)["root_ca"]["cert"]
+        return self._cluster()["root_ca"]["cert"]
 
     # -- joining ----------------------------------------------------------------
     def join(self, *, token: str, csr: str, hostname: str, addr: str, raft_addr: str | None,
              platform: dict | None) -> dict:
-        cluster = queries.cluster(self._store)
+        cluster = self._cluster()
         try:
             parsed = tokens.parse_token(token)
         except tokens.InvalidToken as exc:
@@ -101,8 +106,8 @@ class CAServer:
         when the request's key is that of the node's last certificate: the
         same renewal asked again because its answer was lost (the demotion
         that issued that certificate revoked the one presented)."""
-        cluster = queries.cluster(self._store)
-        issued = {}
+        cluster = self._cluster()
+        issued: dict[str, Any] = {}
         csr_key = certs.csr_key_id(csr.encode())
         serial = getattr(presented, "serial", None)
 

@@ -20,6 +20,7 @@ import resource
 import ssl
 import sys
 import time
+from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from werkzeug.exceptions import HTTPException
@@ -67,7 +68,7 @@ def raft_join(cfg: NodeConfig, timeout: float = 120.0) -> dict:
 
 
 def raft_settings_from_env() -> RaftSettings:
-    kw = {}
+    kw: dict[str, Any] = {}
     for name in ("election_min", "election_max", "heartbeat", "compaction_entries",
                  "compaction_bytes"):
         value = os.environ.get(f"FLOTILLA_RAFT_{name.upper()}")

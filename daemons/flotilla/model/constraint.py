@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 
 EQ = "=="
 NE = "!="
@@ -47,7 +48,7 @@ class ConstraintError(ValueError):
     """A placement constraint or preference that cannot be parsed."""
 
 
-def _classify(key: str):
+def _classify(key: str) -> tuple[int | None, str | None]:
     """(kind, label name) for a key; kind None for an unknown key."""
     lowered = key.lower()
     kind = _SIMPLE_KEYS.get(lowered)
@@ -67,13 +68,14 @@ class Constraint:
 
     __slots__ = ("key", "op", "value", "kind", "label", "folded", "ip", "net")
 
-    def __init__(self, key: str, op: str, value: str):
+    def __init__(self, key: str, op: str, value: str) -> None:
         self.key = key
         self.op = op
         self.value = value
         self.kind, self.label = _classify(key)
         self.folded = value.lower()
-        self.ip = self.net = None
+        self.ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        self.net: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
         if self.kind == IP:
             try:
                 self.ip = ipaddress.ip_address(value)
@@ -101,7 +103,7 @@ class Constraint:
     def __repr__(self) -> str:
         return f"Constraint({self.expr!r})"
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return (isinstance(other, Constraint) and self.key == other.key
                 and self.op == other.op and self.value == other.value)
 
@@ -109,7 +111,7 @@ class Constraint:
         return hash((self.key, self.op, self.value))
 
 
-def parse_constraint(expr) -> Constraint:
+def parse_constraint(expr: object) -> Constraint:
     if not isinstance(expr, str):
         raise ConstraintError(f"invalid constraint {expr!r}: expected a string")
     positions = [(expr.find(op), op) for op in (EQ, NE) if op in expr]
@@ -132,7 +134,7 @@ def parse_constraint(expr) -> Constraint:
     return Constraint(key, op, value)
 
 
-def parse_constraints(exprs) -> list[Constraint]:
+def parse_constraints(exprs: object) -> list[Constraint]:
     """Parse a list of expressions; ConstraintError names the first bad one."""
     if exprs is None:
         return []
@@ -141,7 +143,7 @@ def parse_constraints(exprs) -> list[Constraint]:
     return [parse_constraint(e) for e in exprs]
 
 
-def parse_spread(descriptor):
+def parse_spread(descriptor: object) -> tuple[str, str] | None:
     """``("node", label)`` or ``("engine", label)`` for a spread descriptor,
     or None when it is not a label descriptor."""
     if not isinstance(descriptor, str):
@@ -154,7 +156,7 @@ def parse_spread(descriptor):
     return None
 
 
-def spread_levels(preferences) -> tuple:
+def spread_levels(preferences: Iterable[object] | None) -> tuple[tuple[str, str], ...]:
     """The usable spread levels of a placement's preferences, in order;
     entries that are not label spreads are skipped."""
     levels = []
@@ -166,7 +168,7 @@ def spread_levels(preferences) -> tuple:
     return tuple(levels)
 
 
-def validate_placement(placement) -> None:
+def validate_placement(placement: object) -> None:
     """Check a TaskSpec placement: constraints, spread preferences and
     max_replicas. Raises ConstraintError with a one-line message."""
     if placement is None:

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime
+from typing import Any, Protocol
 
 DEFAULT_CERT_EXPIRY = 90 * 86400
 MIN_CERT_EXPIRY = 60
@@ -44,7 +46,23 @@ DEFAULT_TASK_HISTORY = 5
 _RELEASE = re.compile(r"(\d+)\.(\d+)")
 
 
-def default_cluster_spec(cert_expiry=None, heartbeat=None):
+class Identity(Protocol):
+    """What a node or admin certificate says (``ca.certs.CertIdentity``)."""
+
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def serial(self) -> int: ...
+    @property
+    def not_before(self) -> datetime: ...
+    @property
+    def not_after(self) -> datetime: ...
+
+
+def default_cluster_spec(cert_expiry: float | None = None,
+                         heartbeat: float | None = None) -> dict[str, Any]:
     return {
         "ca": {"node_cert_expiry": int(cert_expiry or DEFAULT_CERT_EXPIRY)},
         "dispatcher": {"heartbeat_period": float(heartbeat or DEFAULT_HEARTBEAT)},
@@ -52,7 +70,9 @@ def default_cluster_spec(cert_expiry=None, heartbeat=None):
     }
 
 
-def new_node(node_id, *, hostname, addr, role, raft_addr=None, api_addr=None, platform=None):
+def new_node(node_id: str, *, hostname: str | None, addr: str | None, role: str,
+             raft_addr: str | None = None, api_addr: str | None = None,
+             platform: dict | None = None) -> dict[str, Any]:
     return {
         "id": node_id,
         "hostname": hostname or node_id[:12],
@@ -68,8 +88,8 @@ def new_node(node_id, *, hostname, addr, role, raft_addr=None, api_addr=None, pl
     }
 
 
-def cert_info(ident, key_id: str | None = None) -> dict:
-    info = {
+def cert_info(ident: Identity, key_id: str | None = None) -> dict[str, Any]:
+    info: dict[str, Any] = {
         "serial": format(ident.serial, "x"),
         "role": ident.role,
         "not_before": ident.not_before.timestamp(),
@@ -80,7 +100,8 @@ def cert_info(ident, key_id: str | None = None) -> dict:
     return info
 
 
-def with_cert(node: dict, ident, key_id: str | None = None, now: float | None = None) -> dict:
+def with_cert(node: dict, ident: Identity, key_id: str | None = None,
+              now: float | None = None) -> dict:
     """``node`` after its certificate ``ident`` was issued: recorded as its
     last one and, for a manager certificate, among those a demotion revokes."""
     now = time.time() if now is None else now
@@ -91,30 +112,30 @@ def with_cert(node: dict, ident, key_id: str | None = None, now: float | None = 
     return dict(node, cert=info, manager_certs=held)
 
 
-def admin_record(name: str, ident, cert_pem: str, key_id: str, now: float) -> dict:
+def admin_record(name: str, ident: Identity, cert_pem: str, key_id: str, now: float) -> dict:
     """The cluster's record of an operator's client bundle (``admins``)."""
     return {"name": name, "id": ident.node_id, "serial": format(ident.serial, "x"),
             "key_id": key_id, "not_after": ident.not_after.timestamp(), "created_at": now,
             "revoked_at": None, "cert": cert_pem}
 
 
-def wants_manager_cert(node) -> bool:
+def wants_manager_cert(node: dict) -> bool:
     """A node gets a manager certificate while it is or is becoming a manager.
     A demoted manager keeps it until Raft no longer counts it."""
     return node.get("spec", {}).get("role") == "manager" or node.get("role") == "manager"
 
 
-def is_manager(node) -> bool:
+def is_manager(node: dict | None) -> bool:
     return node is not None and node.get("role") == "manager"
 
 
-def release(node) -> tuple[int, int] | None:
+def release(node: dict) -> tuple[int, int] | None:
     """(major, minor) of the Flotilla a node's agent reported, if any."""
     found = _RELEASE.match(str((node.get("description") or {}).get("version") or ""))
     return (int(found.group(1)), int(found.group(2))) if found else None
 
 
-def public_cluster(c) -> dict:
+def public_cluster(c: dict) -> dict:
     """The cluster object without secrets."""
     return {
         "id": c["id"],

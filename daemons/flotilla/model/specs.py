@@ -9,7 +9,7 @@ sizes in bytes, every field present. The task part is copied into each task
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Self, Union
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
@@ -29,22 +29,22 @@ Duration = Union[str, float]
 Size = Union[str, int]
 
 
-def _seconds(value, lo=0.0, hi=365 * 86400, what="duration"):
+def _seconds(value: Duration, lo: float = 0.0, hi: float = 365 * 86400,
+             what: str = "duration") -> float:
     seconds = parse_duration(value)
     if seconds < lo or seconds > hi:
         raise ValueError(f"{what} must be between {lo:g}s and {hi:g}s")
     return seconds
 
 
-def _no_nul(items, what):
+def _check_no_nul(items: Optional[list[str]], what: str) -> None:
     # The kernel takes arguments and environment as C strings.
     for item in items or ():
         if "\x00" in item:
             raise ValueError(f"{what} must not contain NUL characters")
-    return items
 
 
-def _template(value):
+def _template(value: Optional[str]) -> Optional[str]:
     """A field each node expands per task (``common/template.py``): only
     the placeholders it knows."""
     if value is not None:
@@ -52,14 +52,14 @@ def _template(value):
     return value
 
 
-def _env_template(entry):
+def _env_template(entry: str) -> str:
     _, sep, value = entry.partition("=")
     if sep:
         template.check(value)
     return entry
 
 
-def _labels(labels):
+def _labels(labels: dict[str, str]) -> dict[str, str]:
     if len(labels) > 64:
         raise ValueError("at most 64 labels")
     for k, v in labels.items():
@@ -78,7 +78,7 @@ class Mount(Model):
     readonly: bool = False
 
     @model_validator(mode="after")
-    def _check(self):
+    def _check(self) -> Self:
         # what the placeholders stand for is checked by the engine; their
         # surroundings must make an absolute path or a volume name
         target, source = template.sample(self.target), template.sample(self.source)
@@ -97,17 +97,22 @@ HTTP_STATUS = re.compile(r"^([1-5][0-9][0-9])(?:-([1-5][0-9][0-9]))?$")
 HEALTH_FORMS = ("test", "http", "tcp")
 
 
+def _any_success() -> list[Union[int, str]]:
+    """HttpCheck's default status: any success or redirect."""
+    return ["200-399"]
+
+
 class HttpCheck(Model):
     """GET http://<container address>:<port><path>, answered with one of the
     ``status`` codes (codes like ``204`` or ranges like ``200-299``)."""
     port: int = Field(ge=1, le=65535)
     path: str = Field(default="/", max_length=2048)
-    status: list[Union[int, str]] = Field(default_factory=lambda: ["200-399"],
+    status: list[Union[int, str]] = Field(default_factory=_any_success,
                                           min_length=1, max_length=32)
 
     @field_validator("path")
     @classmethod
-    def _path(cls, v):
+    def _path(cls, v: str) -> str:
         if not v.startswith("/"):
             raise ValueError("path must start with '/'")
         if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in v):
@@ -116,13 +121,13 @@ class HttpCheck(Model):
 
     @field_validator("status", mode="before")
     @classmethod
-    def _one_status(cls, v):
+    def _one_status(cls, v: Any) -> Any:
         return [v] if isinstance(v, (int, str)) else v
 
     @field_validator("status")
     @classmethod
-    def _status(cls, v):
-        out = []
+    def _status(cls, v: list[Union[int, str]]) -> list[Union[int, str]]:
+        out: list[Union[int, str]] = []
         for item in v:
             m = HTTP_STATUS.match(str(item)) if not isinstance(item, bool) else None
             if not m or int(m.group(1)) > int(m.group(2) or m.group(1)):
@@ -150,18 +155,19 @@ class Healthcheck(Model):
 
     @field_validator("test")
     @classmethod
-    def _test(cls, v):
+    def _test(cls, v: Optional[list[str]]) -> Optional[list[str]]:
         if v is None:
             return v
         if v[0] not in ("CMD", "CMD-SHELL", "NONE"):
             raise ValueError("test must start with CMD, CMD-SHELL or NONE")
         if v[0] != "NONE" and len(v) < 2:
             raise ValueError("test needs a command after " + v[0])
-        return _no_nul(v, "test")
+        _check_no_nul(v, "test")
+        return v
 
     @field_validator("http", "tcp")
     @classmethod
-    def _only_one(cls, v, info: ValidationInfo):
+    def _only_one(cls, v: Optional[Model], info: ValidationInfo) -> Optional[Model]:
         if v is not None:
             for other in HEALTH_FORMS[:HEALTH_FORMS.index(info.field_name)]:
                 if info.data.get(other) is not None:
@@ -171,16 +177,16 @@ class Healthcheck(Model):
 
     @field_validator("interval", "timeout")
     @classmethod
-    def _period(cls, v):
+    def _period(cls, v: Duration) -> float:
         return _seconds(v, 0.001, 86400)
 
     @field_validator("start_period")
     @classmethod
-    def _start(cls, v):
+    def _start(cls, v: Duration) -> float:
         return _seconds(v, 0, 86400)
 
     @model_validator(mode="after")
-    def _form(self):
+    def _form(self) -> Self:
         if all(getattr(self, form) is None for form in HEALTH_FORMS):
             raise ValueError("one of test, http or tcp is required")
         return self
@@ -207,33 +213,35 @@ class ContainerSpec(Model):
 
     @field_validator("image")
     @classmethod
-    def _image(cls, v):
+    def _image(cls, v: str) -> str:
         if any(c.isspace() for c in v):
             raise ValueError("image reference must not contain spaces")
         return v
 
     @field_validator("env")
     @classmethod
-    def _env(cls, v):
+    def _env(cls, v: list[str]) -> list[str]:
         for item in v:
             key, sep, _ = item.partition("=")
             if not sep or not ENV_KEY.match(key):
                 raise ValueError(f"environment entry {item[:40]!r} is not KEY=VALUE")
-        return _no_nul(v, "environment entries")
+        _check_no_nul(v, "environment entries")
+        return v
 
     @field_validator("command", "args")
     @classmethod
-    def _argv(cls, v, info: ValidationInfo):
-        return _no_nul(v, info.field_name)
+    def _argv(cls, v: Optional[list[str]], info: ValidationInfo) -> Optional[list[str]]:
+        _check_no_nul(v, str(info.field_name))
+        return v
 
     @field_validator("labels")
     @classmethod
-    def _labels(cls, v):
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
         return _labels(v)
 
     @field_validator("stop_grace_period")
     @classmethod
-    def _grace(cls, v):
+    def _grace(cls, v: Duration) -> float:
         return _seconds(v, 0, 3600, "stop grace period")
 
 
@@ -243,7 +251,7 @@ class ResourceSet(Model):
 
     @field_validator("memory")
     @classmethod
-    def _memory(cls, v):
+    def _memory(cls, v: Size) -> int:
         n = parse_bytes(v)
         if n and n < 4 * 1024 * 1024:
             raise ValueError("memory must be at least 4 MB (or 0 for none)")
@@ -265,7 +273,7 @@ class RestartPolicy(Model):
 
     @field_validator("delay", "window")
     @classmethod
-    def _dur(cls, v):
+    def _dur(cls, v: Duration) -> float:
         return _seconds(v, 0, 86400)
 
 
@@ -274,7 +282,7 @@ class Preference(Model):
 
     @field_validator("spread")
     @classmethod
-    def _spread(cls, v):
+    def _spread(cls, v: str) -> str:
         if not (v.startswith("node.labels.") or v.startswith("engine.labels.")) or v.endswith("."):
             raise ValueError("spread takes node.labels.<key> or engine.labels.<key>")
         return v
@@ -287,7 +295,7 @@ class Placement(Model):
 
     @field_validator("constraints")
     @classmethod
-    def _constraints(cls, v):
+    def _constraints(cls, v: list[str]) -> list[str]:
         for expr in v:
             if len(expr) > MAX_CONSTRAINT:
                 raise ValueError(f"constraint {expr[:40]!r}... is longer than "
@@ -312,9 +320,10 @@ class TaskSpec(Model):
     force_update: int = Field(default=0, ge=0, le=2 ** 63 - 1)
 
     @model_validator(mode="after")
-    def _check(self):
+    def _check(self) -> Self:
         lim, res = self.resources.limits, self.resources.reservations
-        if lim.memory and res.memory and res.memory > lim.memory:
+        # memory is a byte count (an int) once validated
+        if lim.memory and res.memory and int(res.memory) > int(lim.memory):
             raise ValueError("memory reservation is larger than the memory limit")
         if lim.cpus and res.cpus and res.cpus > lim.cpus:
             raise ValueError("CPU reservation is larger than the CPU limit")
@@ -333,8 +342,8 @@ class Endpoint(Model):
 
     @field_validator("ports")
     @classmethod
-    def _unique(cls, v):
-        seen = set()
+    def _unique(cls, v: list[Port]) -> list[Port]:
+        seen: set[tuple[int, str]] = set()
         for p in v:
             key = (p.published, p.protocol)
             if key in seen:
@@ -355,7 +364,7 @@ class UpdateConfig(Model):
 
     @field_validator("delay", "monitor")
     @classmethod
-    def _dur(cls, v):
+    def _dur(cls, v: Duration) -> float:
         return _seconds(v, 0, 86400)
 
 
@@ -365,7 +374,7 @@ class Dependency(Model):
 
     @field_validator("service")
     @classmethod
-    def _name(cls, v):
+    def _name(cls, v: str) -> str:
         if not SERVICE_NAME.match(v):
             raise ValueError("must be a service name")
         return v
@@ -384,8 +393,8 @@ class ServiceSpec(Model):
 
     @field_validator("depends_on")
     @classmethod
-    def _deps(cls, v, info: ValidationInfo):
-        seen = set()
+    def _deps(cls, v: list[Dependency], info: ValidationInfo) -> list[Dependency]:
+        seen: set[str] = set()
         for d in v:
             if d.service == info.data.get("name"):
                 raise ValueError("a service cannot depend on itself")
@@ -396,18 +405,18 @@ class ServiceSpec(Model):
 
     @field_validator("name")
     @classmethod
-    def _name(cls, v):
+    def _name(cls, v: str) -> str:
         if not SERVICE_NAME.match(v):
             raise ValueError("must be 1-63 characters: letters, digits, '_', '.', '-'")
         return v
 
     @field_validator("labels")
     @classmethod
-    def _labels(cls, v):
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
         return _labels(v)
 
     @model_validator(mode="after")
-    def _mode(self):
+    def _mode(self) -> Self:
         if self.mode == "global" and self.replicas is not None:
             raise ValueError("replicas cannot be set for a global service")
         if self.mode == "replicated" and self.replicas is None:

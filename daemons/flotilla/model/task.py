@@ -51,7 +51,7 @@ STATE_VALUES = {
     "remove": 800,
     "orphaned": 832,
 }
-STATES = tuple(sorted(STATE_VALUES, key=STATE_VALUES.get))
+STATES = tuple(sorted(STATE_VALUES, key=STATE_VALUES.__getitem__))
 
 LABEL_NODE = "flotilla.node.id"
 LABEL_TASK = "flotilla.task.id"
@@ -158,7 +158,7 @@ class Given:
 _viewers: dict[Any, Callable[..., dict]] = {}
 
 
-def _source(name: str, metadata: list):
+def _source(name: str, metadata: list) -> From | Given:
     for m in metadata:
         if isinstance(m, (From, Given)):
             return m

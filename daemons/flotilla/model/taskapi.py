@@ -25,7 +25,7 @@ class TaskStatus(Model):
 
     @field_validator("state")
     @classmethod
-    def _state(cls, v):
+    def _state(cls, v: str) -> str:
         if v not in STATE_VALUES:
             raise ValueError(f"unknown task state {v!r}")
         return v

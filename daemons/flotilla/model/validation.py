@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated
+from typing import Annotated, Any, NoReturn, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic_core import ErrorDetails
 
 from .names import HOSTNAME, OBJECT_NAME
 
@@ -69,11 +70,11 @@ class _Constant(ValueError):
     pass
 
 
-def _refuse_constant(name):
+def _refuse_constant(name: str) -> NoReturn:
     raise _Constant(name)
 
 
-def decode_json(raw: bytes):
+def decode_json(raw: bytes) -> Any:
     """Strict JSON: UTF-8 only, no NaN or Infinity."""
     try:
         text = raw.decode("utf-8")
@@ -88,10 +89,10 @@ def decode_json(raw: bytes):
         raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
 
 
-def check_values(data) -> None:
+def check_values(data: Any) -> None:
     """Refuse numbers and strings no field may hold, wherever they are:
     integers beyond 64 bits, infinite floats (1e999), unpaired surrogates."""
-    stack = [(data, ())]
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(data, ())]
     while stack:
         value, path = stack.pop()
         problem = None
@@ -120,11 +121,11 @@ def check_values(data) -> None:
                            field=field)
 
 
-def _field_path(error: dict, data) -> str | None:
+def _field_path(error: ErrorDetails, data: Any) -> str | None:
     """The dotted path of an error within what the client sent. pydantic
     also names the members of a union it tried (``memory.str``); those name
     no place in the body and are left out."""
-    parts = []
+    parts: list[str] = []
     cur = data
     loc = error["loc"]
     for i, elem in enumerate(loc):
@@ -140,7 +141,7 @@ def _field_path(error: dict, data) -> str | None:
     return ".".join(parts) or None
 
 
-def validation_error(exc: ValidationError, data, unknown: str) -> ApiError:
+def validation_error(exc: ValidationError, data: Any, unknown: str) -> ApiError:
     errors = exc.errors()
     first = errors[0]
     field = _field_path(first, data)
@@ -154,7 +155,10 @@ def validation_error(exc: ValidationError, data, unknown: str) -> ApiError:
     return ApiError(400, "invalid", f"{field}: {message}" if field else message, field=field)
 
 
-def validate(model: type[Model], raw: bytes):
+_M = TypeVar("_M", bound=Model)
+
+
+def validate(model: type[_M], raw: bytes) -> _M:
     """``raw`` (a JSON object) validated by ``model``, or ApiError 400."""
     if not raw.strip():
         raise ApiError(400, "invalid_json", "a request body (a JSON object) is required")

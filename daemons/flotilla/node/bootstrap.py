@@ -60,6 +60,8 @@ def init_cluster(cfg: NodeConfig, *, cert_expiry: float | None = None,
     cfg.role = "manager"
     spec = objects.default_cluster_spec(cert_expiry, heartbeat)
     root = certs.RootCA.create(cfg.cluster_id)
+    root_key_pem = root.key_pem
+    assert root_key_pem is not None     # a root just created holds its key
     key_pem, cert_pem = root.issue(certs.ROLE_MANAGER, cfg.node_id, cfg.cluster_id,
                                    spec["ca"]["node_cert_expiry"])
     fsutil.atomic_write(cfg.ca_path, root.cert_pem, 0o644)
@@ -74,7 +76,7 @@ def init_cluster(cfg: NodeConfig, *, cert_expiry: float | None = None,
         "id": cfg.cluster_id,
         "name": "default",
         "spec": spec,
-        "root_ca": {"cert": root.cert_pem.decode(), "key": root.key_pem.decode(),
+        "root_ca": {"cert": root.cert_pem.decode(), "key": root_key_pem.decode(),
                     "digest": root.digest},
         "tokens": {"worker": tokens.generate_token(root.cert_pem),
                    "manager": tokens.generate_token(root.cert_pem)},

@@ -14,6 +14,8 @@ import datetime
 import logging
 import threading
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from ..ca import certs
 from ..common.component import Component
 from ..common.httpclient import ApiError
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 class Renewer(Component):
     name = "cert-renewer"
 
-    def __init__(self, cfg, client, on_renewed=None):
+    def __init__(self, cfg, client, on_renewed=None) -> None:
         super().__init__()
         self._cfg = cfg
         self._client = client
@@ -34,7 +36,7 @@ class Renewer(Component):
         # The key of a renewal not answered yet: asked again with the same
         # key, the CA recognises it even if the certificate it comes with
         # was revoked meanwhile (a demotion).
-        self._pending_key = None
+        self._pending_key: ec.EllipticCurvePrivateKey | None = None
         self.renewals = 0
 
     def current(self) -> certs.CertIdentity:

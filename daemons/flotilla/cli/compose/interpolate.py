@@ -95,13 +95,14 @@ class Interpolator:
         if op is None:
             return self._get(name)
         val = self.env.get(name)
-        unset = val is None or (op.startswith(":") and val == "")
+        if op.startswith(":") and val == "":
+            val = None      # ":-", ":+" and ":?" take an empty value as unset
         kind = op[-1]
         if kind == "-":
-            return self.text(word, self._mark) if unset else val
+            return self.text(word, self._mark) if val is None else val
         if kind == "+":
-            return "" if unset else self.text(word, self._mark)
-        if unset:   # "?"
+            return "" if val is None else self.text(word, self._mark)
+        if val is None:   # "?"
             reason = self.text(word, self._mark) if word else ""
             raise _Bad(f"required variable {name} is missing a value"
                        + (f": {reason}" if reason else ""))

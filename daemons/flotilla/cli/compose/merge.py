@@ -58,6 +58,7 @@ def load(paths: list[str], environ: dict | None = None) -> Project:
         merged = _settle(data if merged is None else _merge(merged, data, ()))
     if errors:
         raise ComposeError(errors + problems)
+    assert merged is not None       # a file was read (else errors said why not)
     return Project(merged, list(paths), directory, env, warnings, problems)
 
 

@@ -265,7 +265,8 @@ class _Translator:
     def ordered(self, specs: list[dict], marks: dict) -> list[dict]:
         """Dependencies first (file order otherwise); a cycle is an error."""
         by_name = {s["name"]: s for s in specs}
-        out, state = [], {}
+        out: list[dict] = []
+        state: dict[str, str] = {}      # name -> visiting | done
 
         def visit(name, trail):
             if state.get(name) == "done":
@@ -813,7 +814,7 @@ class _Translator:
         elif isinstance(v, Map):
             for dep, conf in v.items():
                 where = join_path(path, dep)
-                condition = "started"
+                condition: str | None = "started"
                 if conf is not None:
                     conf = self.mapping(conf, v.at(dep), where)
                     if conf is None:
@@ -830,7 +831,7 @@ class _Translator:
         else:
             self.err(mark, path, "must be a list of services or a mapping")
             return []
-        out = []
+        out: list[dict] = []
         for dep, condition, m, where in items:
             if dep == name:
                 self.err(m, where, "a service cannot depend on itself")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import yaml
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.parser import Parser
 from yaml.reader import Reader
 from yaml.resolver import BaseResolver
@@ -149,6 +149,7 @@ def _construct_reset(loader: _Loader, node) -> Reset:
 
 def _construct_override(loader: _Loader, node) -> Override:
     """The value as if it had no tag, marked to replace."""
+    plain: Node
     if isinstance(node, ScalarNode):
         tag = loader.resolve(ScalarNode, node.value, (True, False)) if node.style is None \
             else "tag:yaml.org,2002:str"
@@ -172,12 +173,14 @@ def _construct_unknown(loader: _Loader, node):
     return None
 
 
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
-_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-_Loader.add_constructor("!reset", _construct_reset)
-_Loader.add_constructor("!override", _construct_override)
-_Loader.add_constructor(None, _construct_unknown)
+# PyYAML's stubs take only PyYAML's own loader classes here, not one built from
+# its mixins as this one is: hence the ignores.
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)  # type: ignore[type-var]
+_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)  # type: ignore[type-var]
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)  # type: ignore[type-var]
+_Loader.add_constructor("!reset", _construct_reset)  # type: ignore[type-var]
+_Loader.add_constructor("!override", _construct_override)  # type: ignore[type-var]
+_Loader.add_constructor(None, _construct_unknown)  # type: ignore[type-var]
 
 # A file nested deeper than this, or whose aliases expand to more values, is
 # refused (no Compose file comes near; a few lines of aliases could otherwise
@@ -279,7 +282,7 @@ def _not_utf8(raw: bytes, exc: UnicodeDecodeError, path: str) -> str:
             "save it as UTF-8")
 
 
-def read_yaml(path: str):
+def read_yaml(path: str) -> Map:
     try:
         with open(path, "rb") as f:
             raw = f.read()

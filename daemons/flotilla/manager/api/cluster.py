@@ -90,7 +90,8 @@ def get_tokens():
 
 @bp.get("/join-tokens/<role>")
 @policy("control")
-@doc("The join token for a role (worker or manager).", response=responses.JoinToken, tags=("cluster",))
+@doc("The join token for a role (worker or manager).", response=responses.JoinToken,
+     tags=("cluster",))
 def get_token(role):
     c = stored_cluster()
     return json_response({"role": _role(role), "token": c["tokens"][role]})

@@ -69,7 +69,8 @@ def list_configs():
 
 @bp.post("")
 @policy("control")
-@doc("Create a config (base64 data, at most 500 KB).", body=ConfigCreate, response=responses.Config, status=201, tags=("configs",))
+@doc("Create a config (base64 data, at most 500 KB).", body=ConfigCreate,
+     response=responses.Config, status=201, tags=("configs",))
 def create_config():
     body = parse_body(ConfigCreate)
     obj = {"id": new_id(), "name": body.name, "data": body.data, "labels": body.labels}

@@ -150,7 +150,8 @@ def _update(ref, change, rid, version=None):
 
 @bp.patch("/<ref>")
 @policy("control")
-@doc("Change a node's role, availability or labels.", body=NodeUpdate, query=ForceQuery, response=responses.Node, tags=("nodes",))
+@doc("Change a node's role, availability or labels.", body=NodeUpdate, query=ForceQuery,
+     response=responses.Node, tags=("nodes",))
 def update_node(ref):
     body = parse_body(NodeUpdate)
     if body.role == "worker":
@@ -218,7 +219,8 @@ def demote(ref):
 
 @bp.delete("/<ref>")
 @policy("control")
-@doc("Remove a node from the cluster (its certificate is revoked).", query=ForceQuery, response=responses.Removed, tags=("nodes",))
+@doc("Remove a node from the cluster (its certificate is revoked).", query=ForceQuery,
+     response=responses.Removed, tags=("nodes",))
 def remove(ref):
     m = manager()
     force = parse_query(ForceQuery).force

@@ -36,7 +36,8 @@ def status():
 
 @bp.post("/join")
 @policy("manager")
-@doc("Manager: join the Raft group.", body=RaftJoin, response=responses.RaftMembers, tags=("managers",))
+@doc("Manager: join the Raft group.", body=RaftJoin, response=responses.RaftMembers,
+     tags=("managers",))
 def join():
     """Record the caller's addresses, add it to the Raft configuration (the
     change carries its node id and API address) and return the members it

@@ -103,7 +103,8 @@ def _check_ports(spec: dict, exclude: str | None = None):
 
 @bp.post("/services")
 @policy("control")
-@doc("Create a service.", body=specs.ServiceSpec, response=responses.Service, status=201, tags=("services",))
+@doc("Create a service.", body=specs.ServiceSpec, response=responses.Service, status=201,
+     tags=("services",))
 def create_service():
     spec = specs.canonical(parse_body(specs.ServiceSpec))
     _check_ports(spec)
@@ -131,7 +132,8 @@ def inspect_service(ref):
 
 @bp.patch("/services/<ref>")
 @policy("control")
-@doc("Scale a service or replace its spec.", body=ServiceUpdate, response=responses.Service, tags=("services",))
+@doc("Scale a service or replace its spec.", body=ServiceUpdate, response=responses.Service,
+     tags=("services",))
 def update_service(ref):
     body = parse_body(ServiceUpdate)
     current = _get_service(ref)
@@ -224,7 +226,8 @@ def resume_update(ref):
 
 @bp.delete("/services/<ref>")
 @policy("control")
-@doc("Remove a service; its tasks stop and are removed.", response=responses.Removed, tags=("services",))
+@doc("Remove a service; its tasks stop and are removed.", response=responses.Removed,
+     tags=("services",))
 def remove_service(ref):
     if (done := replayed_removal()) is not None:
         return json_response(done)

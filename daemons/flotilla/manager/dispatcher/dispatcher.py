@@ -50,6 +50,7 @@ import logging
 import random
 import threading
 import time
+from typing import Any
 
 from ...ca import revocation
 from ...common.component import Component
@@ -104,7 +105,7 @@ class _Session:
     __slots__ = ("id", "deadline", "agent_addr", "seq", "needs_complete", "pending", "inflight",
                  "retry_at", "failures")
 
-    def __init__(self, session_id, deadline, agent_addr):
+    def __init__(self, session_id: str, deadline: float, agent_addr: str | None) -> None:
         self.id = session_id
         self.deadline = deadline
         self.agent_addr = agent_addr
@@ -124,7 +125,8 @@ class Dispatcher(Component):
         super().__init__()
         self._store = store
         self._node_id = node_id         # this manager's: the leader agents trust
-        self._trust_cache = None
+        # ((cluster version, manager ids), trust block) of the last trust()
+        self._trust_cache: tuple[tuple[Any, tuple[str, ...]], dict[str, Any]] | None = None
         self._lock = threading.Lock()
         self._sessions: dict[str, _Session] = {}
         self._grace: dict[str, float] = {}
@@ -149,7 +151,10 @@ class Dispatcher(Component):
     # -- periods ------------------------------------------------------------------------
     def period(self) -> float:
         c = queries.cluster(self._store)
-        base = float(c["spec"]["dispatcher"]["heartbeat_period"]) if c else objects.DEFAULT_HEARTBEAT
+        if c:
+            base = float(c["spec"]["dispatcher"]["heartbeat_period"])
+        else:
+            base = objects.DEFAULT_HEARTBEAT
         return max(base, self._store.count("node") / MAX_HEARTBEATS_PER_S)
 
     def _jittered(self) -> float:
@@ -290,7 +295,7 @@ class Dispatcher(Component):
         cached = self._trust_cache
         if cached is None or cached[0] != key:
             nodes, serials = revocation.split(c.get("revoked") if c else None)
-            block = {"managers": list(managers), "revoked_nodes": nodes,
+            block: dict[str, Any] = {"managers": list(managers), "revoked_nodes": nodes,
                      "revoked_serials": serials}
             block["version"] = hashlib.sha256(
                 json.dumps(block, sort_keys=True).encode()).hexdigest()[:32]
@@ -492,7 +497,7 @@ class Dispatcher(Component):
         if self._statuses:
             self._wake_once()
 
-    # -- pushing assignments ------------------------------------------------------------------------
+    # -- pushing assignments ------------------------------------------------------------------
     def _push_all(self):
         now = time.monotonic()
         jobs = []

@@ -33,18 +33,21 @@ import socket
 import ssl
 import threading
 import time
+from typing import Callable
 
 import httptools
 
 from ...ca import certs
 from ...common.jsonbody import dumps_line
 from ...model.session import Heartbeat, StatusReport
-from ...model.validation import ApiError, error_body, validate
+from ...model.validation import ApiError, Model, error_body, validate
 
 log = logging.getLogger(__name__)
 
-PATHS = {b"/v1/dispatcher/heartbeat": ("heartbeat", Heartbeat),
-         b"/v1/dispatcher/status": ("status", StatusReport)}
+PATHS: dict[bytes, tuple[str, type[Model]]] = {
+    b"/v1/dispatcher/heartbeat": ("heartbeat", Heartbeat),
+    b"/v1/dispatcher/status": ("status", StatusReport),
+}
 MAX_BODY = 1024 * 1024
 DRAIN_LIMIT = 8 * MAX_BODY      # a larger announced body is refused before it is read
 MAX_HEAD = 16 * 1024
@@ -79,18 +82,20 @@ class _Conn:
                  "in_request", "in_head", "head_fed", "raw_head", "target", "body", "too_large",
                  "keep_alive", "close_after")
 
-    def __init__(self, sock):
+    def __init__(self, sock: ssl.SSLSocket) -> None:
         self.sock = sock
         self.parser = httptools.HttpRequestParser(self)
         self.handshaken = False
-        self.node_id = None
-        self.serial = None          # of the client's certificate, in hex
-        self.refusal = None         # (status, code, message) for every request
+        self.node_id: str | None = None
+        self.serial: str | None = None      # of the client's certificate, in hex
+        # (status, code, message) for every request
+        self.refusal: tuple[int, str, str] | None = None
         self.deadline = time.monotonic() + REQUEST_TIMEOUT
         self.out = b""
-        self.waiting = None         # id of the request the dispatcher is answering
+        self.waiting: int | None = None     # id of the request the dispatcher is answering
         self.events = 0
         self.closing = False
+        self.handler: Callable[[], None] | None = None    # the selector's data
         self.pending = bytearray()  # read, not yet parsed (while an answer is awaited)
         self.ready: collections.deque = collections.deque()   # complete requests
         self.eof = False
@@ -174,7 +179,7 @@ class FrontServer:
         self._context = context
         self._cluster_id = cluster_id
         self._forward = forward
-        self._sel = None
+        self._sel: selectors.BaseSelector | None = None     # the loop's, from open()
         self._wake = None
         self._conns: dict[int, _Conn] = {}          # by file descriptor
         self._waiting: dict[int, _Conn] = {}        # by request id
@@ -427,6 +432,7 @@ class FrontServer:
 
     def _want(self, conn: _Conn, events: int):
         if conn.events != events and conn.sock.fileno() >= 0:
+            assert self._sel is not None    # connections exist only once open() ran
             conn.events = events
             self._sel.modify(conn.sock, events, conn.handler)
 
@@ -449,6 +455,7 @@ class FrontServer:
             conn.waiting = None
         fd = conn.sock.fileno()
         if fd >= 0:
+            assert self._sel is not None    # connections exist only once open() ran
             try:
                 self._sel.unregister(conn.sock)
             except (KeyError, ValueError):

@@ -74,7 +74,7 @@ class _Peer:
     __slots__ = ("node_id", "addr", "sock", "generation", "state", "jobs", "job", "out",
                  "inbuf", "deadline", "reused", "registered")
 
-    def __init__(self, node_id, addr):
+    def __init__(self, node_id: str, addr: str) -> None:
         self.node_id = node_id
         self.addr = addr
         self.sock = None
@@ -144,7 +144,8 @@ class Pusher(Component):
         super().__init__()
         self._context = context
         self._commands: collections.deque = collections.deque()
-        self._wake_r, self._wake_w = None, None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
         self._wake_pending = False
         self._peers: dict[str, _Peer] = {}
         self._waiting: collections.deque[_Peer] = collections.deque()  # over MAX_ACTIVE

@@ -89,7 +89,7 @@ def _batches(sock):
 class _Outbox:
     """Frames to send, written by one thread in batches."""
 
-    def __init__(self, sock):
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._cond = threading.Condition()
         self._items: list[bytes] = []
@@ -136,9 +136,9 @@ class PushProcess:
         self._lock = threading.Lock()
         self._jobs: dict[int, object] = {}
         self._next = 0
-        self._proc = None
-        self._sock = None
-        self._outbox = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._outbox: _Outbox | None = None
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -161,8 +161,10 @@ class PushProcess:
                 self.front_listening = True
             self._sock = ours
             self._outbox = _Outbox(ours)
-            self._threads = [threading.Thread(target=self._outbox.run, name="push-out", daemon=True),
-                             threading.Thread(target=self._read, name="push-in", daemon=True)]
+            self._threads = [
+                threading.Thread(target=self._outbox.run, name="push-out", daemon=True),
+                threading.Thread(target=self._read, name="push-in", daemon=True),
+            ]
         for t in self._threads:
             t.start()
 
@@ -184,7 +186,7 @@ class PushProcess:
             proc, sock, outbox = self._proc, self._sock, self._outbox
             self._proc = self._sock = self._outbox = None
             jobs, self._jobs = self._jobs, {}
-        if proc is None:
+        if proc is None or sock is None or outbox is None:     # not started (all three, or none)
             return
         outbox.close()
         try:

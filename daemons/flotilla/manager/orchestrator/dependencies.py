@@ -103,7 +103,7 @@ def gated(task: dict) -> bool:
     return bool(task.get("gated")) and task["desired_state"] == "ready"
 
 
-def hold(task: dict, message: str) -> dict:
+def hold(task: T.Task, message: str) -> dict:
     """The task gated: desired ``ready``, marked, with ``message``."""
     return dict(task, desired_state="ready", gated=True,
                 status=dict(task["status"], message=message))
@@ -130,8 +130,8 @@ def release(task: dict) -> dict:
     return new
 
 
-def gate(changes: list[tuple[str, dict]], tasks: list[dict],
-         message: str | None) -> list[tuple[str, dict]]:
+def gate(changes: list[T.Change], tasks: list[dict],
+         message: str | None) -> list[T.Change]:
     """Apply the dependencies' verdict to one reconciliation of a service.
 
     ``message`` is what ``waiting()`` said (None: every dependency holds).
@@ -140,7 +140,7 @@ def gate(changes: list[tuple[str, dict]], tasks: list[dict],
     ``running``. Tasks the reconciliation already changes are left to it.
     """
     touched = {obj["id"] for action, obj in changes if action == "update"}
-    out = []
+    out: list[T.Change] = []
     for action, obj in changes:
         if action == "create" and message is not None and obj["desired_state"] == "running":
             obj = hold(obj, message)

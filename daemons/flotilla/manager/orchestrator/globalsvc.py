@@ -18,9 +18,9 @@ from .replicated import _merge, _pair
 
 
 def reconcile(service: dict, tasks: list[dict], nodes: dict, restarts,
-              matches) -> list[tuple[str, dict]]:
+              matches) -> list[T.Change]:
     """``matches(node)`` tells whether the node satisfies the constraints."""
-    changes: list[tuple[str, dict]] = []
+    changes: list[T.Change] = []
     by_node: dict[str, list[dict]] = collections.defaultdict(list)
     for t in tasks:
         if taskmodel.runnable(t):

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 from ...common.component import Component
 from ...model import task as taskmodel
-from ..store.store import Op, StoreError
+from ..store.store import Op, Store, StoreError
 from . import dependencies, globalsvc, replicated, sweeps
 from . import tasks as T
 from .restart import RestartSupervisor
@@ -35,7 +36,8 @@ GATHER = 0.05
 class Orchestrator(Component):
     name = "orchestrator"
 
-    def __init__(self, store, constraint_matcher):
+    def __init__(self, store: Store,
+                 constraint_matcher: Callable[[list[str], dict], bool]) -> None:
         super().__init__()
         self._store = store
         self._matches = constraint_matcher      # (constraints, node) -> bool
@@ -43,7 +45,7 @@ class Orchestrator(Component):
         self.passes = 0
         self._dependents: dict[str, set[str]] = {}
 
-    def run(self):
+    def run(self) -> None:
         watcher = self._store.watch()
         self.restarts.resume(self._store.list("task"))
         self._dependents = dependencies.dependents(self._store.list("service"))

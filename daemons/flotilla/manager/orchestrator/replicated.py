@@ -27,7 +27,7 @@ from . import tasks as T
 DRAIN_WAIT = 30.0
 
 
-def _draining(task: dict, nodes: dict) -> bool:
+def _draining(task: T.Task, nodes: dict) -> bool:
     """On a drained node that is still up: worth keeping until replaced."""
     node = nodes.get(task["node_id"]) if task["node_id"] else None
     return (node is not None and T.node_unusable(node) == "node drained"
@@ -65,14 +65,14 @@ def _pair(ts: list[dict], service: dict) -> tuple[list[dict], dict]:
 
 
 def reconcile(service: dict, tasks: list[dict], nodes: dict, restarts,
-              now: float | None = None) -> list[tuple[str, dict]]:
+              now: float | None = None) -> list[T.Change]:
     now = time.time() if now is None else now
-    changes: list[tuple[str, dict]] = []
+    changes: list[T.Change] = []
     by_slot: dict[int, list[dict]] = collections.defaultdict(list)
-    for t in tasks:
-        if taskmodel.runnable(t):
-            by_slot[t["slot"]].append(t)
-    live: dict[int, dict] = {}
+    for task in tasks:
+        if taskmodel.runnable(task):
+            by_slot[task["slot"]].append(task)
+    live: dict[int, T.Task] = {}
     for slot, ts in by_slot.items():
         ts.sort(key=lambda t: (t.get("created_at") or 0, t["id"]))
         keep, current = _pair(ts, service)
@@ -111,7 +111,7 @@ def reconcile(service: dict, tasks: list[dict], nodes: dict, restarts,
     return _merge(changes)
 
 
-def _surplus(live: dict[int, dict], count: int) -> list[int]:
+def _surplus(live: dict[int, T.Task], count: int) -> list[int]:
     """Slots to remove: running tasks are ordered first so that, per node,
     non-running tasks get the highest copy numbers; the highest copy numbers
     (busiest nodes) go first, and among equals the highest slot numbers."""

@@ -22,14 +22,16 @@ import collections
 import heapq
 import threading
 import time
+from typing import Callable
 
+from ..store.store import Store
 from . import tasks as T
 
 OLD_TASK_TIMEOUT = 60.0
 
 
 class RestartSupervisor:
-    def __init__(self, store, clock=time.time):
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
         self._lock = threading.Lock()
@@ -43,7 +45,7 @@ class RestartSupervisor:
             return (service["id"], "node", task["node_id"], service["spec_version"])
         return (service["id"], "slot", task["slot"], service["spec_version"])
 
-    def should_restart(self, service: dict, task: dict) -> bool:
+    def should_restart(self, service: dict, task: T.Task) -> bool:
         policy = task["spec"]["restart"]
         condition = policy["condition"]
         if condition == "none":
@@ -60,8 +62,8 @@ class RestartSupervisor:
             recent = [t for t in history if not window or t >= now - window]
         return len(recent) < attempts
 
-    def restart(self, service: dict, task: dict, reason: str,
-                nodes: dict) -> list[tuple[str, dict]]:
+    def restart(self, service: dict, task: T.Task, reason: str,
+                nodes: dict) -> list[T.Change]:
         """New task objects and updates (as (old, new) pairs) for this restart.
 
         Returns a list of ("update", task) / ("create", task) tuples.
@@ -70,7 +72,7 @@ class RestartSupervisor:
         node_failed = task.get("node_id") is not None and T.node_unusable(node) is not None
         if not self.should_restart(service, task):
             return []
-        changes: list[tuple[str, dict]] = []
+        changes: list[T.Change] = []
         if task["desired_state"] in ("ready", "running"):
             changes.append(("update", T.with_desired(task, "shutdown")))
         delay = 0.0 if node_failed else float(task["spec"]["restart"]["delay"])

@@ -19,7 +19,7 @@ from ...common.component import Component
 from ...model import objects
 from ...model import task as taskmodel
 from ..store import queries
-from ..store.store import Op, StoreError
+from ..store.store import Op, Store, StoreError
 from . import sweeps
 from . import tasks as T
 
@@ -32,12 +32,12 @@ MAX_DELETES_PER_PASS = 2000
 class TaskReaper(Component):
     name = "task-reaper"
 
-    def __init__(self, store):
+    def __init__(self, store: Store) -> None:
         super().__init__()
         self._store = store
         self.deleted = 0
 
-    def run(self):
+    def run(self) -> None:
         # Each pass looks only at the services whose tasks could have become
         # reapable since the last one (a task that is not runnable, a removed
         # service, a node going down), as the watch feed tells; everything

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ...common import template
 from ...model import task as taskmodel
 from ..store.store import new_id
+
+# A task as the orchestrator reads it: one it built (a ``StoredTask``) or the
+# store's copy (a plain dict); changes copy a task, they never mutate it.
+Task = Mapping[str, Any]
+# ("create" | "update", the task to write)
+Change = tuple[str, Task]
 
 
 def new_task(service: dict, *, slot: int | None = None, node_id: str | None = None,
@@ -29,13 +38,14 @@ def new_task(service: dict, *, slot: int | None = None, node_id: str | None = No
     return task
 
 
-def with_desired(task: dict, desired: str) -> dict:
+def with_desired(task: Task, desired: str) -> dict:
     return dict(task, desired_state=desired)
 
 
-def is_dirty(task: dict, service: dict) -> bool:
+def is_dirty(task: Task, service: dict) -> bool:
     """The task runs an older spec than the service's (replicas do not count)."""
-    return task["spec"] != service["spec"]["task"] or task["ports"] != taskmodel.task_ports(service["spec"])
+    return (task["spec"] != service["spec"]["task"]
+            or task["ports"] != taskmodel.task_ports(service["spec"]))
 
 
 def node_unusable(node: dict | None) -> str | None:
@@ -54,5 +64,5 @@ def node_gone(node: dict | None) -> bool:
     return node_unusable(node) in ("node down", "node removed")
 
 
-def finished(task: dict) -> bool:
+def finished(task: Task) -> bool:
     return taskmodel.finished(task["status"]["state"])

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 from ...common.component import Component
 from ...model import task as taskmodel
-from ..store.store import Op, StoreError, TxnFailed
+from ..store.store import Op, Store, StoreError, TxnFailed
 from . import tasks as T
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class _Run:
 class Updater(Component):
     name = "updater"
 
-    def __init__(self, store, clock=time.monotonic):
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self._store = store
         self._clock = clock

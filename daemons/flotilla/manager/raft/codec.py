@@ -9,6 +9,7 @@ ever turned into arbitrary objects.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import msgpack
 
@@ -35,11 +36,15 @@ _INT_FIELDS = {"pre_vote": ("term", "last_log_index", "last_log_term"),
                "pre_vote_response": ("term", "current_term")}
 
 
+# A Raft log entry as pysyncobj keeps it: (command, index, term).
+Entry = tuple[bytes, int, int]
+
+
 class CodecError(ValueError):
     """Raised for bytes that do not decode to an acceptable value."""
 
 
-def pack(value) -> bytes:
+def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
 
@@ -50,7 +55,7 @@ def pack_batch(key: str, packed_items: list[bytes]) -> bytes:
                      packer.pack_array_header(len(packed_items)), *packed_items])
 
 
-def unpack(data: bytes):
+def unpack(data: bytes) -> Any:
     # Frame size is bounded by the reader (MAX_FRAME) before this is called.
     try:
         return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True)
@@ -60,7 +65,7 @@ def unpack(data: bytes):
         raise CodecError(f"undecodable payload: {exc.__class__.__name__}") from None
 
 
-def unpack_lists(data: bytes):
+def unpack_lists(data: bytes) -> Any:
     """Like unpack() but arrays decode as lists (for mutable application data)."""
     try:
         return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
@@ -74,11 +79,11 @@ def encode_frame(kind: int, payload: bytes = b"") -> bytes:
     return FRAME_HEADER.pack(len(payload), kind) + payload
 
 
-def encode_message(message) -> bytes:
+def encode_message(message: Any) -> bytes:
     return encode_frame(FRAME_MESSAGE, pack(message))
 
 
-def decode_message(payload: bytes):
+def decode_message(payload: bytes) -> str | dict:
     """Decode and sanity-check one pysyncobj message received from a peer.
 
     The first message on a connection is the sender's Raft address (a str);

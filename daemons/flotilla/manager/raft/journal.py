@@ -38,8 +38,11 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Iterable
+from typing import Any, overload
 
 from ...common import fsutil
+from .codec import Entry
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +118,7 @@ class DurableJournal:
         self.bytes = sum(len(e[0]) for e in scan.entries)
         self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
 
-    def _rewrite(self, entries) -> None:
+    def _rewrite(self, entries: Iterable[Entry]) -> None:
         """Replace the whole file (creation, clear) atomically."""
         self._discard_job()
         self._generation += 1
@@ -153,17 +156,17 @@ class DurableJournal:
         self._dirty = True
 
     # -- pysyncobj journal interface ---------------------------------------
-    def add(self, command, idx, term):
+    def add(self, command: bytes, idx: int, term: int) -> None:
         command = bytes(command)
         self._entries.append((command, idx, term))
         self._offsets.append(self._end)
         self.bytes += len(command)
         self._append(b"E" + ENTRY.pack(idx, term) + command)
 
-    def clear(self):
+    def clear(self) -> None:
         self._rewrite([])
 
-    def deleteEntriesFrom(self, entryFrom):
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
         if entryFrom >= len(self._entries):
             return
         first_dropped = self._entries[entryFrom][1]
@@ -172,7 +175,7 @@ class DurableJournal:
         del self._offsets[entryFrom:]
         self._append(b"T" + TRUNC.pack(first_dropped))
 
-    def deleteEntriesTo(self, entryTo):
+    def deleteEntriesTo(self, entryTo: int) -> None:
         # Only called after a snapshot covering these entries is durable, so
         # the file may keep them until the helper's copy replaces it.
         self.bytes -= sum(len(e[0]) for e in self._entries[:entryTo])
@@ -180,7 +183,7 @@ class DurableJournal:
         del self._offsets[:entryTo]
         self._request_compaction()
 
-    def align(self, prev, last) -> int:
+    def align(self, prev: Entry, last: Entry) -> int:
         """Start the journal at ``prev`` if it holds ``prev`` then ``last``
         further on; returns how many entries were dropped.
 
@@ -195,13 +198,19 @@ class DurableJournal:
                 return k
         return 0
 
-    def __getitem__(self, item):
+    @overload
+    def __getitem__(self, item: int) -> Entry: ...
+
+    @overload
+    def __getitem__(self, item: slice) -> list[Entry]: ...
+
+    def __getitem__(self, item: int | slice) -> Entry | list[Entry]:
         return self._entries[item]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._entries)
 
-    def _destroy(self):
+    def _destroy(self) -> None:
         self._stop_helper()
         self.sync()
         self._discard_job()
@@ -263,7 +272,7 @@ class DurableJournal:
             with self._wake:
                 self._ready = job
 
-    def _copy_job(self, job) -> None:
+    def _copy_job(self, job: dict) -> None:
         """Write the live records known when the job was made to
         ``log.compact`` and make them durable (helper thread)."""
         fd = os.open(self._compact_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -322,10 +331,10 @@ class DurableJournal:
             self._helper.join()
             self._helper = None
 
-    def setRaftCommitIndex(self, raftCommitIndex):
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
         self._commit_index = raftCommitIndex
 
-    def getRaftCommitIndex(self):
+    def getRaftCommitIndex(self) -> int:
         return self._commit_index
 
     def _read_commit_index(self) -> int:
@@ -351,25 +360,25 @@ class DurableJournal:
         os.pwrite(self._commit_fd, COMMIT.pack(index, zlib.crc32(TRUNC.pack(index))), 0)
         self._commit_written = self._commit_index
 
-    def setCurrentTerm(self, term, votedForNodeId):
+    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
         # Raft: term and vote are durable before any message reflecting them.
         self._meta["term"] = term
         self._meta["voted_for"] = votedForNodeId
         self._meta_dirty = True
         self._flush_meta()
 
-    def getCurrentTerm(self):
+    def getCurrentTerm(self) -> int:
         return self._meta.get("term", 0)
 
-    def getVotedForNodeId(self):
+    def getVotedForNodeId(self) -> Any:
         return self._meta.get("voted_for")
 
-    def onOneSecondTimer(self):
+    def onOneSecondTimer(self) -> None:
         self.sync()
         self._flush_meta()
         self._write_commit_index()
 
-    def flush(self):
+    def flush(self) -> None:
         self.sync()
 
     # -- durability ---------------------------------------------------------
@@ -420,16 +429,16 @@ class JournalDamaged(RuntimeError):
 class JournalScan:
     __slots__ = ("entries", "offsets", "good", "next_record", "damaged", "dropped")
 
-    def __init__(self):
-        self.entries: list[tuple[bytes, int, int]] = []
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
         self.offsets: list[int] = []
         self.good = len(MAGIC)          # end of the last good record
-        self.next_record = None         # first intact record after a bad one
+        self.next_record: int | None = None     # first intact record after a bad one
         self.damaged = False
         self.dropped = 0                # intact records after the bad one
 
 
-def _record_at(data, pos):
+def _record_at(data: bytes, pos: int) -> tuple[bytes, int] | None:
     """The payload and end of the valid record at ``pos``, or None."""
     if pos + RECORD.size > len(data):
         return None
@@ -447,7 +456,7 @@ def _record_at(data, pos):
     return None
 
 
-def _next_record(data, pos) -> int | None:
+def _next_record(data: bytes, pos: int) -> int | None:
     """Where the first valid record after the bad one at ``pos`` starts."""
     claimed = pos + RECORD.size + RECORD.unpack_from(data, pos)[0] \
         if pos + RECORD.size <= len(data) else len(data)
@@ -467,7 +476,7 @@ def _next_record(data, pos) -> int | None:
     return None
 
 
-def _unwritten(data, start, end) -> bool:
+def _unwritten(data: bytes, start: int, end: int) -> bool:
     """Whether ``start:end`` looks like blocks a crash left unwritten: a
     zero record header, or a whole zero sector (a file extended by writes
     whose blocks never reached the disk reads as zeros there)."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from pysyncobj.config import FAIL_REASON
 
-from .node import FAIL_TEXT
+from .node import FAIL_TEXT, RaftNode
 
 
 class MembershipBusy(Exception):
@@ -31,11 +32,11 @@ class QuorumError(Exception):
 class _Outcome:
     """Collects a pysyncobj callback's result."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.done = threading.Event()
-        self.err = None
+        self.err: Any = None             # a FAIL_REASON
 
-    def __call__(self, _res, err):
+    def __call__(self, _res: Any, err: Any) -> None:
         self.err = err
         self.done.set()
 
@@ -47,12 +48,12 @@ class _Outcome:
 
 
 class Membership:
-    def __init__(self, raft):
+    def __init__(self, raft: RaftNode) -> None:
         self._raft = raft
         self._lock = threading.Lock()
         self._pending: threading.Event | None = None
 
-    def _wait_previous(self, timeout):
+    def _wait_previous(self, timeout: float) -> None:
         pending = self._pending
         if pending is not None and not pending.wait(timeout):
             raise MembershipBusy("another manager membership change is still in progress")

@@ -26,6 +26,8 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, NoReturn, Protocol
 
 from pysyncobj import SyncObjConf
 from pysyncobj.config import FAIL_REASON
@@ -35,8 +37,9 @@ from pysyncobj.monotonic import monotonic as _monotonic
 from . import codec
 from .journal import DurableJournal
 from .prevote import PreVote
-from .pysyncobj_compat import FOLLOWER, LEADER, MEMBERSHIP, REGULAR, SyncObjAdapter
-from .snapshot import SnapshotSerializer, read_boundary
+from .pysyncobj_compat import FOLLOWER, LEADER, MEMBERSHIP, REGULAR, Callback, SyncObjAdapter
+from .security import RaftSecurity
+from .snapshot import SnapshotSerializer, SnapshotState, read_boundary
 from .transport import TlsTransport
 
 log = logging.getLogger(__name__)
@@ -87,7 +90,16 @@ def compaction_due(position: float, held: float, limit: float, rank: int,
     return held > since_point + limit / 4
 
 
-def _unused_serializer(*_args, **_kwargs):  # pragma: no cover - replaced below
+class ReplicatedState(SnapshotState, Protocol):
+    """What Raft replicates into (``store.state.StateMachine``)."""
+
+    @property
+    def applied_bytes(self) -> int: ...
+
+    def apply(self, payload: bytes) -> Any: ...
+
+
+def _unused_serializer(*_args: Any, **_kwargs: Any) -> NoReturn:  # pragma: no cover
     raise RuntimeError("snapshot serializer not installed")
 
 
@@ -111,20 +123,25 @@ def _raise_priority(boost: int) -> None:
 class RaftSettings:
     """Timing and size knobs. Defaults give sub-second failover on a LAN."""
 
-    def __init__(self, **kw):
-        self.election_min = kw.get("election_min", 0.3)
-        self.election_max = kw.get("election_max", 0.7)
-        self.heartbeat = kw.get("heartbeat", 0.05)
-        self.connection_timeout = kw.get("connection_timeout", 3.0)
-        self.connection_retry = kw.get("connection_retry", 0.5)
-        self.leader_fallback = kw.get("leader_fallback", 2.0)
-        self.compaction_entries = kw.get("compaction_entries", 5000)
-        self.compaction_seconds = kw.get("compaction_seconds", 300)
+    def __init__(self, *, election_min: float = 0.3, election_max: float = 0.7,
+                 heartbeat: float = 0.05, connection_timeout: float = 3.0,
+                 connection_retry: float = 0.5, leader_fallback: float = 2.0,
+                 compaction_entries: int = 5000, compaction_seconds: float = 300,
+                 compaction_bytes: int = 16 * 1024 * 1024,
+                 snapshot_chunk: int = 256 * 1024) -> None:
+        self.election_min = election_min
+        self.election_max = election_max
+        self.heartbeat = heartbeat
+        self.connection_timeout = connection_timeout
+        self.connection_retry = connection_retry
+        self.leader_fallback = leader_fallback
+        self.compaction_entries = compaction_entries
+        self.compaction_seconds = compaction_seconds
         # Also compact when the log holds this many bytes of commands: a
         # burst of large entries (a thousand tasks each) would otherwise
         # stay in memory, on every member, until 5,000 entries accumulate.
-        self.compaction_bytes = kw.get("compaction_bytes", 16 * 1024 * 1024)
-        self.snapshot_chunk = kw.get("snapshot_chunk", 256 * 1024)
+        self.compaction_bytes = compaction_bytes
+        self.snapshot_chunk = snapshot_chunk
         if (self.compaction_entries < 4 or self.compaction_bytes < 4
                 or self.compaction_seconds <= 0):
             raise ValueError("compaction limits must be at least 4 entries, 4 bytes and a "
@@ -138,9 +155,12 @@ class RaftNode(SyncObjAdapter):
     payloads applied since the cluster began, restored from snapshots);
     ``security`` is described in ``transport``."""
 
-    def __init__(self, self_address: str, peers: list[str], data_dir: str, state_machine,
-                 security, settings: RaftSettings | None = None, on_state_changed=None,
-                 bind_address: str | None = None, prevote_when=None):
+    def __init__(self, self_address: str, peers: list[str], data_dir: str,
+                 state_machine: ReplicatedState, security: RaftSecurity,
+                 settings: RaftSettings | None = None,
+                 on_state_changed: Callable[[int, int], None] | None = None,
+                 bind_address: str | None = None,
+                 prevote_when: Callable[[], bool] | None = None) -> None:
         settings = settings or RaftSettings()
         self._prevote = PreVote(settings.election_min)
         self._prevote_when = prevote_when
@@ -205,10 +225,10 @@ class RaftNode(SyncObjAdapter):
         self._thread = threading.Thread(target=self._tick_loop, name="raft-tick", daemon=True)
 
     # -- lifecycle ------------------------------------------------------------
-    def start(self):
+    def start(self) -> None:
         self._thread.start()
 
-    def _tick_loop(self):
+    def _tick_loop(self) -> None:
         _raise_priority(PRIORITY_BOOST)
         last = time.monotonic()
         logged = 0.0
@@ -247,7 +267,7 @@ class RaftNode(SyncObjAdapter):
         finally:
             self.flotilla_stopped.set()
 
-    def _compact_when_due(self, now):
+    def _compact_when_due(self, now: float) -> None:
         """Ask for a snapshot when this member's turn has come: by the bytes
         or the number of entries its log holds (``compaction_due``), or
         every ``compaction_seconds``, each member in its own part of the
@@ -278,7 +298,7 @@ class RaftNode(SyncObjAdapter):
         self._compact_after = now + COMPACTION_RETRY
         self.forceLogCompaction()
 
-    def _after_stall(self):
+    def _after_stall(self) -> None:
         """This thread did not run for a while (the process or the machine
         was busy). pysyncobj checks its election timer before it reads the
         messages that arrived meanwhile, so a follower would start an
@@ -312,14 +332,14 @@ class RaftNode(SyncObjAdapter):
             return True
         return not self._prevote_enabled()
 
-    def may_start_election(self):
+    def may_start_election(self) -> bool:
         # pysyncobj asks this only right before it starts an election, after
         # finding its timer run out. Checking the timer ourselves before the
         # tick is not enough: between that check and pysyncobj's, the tick
         # may spend a while in the journal's once-a-second fsync.
         return self.stock_connected_to_anyone() and self._election_allowed()
 
-    def _prevote_tick(self):
+    def _prevote_tick(self) -> None:
         """Runs before pysyncobj's tick: when the election timer has run
         out and no election is allowed yet, ask for pre-votes and put the
         timer back."""
@@ -340,7 +360,7 @@ class RaftNode(SyncObjAdapter):
         for node in list(self.voting_nodes):
             self.send_to(node, message)
 
-    def _answer_prevote(self, node, message):
+    def _answer_prevote(self, node: TCPNode, message: dict) -> None:
         if self.selfNode is None:
             return
         term = self.raftCurrentTerm
@@ -355,7 +375,7 @@ class RaftNode(SyncObjAdapter):
         self.send_to(node, {"type": "pre_vote_response", "term": message["term"],
                             "current_term": term, "granted": granted})
 
-    def _count_prevote(self, node, message):
+    def _count_prevote(self, node: TCPNode, message: dict) -> None:
         term = self.raftCurrentTerm
         if not message["granted"] and message["current_term"] > term and \
                 self.raft_state != LEADER:
@@ -373,20 +393,21 @@ class RaftNode(SyncObjAdapter):
                      message["term"])
             self.election_deadline = 0     # the election starts next tick
 
-    def stop(self, timeout: float = 5.0):
+    def stop(self, timeout: float = 5.0) -> None:
         self.flotilla_stopping.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self.flotilla_stopped.wait(timeout)
 
     # -- proposing ------------------------------------------------------------
-    def propose(self, payload: bytes, callback):
+    def propose(self, payload: bytes, callback: Callback) -> None:
         """Append a regular command; ``callback(result, fail_reason)`` runs on
         the tick thread once it is applied here (or failed)."""
         if len(payload) > MAX_COMMAND_BYTES:
             raise ValueError("command too large")
         self.append_command(payload, callback, REGULAR)
 
-    def addNodeToCluster(self, node, callback=None, member: dict | None = None):
+    def addNodeToCluster(self, node: TCPNode | str, callback: Callback | None = None,
+                         member: dict | None = None) -> None:
         """Add a member. ``member`` (``node_id``, ``api_addr``) travels with
         the change: every member records who stands behind the address at
         the moment the change takes effect, whatever its store holds."""
@@ -397,15 +418,16 @@ class RaftNode(SyncObjAdapter):
         self.append_command(codec.pack(["add", address, about or address]), callback,
                             MEMBERSHIP)
 
-    def removeNodeFromCluster(self, node, callback=None):
+    def removeNodeFromCluster(self, node: TCPNode | str,
+                              callback: Callback | None = None) -> None:
         address = node.address if isinstance(node, TCPNode) else str(node)
         self.append_command(codec.pack(["rem", address, address]), callback, MEMBERSHIP)
 
-    def setCodeVersion(self, newVersion, callback=None):
+    def setCodeVersion(self, newVersion: int, callback: Callback | None = None) -> NoReturn:
         raise NotImplementedError("code versions are not used by Flotilla")
 
     # -- pysyncobj hooks (see pysyncobj_compat.SyncObjAdapter) -------------------
-    def apply_entry(self, command):
+    def apply_entry(self, command: bytes) -> Any:
         kind = command[0] if command else None
         if kind == REGULAR:
             return self._apply_regular(bytes(command[1:]))
@@ -414,7 +436,7 @@ class RaftNode(SyncObjAdapter):
         # could resurrect a stale configuration, so nothing happens here.
         return None
 
-    def _apply_regular(self, payload: bytes):
+    def _apply_regular(self, payload: bytes) -> Any:
         """Apply one entry. The state machine refuses what it cannot apply
         (the same way on every member) instead of raising; should it raise
         all the same, the entry is refused here and the members go on: an
@@ -432,7 +454,7 @@ class RaftNode(SyncObjAdapter):
             log.exception("raft entry of %d bytes could not be applied: refused", len(payload))
             return dict(APPLY_REFUSED)
 
-    def apply_committed(self):
+    def apply_committed(self) -> bool:
         # pysyncobj applies every committed entry in one tick. A large
         # backlog (a burst of writes, a follower catching up) then kept the
         # thread from sending heartbeats and reading messages for seconds,
@@ -460,7 +482,7 @@ class RaftNode(SyncObjAdapter):
                 break
         return True
 
-    def on_message(self, node, message):
+    def on_message(self, node: TCPNode, message: dict) -> None:
         # Writes reach the leader through its API, never through another
         # member's Raft connection. pysyncobj forwards a command to the
         # leader when its proposer is no longer leader by the time the tick
@@ -503,7 +525,7 @@ class RaftNode(SyncObjAdapter):
             return
         self.stock_on_message(node, message)
 
-    def parse_membership(self, command):
+    def parse_membership(self, command: bytes) -> Any:
         if command[0] != MEMBERSHIP:
             return None
         try:
@@ -588,10 +610,10 @@ class RaftNode(SyncObjAdapter):
 
     def transfer_leadership(self) -> bool:
         """Ask the most caught-up follower to take over; True if asked."""
-        result = {}
+        result: dict[str, Any] = {}
         done = threading.Event()
 
-        def callback(_res, err):
+        def callback(_res: Any, err: Any) -> None:
             result["err"] = err
             done.set()
 

@@ -26,14 +26,15 @@ The pure decisions live here; ``node.py`` sends and receives the messages.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 
 
 class PreVote:
-    def __init__(self, election_min: float):
+    def __init__(self, election_min: float) -> None:
         self.election_min = election_min
         self.leader_contact = -math.inf     # when a leader was last heard from
         self.term: int | None = None        # the term the current round asks for
-        self.granted: set = set()
+        self.granted: set[Hashable] = set()     # the members (pysyncobj nodes) that granted
         self.won_term: int | None = None    # the round that reached a majority
 
     # -- this member as voter ---------------------------------------------------------
@@ -51,12 +52,12 @@ class PreVote:
         return tuple(last) >= tuple(my_last)
 
     # -- this member as asker ---------------------------------------------------------
-    def start(self, term: int, me) -> None:
+    def start(self, term: int, me: Hashable) -> None:
         self.term = term
         self.granted = {me}
         self.won_term = None
 
-    def answer(self, term: int, granted: bool, voter, members: int) -> bool:
+    def answer(self, term: int, granted: bool, voter: Hashable, members: int) -> bool:
         """Count a grant for the round at ``term``; True once it reaches a
         majority of ``members`` (this member included) for the first time."""
         if not granted or term != self.term or self.won_term == term:

@@ -267,17 +267,17 @@ class SyncObjAdapter(SyncObj):
 
     # The name-mangled private methods pysyncobj calls on itself. Defined
     # here, they take the place of SyncObj's and call the hooks above.
-    def _SyncObj__doApplyCommand(self, command):
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Any:
         return self.apply_entry(command)
 
-    def _SyncObj__applyLogEntries(self):
+    def _SyncObj__applyLogEntries(self) -> bool:
         return self.apply_committed()
 
-    def _SyncObj__onMessageReceived(self, node, message):
+    def _SyncObj__onMessageReceived(self, node: Node, message: dict) -> None:
         return self.on_message(node, message)
 
-    def _SyncObj__parseChangeClusterRequest(self, command):
+    def _SyncObj__parseChangeClusterRequest(self, command: bytes) -> Any:
         return self.parse_membership(command)
 
-    def _SyncObj__connectedToAnyone(self):
+    def _SyncObj__connectedToAnyone(self) -> bool:
         return self.may_start_election()

@@ -24,6 +24,8 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from ...ca import certs, revocation
 from ...common import fsutil, tls
@@ -35,15 +37,31 @@ log = logging.getLogger(__name__)
 # At most one line about refused Raft connections per this many seconds.
 REFUSAL_LOG_INTERVAL = 5.0
 
+_List = list        # ``list`` is also a method of StoreView
+
+
+class StoreView(Protocol):
+    """What Raft security reads from the replicated store (``store.Store``)."""
+
+    def list(self, kind: str) -> _List[dict]: ...
+
+    def by_index(self, kind: str, field: str, value: Any) -> _List[dict]: ...
+
+
+class Syncable(Protocol):
+    """The Raft journal, as far as security needs it (``journal.Journal``)."""
+
+    def sync(self) -> None: ...
+
 
 class SecurityCounters:
     """Thread-safe counters of refused connections and requests by reason."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
 
-    def inc(self, key: str):
+    def inc(self, key: str) -> None:
         with self._lock:
             self._counts[key] = self._counts.get(key, 0) + 1
 
@@ -53,13 +71,13 @@ class SecurityCounters:
 
 
 class RaftSecurity:
-    def __init__(self, *, bundle_path: str, ca_path: str, cluster_id: str, store,
-                 members_path: str, counters: SecurityCounters):
+    def __init__(self, *, bundle_path: str, ca_path: str, cluster_id: str, store: StoreView,
+                 members_path: str, counters: SecurityCounters) -> None:
         self._cluster_id = cluster_id
         self._store = store
         self._members_path = members_path
         self._counters = counters
-        self._journal = None
+        self._journal: Syncable | None = None
         self._refusals = RateLimitedLog(log, "raft connection refused", REFUSAL_LOG_INTERVAL)
         self._server = tls.ReloadingContext(
             lambda: _server_context(bundle_path, ca_path), [bundle_path, ca_path],
@@ -80,7 +98,7 @@ class RaftSecurity:
         cluster = _cluster(self._store)
         revoked = cluster.get("revoked", {}) if cluster is not None else {}
         ids = self._ids
-        out = {}
+        out: dict[str, str] = {}
         for addr in self._members:
             node_id = ids.get(addr) or self._id_from_store(addr)
             if node_id and node_id not in revoked:
@@ -98,7 +116,7 @@ class RaftSecurity:
         membership (or, for members recorded by an older release, in the
         store)."""
         apis = self._apis
-        out = {}
+        out: dict[str, str] = {}
         for addr in self._members:
             api = apis.get(addr)
             if api is None:
@@ -108,7 +126,7 @@ class RaftSecurity:
                 out[addr] = api
         return out
 
-    def remember(self, ids: dict[str, str], apis: dict[str, str] | None = None):
+    def remember(self, ids: dict[str, str], apis: dict[str, str] | None = None) -> None:
         """Start from this membership (address -> node id): the one a joining
         manager was given, or a new cluster's first member."""
         self._ids = {**self._ids, **{a: n for a, n in ids.items() if n}}
@@ -118,10 +136,10 @@ class RaftSecurity:
         self._persist()
 
     # -- transport interface ----------------------------------------------------------
-    def context(self, server_side: bool):
+    def context(self, server_side: bool) -> ssl.SSLContext:
         return (self._server if server_side else self._client).get()
 
-    def verify_peer(self, peercert, expected_address):
+    def verify_peer(self, peercert: dict | None, expected_address: str | None) -> str | None:
         ident = certs.identity_from_peercert(peercert)
         if ident is None:
             self.refused("no_identity", "peer certificate lacks CN/OU/O")
@@ -146,26 +164,26 @@ class RaftSecurity:
             return None
         return ident.node_id
 
-    def claim_ok(self, node_id, address) -> bool:
+    def claim_ok(self, node_id: str | None, address: str) -> bool:
         return node_id is not None and self.managers_by_address().get(address) == node_id
 
-    def refused(self, reason: str, detail: str = ""):
+    def refused(self, reason: str, detail: str = "") -> None:
         """Count a refused connection; log it, at most one line per
         REFUSAL_LOG_INTERVAL (with the count by reason)."""
         self._counters.inc(f"raft.{reason}")
         self._refusals.note(reason, detail)
 
-    def flush_refusals(self):
+    def flush_refusals(self) -> None:
         self._refusals.flush()
 
-    def attach_journal(self, journal):
+    def attach_journal(self, journal: Syncable) -> None:
         self._journal = journal
 
-    def before_send(self):
+    def before_send(self) -> None:
         if self._journal is not None:
             self._journal.sync()
 
-    def members_changed(self, addresses, member: dict | None = None):
+    def members_changed(self, addresses: Iterable[str], member: dict | None = None) -> None:
         """The configuration in effect changed (on the Raft thread).
         ``member`` is what the change that added a manager recorded about
         it: ``address``, ``node_id``, ``api_addr``."""
@@ -180,7 +198,7 @@ class RaftSecurity:
             self._journal.sync()
         self._persist()
 
-    def _persist(self):
+    def _persist(self) -> None:
         members = self._members
         ids = dict(self._ids)
         for addr in members:
@@ -196,7 +214,7 @@ class RaftSecurity:
         })
 
 
-def _server_context(bundle_path: str, ca_path: str):
+def _server_context(bundle_path: str, ca_path: str) -> ssl.SSLContext:
     ctx = tls.server_context(bundle_path, ca_path, client_cert="required")
     # Peers never resume a session (each connection uses a new one), and
     # issuing tickets was a third of the cost of a handshake: whoever opens
@@ -206,7 +224,7 @@ def _server_context(bundle_path: str, ca_path: str):
     return ctx
 
 
-def node_by_raft_addr(store, raft_addr: str) -> dict | None:
+def node_by_raft_addr(store: StoreView, raft_addr: str) -> dict | None:
     """The node whose manager speaks Raft from ``raft_addr``, as the store
     knows it."""
     # Managers first (the index); a node whose role is still changing may
@@ -218,7 +236,7 @@ def node_by_raft_addr(store, raft_addr: str) -> dict | None:
     return None
 
 
-def _cluster(store):
+def _cluster(store: StoreView) -> dict | None:
     clusters = store.list("cluster")
     return clusters[0] if clusters else None
 

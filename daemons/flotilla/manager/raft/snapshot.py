@@ -38,6 +38,8 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
+from typing import IO, Any, Protocol
 
 import msgpack
 
@@ -54,16 +56,27 @@ WRITE_BUFFER = 1 << 20
 CHILD_NICE = 10
 
 
+class SnapshotState(Protocol):
+    """The state a snapshot holds (``store.state.StateMachine``); it may also
+    have ``snapshot_view()``, the state without a copy, for a forked writer."""
+
+    def snapshot_capture(self) -> Any: ...
+
+    def snapshot_write(self, captured: Any, f: IO[bytes]) -> None: ...
+
+    def snapshot_load(self, unpacker: Iterator[Any]) -> None: ...
+
+
 class SnapshotSerializer:
-    def __init__(self, path: str, chunk_size: int, state_machine):
+    def __init__(self, path: str, chunk_size: int, state_machine: SnapshotState) -> None:
         self._path = path
         self._chunk_size = chunk_size
         self._sm = state_machine
         self._lock = threading.Lock()
         self._state = SERIALIZER_STATE.NOT_SERIALIZING
         self._current_id = 0
-        self._transmissions: dict = {}
-        self._incoming = None
+        self._transmissions: dict[Any, IO[bytes]] = {}     # by pysyncobj's transmission id
+        self._incoming: IO[bytes] | None = None
         # Membership in effect when this member last ran (persisted at every
         # change). The snapshot's list may be older: changes take effect when
         # appended, and later ones live only in the journal. Used once, for
@@ -87,7 +100,7 @@ class SnapshotSerializer:
                 pass
 
     # -- writing ------------------------------------------------------------
-    def serialize(self, data, id):
+    def serialize(self, data: tuple, id: int) -> None:
         with self._lock:
             if self._state == SERIALIZER_STATE.SERIALIZING:
                 return
@@ -116,7 +129,7 @@ class SnapshotSerializer:
         captured = self._sm.snapshot_capture()
         self._submit(self._write_here, header, captured, started, generation)
 
-    def _submit(self, fn, *args):
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
         """Hand work to this serializer's thread, started once: starting a
         thread for each snapshot would make the Raft thread wait for it."""
         if self._worker is None:
@@ -125,7 +138,7 @@ class SnapshotSerializer:
             self._worker.start()
         self._jobs.put((fn, args))
 
-    def _work(self):
+    def _work(self) -> None:
         while True:
             fn, args = self._jobs.get()
             fn(*args)
@@ -133,7 +146,7 @@ class SnapshotSerializer:
     def _temporary(self, pid: int) -> str:
         return f"{self._path}.writing-{pid}"
 
-    def _write_file(self, tmp, header, captured):
+    def _write_file(self, tmp: str, header: dict, captured: Any) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with open(fd, "wb", buffering=WRITE_BUFFER) as f:
             f.write(MAGIC)
@@ -142,7 +155,7 @@ class SnapshotSerializer:
             f.flush()
             os.fsync(f.fileno())
 
-    def _child(self, parent, header, view):
+    def _child(self, parent: int, header: dict, view: Any) -> None:
         """In the forked child: write, sync and exit, touching nothing the
         parent's other threads may have held at the fork (locks, logging)."""
         gc.disable()        # no finaliser of the parent's objects may run here
@@ -171,7 +184,7 @@ class SnapshotSerializer:
         finally:
             os._exit(code)
 
-    def _reap(self, pid, header, started, generation):
+    def _reap(self, pid: int, header: dict, started: float, generation: int) -> None:
         tmp = self._temporary(pid)
         try:
             _, status = os.waitpid(pid, 0)
@@ -187,7 +200,8 @@ class SnapshotSerializer:
             return
         self._install(tmp, header, started, generation)
 
-    def _write_here(self, header, captured, started, generation):
+    def _write_here(self, header: dict, captured: Any, started: float,
+                    generation: int) -> None:
         tmp = self._temporary(os.getpid())
         try:
             _unlink(tmp)
@@ -198,7 +212,7 @@ class SnapshotSerializer:
             return
         self._install(tmp, header, started, generation)
 
-    def _install(self, tmp, header, started, generation):
+    def _install(self, tmp: str, header: dict, started: float, generation: int) -> None:
         """Put a written snapshot in place, unless one from the leader was
         installed meanwhile; then tell pysyncobj how it went."""
         try:
@@ -212,14 +226,15 @@ class SnapshotSerializer:
             state = SERIALIZER_STATE.FAILED
         self._finish(tmp, state)
 
-    def _finish(self, tmp, state):
+    def _finish(self, tmp: str, state: int) -> None:
         if state == SERIALIZER_STATE.FAILED:
             _unlink(tmp)
             self.failed_at = time.monotonic()
         with self._lock:
             self._state = state
 
-    def _install_written(self, tmp, header, started, generation):
+    def _install_written(self, tmp: str, header: dict, started: float,
+                         generation: int) -> None:
         with self._lock:
             if generation != self._generation:
                 raise _Superseded()
@@ -234,7 +249,7 @@ class SnapshotSerializer:
         with self._lock:
             return self._state != SERIALIZER_STATE.NOT_SERIALIZING
 
-    def checkSerializing(self):
+    def checkSerializing(self) -> tuple[int, int | None]:
         with self._lock:
             state = self._state
             if state in (SERIALIZER_STATE.SUCCESS, SERIALIZER_STATE.FAILED):
@@ -247,7 +262,7 @@ class SnapshotSerializer:
             return SERIALIZER_STATE.NOT_SERIALIZING, None
 
     # -- reading ------------------------------------------------------------
-    def deserialize(self):
+    def deserialize(self) -> tuple[None, codec.Entry, codec.Entry, list[TCPNode]]:
         """Load the snapshot into the state machine; return what pysyncobj
         needs: (None, last entry, previous entry, member addresses)."""
         with open(self._path, "rb") as f:
@@ -273,7 +288,7 @@ class SnapshotSerializer:
         return None, last, prev, members
 
     # -- streaming to and from peers ------------------------------------------
-    def _close_transmissions(self):
+    def _close_transmissions(self) -> None:
         for t in self._transmissions.values():
             try:
                 t.close()
@@ -281,7 +296,7 @@ class SnapshotSerializer:
                 pass
         self._transmissions = {}
 
-    def getTransmissionData(self, transmissionID):
+    def getTransmissionData(self, transmissionID: Any) -> tuple[bytes, bool, bool] | None:
         with self._lock:
             if self._state == SERIALIZER_STATE.SERIALIZING:
                 return None
@@ -303,7 +318,7 @@ class SnapshotSerializer:
             self._transmissions.pop(transmissionID, None)
         return data, is_first, is_last
 
-    def setTransmissionData(self, data):
+    def setTransmissionData(self, data: Any) -> bool:
         if not (isinstance(data, (tuple, list)) and len(data) == 3):
             return False
         chunk, is_first, is_last = data
@@ -331,7 +346,7 @@ class SnapshotSerializer:
         self._installing = True
         return True
 
-    def cancelTransmisstion(self, id):  # (sic) pysyncobj's spelling
+    def cancelTransmisstion(self, id: Any) -> None:  # (sic) pysyncobj's spelling
         f = self._transmissions.pop(id, None)
         if f is not None:
             f.close()
@@ -341,21 +356,21 @@ class _Superseded(Exception):
     """A snapshot from the leader was installed while ours was written."""
 
 
-def _unlink(path):
+def _unlink(path: str) -> None:
     try:
         os.unlink(path)
     except OSError:
         pass
 
 
-def _entry(value):
+def _entry(value: Any) -> codec.Entry:
     if not (isinstance(value, (list, tuple)) and len(value) == 3):
         raise codec.CodecError("bad snapshot entry")
     command, idx, term = value
     return (bytes(command), int(idx), int(term))
 
 
-def read_boundary(path: str):
+def read_boundary(path: str) -> tuple[codec.Entry, codec.Entry] | None:
     """(previous entry, last entry) of the snapshot at ``path``, or None if
     there is none or it cannot be read (loading it says why)."""
     try:

@@ -78,6 +78,7 @@ def matches(c: Constraint, node: dict) -> bool:
         if c.ip is not None:
             equal = ip == c.ip
         else:
+            assert c.net is not None    # a node.ip constraint holds an address or a network
             equal = ip.version == c.net.version and ip in c.net
         return equal if c.op == EQ else not equal
     if kind == ID:

@@ -36,6 +36,7 @@ node.labels.disk==ssd)``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ...model import task as taskmodel
@@ -75,7 +76,7 @@ def _order_key(task: dict):
 
 
 class SchedulerCore:
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._infos: dict[str, NodeInfo] = {}
         self._where: dict[str, str] = {}          # task id -> node id its share is on

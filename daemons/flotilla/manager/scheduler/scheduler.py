@@ -208,14 +208,14 @@ class Scheduler(Component):
                         del self.latencies[:5000]
 
 
-def constraint_matcher():
+def constraint_matcher() -> Callable[[list[str], dict], bool]:
     """(constraints, node) -> bool, for the global orchestrator."""
-    from ...model.constraint import parse_constraints
+    from ...model.constraint import Constraint, parse_constraints
     from .constraint import matches as node_matches
 
-    cache: dict[tuple, object] = {}
+    cache: dict[tuple[str, ...], list[Constraint]] = {}
 
-    def matches(constraints, node):
+    def matches(constraints: list[str], node: dict) -> bool:
         key = tuple(constraints)
         parsed = cache.get(key)
         if parsed is None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from ...model.objects import release
+from .store import Store
 
 # The first release whose managers apply "patch" operations and tasks
 # created with their service's spec by reference (see store.Store._compact).
@@ -12,11 +13,11 @@ PATCH_SINCE = (0, 2)
 PREVOTE_SINCE = (0, 3)
 
 
-def cluster(store):
+def cluster(store: Store) -> dict | None:
     return store.first("cluster")
 
 
-def manager_api_addrs(store) -> list[str]:
+def manager_api_addrs(store: Store) -> list[str]:
     # Every heartbeat answer carries this list: read the few managers
     # through the role index, not all nodes.
     out = []
@@ -27,26 +28,26 @@ def manager_api_addrs(store) -> list[str]:
     return sorted(out)
 
 
-def managers_run(store, since: tuple[int, int]) -> bool:
+def managers_run(store: Store, since: tuple[int, int]) -> bool:
     """True when every manager's node reports release ``since`` or later
     (during a rolling upgrade from an older one, it is not)."""
     managers = store.by_index("node", "role", "manager")
     return bool(managers) and all((release(n) or (0, 0)) >= since for n in managers)
 
 
-def managers_apply_patches(store) -> bool:
+def managers_apply_patches(store: Store) -> bool:
     """True when every manager runs a release that applies patches (and
     specs by reference), so the leader may propose them."""
     return managers_run(store, PATCH_SINCE)
 
 
-def managers_answer_prevotes(store) -> bool:
+def managers_answer_prevotes(store: Store) -> bool:
     """True when every manager runs a release that answers pre-votes, so a
     member may ask for them before it starts an election."""
     return managers_run(store, PREVOTE_SINCE)
 
 
-def find_node(store, ref: str):
+def find_node(store: Store, ref: str) -> dict | None:
     """By id, unique id prefix, or hostname."""
     node = store.get("node", ref)
     if node is not None:
