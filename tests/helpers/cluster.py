@@ -168,6 +168,16 @@ class LocalCluster:
         node.node_id = node.config()["node_id"]
         return node
 
+    def build(self, managers: int = 1, workers: int = 0) -> "LocalCluster":
+        """m1 starts the cluster, m2.. join one after the other, w1.. together."""
+        self.init("m1")
+        for i in range(2, managers + 1):
+            self.join(f"m{i}")
+        joined = [self.join(f"w{i}", "worker", wait=False) for i in range(1, workers + 1)]
+        for node in joined:
+            self.wait_node_ready(node)
+        return self
+
     @property
     def first(self) -> NodeProc:
         return next(iter(self.nodes.values()))

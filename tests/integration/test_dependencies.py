@@ -11,22 +11,15 @@ import re
 import pytest
 
 from flotilla.common.httpclient import ApiError
-from tests.helpers.cluster import LocalCluster, wait_for
+from tests.helpers.cluster import wait_for
 
 IMAGE = "flotilla-test/busybox:1"
 WEB = "flotilla-test/web:1"          # healthy about a second after it starts
 
 
 @pytest.fixture(scope="module")
-def c(tmp_path_factory, request):
-    cluster = LocalCluster(str(tmp_path_factory.mktemp("dependencies")))
-    failed_before = request.session.testsfailed
-    cluster.init("m1")
-    cluster.join("w1", "worker")
-    yield cluster
-    if request.session.testsfailed > failed_before:
-        print(cluster.dump_logs())
-    cluster.stop_all()
+def c(make_module_cluster):
+    return make_module_cluster().build(managers=1, workers=1)
 
 
 def create(c, *args):
