@@ -47,12 +47,18 @@ def _free(port: int) -> bool:
             return False
 
 
+# The ports of `make cluster` (inventory/local: API 4242-4246 and the ports
+# derived from them), which may run beside these tests (pytest-xdist).
+LOCAL_CLUSTER_PORTS = frozenset(p + k for p in range(4242, 4247) for k in (0, 10000, 20000, 30000))
+
+
 def free_api_port() -> int:
     """An API port whose derived Raft (+10000), agent (+20000) and dispatcher
     (+30000) ports are free."""
     for _ in range(500):
         port = random.randint(21000, 29000)
-        if all(_free(p) for p in (port, port + 10000, port + 20000, port + 30000)):
+        ports = (port, port + 10000, port + 20000, port + 30000)
+        if not LOCAL_CLUSTER_PORTS.intersection(ports) and all(_free(p) for p in ports):
             return port
     raise RuntimeError("no free ports")
 
