@@ -29,7 +29,7 @@ docker:
 ## (its clusters are built once), the deployment tests in one worker, the longest
 ## groups first (tests/conftest.py). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 4
-XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS))
 
 test: venv docker
 	$(PY) -m pytest tests/unit tests/integration tests/deploy tests/chaos -q -m "not slow" --durations=10 $(XDIST)

@@ -7,20 +7,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "daemons"))
 sys.path.insert(0, ROOT)
 
-# Groups for pytest-xdist's `--dist loadgroup`, handed out in this order
-# (with --no-loadscope-reorder the order of the items is the work queue's):
-# the longest first. The deployment tests on test hosts share one worker
-# (their hosts flt-* and their network have fixed names), `make cluster` is
-# another (its ports 4242-4246 and 8080, .cache/cluster; the integration
-# clusters keep off those ports), the chaos run another (its namespaces flc-*
-# and /tmp/flotilla-chaos are fixed). Every other module is a group of its
-# own, so that its module-scoped clusters are built once, in one worker.
-FIRST_GROUPS = ("deploy-hosts", "make-cluster", "chaos")
+# Under pytest-xdist (`-n N`), each group of tests below goes whole to one
+# worker, and the groups are handed out in the order of the items: the longest
+# first. The deployment tests on test hosts share one worker (their hosts flt-*
+# and their network have fixed names), `make cluster` is another (its ports
+# 4242-4246 and 8080, .cache/cluster; the integration clusters keep off those
+# ports), the chaos run another (its namespaces flc-* and /tmp/flotilla-chaos
+# are fixed). Every other module is a group of its own, so that its
+# module-scoped clusters are built once. (pytest-xdist's own loadgroup does
+# not group under pytest 9.2: the scheduler below does the grouping.)
+FIRST_GROUPS = ("deploy-hosts", "make-cluster", "chaos") + tuple(
+    # then the integration modules that take two minutes or more in one process
+    f"tests/integration/test_{name}.py"
+    for name in ("durability", "services", "rotation", "updates", "roles", "cli"))
 
 
-def _group(item) -> str:
-    path = os.path.relpath(str(item.path), ROOT)
-    parts = path.split(os.sep)
+def _group(path: str) -> str:
+    """The group of the tests in ``path`` (relative to the repository)."""
+    parts = path.split("/")
     if parts[:2] == ["tests", "deploy"]:
         return "make-cluster" if parts[-1] == "test_make_cluster.py" else "deploy-hosts"
     if parts[:2] == ["tests", "chaos"]:
@@ -28,19 +32,32 @@ def _group(item) -> str:
     return path
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "xdist_group(name): run in one pytest-xdist worker")
+def _rank(group: str) -> int:
+    """First the groups above, then the other integration modules, the unit tests last."""
+    if group in FIRST_GROUPS:
+        return FIRST_GROUPS.index(group)
+    return len(FIRST_GROUPS) + group.startswith("tests/unit/")
 
 
-@pytest.hookimpl(tryfirst=True)      # before xdist reads the marks
 def pytest_collection_modifyitems(config, items):
-    rank = {}
-    for item in items:
-        group = _group(item)
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(group))
-        rank[item.nodeid] = FIRST_GROUPS.index(group) if group in FIRST_GROUPS else len(FIRST_GROUPS)
+    rank = {item.nodeid: _rank(_group(item.nodeid.split("::", 1)[0])) for item in items}
     items.sort(key=lambda item: rank[item.nodeid])     # stable: each group keeps its order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") not in ("load", "loadscope", "loadfile", "loadgroup"):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        """LoadScopeScheduling with our groups as the scopes, in the items' order."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid.split("::", 1)[0])
+
+    config.option.loadscopereorder = False
+    return GroupScheduling(config, log)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
