@@ -168,9 +168,10 @@ class LocalCluster:
             extra += ["--cert-expiry", self.cert_expiry]
         node.start(*extra)
         self.nodes[name] = node
-        wait_for(lambda: os.path.exists(os.path.join(self.admin_dir, "key.pem")), 30,
+        # Generous deadlines: a loaded machine (tests run in parallel) starts slowly.
+        wait_for(lambda: os.path.exists(os.path.join(self.admin_dir, "key.pem")), 60,
                  what="admin bundle")
-        self.wait_leader_ready()
+        self.wait_leader_ready(60)
         node.node_id = node.config()["node_id"]
         return node
 

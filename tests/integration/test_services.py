@@ -163,6 +163,9 @@ def test_agent_killed_tasks_move_and_no_duplicates(cluster):
 
 def test_agent_restart_adopts_containers(cluster):
     c = cluster
+    # Restarts slower than three heartbeats (a loaded machine) must not mark
+    # the nodes down: their tasks would be replaced, not adopted.
+    c.cli("cluster", "update", "--heartbeat-period", "5s")
     create(c, "--name", "web", "--replicas", "4", IMAGE, "sleep", "3600")
     wait_for(lambda: converged(c, "web", 4), 60)
     before = {x.id: x.attrs["State"]["StartedAt"] for x in c.containers(service="web")}
@@ -176,6 +179,7 @@ def test_agent_restart_adopts_containers(cluster):
     after = {x.id: x.attrs["State"]["StartedAt"] for x in c.containers(service="web")}
     assert after == before                       # same containers, not restarted
     assert {t["id"] for t in running(c, "web")} == tasks_before
+    c.cli("cluster", "update", "--heartbeat-period", "1s")     # as the other tests expect
 
 
 def test_drain_and_pause(cluster):
