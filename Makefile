@@ -28,7 +28,7 @@ docker:
 ## they run in $(TEST_WORKERS) pytest-xdist workers: one module per worker at a time
 ## (its clusters are built once), the deployment tests in one worker, the longest
 ## groups first (tests/conftest.py). TEST_WORKERS=0 runs them in this process.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS))
 
 test: venv docker

@@ -8,25 +8,35 @@ sys.path.insert(0, os.path.join(ROOT, "daemons"))
 sys.path.insert(0, ROOT)
 
 # Under pytest-xdist (`-n N`), each group of tests below goes whole to one
-# worker, and the groups are handed out in the order of the items: the longest
-# first. The deployment tests on test hosts share one worker (their hosts flt-*
-# and their network have fixed names), `make cluster` is another (its ports
-# 4242-4246 and 8080, .cache/cluster; the integration clusters keep off those
-# ports), the chaos run another (its namespaces flc-* and /tmp/flotilla-chaos
-# are fixed). Every other module is a group of its own, so that its
-# module-scoped clusters are built once. (pytest-xdist's own loadgroup does
-# not group under pytest 9.2: the scheduler below does the grouping.)
-FIRST_GROUPS = ("deploy-hosts", "make-cluster", "chaos") + tuple(
-    # then the integration modules that take two minutes or more in one process
-    f"tests/integration/test_{name}.py"
-    for name in ("durability", "services", "rotation", "updates", "roles", "cli"))
+# worker, and the groups are handed out in the order of the items. The
+# deployment tests share one worker: their test hosts (flt-*) and network have
+# fixed names, `make cluster` fixed ports (4242-4246 and 8080; the integration
+# clusters keep off them) and .cache/cluster, and both are heavy on the CPU:
+# they must not compete with each other. The chaos run is a group of its own
+# (its namespaces flc-* and /tmp/flotilla-chaos are fixed). Every other module
+# is a group of its own, so that its module-scoped clusters are built once.
+# (pytest-xdist's own loadgroup does not group under pytest 9.2: the scheduler
+# below does the grouping.)
+#
+# The order: the longest first, then the other integration modules, the unit
+# tests last.
+FIRST_GROUPS = (
+    "deploy",
+    "tests/integration/test_durability.py",
+    "tests/integration/test_services.py",
+    "tests/integration/test_rotation.py",
+    "tests/integration/test_updates.py",
+    "chaos",
+    "tests/integration/test_roles.py",
+    "tests/integration/test_cli.py",
+)
 
 
 def _group(path: str) -> str:
     """The group of the tests in ``path`` (relative to the repository)."""
     parts = path.split("/")
     if parts[:2] == ["tests", "deploy"]:
-        return "make-cluster" if parts[-1] == "test_make_cluster.py" else "deploy-hosts"
+        return "deploy"
     if parts[:2] == ["tests", "chaos"]:
         return "chaos"
     return path
