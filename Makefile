@@ -29,17 +29,23 @@ lint: venv
 docker:
 	./tests/images/setup-docker.sh
 
-## Everything CI runs (about 25 minutes): unit, integration on real processes and
-## Docker, deployment with Ansible on five test hosts, make cluster, and a short
-## seeded chaos run (8 faults).
+## Everything CI runs (about MINUTES minutes on 2 cores): unit, integration on real
+## processes and Docker, deployment with Ansible on five test hosts, make cluster,
+## and a short seeded chaos run (8 faults). The tests mostly wait on processes, so
+## they run in $(TEST_WORKERS) pytest-xdist workers: one module per worker at a time
+## (its clusters are built once), the deployment tests in one worker, the longest
+## groups first (tests/conftest.py). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 3
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS))
+
 test: venv lint docker
-	$(PY) -m pytest tests/unit tests/integration tests/deploy tests/chaos -q -m "not slow" --durations=10
+	$(PY) -m pytest tests/unit tests/integration tests/deploy tests/chaos -q -m "not slow" --durations=10 $(XDIST)
 
 test-unit: venv
 	$(PY) -m pytest tests/unit -q
 
 test-integration: venv docker
-	$(PY) -m pytest tests/integration -q -m "not slow"
+	$(PY) -m pytest tests/integration -q -m "not slow" $(XDIST)
 
 ## Ansible on test hosts (containers with systemd, sshd and dockerd) and make cluster.
 test-deploy: venv docker

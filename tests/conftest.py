@@ -7,25 +7,67 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "daemons"))
 sys.path.insert(0, ROOT)
 
-from tests.helpers.cluster import LocalCluster  # noqa: E402
+# Under pytest-xdist (`-n N`), each group of tests below goes whole to one
+# worker, and the groups are handed out in the order of the items. The
+# deployment tests share one worker: their test hosts (flt-*) and network have
+# fixed names, `make cluster` fixed ports (4242-4246 and 8080; the integration
+# clusters keep off them) and .cache/cluster, and both are heavy on the CPU:
+# they must not compete with each other. The chaos run is a group of its own
+# (its namespaces flc-* and /tmp/flotilla-chaos are fixed). Every other module
+# is a group of its own, so that its module-scoped clusters are built once.
+# (pytest-xdist's own loadgroup does not group under pytest 9.2: the scheduler
+# below does the grouping.)
+#
+# The order: the longest first, then the other integration modules, the unit
+# tests last.
+FIRST_GROUPS = (
+    "deploy",
+    "tests/integration/test_durability.py",
+    "tests/integration/test_services.py",
+    "tests/integration/test_rotation.py",
+    "tests/integration/test_updates.py",
+    "chaos",
+    "tests/integration/test_roles.py",
+    "tests/integration/test_cli.py",
+)
 
 
-@pytest.fixture
-def make_cluster(tmp_path, request):
-    """Build real clusters; print node logs if the test fails."""
-    made = []
+def _group(path: str) -> str:
+    """The group of the tests in ``path`` (relative to the repository)."""
+    parts = path.split("/")
+    if parts[:2] == ["tests", "deploy"]:
+        return "deploy"
+    if parts[:2] == ["tests", "chaos"]:
+        return "chaos"
+    return path
 
-    def factory(**kw):
-        c = LocalCluster(str(tmp_path / f"cluster{len(made)}"), **kw)
-        made.append(c)
-        return c
 
-    yield factory
-    failed = getattr(request.node, "rep_call", None)
-    for c in made:
-        if failed is not None and failed.failed:
-            print(c.dump_logs())
-        c.stop_all()
+def _rank(group: str) -> int:
+    """First the groups above, then the other integration modules, the unit tests last."""
+    if group in FIRST_GROUPS:
+        return FIRST_GROUPS.index(group)
+    return len(FIRST_GROUPS) + group.startswith("tests/unit/")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {item.nodeid: _rank(_group(item.nodeid.split("::", 1)[0])) for item in items}
+    items.sort(key=lambda item: rank[item.nodeid])     # stable: each group keeps its order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") not in ("load", "loadscope", "loadfile", "loadgroup"):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        """LoadScopeScheduling with our groups as the scopes, in the items' order."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid.split("::", 1)[0])
+
+    config.option.loadscopereorder = False
+    return GroupScheduling(config, log)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

@@ -14,7 +14,7 @@ import pytest
 from flotilla import __version__
 from tests.deploy import testhosts
 
-pytestmark = pytest.mark.deploy
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(1200)]  # beside other tests
 
 CLI = "/opt/flotilla/venv/bin/flotilla"
 ADMIN = "/var/lib/flotilla/admin"

@@ -47,12 +47,18 @@ def _free(port: int) -> bool:
             return False
 
 
+# The ports of `make cluster` (inventory/local: API 4242-4246 and the ports
+# derived from them), which may run beside these tests (pytest-xdist).
+LOCAL_CLUSTER_PORTS = frozenset(p + k for p in range(4242, 4247) for k in (0, 10000, 20000, 30000))
+
+
 def free_api_port() -> int:
     """An API port whose derived Raft (+10000), agent (+20000) and dispatcher
     (+30000) ports are free."""
     for _ in range(500):
         port = random.randint(21000, 29000)
-        if all(_free(p) for p in (port, port + 10000, port + 20000, port + 30000)):
+        ports = (port, port + 10000, port + 20000, port + 30000)
+        if not LOCAL_CLUSTER_PORTS.intersection(ports) and all(_free(p) for p in ports):
             return port
     raise RuntimeError("no free ports")
 
@@ -162,11 +168,22 @@ class LocalCluster:
             extra += ["--cert-expiry", self.cert_expiry]
         node.start(*extra)
         self.nodes[name] = node
-        wait_for(lambda: os.path.exists(os.path.join(self.admin_dir, "key.pem")), 30,
+        # Generous deadlines: a loaded machine (tests run in parallel) starts slowly.
+        wait_for(lambda: os.path.exists(os.path.join(self.admin_dir, "key.pem")), 60,
                  what="admin bundle")
-        self.wait_leader_ready()
+        self.wait_leader_ready(60)
         node.node_id = node.config()["node_id"]
         return node
+
+    def build(self, managers: int = 1, workers: int = 0) -> "LocalCluster":
+        """m1 starts the cluster, m2.. join one after the other, w1.. together."""
+        self.init("m1")
+        for i in range(2, managers + 1):
+            self.join(f"m{i}")
+        joined = [self.join(f"w{i}", "worker", wait=False) for i in range(1, workers + 1)]
+        for node in joined:
+            self.wait_node_ready(node)
+        return self
 
     @property
     def first(self) -> NodeProc:

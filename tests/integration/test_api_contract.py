@@ -8,8 +8,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from flotilla.common.httpclient import tls_session
 from tests.helpers.cluster import wait_for
 
@@ -17,11 +15,7 @@ ST = os.path.join(os.path.dirname(sys.executable), "st")
 FUZZ_EXAMPLES = int(os.environ.get("FLOTILLA_FUZZ_EXAMPLES", "20"))
 
 
-@pytest.fixture
-def cluster(make_cluster):
-    c = make_cluster()
-    c.init("m1")
-    return c
+CLUSTER = {"managers": 1, "workers": 0}      # the `cluster` the tests share (conftest.py)
 
 
 def _session(c):

@@ -91,24 +91,18 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, request):
-    c = LocalCluster(str(tmp_path_factory.mktemp("bad-input") / "cluster"))
-    failed_before = request.session.testsfailed
-    try:
-        c.init("m1")
-        for name in ("m2", "m3"):
-            c.join(name, wait=False)
-        c.join("w1", "worker", wait=False)
-        for name in ("m2", "m3"):
-            c.wait_node_ready(c.nodes[name], manager=True)
-        c.wait_node_ready(c.nodes["w1"])
-        e = Env(c)
-        c.admin().post("/v1/services", service_spec(SERVICE))
-        yield e
-    finally:
-        if request.session.testsfailed > failed_before:
-            print(c.dump_logs())
-        c.stop_all()
+def env(make_module_cluster):
+    c = make_module_cluster()
+    c.init("m1")
+    for name in ("m2", "m3"):
+        c.join(name, wait=False)
+    c.join("w1", "worker", wait=False)
+    for name in ("m2", "m3"):
+        c.wait_node_ready(c.nodes[name], manager=True)
+    c.wait_node_ready(c.nodes["w1"])
+    e = Env(c)
+    c.admin().post("/v1/services", service_spec(SERVICE))
+    return e
 
 
 @pytest.fixture(autouse=True)

@@ -6,19 +6,12 @@ import json
 import os
 import time
 
-import pytest
-
 from tests.helpers.cluster import wait_for
 
 IMAGE = "flotilla-test/busybox:1"
 
 
-@pytest.fixture
-def cluster(make_cluster):
-    c = make_cluster()
-    c.init("m1")
-    c.join("w1", "worker")
-    return c
+CLUSTER = {"managers": 1, "workers": 1}      # the `cluster` the tests share (conftest.py)
 
 
 def running(c, service):

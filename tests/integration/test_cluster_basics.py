@@ -10,14 +10,7 @@ from flotilla.common.httpclient import ApiError, tls_session
 from tests.helpers.cluster import PYTHON, free_api_port, wait_for
 
 
-@pytest.fixture
-def cluster(make_cluster):
-    c = make_cluster()
-    c.init("m1")
-    c.join("m2", "manager")
-    c.join("m3", "manager")
-    c.join("w1", "worker")
-    return c
+CLUSTER = {"managers": 3, "workers": 1}      # the `cluster` the tests share (conftest.py)
 
 
 def test_nodes_roles_and_leader(cluster):
@@ -73,9 +66,14 @@ def test_token_rotation(cluster, tmp_path):
     cluster.nodes["late2"] = w2 = NodeProc(cluster, "late2")
     w2.start("--join", cluster.nodes["m2"].addr, "--token", out)
     cluster.wait_node_ready(w2)
+    # The cluster is shared by the module's tests: late2 leaves it again.
+    w2.kill()
+    cluster.admin().delete(f"/v1/nodes/{w2.config()['node_id']}", params={"force": "1"})
+    del cluster.nodes["late2"]
 
 
 def test_cluster_update_and_errors(cluster):
+    settings = cluster.admin().get("/v1/cluster")["spec"]
     res = json.loads(cluster.cli("cluster", "update", "--cert-expiry", "2h",
                                  "--heartbeat-period", "2s", "--format", "json").stdout)
     assert res["spec"]["ca"]["node_cert_expiry"] == 7200
@@ -103,6 +101,9 @@ def test_cluster_update_and_errors(cluster):
     cluster.cli("node", "update", "w1", "--label-add", "disk=ssd", "--availability", "pause")
     w1 = cluster.node_view(cluster.nodes["w1"])
     assert w1["labels"] == {"disk": "ssd"} and w1["availability"] == "pause"
+    # The cluster is shared by the module's tests: its settings go back.
+    client.patch("/v1/cluster", {"cert_expiry": settings["ca"]["node_cert_expiry"],
+                                 "heartbeat_period": settings["dispatcher"]["heartbeat_period"]})
 
 
 def test_version_and_control_socket(cluster):
@@ -118,13 +119,11 @@ def test_version_and_control_socket(cluster):
     assert len(res.stdout.split()) == 4
 
 
-def test_idempotency_keys_are_bound_to_their_request(make_cluster):
+def test_idempotency_keys_are_bound_to_their_request(cluster):
     """The same Idempotency-Key with another request is refused (422) and
     changes nothing; with the same request, through any manager, it gets
     the first answer."""
-    c = make_cluster()
-    c.init("m1")
-    c.join("m2", "manager")
+    c = cluster
     api = tls_session(c.admin_dir)
     leader, follower = c.nodes["m1"], c.nodes["m2"]
     assert c.health(leader)["is_leader"] and not c.health(follower)["is_leader"]

@@ -11,22 +11,15 @@ import re
 import pytest
 
 from flotilla.common.httpclient import ApiError
-from tests.helpers.cluster import LocalCluster, wait_for
+from tests.helpers.cluster import wait_for
 
 IMAGE = "flotilla-test/busybox:1"
 WEB = "flotilla-test/web:1"          # healthy about a second after it starts
 
 
 @pytest.fixture(scope="module")
-def c(tmp_path_factory, request):
-    cluster = LocalCluster(str(tmp_path_factory.mktemp("dependencies")))
-    failed_before = request.session.testsfailed
-    cluster.init("m1")
-    cluster.join("w1", "worker")
-    yield cluster
-    if request.session.testsfailed > failed_before:
-        print(cluster.dump_logs())
-    cluster.stop_all()
+def c(make_module_cluster):
+    return make_module_cluster().build(managers=1, workers=1)
 
 
 def create(c, *args):
@@ -131,20 +124,21 @@ def test_cycles_and_self_dependencies_are_refused(c):
     c.cli("service", "rm", "--detach", "a", "b", "c3")
 
 
-def test_completed_dependency(c):
+def test_completed_dependency(c, tmp_path):
     start = index_now(c)
-    create(c, "--name", "migrate", "--restart-condition", "on-failure", IMAGE,
-           "sh", "-c", "sleep 2; exit 0")
+    # migrate completes once the test has seen app2 wait for it (however slow
+    # this machine is at creating app2).
+    create(c, "--name", "migrate", "--restart-condition", "on-failure",
+           "--mount", f"type=bind,source={tmp_path},target=/gate", IMAGE,
+           "sh", "-c", "until [ -e /gate/go ]; do sleep 0.1; done; exit 0")
     create(c, "--name", "app2", "--depends-on", "migrate:completed", "--stop-grace-period", "1s",
            IMAGE, "sleep", "3600")
-    seen = set()
-
-    def app2_running():
-        seen.update(t["message"] for t in tasks(c, "app2"))
-        return running(c, "app2", 1)
-
-    wait_for(app2_running, 60, what="app2 running once migrate completed")
-    assert "waiting for dependency migrate (completed): 0/1 tasks complete" in seen, seen
+    waiting = "waiting for dependency migrate (completed): 0/1 tasks complete"
+    wait_for(lambda: [t["message"] for t in tasks(c, "app2")] == [waiting], 60,
+             what="app2 waiting for migrate")
+    assert not running(c, "app2", 1)
+    (tmp_path / "go").touch()
+    wait_for(lambda: running(c, "app2", 1), 60, what="app2 running once migrate completed")
     [done] = tasks(c, "migrate")              # completed with exit 0: never replaced
     assert done["state"] == "complete" and done["exit_code"] == 0
     evs = task_events(c, start)

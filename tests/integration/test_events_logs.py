@@ -19,7 +19,7 @@ from flotilla.common.httpclient import ApiError
 from flotilla.model.task import STATE_VALUES
 from flotilla.manager.api.events import EventList
 from flotilla.manager.api.logs import ServiceLogs
-from tests.helpers.cluster import PYTHON, LocalCluster, wait_for
+from tests.helpers.cluster import PYTHON, wait_for
 
 IMAGE = "flotilla-test/busybox:1"
 # hello and oops first, then a counter every half second.
@@ -36,17 +36,8 @@ def spec(name, replicas, constraint, script=SCRIPT):
 
 
 @pytest.fixture(scope="module")
-def c(tmp_path_factory, request):
-    cluster = LocalCluster(str(tmp_path_factory.mktemp("events-logs")))
-    failed_before = request.session.testsfailed
-    cluster.init("m1")
-    cluster.join("m2", "manager")
-    cluster.join("w1", "worker")
-    cluster.join("w2", "worker")
-    yield cluster
-    if request.session.testsfailed > failed_before:
-        print(cluster.dump_logs())
-    cluster.stop_all()
+def c(make_module_cluster):
+    return make_module_cluster().build(managers=2, workers=2)
 
 
 def tasks(c, service):

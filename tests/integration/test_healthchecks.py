@@ -9,7 +9,7 @@ short intervals so that the module stays well under a minute and a half.
 import docker
 import pytest
 
-from tests.helpers.cluster import LocalCluster, wait_for
+from tests.helpers.cluster import wait_for
 
 BUSYBOX = "flotilla-test/busybox:1"
 WEB = "flotilla-test/web:1"           # httpd on :80 serving /www, /health, image HEALTHCHECK
@@ -18,15 +18,8 @@ FAST = ["--init", "--health-interval", "300ms", "--health-timeout", "1s", "--hea
 
 
 @pytest.fixture(scope="module")
-def c(tmp_path_factory, request):
-    cluster = LocalCluster(str(tmp_path_factory.mktemp("healthchecks")))
-    failed_before = request.session.testsfailed
-    cluster.init("m1")
-    cluster.join("w1", "worker")
-    yield cluster
-    if request.session.testsfailed > failed_before:
-        print(cluster.dump_logs())
-    cluster.stop_all()
+def c(make_module_cluster):
+    return make_module_cluster().build(managers=1, workers=1)
 
 
 @pytest.fixture(scope="module")

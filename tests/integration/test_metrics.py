@@ -57,13 +57,7 @@ def total(samples, name, **labels):
                if n == name and set(labels.items()) <= set(ls))
 
 
-@pytest.fixture
-def cluster(make_cluster):
-    c = make_cluster()
-    c.init("m1")
-    c.join("m2", "manager")
-    c.join("w1", "worker")
-    return c
+CLUSTER = {"managers": 2, "workers": 1}      # the `cluster` of conftest.py
 
 
 def test_manager_and_agent_metrics(cluster):

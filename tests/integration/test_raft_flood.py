@@ -10,6 +10,7 @@ at most once per interval, with their count.
 
 import base64
 import logging
+import math
 import re
 import statistics
 import time
@@ -21,6 +22,8 @@ from tests.helpers.raftflood import Flooder, other_ca_bundle
 from tests.helpers.raftmembers import raft_group
 
 FLOOD_SECONDS = 4.0
+MIN_ATTEMPTS = 300      # the flood goes on until it has made as many (on a loaded machine)
+LOG_INTERVAL = 5.0      # the Raft port's refusal log interval (raft/security.py)
 
 
 def _commit(store, name):
@@ -43,27 +46,31 @@ def test_refused_connections_at_200_a_second_neither_stop_commits_nor_fill_the_l
         flood = Flooder(g.addrs[leader], rate=200, not_manager_bundle=str(worker),
                         other_ca_bundle_path=other_ca_bundle(str(tmp_path))).start()
         latencies = []
+        started = time.monotonic()
         try:
-            deadline = time.monotonic() + FLOOD_SECONDS
-            while time.monotonic() < deadline:
+            deadline, last_resort = started + FLOOD_SECONDS, started + 4 * FLOOD_SECONDS
+            while time.monotonic() < deadline or (flood.total < MIN_ATTEMPTS
+                                                   and time.monotonic() < last_resort):
                 latencies.append(_commit(store, f"during-{len(latencies)}"))
         finally:
             flood.stop()
+        flooded = time.monotonic() - started
         # The leader kept its leadership and kept committing.
         assert g.members[leader][1].is_leader
         assert len(latencies) >= 20 and max(latencies) < 2.0, (
             len(latencies), statistics.median(latencies), max(latencies))
-        assert flood.total >= 300, flood.attempts
+        assert flood.total >= MIN_ATTEMPTS, flood.attempts
         refused = wait_for(lambda: _settled(lambda: _refusals(g.counters[leader])), 20,
                            what="the refusals counted")
         assert refused >= 0.9 * flood.total, (refused, flood.attempts)
         # One line at the first refusal, then at most one per interval with
         # the count of those since the line before: every refusal is in
-        # the log, in at most 3 lines for a flood of about 4 s.
+        # the log, in at most 3 lines for a flood of about 4 s (one more per
+        # interval the flood went on).
         lines = wait_for(lambda: (lambda ls: ls if _logged(ls) == refused else None)(
             [r.getMessage() for r in caplog.records
              if r.name == "flotilla.manager.raft.security"]), 15, what="every refusal logged")
-        assert len(lines) <= 3, lines
+        assert len(lines) <= 2 + math.ceil(flooded / LOG_INTERVAL), (flooded, lines)
 
 
 def _refusals(counters) -> int:

@@ -55,20 +55,13 @@ def make_bundle(tmp_path, name, key_pem, cert_pem):
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory):
-    from tests.helpers.cluster import LocalCluster
+def secured(make_module_cluster, tmp_path_factory):
     base = tmp_path_factory.mktemp("secure")
-    c = LocalCluster(str(base / "cluster"), cert_expiry="60s")
-    try:
-        c.init("m1")
-        c.join("m2")
-        c.join("w1", "worker")
-        # Keep a copy of w1's certificate now: it will have expired by the end.
-        early = base / "w1-early.pem"
-        shutil.copy(c.nodes["w1"].bundle(), early)
-        yield c, base, str(early)
-    finally:
-        c.stop_all()
+    c = make_module_cluster(cert_expiry="60s").build(managers=2, workers=1)
+    # Keep a copy of w1's certificate now: it will have expired by the end.
+    early = base / "w1-early.pem"
+    shutil.copy(c.nodes["w1"].bundle(), early)
+    return c, base, str(early)
 
 
 def test_no_client_certificate(secured):

@@ -46,13 +46,7 @@ def create(c, *args):
     return c.cli("service", "create", "--detach", *args).stdout.strip()
 
 
-@pytest.fixture
-def cluster(make_cluster):
-    c = make_cluster()
-    c.init("m1")
-    c.join("w1", "worker")
-    c.join("w2", "worker")
-    return c
+CLUSTER = {"managers": 1, "workers": 2}      # the `cluster` the tests share (conftest.py)
 
 
 def test_replicated_converge_scale_and_remove(cluster):
@@ -77,8 +71,8 @@ def test_replicated_converge_scale_and_remove(cluster):
     wait_for(lambda: not c.admin().get("/v1/tasks"), 30, what="tasks reaped")
 
 
-def test_global_service_follows_nodes(cluster):
-    c = cluster
+def test_global_service_follows_nodes(make_cluster):
+    c = make_cluster().build(**CLUSTER)        # a node joins: a cluster of its own
     create(c, "--name", "agent", "--mode", "global", IMAGE, "sleep", "3600")
     wait_for(lambda: converged(c, "agent", 3), 60, what="one task per node")
     assert len({t["node"] for t in running(c, "agent")}) == 3
@@ -169,6 +163,9 @@ def test_agent_killed_tasks_move_and_no_duplicates(cluster):
 
 def test_agent_restart_adopts_containers(cluster):
     c = cluster
+    # Restarts slower than three heartbeats (a loaded machine) must not mark
+    # the nodes down: their tasks would be replaced, not adopted.
+    c.cli("cluster", "update", "--heartbeat-period", "5s")
     create(c, "--name", "web", "--replicas", "4", IMAGE, "sleep", "3600")
     wait_for(lambda: converged(c, "web", 4), 60)
     before = {x.id: x.attrs["State"]["StartedAt"] for x in c.containers(service="web")}
@@ -182,6 +179,7 @@ def test_agent_restart_adopts_containers(cluster):
     after = {x.id: x.attrs["State"]["StartedAt"] for x in c.containers(service="web")}
     assert after == before                       # same containers, not restarted
     assert {t["id"] for t in running(c, "web")} == tasks_before
+    c.cli("cluster", "update", "--heartbeat-period", "1s")     # as the other tests expect
 
 
 def test_drain_and_pause(cluster):
@@ -237,8 +235,8 @@ def test_leader_failover_while_scaling(make_cluster):
     assert sorted(t["slot"] for t in running(c, "web")) == list(range(1, 13))
 
 
-def test_removed_node_tasks_are_orphaned_and_replaced(cluster):
-    c = cluster
+def test_removed_node_tasks_are_orphaned_and_replaced(make_cluster):
+    c = make_cluster().build(**CLUSTER)        # a node is removed: a cluster of its own
     create(c, "--name", "web", "--replicas", "6", IMAGE, "sleep", "3600")
     wait_for(lambda: converged(c, "web", 6), 60)
     w2 = c.nodes["w2"]

@@ -11,7 +11,6 @@ import socket
 import urllib.request
 
 import docker
-import pytest
 
 from tests.helpers.cluster import wait_for
 
@@ -109,18 +108,8 @@ def fetch(port: int) -> str:
         return r.read().decode()
 
 
-@pytest.fixture
-def cluster(make_cluster):
-    c = make_cluster()
-    c.init("m1")
-    c.join("w1", "worker")
-    c.join("w2", "worker")
-    yield c
-    for ctr in stack_containers():          # a failed test may leave some behind
-        try:
-            ctr.remove(force=True)
-        except Exception:
-            pass
+CLUSTER = {"managers": 1, "workers": 2}      # the `cluster` of conftest.py (it removes
+                                             # the containers a failed test leaves behind)
 
 
 def test_stack_deploy_update_and_remove(cluster, tmp_path):

@@ -19,7 +19,7 @@ from requests.adapters import HTTPAdapter
 from flotilla.ca import certs
 from flotilla.common import tls
 from flotilla.common.httpclient import ApiError, Client
-from tests.helpers.cluster import LocalCluster, NodeProc, wait_for
+from tests.helpers.cluster import NodeProc, wait_for
 
 
 class _ServerName(HTTPAdapter):
@@ -101,17 +101,9 @@ def cert_role(node):
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = LocalCluster(str(tmp_path_factory.mktemp("trust")))
-    try:
-        c.init("m1")
-        c.join("m2")
-        c.join("m3")
-        c.join("m4")
-        c.join("w1", "worker")
-        yield c
-    finally:
-        c.stop_all()
+def cluster(make_module_cluster):
+    """One cluster for the module's tests, which run in order."""
+    return make_module_cluster().build(managers=4, workers=1)
 
 
 def views(c):

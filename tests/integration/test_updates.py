@@ -11,7 +11,6 @@ import concurrent.futures
 import threading
 import time
 
-import pytest
 import requests
 
 from tests.helpers.cluster import wait_for
@@ -19,13 +18,7 @@ from tests.helpers.cluster import wait_for
 V1, V2, BAD = "flotilla-test/web:1", "flotilla-test/web:2", "flotilla-test/web:bad"
 
 
-@pytest.fixture
-def cluster(make_cluster):
-    c = make_cluster()
-    c.init("m1")
-    c.join("w1", "worker")
-    c.join("w2", "worker")
-    return c
+CLUSTER = {"managers": 1, "workers": 2}      # the `cluster` the tests share (conftest.py)
 
 
 def running(c, service):

@@ -1,0 +1,41 @@
+"""How `make test` spreads the tests over pytest-xdist workers (tests/conftest.py):
+each module's tests run in one worker, one after the other (its module-scoped
+clusters are built once); the tests with fixed host names, ports or
+namespaces share a group; the longest groups are handed out first."""
+
+import collections
+import os
+import re
+import subprocess
+import sys
+
+from tests.conftest import FIRST_GROUPS, _group, _rank
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_each_module_runs_whole_in_one_worker():
+    files = ["tests/unit/test_units.py", "tests/unit/test_ratelog.py", "tests/unit/test_component.py"]
+    res = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "-v", "-p", "no:cacheprovider",
+                          *files], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    workers, order = collections.defaultdict(set), collections.defaultdict(list)
+    for worker, path in re.findall(r"^\[(gw\d+)\] \[ *\d+%\] PASSED (\S+?)::", res.stdout, re.M):
+        workers[path].add(worker)
+        if not order[worker] or order[worker][-1] != path:
+            order[worker].append(path)
+    assert set(workers) == set(files), res.stdout[-3000:]
+    assert all(len(w) == 1 for w in workers.values()), workers
+    # ... and a worker runs one module to its end before the next.
+    assert all(len(paths) == len(set(paths)) for paths in order.values()), order
+
+
+def test_fixed_names_share_a_group_and_the_longest_go_first():
+    assert _group("tests/deploy/test_site.py") == _group("tests/deploy/test_make_cluster.py") == "deploy"
+    assert _group("tests/chaos/test_chaos.py") == "chaos"
+    assert _group("tests/integration/test_cli.py") == "tests/integration/test_cli.py"
+    ranks = [_rank(_group(p)) for p in ("tests/deploy/test_site.py", "tests/integration/test_services.py",
+                                         "tests/chaos/test_chaos.py", "tests/integration/test_metrics.py",
+                                         "tests/unit/test_units.py")]
+    assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
+    assert all(os.path.exists(os.path.join(ROOT, g)) for g in FIRST_GROUPS if "/" in g)
