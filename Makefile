@@ -29,12 +29,14 @@ lint: venv
 docker:
 	./tests/images/setup-docker.sh
 
-## Everything CI runs (about MINUTES minutes on 2 cores): unit, integration on real
-## processes and Docker, deployment with Ansible on five test hosts, make cluster,
-## and a short seeded chaos run (8 faults). The tests mostly wait on processes, so
-## they run in $(TEST_WORKERS) pytest-xdist workers: one module per worker at a time
-## (its clusters are built once), the deployment tests in one worker, the longest
-## groups first (tests/conftest.py). TEST_WORKERS=0 runs them in this process.
+## Everything CI runs: unit, integration on real processes and Docker, deployment
+## with Ansible on five test hosts, make cluster, and a short seeded chaos run (8
+## faults). The tests mostly wait on processes, so they run in $(TEST_WORKERS)
+## pytest-xdist workers: one module per worker at a time (its clusters are built
+## once), the deployment tests in one worker, the longest groups first
+## (tests/conftest.py). TEST_WORKERS=0 runs them in this process. On an otherwise
+## idle 2-core machine: 27 minutes in 3 workers (35 in one process); the deployment
+## tests, in one worker, are the longest part.
 TEST_WORKERS ?= 3
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS))
 
