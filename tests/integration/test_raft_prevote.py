@@ -91,9 +91,8 @@ def test_a_member_that_was_cut_off_rejoins_without_deposing_the_leader(members, 
         cut_term = cut_raft.status()["term"]
     if slow_disk:
         journal.onOneSecondTimer = sync_each_second
-    print("ASKED", slow_disk, cut.asked, cut_term, before["term"])
     assert cut.asked.get("request_vote", 0) == 0, cut.asked
-    assert cut_term == before["term"]
+    assert cut_term == before["term"], (cut_term, before["term"], cut.asked)
     leader[0].commit(_config("after"))
     wait_for(lambda: {c["name"] for c in cut_store.list("config")} >= {"while-cut-off", "after"},
              15, what="the member back in step")
