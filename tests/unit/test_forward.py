@@ -81,3 +81,33 @@ def test_a_refusal_by_a_former_leader_is_sent_to_the_next_one(app):
                      _Answer(201, {"id": "c1"}))
     status, body = _post(app, _forwarder(leader), {})
     assert (status, body, leader.calls) == (201, {"id": "c1"}, 2)
+
+
+class _PausedLeader(_Leader):
+    """A leader that was paused while the request reached it: it answers
+    only after longer than the whole wait, refusing as it is no longer the
+    leader; the next leader accepts."""
+
+    def __init__(self, paused_for, *answers):
+        super().__init__(*answers)
+        self.paused_for = paused_for
+
+    def request(self, method, url, **kw):
+        if self.calls == 0:
+            threading.Event().wait(self.paused_for)
+        return super().request(method, url, **kw)
+
+
+def test_time_spent_with_a_paused_leader_does_not_use_up_the_wait(app):
+    leader = _PausedLeader(0.5, _Answer(503, error_body("not_leader", "not the leader")),
+                           _Answer(503, error_body("no_leader", "no leader yet")),
+                           _Answer(201, {"id": "c1"}))
+    status, body = _post(app, _forwarder(leader, wait=0.2), {})
+    assert (status, body, leader.calls) == (201, {"id": "c1"}, 3)
+
+
+def test_a_leader_that_keeps_refusing_is_reported_once_the_wait_is_over(app):
+    leader = _Leader(_Answer(503, error_body("not_leader", "not the leader")))
+    status, body = _post(app, _forwarder(leader, wait=0.2), {})
+    assert (status, body["error"]["code"]) == (503, "no_leader")
+    assert 1 < leader.calls < 20

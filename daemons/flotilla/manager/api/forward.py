@@ -13,7 +13,9 @@ an error. A request the old leader refused unprocessed ("not the leader")
 is sent again to the next leader within the same wait; so is one that could
 not reach it, or whose outcome it could not tell as it stepped down, if
 sending it twice is harmless (a read, or a write with an idempotency key,
-which the store applies once).
+which the store applies once). Time spent waiting for a leader that
+then refused counts as waiting for it, not against the wait: a leader
+paused mid-request answers "not the leader" only once a new one exists.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class Forwarder:
             # Forwarded to us as the leader: the forwarding manager tries again.
             return common.error_response(503, "not_leader",
                                          "this manager is not the leader (any more)")
-        deadline = time.monotonic() + self._leader_wait
+        started = time.monotonic()
+        deadline = started + self._leader_wait
         refusal = None
         with admission.blocking():
             while True:
@@ -84,10 +87,15 @@ class Forwarder:
                         refusal = ("no_leader",
                                    "the cluster has no leader at the moment; retry shortly")
                     else:
+                        sent = time.monotonic()
                         answer = self._forward(leader, direct_identity)
                         if not isinstance(answer, tuple):
                             return answer
                         refusal = answer
+                        # The wait resumes where it stood when the request
+                        # was sent, within the forwarding timeout overall.
+                        deadline = min(deadline + time.monotonic() - sent,
+                                       started + self._timeout)
                 if time.monotonic() + POLL > deadline:
                     return common.error_response(503, *refusal)
                 time.sleep(POLL)
