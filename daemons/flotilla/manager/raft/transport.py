@@ -38,6 +38,9 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterable
+import typing
+from typing import Any, Protocol
 
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE
@@ -64,17 +67,42 @@ HANDSHAKE_LIMIT = 128
 HANDSHAKE_NICENESS = 10
 
 
+class PeerSecurity(Protocol):
+    """What the transport asks of the Raft port's security (``security.py``)."""
+
+    def context(self, server_side: bool) -> ssl.SSLContext: ...
+
+    def verify_peer(self, peercert: dict | None, expected_address: str | None) -> str | None: ...
+
+    def claim_ok(self, node_id: str | None, address: str) -> bool: ...
+
+    def refused(self, reason: str, detail: str = "") -> None: ...
+
+    def flush_refusals(self) -> None: ...
+
+    def before_send(self) -> None: ...
+
+    def members_changed(self, addresses: Iterable[str], member: dict | None = None) -> None: ...
+
+
+# pysyncobj's poller (``pysyncobj.poller``): untyped; subscribe(fd, callback,
+# mask), unsubscribe(fd).
+Poller = Any
+Callback = Callable[[], None]
+
+
 class TlsConnection:
     """One TLS connection between two managers (either direction)."""
 
-    def __init__(self, poller, security, *, timeout: float, ping_interval: float,
+    def __init__(self, poller: Poller, security: PeerSecurity, *, timeout: float,
+                 ping_interval: float,
                  established: tuple[ssl.SSLSocket, str] | None = None,
-                 expected_address: str | None = None):
+                 expected_address: str | None = None) -> None:
         # Attributes pysyncobj's transport touches.
-        self.sendRandKey = None
-        self.recvRandKey = None
-        self.recvLastTimestamp = 0
-        self.encryptor = None
+        self.sendRandKey: bytes | None = None
+        self.recvRandKey: bytes | None = None
+        self.recvLastTimestamp = 0.0
+        self.encryptor: object | None = None
 
         self.peer_id: str | None = None
         self.expected_address = expected_address
@@ -93,33 +121,33 @@ class TlsConnection:
         self._wbuf = bytearray()
         self._retry_len = 0
         self._last_read = self._last_write = time.monotonic()
-        self._on_message = None
-        self._on_connected = None
-        self._on_disconnected = None
+        self._on_message: Callable[[Any], None] | None = None
+        self._on_connected: Callback | None = None
+        self._on_disconnected: Callback | None = None
         if established is not None:
             self._open(*established)
 
     # -- pysyncobj surface --------------------------------------------------
-    def setOnConnectedCallback(self, cb):
+    def setOnConnectedCallback(self, cb: Callback | None) -> None:
         self._on_connected = cb
 
-    def setOnMessageReceivedCallback(self, cb):
+    def setOnMessageReceivedCallback(self, cb: Callable[[Any], None] | None) -> None:
         self._on_message = cb
 
-    def setOnDisconnectedCallback(self, cb):
+    def setOnDisconnectedCallback(self, cb: Callback | None) -> None:
         self._on_disconnected = cb
 
     @property
-    def state(self):
+    def state(self) -> int:
         return self._state
 
-    def fileno(self):
+    def fileno(self) -> int | None:
         return self._fileno
 
-    def getSendBufferSize(self):
+    def getSendBufferSize(self) -> int:
         return len(self._wbuf)
 
-    def connect(self, host, port):
+    def connect(self, host: str | None, port: int) -> bool:
         if host is None:
             return False
         self._reset()
@@ -145,7 +173,7 @@ class TlsConnection:
         self._subscribe(READ | WRITE | ERROR)
         return True
 
-    def send(self, message):
+    def send(self, message: Any) -> None:
         if self._state == CONNECTION_STATE.DISCONNECTED:
             return
         self._wbuf += codec.encode_message(message)
@@ -153,14 +181,15 @@ class TlsConnection:
             self._flush()
             self._update_subscription()
 
-    def disconnect(self):
-        notify = self._on_disconnected is not None and self._state != CONNECTION_STATE.DISCONNECTED
+    def disconnect(self) -> None:
+        callback = self._on_disconnected
+        notify = callback is not None and self._state != CONNECTION_STATE.DISCONNECTED
         self._reset()
-        if notify:
-            self._on_disconnected()
+        if notify and callback is not None:
+            callback()
 
     # -- internals ----------------------------------------------------------
-    def _reset(self):
+    def _reset(self) -> None:
         if self._fileno is not None:
             self._poller.unsubscribe(self._fileno)
             self._fileno = None
@@ -178,7 +207,7 @@ class TlsConnection:
         self._retry_len = 0
         self._state = CONNECTION_STATE.DISCONNECTED
 
-    def _open(self, sock: ssl.SSLSocket, peer_id: str):
+    def _open(self, sock: ssl.SSLSocket, peer_id: str) -> None:
         """Take over an incoming connection whose handshake and peer check
         are done (by the handshake thread)."""
         self._sock = sock
@@ -189,7 +218,7 @@ class TlsConnection:
         self._last_read = self._last_write = time.monotonic()
         self._subscribe(READ | ERROR)
 
-    def start_reading(self):
+    def start_reading(self) -> None:
         """Read what the peer sent while the connection changed hands: it
         may sit in the TLS layer's buffer, where the poller cannot see it."""
         if self._state != CONNECTION_STATE.CONNECTED:
@@ -199,18 +228,18 @@ class TlsConnection:
         if self._state == CONNECTION_STATE.CONNECTED:
             self._update_subscription(want_write=bool(self._retry_len))
 
-    def _subscribe(self, mask):
+    def _subscribe(self, mask: int) -> None:
         if self._fileno is not None and mask != self._mask:
             self._poller.subscribe(self._fileno, self._process, mask)
             self._mask = mask
 
-    def _update_subscription(self, want_write=False):
+    def _update_subscription(self, want_write: bool = False) -> None:
         mask = READ | ERROR
         if self._wbuf or want_write:
             mask |= WRITE
         self._subscribe(mask)
 
-    def _process(self, descr, event):
+    def _process(self, descr: int, event: int) -> None:
         if descr != self._fileno:
             self._poller.unsubscribe(descr)
             return
@@ -218,14 +247,15 @@ class TlsConnection:
             self.disconnect()
             return
         if self._phase == "tcp":
-            if self._raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            raw = self._raw
+            if raw is None or raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                 self.disconnect()
                 return
             if not event & WRITE:
                 return
             try:
                 self._sock = self._security.context(server_side=False).wrap_socket(
-                    self._raw, server_side=False, do_handshake_on_connect=False,
+                    raw, server_side=False, do_handshake_on_connect=False,
                     server_hostname=SERVER_NAME)
             except Exception as exc:
                 self._security.refused("tls_setup", str(exc))
@@ -242,9 +272,12 @@ class TlsConnection:
         if self._state == CONNECTION_STATE.CONNECTED:
             self._update_subscription(want_write=bool(self._retry_len))
 
-    def _handshake(self):
+    def _handshake(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
         try:
-            self._sock.do_handshake()
+            sock.do_handshake()
         except ssl.SSLWantReadError:
             self._subscribe(READ | ERROR)
             return
@@ -255,7 +288,7 @@ class TlsConnection:
             self._security.refused(_handshake_reason(exc), str(exc))
             self.disconnect()
             return
-        peer = self._security.verify_peer(self._sock.getpeercert(), self.expected_address)
+        peer = self._security.verify_peer(sock.getpeercert(), self.expected_address)
         if peer is None:
             self.disconnect()
             return
@@ -272,11 +305,12 @@ class TlsConnection:
         if self._state == CONNECTION_STATE.CONNECTED:
             self._update_subscription()
 
-    def _flush(self):
-        while self._wbuf and self._state == CONNECTION_STATE.CONNECTED:
+    def _flush(self) -> None:
+        sock = self._sock
+        while sock is not None and self._wbuf and self._state == CONNECTION_STATE.CONNECTED:
             n = self._retry_len or min(len(self._wbuf), SEND_CHUNK)
             try:
-                sent = self._sock.send(self._wbuf[:n])
+                sent = sock.send(self._wbuf[:n])
             except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 # OpenSSL wants the very same bytes again later.
                 self._retry_len = n
@@ -290,11 +324,12 @@ class TlsConnection:
             del self._wbuf[:sent]
             self._last_write = time.monotonic()
 
-    def _read(self):
+    def _read(self) -> None:
         got = False
-        while self._state == CONNECTION_STATE.CONNECTED:
+        sock = self._sock
+        while sock is not None and self._state == CONNECTION_STATE.CONNECTED:
             try:
-                got_now = self._sock.recv_into(self._chunk)
+                got_now = sock.recv_into(self._chunk)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLWantWriteError:
@@ -312,7 +347,7 @@ class TlsConnection:
             self._last_read = time.monotonic()
             self._parse()
 
-    def _parse(self):
+    def _parse(self) -> None:
         buf = self._rbuf
         pos = 0
         header = codec.FRAME_HEADER
@@ -346,7 +381,7 @@ class TlsConnection:
             if self._state == CONNECTION_STATE.CONNECTED and pos:
                 del buf[:pos]
 
-    def maintain(self, now: float):
+    def maintain(self, now: float) -> None:
         """Called every tick: drop dead or stuck connections, keep idle ones alive."""
         if self._state == CONNECTION_STATE.DISCONNECTED:
             return
@@ -361,7 +396,7 @@ class TlsConnection:
                 self._update_subscription(want_write=bool(self._retry_len))
 
 
-def _handshake_reason(exc) -> str:
+def _handshake_reason(exc: BaseException) -> str:
     text = str(exc).upper()
     if "CERTIFICATE_REQUIRED" in text or "PEER_DID_NOT_RETURN" in text:
         return "no_client_cert"
@@ -388,15 +423,16 @@ class HandshakeWorker:
     the tick thread.
     """
 
-    def __init__(self, poller, security, on_established, *, timeout: float,
-                 limit: int = HANDSHAKE_LIMIT):
+    def __init__(self, poller: Poller, security: PeerSecurity,
+                 on_established: Callable[[ssl.SSLSocket, str], None], *, timeout: float,
+                 limit: int = HANDSHAKE_LIMIT) -> None:
         self._poller = poller
         self._security = security
         self._on_established = on_established
         self._timeout = timeout
         self._limit = limit
-        self._listen_ops: collections.deque = collections.deque()
-        self._done: collections.deque = collections.deque()
+        self._listen_ops: collections.deque[tuple[str, socket.socket]] = collections.deque()
+        self._done: collections.deque[tuple[ssl.SSLSocket, str]] = collections.deque()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -453,13 +489,13 @@ class HandshakeWorker:
         for s in (self._wake_r, self._wake_w, self._ready_r, self._ready_w):
             _close(s)
 
-    def _forget_listener(self, sock):
+    def _forget_listener(self, sock: socket.socket) -> None:
         if sock in self._listeners:
             self._listeners.remove(sock)
         _close(sock)
 
     # -- tick thread ----------------------------------------------------------------------
-    def _on_ready(self, descr, event):
+    def _on_ready(self, descr: int, event: int) -> None:
         if descr != self._ready_fd:
             self._poller.unsubscribe(descr)
             return
@@ -472,11 +508,11 @@ class HandshakeWorker:
             self._on_established(sock, peer_id)
 
     # -- handshake thread -------------------------------------------------------------
-    def _run(self):
+    def _run(self) -> None:
         _lower_priority(HANDSHAKE_NICENESS)
         sel = selectors.DefaultSelector()
         sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
-        pending: dict[int, tuple[ssl.SSLSocket, float]] = {}   # fd -> (socket, deadline)
+        pending: _Pending = {}
         try:
             while not self._stopping.is_set():
                 self._apply_listen_ops(sel)
@@ -484,7 +520,7 @@ class HandshakeWorker:
                     if key.data is _WAKE:
                         _drain(self._wake_r)
                     elif key.data is _LISTENER:
-                        self._accept(sel, pending, key.fileobj)
+                        self._accept(sel, pending, typing.cast(socket.socket, key.fileobj))
                     else:
                         self._step(sel, pending, key.fd)
                 self._expire(sel, pending)
@@ -492,8 +528,8 @@ class HandshakeWorker:
         except Exception:
             log.exception("raft handshake thread failed")
         finally:
-            for sock, _deadline in pending.values():
-                _close(sock)
+            for tls_sock, _deadline in pending.values():
+                _close(tls_sock)
             pending.clear()
             self.pending = 0
             sel.close()
@@ -501,7 +537,7 @@ class HandshakeWorker:
                 for sock in list(self._listeners):
                     self._forget_listener(sock)
 
-    def _apply_listen_ops(self, sel):
+    def _apply_listen_ops(self, sel: selectors.BaseSelector) -> None:
         while self._listen_ops:
             op, sock = self._listen_ops.popleft()
             if op == "add":
@@ -514,7 +550,8 @@ class HandshakeWorker:
                 with self._lock:
                     self._forget_listener(sock)
 
-    def _accept(self, sel, pending, listener):
+    def _accept(self, sel: selectors.BaseSelector, pending: _Pending,
+                listener: socket.socket) -> None:
         context = None
         for _ in range(64):
             try:
@@ -546,7 +583,7 @@ class HandshakeWorker:
             sel.register(fd, selectors.EVENT_READ, sock)
             self._step(sel, pending, fd)
 
-    def _step(self, sel, pending, fd):
+    def _step(self, sel: selectors.BaseSelector, pending: _Pending, fd: int) -> None:
         entry = pending.get(fd)
         if entry is None:
             return
@@ -576,13 +613,14 @@ class HandshakeWorker:
         self._done.append((sock, peer))
         _poke(self._ready_w)
 
-    def _expire(self, sel, pending):
+    def _expire(self, sel: selectors.BaseSelector, pending: _Pending) -> None:
         now = time.monotonic()
         for fd in [fd for fd, (_s, deadline) in pending.items() if deadline < now]:
             self._drop(sel, pending, fd, "handshake_timeout",
                        f"no complete handshake within {self._timeout:.0f}s")
 
-    def _drop(self, sel, pending, fd, reason, detail):
+    def _drop(self, sel: selectors.BaseSelector, pending: _Pending, fd: int, reason: str,
+              detail: str) -> None:
         sock, _deadline = pending.pop(fd)
         try:
             sel.unregister(fd)
@@ -592,6 +630,7 @@ class HandshakeWorker:
         _close(sock)
 
 
+_Pending = dict[int, tuple[ssl.SSLSocket, float]]     # fd -> (socket, deadline)
 _WAKE = object()
 _LISTENER = object()
 
@@ -622,7 +661,7 @@ def _drain(sock: socket.socket) -> None:
         pass
 
 
-def _close(sock) -> None:
+def _close(sock: socket.socket) -> None:
     try:
         sock.close()
     except OSError:
@@ -633,14 +672,15 @@ class TlsServer:
     """The Raft port: binds on the tick thread (pysyncobj retries binding),
     then hands the listening socket to the handshake worker."""
 
-    def __init__(self, poller, host, port, handshakes: HandshakeWorker):
+    def __init__(self, poller: Poller, host: str, port: int | str,
+                 handshakes: HandshakeWorker) -> None:
         self._poller = poller
         self._host = host
         self._port = int(port)
         self._handshakes = handshakes
-        self._sock = None
+        self._sock: socket.socket | None = None
 
-    def bind(self):
+    def bind(self) -> None:
         sock = socket.socket(address_family(self._host), socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -653,7 +693,7 @@ class TlsServer:
         self._sock = sock
         self._handshakes.listen(sock)
 
-    def unbind(self):
+    def unbind(self) -> None:
         if self._sock is not None:
             self._handshakes.unlisten(self._sock)
             self._sock = None
@@ -668,7 +708,8 @@ class TlsTransport(TCPTransport):
     ``members_changed(addresses)``.
     """
 
-    def __init__(self, syncObj, selfNode, otherNodes, *, security, ping_interval=0.5):
+    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Iterable[Any], *,
+                 security: PeerSecurity, ping_interval: float = 0.5) -> None:
         self._security = security
         self._ping_interval = ping_interval
         self._destroying = False
@@ -677,14 +718,15 @@ class TlsTransport(TCPTransport):
         self._started = True
 
     # -- connection objects -------------------------------------------------
-    def _new_connection(self, established=None, expected_address=None):
+    def _new_connection(self, established: tuple[ssl.SSLSocket, str] | None = None,
+                        expected_address: str | None = None) -> TlsConnection:
         return TlsConnection(
             poller_of(self._syncObj), self._security,
             timeout=self._syncObj.conf.connectionTimeout,
             ping_interval=self._ping_interval,
             established=established, expected_address=expected_address)
 
-    def _createServer(self):
+    def _createServer(self) -> None:
         conf = self._syncObj.conf
         host, port = (conf.bindAddress or self._selfNode.address).rsplit(":", 1)
         self.handshakes = HandshakeWorker(poller_of(self._syncObj), self._security,
@@ -692,12 +734,12 @@ class TlsTransport(TCPTransport):
                                           timeout=conf.connectionTimeout)
         self._server = TlsServer(poller_of(self._syncObj), host, port, self.handshakes)
 
-    def _on_established(self, sock, peer_id):
+    def _on_established(self, sock: ssl.SSLSocket, peer_id: str) -> None:
         conn = self._new_connection(established=(sock, peer_id))
         self._onNewIncomingConnection(conn)
         conn.start_reading()
 
-    def addNode(self, node):
+    def addNode(self, node: Any) -> None:
         self._nodes.add(node)
         self._nodeAddrToNode[node.address] = node
         if self._shouldConnect(node):
@@ -710,24 +752,24 @@ class TlsTransport(TCPTransport):
             self._security.members_changed(self._member_addresses(),
                                            getattr(node, "flotilla_member", None))
 
-    def dropNode(self, node):
+    def dropNode(self, node: Any) -> None:
         super().dropNode(node)
         if self._started and not self._destroying:
             self._security.members_changed(self._member_addresses())
 
-    def _member_addresses(self):
+    def _member_addresses(self) -> list[str]:
         addresses = {n.address for n in self._nodes}
         if self._selfNode is not None:
             addresses.add(self._selfNode.address)
         return sorted(addresses)
 
     # -- handshake of the Raft protocol ---------------------------------------
-    def _onNewIncomingConnection(self, conn):
+    def _onNewIncomingConnection(self, conn: TlsConnection) -> None:
         self._unknownConnections.add(conn)
         conn.setOnMessageReceivedCallback(functools.partial(self._onIncomingMessageReceived, conn))
         conn.setOnDisconnectedCallback(functools.partial(self._onDisconnected, conn))
 
-    def _onIncomingMessageReceived(self, conn, message):
+    def _onIncomingMessageReceived(self, conn: TlsConnection, message: Any) -> None:
         node = self._nodeAddrToNode.get(message) if isinstance(message, str) else None
         if node is None or not self._security.claim_ok(conn.peer_id, message):
             self._security.refused("bad_claim", f"{conn.peer_id} claimed {message!r}")
@@ -743,26 +785,26 @@ class TlsTransport(TCPTransport):
         conn.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
         self._onNodeConnected(node)
 
-    def _onUtilityMessage(self, conn, message):
+    def _onUtilityMessage(self, conn: TlsConnection, message: Any) -> bool:
         return False
 
-    def _onOutgoingConnected(self, conn):
+    def _onOutgoingConnected(self, conn: TlsConnection) -> None:
         self._sendSelfAddress(conn)
         node = self._connToNode(conn)
         if node is not None:
             self._onNodeConnected(node)
 
-    def _sendSelfAddress(self, conn):
+    def _sendSelfAddress(self, conn: TlsConnection) -> None:
         conn.send(self._selfNode.address)
 
     # -- sending and housekeeping -------------------------------------------
-    def send(self, node, message):
+    def send(self, node: Any, message: Any) -> bool:
         # Nothing leaves this member before its journal is on disk: this is
         # what makes a majority of acknowledgements mean a majority of fsyncs.
         self._security.before_send()
         return super().send(node, message)
 
-    def _onTick(self):
+    def _onTick(self) -> None:
         super()._onTick()
         now = time.monotonic()
         for conn in list(self._connections.values()) + list(self._unknownConnections):
@@ -771,7 +813,7 @@ class TlsTransport(TCPTransport):
         if flush is not None:
             flush()
 
-    def destroy(self):
+    def destroy(self) -> None:
         self._destroying = True
         try:
             super().destroy()
