@@ -36,9 +36,11 @@ class _Clusters:
     def __init__(self, base):
         self.base = base
         self.made: list[LocalCluster] = []
+        self.count = 0          # clusters built: each gets a directory of its own
 
     def __call__(self, **kw) -> LocalCluster:
-        c = LocalCluster(str(self.base / f"cluster{len(self.made)}"), **kw)
+        c = LocalCluster(str(self.base / f"cluster{self.count}"), **kw)
+        self.count += 1
         self.made.append(c)
         return c
 

@@ -35,11 +35,15 @@ def _answer(ctr):
     ips = [n.get("IPAddress") for n in nets.values() if n.get("IPAddress")]
     if not ips:
         return None
-    try:
-        res = requests.get(f"http://{ips[0]}/", timeout=1)
-        return res.text.strip() if res.status_code == 200 else None
-    except requests.RequestException:
-        return None
+    for timeout in (1, 5):      # a loaded machine may answer late: ask once more
+        try:
+            res = requests.get(f"http://{ips[0]}/", timeout=timeout)
+            return res.text.strip() if res.status_code == 200 else None
+        except requests.Timeout:
+            continue
+        except requests.RequestException:
+            return None
+    return None
 
 
 def answers(c, name):

@@ -39,3 +39,16 @@ def test_fixed_names_share_a_group_and_the_longest_go_first():
                                          "tests/unit/test_units.py")]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
     assert all(os.path.exists(os.path.join(ROOT, g)) for g in FIRST_GROUPS if "/" in g)
+
+
+def test_a_cluster_built_after_a_discarded_one_gets_a_directory_of_its_own(tmp_path):
+    from tests.integration.conftest import _Clusters, _Shared
+
+    clusters = _Clusters(tmp_path)
+    shared = _Shared(clusters, {})
+    first = clusters()
+    shared.current = first
+    first.dump_logs = lambda: ""            # nothing was started
+    shared.discard()                       # as after a failed test
+    second = clusters()
+    assert first.base != second.base and clusters.made == [second]
