@@ -9,19 +9,22 @@ sys.path.insert(0, ROOT)
 
 # Under pytest-xdist (`-n N`), each group of tests below goes whole to one
 # worker, and the groups are handed out in the order of the items. The
-# deployment tests share one worker: their test hosts (flt-*) and network have
-# fixed names, `make cluster` fixed ports (4242-4246 and 8080; the integration
-# clusters keep off them) and .cache/cluster, and both are heavy on the CPU:
-# they must not compete with each other. The chaos run is a group of its own
-# (its namespaces flc-* and /tmp/flotilla-chaos are fixed). Every other module
-# is a group of its own, so that its module-scoped clusters are built once.
-# (pytest-xdist's own loadgroup does not group under pytest 9.2: the scheduler
-# below does the grouping.)
+# deployment tests on test hosts share one group (their hosts flt-* and their
+# network have fixed names), and its worker takes nothing else: it is the
+# longest group, and anything queued behind it would make the run longer.
+# `make cluster`'s test is a group of its own (fixed ports 4242-4246 and 8080,
+# which the integration clusters keep off, and .cache/cluster), as is the chaos
+# run (its namespaces flc-* and /tmp/flotilla-chaos are fixed). Every other
+# module is a group of its own, so that its module-scoped clusters are built
+# once. (pytest-xdist's own loadgroup does not group under pytest 9.2: the
+# scheduler below does the grouping.)
 #
 # The order: the longest first, then the other integration modules, the unit
 # tests last.
+DEDICATED = os.environ.get("FLOTILLA_TEST_DEDICATED_GROUP", "deploy")   # (another in test_lane)
 FIRST_GROUPS = (
-    "deploy",
+    DEDICATED,
+    "tests/deploy/test_make_cluster.py",
     "tests/integration/test_durability.py",
     "tests/integration/test_services.py",
     "tests/integration/test_rotation.py",
@@ -35,8 +38,8 @@ FIRST_GROUPS = (
 def _group(path: str) -> str:
     """The group of the tests in ``path`` (relative to the repository)."""
     parts = path.split("/")
-    if parts[:2] == ["tests", "deploy"]:
-        return "deploy"
+    if parts[:2] == ["tests", "deploy"] and parts[2:] != ["test_make_cluster.py"]:
+        return DEDICATED
     if parts[:2] == ["tests", "chaos"]:
         return "chaos"
     return path
@@ -61,10 +64,18 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class GroupScheduling(LoadScopeScheduling):
-        """LoadScopeScheduling with our groups as the scopes, in the items' order."""
+        """LoadScopeScheduling with our groups as the scopes, in the items'
+        order; the worker given the dedicated group gets no other."""
 
         def _split_scope(self, nodeid: str) -> str:
             return _group(nodeid.split("::", 1)[0])
+
+        def _reschedule(self, node) -> None:
+            if DEDICATED in self.assigned_work.get(node, {}) and len(self.nodes) > 1:
+                if not node.shutting_down:
+                    node.shutdown()         # runs what it was given, then stops
+                return
+            super()._reschedule(node)
 
     config.option.loadscopereorder = False
     return GroupScheduling(config, log)

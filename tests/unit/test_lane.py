@@ -31,7 +31,8 @@ def test_each_module_runs_whole_in_one_worker():
 
 
 def test_fixed_names_share_a_group_and_the_longest_go_first():
-    assert _group("tests/deploy/test_site.py") == _group("tests/deploy/test_make_cluster.py") == "deploy"
+    assert _group("tests/deploy/test_site.py") == _group("tests/deploy/test_smoke.py") == "deploy"
+    assert _group("tests/deploy/test_make_cluster.py") == "tests/deploy/test_make_cluster.py"
     assert _group("tests/chaos/test_chaos.py") == "chaos"
     assert _group("tests/integration/test_cli.py") == "tests/integration/test_cli.py"
     ranks = [_rank(_group(p)) for p in ("tests/deploy/test_site.py", "tests/integration/test_services.py",
@@ -52,3 +53,16 @@ def test_a_cluster_built_after_a_discarded_one_gets_a_directory_of_its_own(tmp_p
     shared.discard()                       # as after a failed test
     second = clusters()
     assert first.base != second.base and clusters.made == [second]
+
+
+def test_the_worker_of_the_dedicated_group_takes_no_other():
+    files = ["tests/unit/test_units.py", "tests/unit/test_ratelog.py", "tests/unit/test_component.py"]
+    env = dict(os.environ, FLOTILLA_TEST_DEDICATED_GROUP="tests/unit/test_ratelog.py")
+    res = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "-v", "-p", "no:cacheprovider",
+                          *files], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    ran = collections.defaultdict(set)
+    for worker, path in re.findall(r"^\[(gw\d+)\] \[ *\d+%\] PASSED (\S+?)::", res.stdout, re.M):
+        ran[worker].add(path)
+    assert sorted(map(sorted, ran.values())) == [
+        ["tests/unit/test_component.py", "tests/unit/test_units.py"], ["tests/unit/test_ratelog.py"]], ran
