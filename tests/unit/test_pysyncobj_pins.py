@@ -111,12 +111,13 @@ def test_installed_pysyncobj_is_the_release_the_adapter_was_written_against():
 
 
 def test_only_the_adapter_spells_syncobj_private_names():
-    daemons = os.path.join(ROOT, "daemons")
     offenders = []
-    for folder, _dirs, files in os.walk(daemons):
+    for folder, _dirs, files in (entry for top in ("daemons", "tests", "bench")
+                                 for entry in os.walk(os.path.join(ROOT, top))):
         for name in files:
             path = os.path.join(folder, name)
-            if not name.endswith(".py") or os.path.samefile(path, compat.__file__):
+            if (not name.endswith(".py") or os.path.samefile(path, compat.__file__)
+                    or os.path.samefile(path, __file__)):
                 continue
             with open(path, encoding="utf-8") as f:
                 if MANGLED in f.read():
