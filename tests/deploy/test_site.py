@@ -98,8 +98,18 @@ def test_add_then_remove_a_worker(test_hosts):
     view = json.loads(flotilla(hosts, "node", "inspect", new.name).stdout)
     assert view["state"] == "ready" and view["role"] == "worker"
     flotilla(hosts, "service", "scale", "web=9")
-    poll(lambda: len(running(hosts, "web")) == 9 and engine_count(hosts, new, "web") == 3,
-         what="the new worker to take its share")
+
+    def new_worker_has_its_share():
+        tasks = fjson(hosts, "service", "ps", "web")
+        up = [t for t in tasks if t["desired_state"] == "running" and t["state"] == "running"]
+        on_new = engine_count(hosts, new, "web")
+        assert len(up) == 9 and on_new == 3, (
+            f"{len(up)} running, {on_new} containers on {new.name}; tasks: "
+            + ", ".join(f"{t['node']}:{t['desired_state']}/{t['state']} {t.get('error') or t.get('message') or ''}".strip()
+                        for t in tasks))
+        return True
+
+    poll(new_worker_has_its_share, what="the new worker to take its share")
     hosts.run_playbook("remove_node", limit=new.name).check()
     assert new.name not in {n["hostname"] for n in fjson(hosts, "node", "ls")}
     poll(lambda: len(running(hosts, "web")) == 9, what="its tasks running elsewhere")
