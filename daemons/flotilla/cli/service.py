@@ -14,6 +14,7 @@ from ..common.units import parse_bytes, parse_duration
 from . import progress
 from .context import call
 from .fmt import format_option
+from .logs import logs as service_logs
 from .output import age, emit_json, table
 
 
@@ -661,3 +662,6 @@ def task_ls(ctx, service_ref, node, desired, quiet):
 def task_inspect(ctx, task_id):
     """Show a task as JSON."""
     emit_json(call(ctx, "GET", f"/v1/tasks/{task_id}"))
+
+
+service.add_command(service_logs)
