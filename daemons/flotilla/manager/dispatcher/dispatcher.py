@@ -66,10 +66,6 @@ log = logging.getLogger(__name__)
 
 GRACE_MULTIPLIER = 3
 LEADER_CHANGE_MULTIPLIER = 6
-# ...and never less than this: with a short period (1 s) agents that must
-# first learn who the new leader is, back off and register would otherwise
-# all be marked down (and their tasks moved) by an election on a busy host.
-LEADER_CHANGE_MIN_GRACE = 15.0
 STALL_TOLERANCE = 1.0      # a main-loop pass later than this is a stall, not a quiet cluster
 MAX_HEARTBEATS_PER_S = 200
 FLUSH_INTERVAL = 0.05
@@ -98,12 +94,6 @@ def agent_view(task: dict) -> dict:
     if "service_labels" in task:        # only tasks whose templates read them
         view["service_labels"] = task["service_labels"]
     return view
-
-
-def leader_change_grace(period: float) -> float:
-    """How long a new leader gives the nodes to register with it before it
-    marks them down (SwarmKit: 6 periods, 30 s at its 5 s default)."""
-    return max(period * LEADER_CHANGE_MULTIPLIER, LEADER_CHANGE_MIN_GRACE)
 
 
 def pushed_to_agent(task: dict | None) -> bool:
@@ -344,7 +334,7 @@ class Dispatcher(Component):
             self._pusher.start()
         period = self.period()
         self._last_pass = time.monotonic()
-        deadline = self._last_pass + leader_change_grace(period)
+        deadline = self._last_pass + period * LEADER_CHANGE_MULTIPLIER
         with self._lock:
             for node in self._store.list("node"):
                 if node["status"]["state"] != "down" and node["id"] not in self._sessions:
