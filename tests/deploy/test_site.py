@@ -31,9 +31,13 @@ def fjson(hosts, *args):
     return json.loads(flotilla(hosts, *args, "--format", "json").stdout)
 
 
+def up(tasks):
+    """The tasks meant to run that do."""
+    return [t for t in tasks if t["desired_state"] == "running" and t["state"] == "running"]
+
+
 def running(hosts, service):
-    return [t for t in fjson(hosts, "service", "ps", service)
-            if t["desired_state"] == "running" and t["state"] == "running"]
+    return up(fjson(hosts, "service", "ps", service))
 
 
 def engine_count(hosts, host, service):
@@ -106,11 +110,10 @@ def test_add_then_remove_a_worker(test_hosts):
 
     def one_on_each_worker():
         tasks = fjson(hosts, "service", "ps", "share")
-        up = sorted(t["node"] for t in tasks
-                    if t["desired_state"] == "running" and t["state"] == "running")
+        nodes = sorted(t["node"] for t in up(tasks))
         on_new = engine_count(hosts, new, "share")
-        assert up == sorted(h.name for h in hosts.workers) and on_new == 1, (
-            f"running on {up}, {on_new} container(s) on {new.name}; tasks: "
+        assert nodes == sorted(h.name for h in hosts.workers) and on_new == 1, (
+            f"running on {nodes}, {on_new} container(s) on {new.name}; tasks: "
             + ", ".join(f"{t['node']}:{t['desired_state']}/{t['state']} "
                         f"{t.get('error') or t.get('message') or ''}".strip() for t in tasks))
         return True
@@ -142,10 +145,9 @@ def test_rolling_upgrade_keeps_the_service_up(test_hosts):
             except Exception:       # a manager restarting: the CLI retries, then we do
                 samples.append((time.monotonic() - t0, None, ""))
             else:
-                up = [t for t in tasks if t["desired_state"] == "running" and t["state"] == "running"]
                 where = " ".join(sorted(f"{t['node']}:{t['desired_state']}/{t['state']}" for t in tasks
                                         if t["desired_state"] == "running" or t["state"] == "running"))
-                samples.append((time.monotonic() - t0, len(up), where))
+                samples.append((time.monotonic() - t0, len(up(tasks)), where))
             time.sleep(0.5)
 
     watcher = threading.Thread(target=watch)

@@ -64,7 +64,6 @@ def cli(ctx, host, tls_dir, context_name, fmt):
     ctx.obj = Context(host, tls_dir, fmt, context_name)
 
 
-
 def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
