@@ -72,9 +72,12 @@ def pytest_xdist_make_scheduler(config, log):
             return _group(nodeid.split("::", 1)[0])
 
         def _reschedule(self, node) -> None:
+            # Nothing is queued behind the dedicated group while it runs; at
+            # its last test (which a worker holds until it is given the next
+            # one, or told to stop) its worker takes what is left.
             work = self.assigned_work.get(node, {})
-            if DEDICATED in work and len(self.nodes) > 1 and self._pending_of(work) > 0:
-                return      # nothing queued behind the dedicated group; then what is left
+            if DEDICATED in work and len(self.nodes) > 1 and self._pending_of(work) > 1:
+                return
             super()._reschedule(node)
 
     config.option.loadscopereorder = False
