@@ -145,6 +145,7 @@ class Manager:
                 self._stop_components()
 
     def _start_components(self):
+        from .allocator.allocator import Allocator
         from .orchestrator.orchestrator import Orchestrator
         from .orchestrator.taskreaper import TaskReaper
         from .orchestrator.updater import Updater
@@ -161,7 +162,8 @@ class Manager:
         self.orchestrator = Orchestrator(self.store, constraint_matcher())
         self._components = [self.dispatcher,
                             RoleManager(self.store, self.raft, self.membership),
-                            self.orchestrator, Updater(self.store), self.scheduler,
+                            self.orchestrator, Allocator(self.store), Updater(self.store),
+                            self.scheduler,
                             TaskReaper(self.store)]
         for c in self._components:
             c.start()

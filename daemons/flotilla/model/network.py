@@ -4,9 +4,10 @@ A network is one layer-2 segment spanning every node that runs a task on
 it (VXLAN between nodes), with one IPv4 subnet. The managers decide every
 address: the network's subnet, its gateway and VXLAN id when it is created;
 a virtual IP per service per network (``endpoint.mode`` vip); an address per
-task per network; an address per node per network the node takes part in
-(its bridge's address there, where its resolver answers). Agents only apply
-what they are given.
+task per network. Agents only apply what they are given. Every engine's
+bridge on a network has the network's gateway address (no broadcast carries
+it to another host): containers route through it and ask their node's
+resolver there.
 
 Network (kind ``network``)::
 
@@ -23,10 +24,6 @@ A service's allocation (set by the allocator)::
 A task's (the task stays ``new`` until it has them, then ``pending``)::
 
     task.networks: [{network_id, addr, aliases}]
-
-A node's::
-
-    node.attachments: {network_id: addr}
 """
 
 from __future__ import annotations

@@ -35,6 +35,35 @@ class UpdateStatus(BaseModel):
     completed_at: Optional[float] = None
 
 
+class VirtualIP(BaseModel):
+    network_id: str
+    network: Optional[str] = None
+    addr: str
+
+
+class NetworkService(BaseModel):
+    id: str
+    name: str
+    virtual_ip: Optional[str] = None
+
+
+class Network(BaseModel):
+    id: str
+    name: str
+    driver: str
+    subnet: str
+    gateway: str
+    vni: int
+    attachable: bool
+    internal: bool
+    encrypted: bool
+    labels: dict[str, str]
+    services: Optional[list[NetworkService]] = None
+    version: Optional[int] = None
+    created_at: Optional[float] = None
+    updated_at: Optional[float] = None
+
+
 class Service(BaseModel):
     id: str
     name: str
@@ -42,6 +71,7 @@ class Service(BaseModel):
     replicas: Replicas
     image: str
     ports: list[PublishedPort]
+    virtual_ips: list[VirtualIP] = []
     spec: specs.ServiceSpec
     spec_version: int
     update_status: Optional[UpdateStatus] = None

@@ -17,6 +17,7 @@ from ..common import template
 from ..common.units import parse_bytes, parse_duration
 from .constraint import parse_constraints
 from .names import ENV_KEY, LABEL_KEY, SERVICE_NAME
+from .network import MAX_NETWORKS_PER_SERVICE, NetworkAttachment
 from .validation import Model, Text
 
 MAX_REPLICAS = 10000
@@ -318,6 +319,19 @@ class TaskSpec(Model):
     placement: Placement = Field(default_factory=Placement)
     # Raised by ``service update --force``: a new value replaces every task.
     force_update: int = Field(default=0, ge=0, le=2 ** 63 - 1)
+    # The networks the tasks join (``target``: stored as the network's id).
+    networks: list[NetworkAttachment] = Field(default_factory=list,
+                                              max_length=MAX_NETWORKS_PER_SERVICE)
+
+    @field_validator("networks")
+    @classmethod
+    def _networks(cls, v: list[NetworkAttachment]) -> list[NetworkAttachment]:
+        seen: set[str] = set()
+        for n in v:
+            if n.target in seen:
+                raise ValueError(f"network {n.target} is listed twice")
+            seen.add(n.target)
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -338,6 +352,9 @@ class Port(Model):
 
 
 class Endpoint(Model):
+    # vip: the service's name resolves to one virtual IP per network, spread
+    # over its tasks; dnsrr: to its tasks' addresses.
+    mode: Literal["vip", "dnsrr"] = "vip"
     ports: list[Port] = Field(default_factory=list, max_length=128)
 
     @field_validator("ports")
