@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import collections
 import ipaddress
+import json
+import os
 
 import pytest
 
@@ -208,3 +210,55 @@ def test_no_address_is_given_twice_across_a_leader_change(make_cluster):
     assert all(len(h) == 1 for h in held.values()), {k: h for k, h in held.items() if len(h) > 1}
     assert sum(1 for h in held.values() if h[0].startswith("task")) >= 20
     assert sum(1 for h in held.values() if h[0].startswith("vip")) == 4
+
+
+def told(cluster, name):
+    """The networks node ``name`` was told about (its agent's networks.json)."""
+    path = os.path.join(cluster.nodes[name].data_dir, "agent", "networks.json")
+    try:
+        with open(path) as f:
+            return json.load(f)["networks"]
+    except FileNotFoundError:
+        return {}
+
+
+def test_nodes_are_told_about_the_networks_their_tasks_are_on(cluster):
+    admin = cluster.admin()
+    net = admin.post("/v1/networks", {"name": "talk"})
+    admin.post("/v1/services", service_spec("api", [{"target": "talk", "aliases": ["rest"]}],
+                                            replicas=3))
+    wait_for(lambda: len([t for t in tasks_of(admin, "api") if t["state"] == "running"]) == 3,
+             60, what="three running tasks")
+    vip = admin.get("/v1/services/api")["virtual_ips"][0]["addr"]
+    nodes = {n["id"]: n for n in admin.get("/v1/nodes")}
+    tasks = {t["id"]: t for t in tasks_of(admin, "api")}
+    on = {nodes[t["node_id"]]["hostname"] for t in tasks.values()}
+
+    def picture_ok(name):
+        view = told(cluster, name).get(net["id"])
+        return (view is not None and view["subnet"] == net["subnet"]
+                and view["vni"] == net["vni"]
+                and view["services"] == [{"id": view["services"][0]["id"], "name": "api",
+                                          "mode": "vip", "aliases": ["rest"], "vip": vip}]
+                and {ep["task_id"] for ep in view["endpoints"] if ep["running"]} == set(tasks)
+                and all(ep["node_addr"] == nodes[tasks[ep["task_id"]]["node_id"]]["ip"]
+                        for ep in view["endpoints"]))
+    wait_for(lambda: all(picture_ok(name) for name in on), 30,
+             what="every node running a task told the whole picture")
+    # Scaled down: the endpoint leaves every picture; a node with no task
+    # left on the network is told to drop it.
+    admin.patch("/v1/services/api", {"replicas": 1})
+    wait_for(lambda: len([t for t in tasks_of(admin, "api") if t["state"] == "running"
+                          and t["desired_state"] == "running"]) == 1, 60, what="one task left")
+    (left,) = [t for t in tasks_of(admin, "api") if t["desired_state"] == "running"]
+    keeper = nodes[left["node_id"]]["hostname"]
+    wait_for(lambda: [ep["task_id"] for ep in told(cluster, keeper)[net["id"]]["endpoints"]]
+             == [left["id"]], 30, what="the picture with one endpoint")
+    wait_for(lambda: all(net["id"] not in told(cluster, name) for name in on - {keeper}), 30,
+             what="the other nodes told to drop the network")
+    assert os.stat(os.path.join(cluster.nodes[keeper].data_dir, "agent",
+                                "networks.json")).st_mode & 0o777 == 0o600
+    admin.delete("/v1/services/api")
+    wait_for(lambda: all(net["id"] not in told(cluster, name) for name in on), 60,
+             what="every node told to drop the network")
+    admin.delete("/v1/networks/talk")

@@ -16,6 +16,7 @@ from .assignments import AssignmentStream
 from .dispatcherlink import DispatcherLink
 from .executor import DockerExecutor
 from .metrics import AgentMetrics
+from .netstate import NetworkState
 from .reporter import Reporter
 from .server import AgentServer
 from .session import Session
@@ -43,7 +44,8 @@ class Agent:
         self.reporter = Reporter(self.link)
         self.worker = Worker(cfg.node_id, os.path.join(cfg.data_dir, "agent"), self.executor,
                              self.reporter.report)
-        self.stream = AssignmentStream(self.worker)
+        self.stream = AssignmentStream(self.worker, NetworkState(
+            os.path.join(cfg.data_dir, "agent", "networks.json")))
         self.trust = Trust(os.path.join(cfg.data_dir, "agent", "trust.json"))
         self.metrics = AgentMetrics(self)
         self.server = AgentServer(cfg, self.stream, self.metrics, executor=self.executor,

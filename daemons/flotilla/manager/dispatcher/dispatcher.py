@@ -60,6 +60,7 @@ from ...model import task as taskmodel
 from ...model.validation import error_body
 from ..store import queries
 from ..store.store import NotLeader, Op, StoreError, TxnFailed, new_id
+from . import netviews
 from .pushproc import PushProcess
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ MAX_HEARTBEATS_PER_S = 200
 FLUSH_INTERVAL = 0.05
 PUSH_DEBOUNCE = 0.005
 AGENT_FIELDS = ("id", "service_id", "service_name", "slot", "node_id", "spec", "spec_version",
-                "ports", "desired_state")
+                "ports", "desired_state", "networks")
 
 
 class SessionInvalid(Exception):
@@ -103,7 +104,7 @@ def pushed_to_agent(task: dict | None) -> bool:
 
 class _Session:
     __slots__ = ("id", "deadline", "agent_addr", "seq", "needs_complete", "pending", "inflight",
-                 "retry_at", "failures")
+                 "retry_at", "failures", "nets_pending", "nets_held")
 
     def __init__(self, session_id: str, deadline: float, agent_addr: str | None) -> None:
         self.id = session_id
@@ -115,6 +116,10 @@ class _Session:
         self.inflight = False
         self.retry_at = 0.0
         self.failures = 0
+        # networks to send again (id -> change count when marked), and
+        # those the agent holds
+        self.nets_pending: dict[str, int] = {}
+        self.nets_held: set[str] = set()
 
 
 class Dispatcher(Component):
@@ -144,6 +149,8 @@ class Dispatcher(Component):
         self._woken = False
         self._last_pass = time.monotonic()
         self._writing = False       # a batch of status writes is in flight
+        self._nets = netviews.NetworkTracker()      # under _lock
+        self._net_changes = 0
         self.pushes = 0
         self.push_failures = 0
         self.status_writes = 0
@@ -176,10 +183,13 @@ class Dispatcher(Component):
         with self._lock:
             self._sessions[node_id] = session
             self._grace.pop(node_id, None)
+            networks = self._network_views(node_id, self._nets.of_node(node_id))
+            session.nets_held = {v["id"] for v in networks}
         if agent_addr and self._pusher is not None:
             self._pusher.warm(node_id, agent_addr)
         reply = {"session_id": session.id, "heartbeat_period": period,
-                 "assignments": {"type": "complete", "seq": 1, "tasks": tasks},
+                 "assignments": {"type": "complete", "seq": 1, "tasks": tasks,
+                                 "networks": networks},
                  **self.view(node)}
         if self._pusher is not None and self._pusher.front_listening:
             reply["dispatcher_addr"] = self._front_addr
@@ -339,6 +349,7 @@ class Dispatcher(Component):
             for node in self._store.list("node"):
                 if node["status"]["state"] != "down" and node["id"] not in self._sessions:
                     self._grace[node["id"]] = deadline
+            self._nets.load(self._store.list("task"))
         watcher = self._store.watch()
         try:
             while not self.stopping.is_set():
@@ -375,10 +386,13 @@ class Dispatcher(Component):
         than the work itself)."""
         reset = False
         changes = []                # (node id, task id, agent view or None)
+        net_events = []
         for e in events:
             if e.action == "reset":
                 reset = True
                 continue
+            if e.kind in netviews.KINDS:
+                net_events.append(e)
             if e.kind != "task":
                 continue
             old, new = e.old, e.object
@@ -393,17 +407,29 @@ class Dispatcher(Component):
                 changes.append((old["node_id"], old["id"], None))
             if now:
                 changes.append((new["node_id"], new["id"], agent_view(new)))
-        if not reset and not changes:
+        if not reset and not changes and not net_events:
             return
+        tasks = self._store.list("task") if reset else None
         with self._lock:
             if reset:
                 for s in self._sessions.values():
                     s.needs_complete = True
+                self._nets.load(tasks or ())
             sessions = self._sessions
             for node_id, task_id, view in changes:
                 s = sessions.get(node_id)
                 if s is not None:
                     s.pending[task_id] = view
+            for e in net_events:
+                self._nets.note(e)
+            if self._nets.dirty:
+                self._net_changes += 1
+                for nid in self._nets.dirty:
+                    members = self._nets.members.get(nid, ())
+                    for node_id, s in sessions.items():
+                        if node_id in members or nid in s.nets_held:
+                            s.nets_pending[nid] = self._net_changes
+                self._nets.dirty = set()
 
     def _expire(self):
         now = time.monotonic()
@@ -498,6 +524,17 @@ class Dispatcher(Component):
             self._wake_once()
 
     # -- pushing assignments ------------------------------------------------------------------
+    def _network_views(self, node_id: str, network_ids) -> list[dict]:
+        """The pictures of those networks the node still takes part in."""
+        members = self._nets.members
+        views = []
+        for nid in sorted(network_ids):
+            if node_id in members.get(nid, ()):
+                v = netviews.view(self._store, nid)
+                if v is not None:
+                    views.append(v)
+        return views
+
     def _push_all(self):
         now = time.monotonic()
         jobs = []
@@ -505,21 +542,27 @@ class Dispatcher(Component):
             for node_id, s in self._sessions.items():
                 if s.inflight or not s.agent_addr or now < s.retry_at:
                     continue
-                if not s.needs_complete and not s.pending:
+                if not s.needs_complete and not s.pending and not s.nets_pending:
                     continue
                 if s.needs_complete:
                     tasks = [agent_view(t) for t in self._store.by_index("task", "node_id", node_id)
                              if pushed_to_agent(t)]
-                    msg = {"type": "complete", "seq": s.seq + 1, "tasks": tasks}
+                    msg = {"type": "complete", "seq": s.seq + 1, "tasks": tasks,
+                           "networks": self._network_views(node_id, self._nets.of_node(node_id))}
                     sent = dict(s.pending)
                 else:
                     sent = dict(s.pending)
                     msg = {"type": "incremental", "seq": s.seq + 1, "applies_to": s.seq,
                            "tasks": [v for v in sent.values() if v is not None],
                            "removed": [k for k, v in sent.items() if v is None]}
+                    if s.nets_pending:
+                        views = self._network_views(node_id, s.nets_pending)
+                        msg["networks"] = views
+                        msg["networks_removed"] = sorted(set(s.nets_pending) -
+                                                         {v["id"] for v in views})
                 msg["session_id"] = s.id
                 s.inflight = True
-                jobs.append((node_id, s, msg, sent))
+                jobs.append((node_id, s, msg, (sent, dict(s.nets_pending))))
         for node_id, s, msg, sent in jobs:
             # encoded as JSON in the push process, off this process's GIL
             pushed = self._pusher is not None and self._pusher.push(
@@ -530,7 +573,8 @@ class Dispatcher(Component):
                 with self._lock:
                     s.inflight = False
 
-    def _pushed(self, node_id, session, msg, sent, status, error):
+    def _pushed(self, node_id, session, msg, sent_both, status, error):
+        sent, nets_sent = sent_both
         # Runs on the pusher's thread.
         ok, need_complete = False, False
         if error is not None:       # network trouble: try again with a complete set
@@ -550,6 +594,13 @@ class Dispatcher(Component):
                 session.failures = 0
                 if msg["type"] == "complete":
                     session.needs_complete = False
+                    session.nets_held = {v["id"] for v in msg["networks"]}
+                else:
+                    session.nets_held |= {v["id"] for v in msg.get("networks", ())}
+                    session.nets_held -= set(msg.get("networks_removed", ()))
+                for nid, change in nets_sent.items():
+                    if session.nets_pending.get(nid) == change:
+                        del session.nets_pending[nid]
                 for task_id, view in sent.items():
                     if session.pending.get(task_id, 0) == view:
                         del session.pending[task_id]
@@ -558,5 +609,5 @@ class Dispatcher(Component):
                 session.needs_complete = need_complete
                 session.failures += 1
                 session.retry_at = time.monotonic() + min(0.05 * 2 ** session.failures, 2.0)
-        if ok and (session.pending or session.needs_complete):
+        if ok and (session.pending or session.needs_complete or session.nets_pending):
             self._wake_once()       # more changed while this push was in flight
