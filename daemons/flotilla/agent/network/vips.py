@@ -20,10 +20,11 @@ healthy tasks on that network)::
 
     {"flb-2x0ab4c9d1": {"10.0.1.2": ["10.0.1.5", "10.0.1.6"], "10.0.1.3": []}}
 
-One apply is one nftables transaction (``nft -f -``): when it returns, no
-new connection goes to a backend that is no longer listed. Connections
-already established stay where conntrack put them (a UDP flow too, for as
-long as its conntrack entry lives).
+The rules of the input's bridges change in one nftables transaction
+(``nft -f -``): once :meth:`VirtualIPs.apply` returns (in fact from the
+middle of it), no new connection goes to a backend that is no longer
+listed. Connections already established stay where conntrack put them (a
+UDP flow too, for as long as its conntrack entry lives).
 
 Why ``numgen random``: it keeps no state, so replacing the rules (every
 apply) does not bias the spread, and no counter is shared between CPUs;
@@ -35,8 +36,9 @@ to a backend (``jhash`` of the client's address would).
 The table holds, per bridge, a DNAT chain, a hairpin chain, a reject chain
 and two sets, reached from three base chains through maps keyed by the
 bridge's name. An apply replaces the objects of the bridges it is given
-(flushed and filled again in the same transaction). A bridge that is in
-the table but not in the input is removed, with its VIP addresses, once no
+(flushed and filled again in the same transaction); then, in a second
+transaction that the first does not wait for, a bridge that is in the
+table but not in the input is removed, with its VIP addresses, once no
 container is attached to it (no veth port) or it is gone: several nodes
 can share one engine (``make cluster``), each agent applying its own
 networks, and a network another agent of the engine still serves keeps
@@ -338,8 +340,8 @@ class VirtualIPs:
     # -- apply ------------------------------------------------------------------------
     def apply(self, spec: Spec) -> None:
         """Make the engine's VIPs what ``spec`` says (see the module's
-        docstring). Raises VipError, having changed nothing, on bad input,
-        a bridge that does not exist, or an engine that cannot carry VIPs."""
+        docstring). Bad input, a bridge that does not exist or an engine
+        that cannot carry VIPs raise VipError before anything is changed."""
         desired = parse(spec)
         with self._lock:
             self._check_br_netfilter()
@@ -347,13 +349,11 @@ class VirtualIPs:
                 self._apply(ipr, desired)
 
     def _apply(self, ipr: Any, desired: Desired) -> None:
-        links = {link.get("ifname"): link for link in ipr.get_links()}
         bridges: dict[str, int] = {}
         ports: dict[int, list[Any]] = {}
-        for name, link in links.items():
-            info = link.get("IFLA_LINKINFO")
-            if info is not None and info.get("IFLA_INFO_KIND") == "bridge":
-                bridges[name] = link["index"]
+        for link in ipr.get_links():
+            if _kind(link) == "bridge":
+                bridges[link.get("ifname")] = link["index"]
             master = link.get("IFLA_MASTER")
             if master is not None:
                 ports.setdefault(master, []).append(link)
@@ -361,41 +361,23 @@ class VirtualIPs:
         if missing:
             raise VipError(f"no such bridge: {', '.join(missing)}")
 
-        def containers(bridge: str) -> bool:
-            index = bridges.get(bridge)
-            return index is not None and any(_kind(p) == "veth" for p in ports.get(index, []))
-
-        drop = {b for b in self._programmed() - set(desired) if not containers(b)}
-
-        def ours(index: int) -> set[ipaddress.IPv4Address]:
-            return {ipaddress.IPv4Address(a.get("IFA_LOCAL") or a.get("IFA_ADDRESS"))
-                    for a in ipr.get_addr(index=index, family=2)
-                    if a["prefixlen"] == 32 and a.get("IFA_PROTO") == ADDR_PROTO}
-
-        present = {b: ours(bridges[b]) for b in set(desired) | drop if b in bridges}
         # 1. VIPs that go: their address first, so the engine never holds a VIP
         # address without the rules that keep it from the host's own services.
-        for bridge, addrs in present.items():
-            for addr in sorted(addrs - set(desired.get(bridge, {}))):
-                _ignore_gone(ipr.addr, "del", index=bridges[bridge], address=str(addr),
-                             prefixlen=32)
-                log.info("VIP %s removed from %s", addr, bridge)
+        addrs = {b: _addresses(ipr, bridges[b]) for b in desired}
+        for bridge, vips in desired.items():
+            self._remove_addresses(ipr, bridge, bridges[bridge], addrs[bridge], keep=set(vips))
         # 2. Hairpin on every container port, before any of them is a backend.
         for bridge in desired:
             for port in ports.get(bridges[bridge], []):
                 if _kind(port) == "veth" and _brport_mode(port) != 1:
                     ipr.brport("set", index=port["index"], mode=1)
-        # 3. The rules, in one transaction.
-        script = render(desired, drop)
-        res = self._nft("-f", "-", script=script)
-        if res.returncode != 0:
-            raise VipError(f"nft refused the VIP rules: {res.stderr.strip()[:1000]}")
+        # 3. The rules, in one transaction: from here on, no new connection
+        # goes to a backend that is not listed.
+        self._commit(render(desired))
         # 4. New VIPs' addresses, now that their rules are in place.
-        all_addrs = {b: {ipaddress.IPv4Address(a.get("IFA_LOCAL") or a.get("IFA_ADDRESS"))
-                         for a in ipr.get_addr(index=bridges[b], family=2)}
-                     for b in desired}
         for bridge, vips in desired.items():
-            for vip in sorted(set(vips) - all_addrs[bridge]):
+            present = {a for a, _ in addrs[bridge]}
+            for vip in sorted(set(vips) - present):
                 try:
                     ipr.addr("add", index=bridges[bridge], address=str(vip), prefixlen=32,
                              proto=ADDR_PROTO)
@@ -403,6 +385,45 @@ class VirtualIPs:
                     if exc.code != 17:      # EEXIST: added meanwhile by another agent
                         raise
                 log.info("VIP %s added to %s", vip, bridge)
+        # 5. Bridges in the table but not in the input, once no container is
+        # attached to them any more (or they are gone): after the commit above,
+        # which it does not delay.
+        def in_use(bridge: str) -> bool:
+            index = bridges.get(bridge)
+            return index is not None and any(_kind(p) == "veth" for p in ports.get(index, []))
+
+        drop = {b for b in self._programmed() - set(desired) if not in_use(b)}
+        if drop:
+            for bridge in sorted(drop):
+                if bridge in bridges:
+                    self._remove_addresses(ipr, bridge, bridges[bridge],
+                                           _addresses(ipr, bridges[bridge]), keep=set())
+            self._commit(render({}, drop))
+            log.info("VIPs of %s forgotten (no container left)", ", ".join(sorted(drop)))
+
+    def _commit(self, script: str) -> None:
+        res = self._nft("-f", "-", script=script)
+        if res.returncode != 0:
+            raise VipError(f"nft refused the VIP rules: {res.stderr.strip()[:1000]}")
+
+    @staticmethod
+    def _remove_addresses(ipr: Any, bridge: str, index: int,
+                          addrs: set[tuple[ipaddress.IPv4Address, bool]],
+                          keep: set[ipaddress.IPv4Address]) -> None:
+        for addr, ours in sorted(addrs):
+            if ours and addr not in keep:
+                _ignore_gone(ipr.addr, "del", index=index, address=str(addr), prefixlen=32)
+                log.info("VIP %s removed from %s", addr, bridge)
+
+
+def _addresses(ipr: Any, index: int) -> set[tuple[ipaddress.IPv4Address, bool]]:
+    """The IPv4 addresses of a link, each with whether it is one of our VIPs
+    (a /32 with our address protocol)."""
+    out = set()
+    for a in ipr.get_addr(index=index, family=2):
+        addr = ipaddress.IPv4Address(a.get("IFA_LOCAL") or a.get("IFA_ADDRESS"))
+        out.add((addr, a["prefixlen"] == 32 and a.get("IFA_PROTO") == ADDR_PROTO))
+    return out
 
 
 def _kind(link: Any) -> str | None:
