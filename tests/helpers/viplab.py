@@ -161,6 +161,17 @@ class VipLab:
             raise RuntimeError(f"client in {ns_name} failed: {res.stderr.strip()}")
         return [(float(t), str(a)) for t, a in json.loads(res.stdout)]
 
+    def mix(self, ns_name: str, addrs: list[str], seconds: float,
+            batch: int = 50) -> dict[str, list[tuple[float, str]]]:
+        """TCP connections from ``ns_name`` for ``seconds``, ``batch`` to
+        each of ``addrs`` in turn: {addr: [(seconds, answer)]}."""
+        argv = [sys.executable, VIPNODE, "mix", str(PORT), str(seconds), str(batch), *addrs]
+        res = subprocess.run(self.in_ns(ns_name, *argv), capture_output=True, text=True,
+                             timeout=seconds + 120)
+        if res.returncode != 0:
+            raise RuntimeError(f"client in {ns_name} failed: {res.stderr.strip()}")
+        return {a: [(float(t), str(x)) for t, x in v] for a, v in json.loads(res.stdout).items()}
+
     def watch(self, ns_name: str, addr: str, seconds: float) -> subprocess.Popen:
         """Connections from ``ns_name`` to ``addr`` one after the other for
         ``seconds``; the process prints [(monotonic start, seconds, answer)]."""

@@ -9,6 +9,11 @@
     vipnode.py watch ADDR PORT SECONDS
         TCP connections one after the other for SECONDS; prints a JSON list
         of [monotonic start, seconds taken, answer or error name].
+    vipnode.py mix PORT SECONDS BATCH ADDR...
+        TCP connections one after the other for SECONDS, BATCH to each
+        address in turn (so that all see the same load); an ADDR of the form
+        A1,A2,... is its addresses one after the other. Prints a JSON
+        object: ADDR -> [[seconds taken, answer or error name]...].
 
 Plain Python, no Flotilla imports: it starts fast in a namespace.
 """
@@ -90,6 +95,16 @@ def main(argv: list[str]) -> None:
             taken, answer = attempt(addr, port, False, 2.0)
             out.append((t0, taken, answer))
         print(json.dumps(out))
+    elif cmd == "mix":
+        port, seconds, batch, addrs = int(argv[1]), float(argv[2]), int(argv[3]), argv[4:]
+        results: dict[str, list[tuple[float, str]]] = {a: [] for a in addrs}
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for addr in addrs:
+                rotation = addr.split(",")
+                results[addr] += [attempt(rotation[i % len(rotation)], port, False, 2.0)
+                                  for i in range(batch)]
+        print(json.dumps(results))
     else:
         raise SystemExit(f"unknown command {cmd}")
 
