@@ -60,10 +60,11 @@ network namespaces of their own):
   br_netfilter passes it through conntrack and the postrouting hook, which
   puts the VIP back as its source. So the client sees the VIP answer and
   the backend sees the client's own address (no SNAT), even with client and
-  backend on the same bridge. With ``bridge-nf-call-iptables = 0`` every
-  connection through a VIP times out (the reply keeps the backend's
-  address, and the client's kernel does not know that flow), so
-  :meth:`VirtualIPs.apply` refuses to run without it.
+  backend on the same bridge (the engine's ``IpForwDatagrams`` stays 0).
+  With ``bridge-nf-call-iptables = 0`` every connection through a VIP
+  times out (the reply keeps the backend's address, and the client's
+  kernel does not know that flow), so :meth:`VirtualIPs.apply` refuses to
+  run without it.
 * **Hairpin: a task connecting to its own service's VIP.** When the random
   pick is the client itself, the DNATed frame must leave through the port
   it came in by, which a bridge only does for a port in hairpin mode; and
@@ -71,9 +72,10 @@ network namespaces of their own):
   destination are both its own address), where its socket, connected to
   the VIP, never sees the answer. Without the SNAT, the connections that
   pick their own client hang; without hairpin mode, their first packet is
-  lost (TCP's retransmission picks again, after a second). So :meth:`VirtualIPs.apply` turns
-  hairpin mode on for every veth port of the bridge (Docker leaves it off
-  while its userland proxy is on, its default), and the hairpin chain SNATs
+  lost (TCP's retransmission picks again, after a second). So
+  :meth:`VirtualIPs.apply` turns hairpin mode on for every veth port of
+  the bridge (Docker leaves it off while its userland proxy is on, its
+  default), and the hairpin chain SNATs
   a connection whose client is its own backend to the VIP (the task sees
   the VIP as the client: the one case where the backend does not see the
   client's address, as with Docker's own hairpin NAT). The VXLAN port is
@@ -84,6 +86,12 @@ network namespaces of their own):
   The base chains run just before the usual NAT and filter priorities
   (``dstnat - 10``, ``srcnat - 10``, ``filter - 10``), so other NAT rules on
   the engine (Docker's) never see a VIP's connection first.
+* With Docker's own rules in place (Docker 20.10 with iptables on, in a
+  namespace of its own, adopting the bridge; FORWARD policy DROP) the same
+  holds for containers: Docker accepts traffic that enters and leaves the
+  same bridge, and masquerades only what leaves it.
+* Connections from the engine host itself to a VIP are not DNATed (they
+  never cross the bridge): they stay on the host.
 """
 
 from __future__ import annotations
