@@ -98,11 +98,13 @@ class DockerNetworks:
                 return found
         return None
 
-    def ensure(self, net: NetworkState, mtu: int) -> tuple[list[str], dict[str, Any]]:
+    def ensure(self, net: NetworkState, mtu: int,
+               labels: dict[str, str] | None = None) -> tuple[list[str], dict[str, Any]]:
         """The network's Docker network, made if missing: (changes, its summary).
 
         One that exists (made by another node sharing this engine, or before
         a restart) is kept as it is, whichever node's address is its gateway.
+        ``labels`` are added to the network's id label when it is made.
         """
         name = docker_network_name(net.name)
         info = self.by_name(name)
@@ -113,7 +115,7 @@ class DockerNetworks:
             try:
                 self.api.create_network(name, driver="bridge", options=network_options(net, mtu),
                                         ipam=ipam, internal=net.internal, check_duplicate=True,
-                                        labels={LABEL_NETWORK_ID: net.id})
+                                        labels={**(labels or {}), LABEL_NETWORK_ID: net.id})
                 changes.append(f"created Docker network {name}")
             except docker_errors.APIError as exc:
                 if exc.status_code != 409:       # 409: made meanwhile by another node

@@ -35,7 +35,7 @@ from docker import errors as docker_errors
 from .desired import NetworkState, parse_desired
 from .dockernet import DockerNetworkError, DockerNetworks, created_at, gateway_of
 from .linux import LinkError, Links
-from .names import LABEL_NETWORK_ID, bridge_name, mac_for, short_id, vxlan_name
+from .names import LABEL_CLUSTER_ID, LABEL_NETWORK_ID, bridge_name, mac_for, short_id, vxlan_name
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +61,20 @@ class ApplyResult:
 
 class NetworkDriver:
     """The overlay networks of the engine ``client``, on the node whose
-    underlay address (where other engines send VXLAN) is ``underlay_ip``."""
+    underlay address (where other engines send VXLAN) is ``underlay_ip``.
+
+    With ``cluster_id``, the Docker networks made are labelled with it and
+    only networks so labelled are ever removed: clusters sharing an engine
+    leave each other's networks alone.
+    """
 
     def __init__(self, client: docker.DockerClient, underlay_ip: str,
+                 cluster_id: str | None = None,
                  remove_grace: float = REMOVE_GRACE,
                  links: Callable[[], Links] = Links,
                  clock: Callable[[], float] = time.time) -> None:
         self.underlay_ip = ipaddress.IPv4Address(underlay_ip)
+        self.cluster_id = cluster_id
         self.docker = DockerNetworks(client)
         self.remove_grace = remove_grace
         self._links = links
@@ -100,7 +107,8 @@ class NetworkDriver:
         changes += links.ensure_bridge(bridge, mtu, mac_for(net.attachment.ip))
         changes += links.ensure_address(bridge, net.attachment)
         changes += links.ensure_vxlan(vxlan, bridge, net.vni, self.underlay_ip, mtu)
-        made, info = self.docker.ensure(net, mtu)
+        labels = {LABEL_CLUSTER_ID: self.cluster_id} if self.cluster_id else None
+        made, info = self.docker.ensure(net, mtu, labels)
         changes += made
         # The bridge answers, for other engines, at the MAC of the Docker
         # network's gateway: the same whichever node sharing the engine applies.
@@ -121,7 +129,9 @@ class NetworkDriver:
                 short = short_id(net_id)
             except ValueError:
                 continue
-            if net_id in wanted:
+            theirs = self.cluster_id is not None and \
+                (info.get("Labels") or {}).get(LABEL_CLUSTER_ID) != self.cluster_id
+            if net_id in wanted or theirs:
                 remaining.add(short)
                 continue
             made = created_at(info.get("Created"))
@@ -131,7 +141,7 @@ class NetworkDriver:
                 continue
             try:
                 gone = self.docker.remove(info)
-            except DockerNetworkError as exc:
+            except (DockerNetworkError, docker_errors.APIError) as exc:
                 result.errors[net_id] = str(exc)
                 remaining.add(short)
                 continue

@@ -292,9 +292,10 @@ class Links:
             return set()
         out = set()
         for e in self.ipr.get_neighbours(family=socket.AF_INET, ifindex=link["index"]):
-            if e["ifindex"] != link["index"] or e.get("NDA_DST") is None:
+            dst = e.get("NDA_DST")
+            if e["ifindex"] != link["index"] or dst is None:
                 continue
-            out.add(NeighEntry(e["NDA_DST"], (e.get("NDA_LLADDR") or "").lower(),
+            out.add(NeighEntry(dst, (e.get("NDA_LLADDR") or "").lower(),
                                bool(e["state"] & NUD_PERMANENT)))
         return out
 

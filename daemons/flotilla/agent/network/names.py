@@ -20,8 +20,10 @@ SHORT_ID = 10
 BRIDGE_PREFIX = "flb-"
 VXLAN_PREFIX = "flv-"
 DOCKER_PREFIX = "flotilla-"
-# Label of the Docker networks made here: the Flotilla network's id.
+# Labels of the Docker networks made here: the Flotilla network's id, and
+# the cluster's when the driver is given it.
 LABEL_NETWORK_ID = "flotilla.network.id"
+LABEL_CLUSTER_ID = "flotilla.cluster.id"
 
 # What may follow the prefix in an interface name made here.
 _SHORT = re.compile(r"^[A-Za-z0-9]{1,%d}$" % SHORT_ID)
