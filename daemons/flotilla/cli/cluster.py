@@ -13,6 +13,7 @@ from ..common import fsutil
 from ..common.units import format_duration, parse_duration
 from .context import call
 from .fmt import format_option
+from .node import DEFAULT_MASK, DEFAULT_POOL
 from .output import emit_json, table
 
 
@@ -82,6 +83,10 @@ def _print_cluster(c):
     click.echo(f"Node cert expiry:     {format_duration(spec['ca']['node_cert_expiry'])}")
     click.echo(f"Heartbeat period:     {format_duration(spec['dispatcher']['heartbeat_period'])}")
     click.echo(f"Task history limit:   {spec['orchestration']['task_history_limit']}")
+    # A cluster made before networks has no pool of its own: the defaults.
+    pool = spec.get("network") or {"default_addr_pool": [DEFAULT_POOL], "subnet_size": DEFAULT_MASK}
+    click.echo(f"Default address pool: {', '.join(pool['default_addr_pool'])}")
+    click.echo(f"Subnet size:          /{pool['subnet_size']}")
     click.echo(f"Root CA digest:       {c['root_ca']['digest']}")
 
 

@@ -8,7 +8,7 @@ import sys
 import click
 
 from .. import __version__
-from . import cluster, completion, config, contexts, node, service
+from . import cluster, completion, config, contexts, network, node, service
 from . import events, logs
 from . import stack
 from .context import Context
@@ -35,6 +35,7 @@ def cli(ctx, host, tls_dir, context_name, fmt):
 cli.add_command(node.node)
 cli.add_command(cluster.cluster)
 cli.add_command(config.config)
+cli.add_command(network.network)
 cli.add_command(service.service)
 cli.add_command(service.task)
 cli.add_command(stack.stack)

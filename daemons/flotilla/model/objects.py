@@ -6,13 +6,17 @@ Queries over the store are ``manager/store/queries.py``; the task is
 Cluster (one per cluster, id = cluster id)::
 
     {id, name, spec: {ca: {node_cert_expiry}, dispatcher: {heartbeat_period},
-     orchestration: {task_history_limit}},
+     orchestration: {task_history_limit},
+     network: {default_addr_pool: [CIDR...], subnet_size}},
      root_ca: {cert, key, digest}, tokens: {worker, manager},
      revoked: {node_id | "serial:<hex>": not_after (unix time)},
      admins: {serial (hex): {name, id, serial, not_after, created_at, revoked_at}}}
 
     (``revoked`` is the revocation list, see ``ca/revocation.py``; ``admins``
-    records the operators' client bundles, see ``manager/api/admins.py``.)
+    records the operators' client bundles, see ``manager/api/admins.py``;
+    ``network`` is the pool networks' subnets are cut from, set at ``--init``
+    only, see ``model/network.py``: a cluster made before it existed has
+    none and uses the defaults.)
 
 Node::
 
@@ -37,7 +41,9 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
+
+from .network import AddressPool
 
 DEFAULT_CERT_EXPIRY = 90 * 86400
 MIN_CERT_EXPIRY = 60
@@ -61,12 +67,15 @@ class Identity(Protocol):
     def not_after(self) -> datetime: ...
 
 
-def default_cluster_spec(cert_expiry: float | None = None,
-                         heartbeat: float | None = None) -> dict[str, Any]:
+def default_cluster_spec(cert_expiry: float | None = None, heartbeat: float | None = None,
+                         network: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A new cluster's spec; ``network``: the address pool's settings
+    (``AddressPool``'s fields, checked here; the defaults where left out)."""
     return {
         "ca": {"node_cert_expiry": int(cert_expiry or DEFAULT_CERT_EXPIRY)},
         "dispatcher": {"heartbeat_period": float(heartbeat or DEFAULT_HEARTBEAT)},
         "orchestration": {"task_history_limit": DEFAULT_TASK_HISTORY},
+        "network": AddressPool.model_validate(dict(network or {})).model_dump(mode="json"),
     }
 
 
