@@ -1,0 +1,1 @@
+"""Overlay networks on this node's engine: dataplane, resolver, virtual IPs."""
