@@ -1,12 +1,14 @@
 """Lookups through the node's resolver on loopback: cluster names and forwarded names.
 
-The resolver runs in a process of its own, listening on 127.0.0.53 (as it
-runs in the agent, apart from the containers that ask it); its upstream is a
-small dnslib server in a third process that answers every name. The table
+The resolver runs on its thread (``Resolver.start()``) in a process of its
+own, otherwise idle, listening on 127.0.0.53, as it runs in the agent apart
+from the containers that ask it; its upstream is a small dnslib server (a
+thread per query) in a third process that answers every name. The table
 has two networks of ``--services`` services each (every third one dnsrr with
 3 tasks, the others vip with 3 tasks); the client asks from 127.0.0.21, a
 task on the first network, one query at a time over UDP, and times each
-lookup from send to answer:
+lookup from send to answer (a lookup without an answer within 2 s is
+counted as lost):
 
 * cluster names: ``svcN`` (vip), ``rrN`` (dnsrr, 3 addresses), ``tasks.svcN``
   (3 addresses), in turn;
@@ -15,9 +17,9 @@ lookup from send to answer:
   floor the forwarding adds to.
 
 Before each series, 500 lookups that are not counted. The resolver's CPU
-time per cluster lookup is read from /proc. The machine's load (``uptime``)
-before and after is printed and kept with the numbers: on a shared machine
-the tail is mostly other processes' doing.
+time (user and system) per lookup is read from /proc for both series. The
+machine's load (``uptime``) before and after is printed and kept with the
+numbers: on a shared machine the tail is mostly other processes' doing.
 
     python bench/dns.py                                 # 20,000 cluster, 5,000 forwarded
     python bench/dns.py --queries 50000 --forwarded 10000 --services 200
@@ -184,6 +186,7 @@ def run(args) -> dict:
             cpu1 = process_cpu(res_proc.pid)
             forwarded_names = [f"host{i}.example.org" for i in range(100)]
             forwarded = lookups(server, forwarded_names, args.forwarded)
+            cpu2 = process_cpu(res_proc.pid)
             direct = lookups(up_addr, forwarded_names, args.forwarded)
             load_after = uptime()
             print("load after: ", load_after, flush=True)
@@ -193,6 +196,8 @@ def run(args) -> dict:
         stop(up_proc)
     cluster["resolver_cpu_us_per_lookup"] = round(
         (cpu1 - cpu0) / (cluster["lookups"] + WARMUP) * 1e6, 1)
+    forwarded["resolver_cpu_us_per_lookup"] = round(
+        (cpu2 - cpu1) / (forwarded["lookups"] + WARMUP) * 1e6, 1)
     return {"benchmark": "dns", "services_per_network": args.services,
             "cluster": cluster, "forwarded": forwarded, "upstream_direct": direct,
             "uptime_before": load_before, "uptime_after": load_after,
@@ -221,7 +226,8 @@ def main() -> None:
         print(f"{label:22}{v['lookups']:>8} {v['p50_ms']:>8} {v['p90_ms']:>8} {v['p99_ms']:>8} "
               f"{v['p999_ms']:>9} {v['max_ms']:>8} {v['per_second']:>7} {v['errors']:>6} "
               f"{v['lost']:>5}")
-    print(f"resolver CPU per cluster lookup: {r['cluster']['resolver_cpu_us_per_lookup']} us")
+    print(f"resolver CPU per lookup: cluster {r['cluster']['resolver_cpu_us_per_lookup']} us, "
+          f"forwarded {r['forwarded']['resolver_cpu_us_per_lookup']} us")
     print("wrote", write_result("dns", r, args.out))
 
 

@@ -773,7 +773,8 @@ class Resolver(Component):
                     return None
                 ask = self._ask_tcp if tcp else self._ask_udp
                 try:
-                    return await asyncio.wait_for(ask(upstream, query, data), budget)
+                    async with asyncio.timeout(budget):
+                        return await ask(upstream, query, data)
                 except TimeoutError:
                     self._count("upstream_errors")
                 except (OSError, EOFError, ValueError) as exc:
@@ -822,9 +823,9 @@ class Resolver(Component):
         try:
             while True:
                 try:
-                    size = int.from_bytes(
-                        await asyncio.wait_for(reader.readexactly(2), self.tcp_idle), "big")
-                    data = await asyncio.wait_for(reader.readexactly(size), self.tcp_idle)
+                    async with asyncio.timeout(self.tcp_idle):
+                        size = int.from_bytes(await reader.readexactly(2), "big")
+                        data = await reader.readexactly(size)
                 except (asyncio.IncompleteReadError, TimeoutError, OSError):
                     return
                 try:
@@ -839,7 +840,8 @@ class Resolver(Component):
                     reply = await self._forward(query, data, True, TCP_MAX)
                 writer.write(len(reply).to_bytes(2, "big") + reply)
                 try:
-                    await asyncio.wait_for(writer.drain(), self.tcp_idle)
+                    async with asyncio.timeout(self.tcp_idle):
+                        await writer.drain()
                 except (TimeoutError, OSError):
                     return
         finally:
