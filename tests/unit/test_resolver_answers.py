@@ -271,3 +271,23 @@ def test_packed_answers_are_reused_and_say_what_dnslib_packs():
     assert len(seen) > 1
     # a stranger's queries are not ours
     assert answers.reply("10.9.9.9", DNSRecord.question("big"), 512, rng) == (None, b"", False)
+
+
+def test_an_upstream_answer_is_taken_only_for_our_id_and_question():
+    from flotilla.agent.network.resolver import _matches, question_wire
+    q = DNSRecord.question("Www.Example.org", "AAAA")
+    q.header.id = 999
+    ours = question_wire(q)
+    good = q.reply()
+    assert _matches(good.pack(), 999, ours)
+    upper = DNSRecord.question("WWW.EXAMPLE.ORG", "AAAA").reply()
+    upper.header.id = 999
+    assert _matches(upper.pack(), 999, ours)                     # case is the upstream's
+    assert not _matches(good.pack(), 998, ours)                  # another id
+    assert not _matches(q.pack(), 999, ours)                     # a query, not an answer
+    for other in (DNSRecord.question("www.example.org", "A"),
+                  DNSRecord.question("www.example.com", "AAAA"), DNSRecord()):
+        reply = other.reply()
+        reply.header.id = 999
+        assert not _matches(reply.pack(), 999, ours)
+    assert not _matches(good.pack()[:20], 999, ours)             # cut short

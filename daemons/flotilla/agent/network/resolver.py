@@ -415,19 +415,21 @@ def read_resolv_conf(path: str = RESOLV_CONF) -> tuple[list[Pair], list[str]]:
     return servers[:MAX_UPSTREAMS], search
 
 
-def _matches(data: bytes, qid: int, query: DNSRecord) -> bool:
-    """``data`` is an answer with id ``qid`` to ``query``'s question."""
-    if len(data) < 12 or int.from_bytes(data[:2], "big") != qid or not data[2] & 0x80:
-        return False
-    try:
-        response = DNSRecord.parse(data)
-    except Exception:
-        return False
-    if len(response.questions) != 1:
-        return False
-    got, asked = response.questions[0], query.questions[0]
-    return bool(got.qname == asked.qname and got.qtype == asked.qtype
-                and got.qclass == asked.qclass)
+def question_wire(query: DNSRecord) -> bytes:
+    """``query``'s question as it is on the wire (names in questions are not
+    compressed), in lower case."""
+    q = query.questions[0]
+    name = b"".join(bytes((len(label),)) + label for label in q.qname.label) + b"\0"
+    return name.lower() + struct.pack("!HH", q.qtype, q.qclass)
+
+
+def _matches(data: bytes, qid: int, question: bytes) -> bool:
+    """``data`` is an answer with id ``qid`` to one question, ``question``
+    (lower case, as from :func:`question_wire`): what an upstream copies
+    from the query into its answer."""
+    end = 12 + len(question)
+    return (len(data) >= end and data[:2] == qid.to_bytes(2, "big") and data[2] & 0x80 != 0
+            and data[4:6] == b"\0\1" and data[12:end].lower() == question)
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -792,7 +794,7 @@ class Resolver(Component):
             await loop.sock_sendall(sock, qid.to_bytes(2, "big") + data[2:])
             while True:
                 response = await loop.sock_recv(sock, TCP_MAX)
-                if _matches(response, qid, query):
+                if _matches(response, qid, question_wire(query)):
                     return response
                 self._count("upstream_errors")      # stray or forged: wait on
 
@@ -807,7 +809,7 @@ class Resolver(Component):
             response = await reader.readexactly(size)
         finally:
             writer.close()
-        if not _matches(response, qid, query):
+        if not _matches(response, qid, question_wire(query)):
             raise ValueError("the upstream's answer is not one to our question")
         return response
 
