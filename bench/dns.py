@@ -24,11 +24,14 @@ numbers: on a shared machine the tail is mostly other processes' doing.
 ``--busy-threads N`` adds N threads to the resolver's process that keep
 running Python code, as an agent busy with other work would: the resolver
 then waits for the interpreter lock (up to ``sys.getswitchinterval()``, 5 ms,
-at a time), which shows in the tail.
+at a time), which shows in the tail. ``--child`` runs the resolver as
+``ResolverProcess`` instead, in a child of that process with an interpreter
+of its own, out of the busy threads' way.
 
     python bench/dns.py                                 # 20,000 cluster, 5,000 forwarded
     python bench/dns.py --queries 50000 --forwarded 10000 --services 200
     python bench/dns.py --busy-threads 1 --out bench/results/dns-busy.json
+    python bench/dns.py --busy-threads 1 --child --out bench/results/dns-busy-child.json
 
 Prints a table and writes bench/results/dns.json.
 """
@@ -87,8 +90,10 @@ def serve(args) -> None:
         address = list(up.address)
     else:
         from flotilla.agent.network.resolver import Resolver
+        from flotilla.agent.network.resolverproc import ResolverProcess
         host, port = args.upstream.rsplit(":", 1)
-        r = Resolver(listen=[(LISTEN, 0)], upstreams=[(host, int(port))], search=[])
+        kind = ResolverProcess if args.child else Resolver
+        r = kind(listen=[(LISTEN, 0)], upstreams=[(host, int(port))], search=[])
         r.update(table(args.services))
         r.start()
         deadline = time.monotonic() + 10
@@ -192,7 +197,8 @@ def run(args) -> dict:
     try:
         res_proc, server = spawn("resolver", "--upstream", f"{up_addr[0]}:{up_addr[1]}",
                                  "--services", str(args.services),
-                                 "--busy-threads", str(args.busy_threads))
+                                 "--busy-threads", str(args.busy_threads),
+                                 *(["--child"] if args.child else []))
         try:
             check(server, UPSTREAM_ANSWER)
             load_before = uptime()
@@ -210,13 +216,14 @@ def run(args) -> dict:
             stop(res_proc)
     finally:
         stop(up_proc)
-    if not args.busy_threads:       # (else the process's CPU time is mostly theirs)
+    if not args.busy_threads and not args.child:    # (else not the resolver's alone)
         cluster["resolver_cpu_us_per_lookup"] = round(
             (cpu1 - cpu0) / (cluster["lookups"] + WARMUP) * 1e6, 1)
         forwarded["resolver_cpu_us_per_lookup"] = round(
             (cpu2 - cpu1) / (forwarded["lookups"] + WARMUP) * 1e6, 1)
     return {"benchmark": "dns", "services_per_network": args.services,
             "busy_threads_beside_the_resolver": args.busy_threads,
+            "resolver_in_a_child_process": args.child,
             "cluster": cluster, "forwarded": forwarded, "upstream_direct": direct,
             "uptime_before": load_before, "uptime_after": load_after,
             "target": "cluster names p99 <= 1 ms"}
@@ -230,6 +237,8 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=100, help="services per network")
     ap.add_argument("--busy-threads", type=int, default=0,
                     help="threads running Python in the resolver's process")
+    ap.add_argument("--child", action="store_true",
+                    help="run the resolver as ResolverProcess (a child of that process)")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/dns.json)")
     ap.add_argument("--role", choices=("resolver", "upstream"), help=argparse.SUPPRESS)
     ap.add_argument("--upstream", help=argparse.SUPPRESS)

@@ -10,6 +10,7 @@ every A query with 192.0.2.53.
 import logging
 import os
 import random
+import signal
 import socket
 import struct
 import threading
@@ -19,6 +20,7 @@ import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from flotilla.agent.network.resolver import Resolver
+from flotilla.agent.network.resolverproc import ResolverProcess
 from tests.helpers.cluster import wait_for
 from tests.helpers.dns import (
     UPSTREAM_ANSWER, FakeUpstream, addresses, ask, ask_raw, closed_port, question)
@@ -357,3 +359,53 @@ def test_queries_of_other_types_and_classes(make_resolver, upstream):
     assert DNSRecord.parse(ask_raw(server, q.pack())).header.rcode == RCODE.NOTIMP
     reply = ask(server, "web", "TXT", source=ON_FRONT)
     assert not any(rr.rtype == QTYPE.A for rr in reply.rr)
+
+
+def test_the_resolver_in_a_process_of_its_own(upstream):
+    """The same service from a child process: the table and the addresses
+    reach it, a change is in the next answers within 1 s, and a child that
+    dies is started again with both."""
+    r = ResolverProcess(listen=[("127.0.0.53", 0)], upstreams=[upstream.address], search=[])
+    r.update(table())
+    r.start()
+    try:
+        server = wait_for(lambda: r.listening() and r.listening()[0], 15, 0.02,
+                          "the child to listen")
+        assert addresses(ask(server, "web", source=ON_FRONT)) == ["10.0.1.2"]
+        assert addresses(ask(server, "web", source=STRANGER)) == [UPSTREAM_ANSWER]
+        started = time.monotonic()
+        r.update(table(web_tasks=("10.0.1.5",)))
+        wait_for(lambda: addresses(ask(server, "tasks.web", source=ON_FRONT)) == ["10.0.1.5"],
+                 1, 0.01, "the new table")
+        assert time.monotonic() - started < 1
+        wait_for(lambda: r.counters().get("answered", 0) >= 2, 5, 0.05, "the child's counters")
+        # the child dies: another one serves the same table
+        child = children_of(os.getpid(), "resolverproc")
+        assert len(child) == 1
+        os.kill(child[0], signal.SIGKILL)
+        wait_for(lambda: children_of(os.getpid(), "resolverproc") not in ([], child), 15, 0.05,
+                 "a new child")
+        server = wait_for(lambda: r.listening() and r.listening()[0], 15, 0.02,
+                          "the new child to listen")
+        assert addresses(ask(server, "tasks.web", source=ON_FRONT)) == ["10.0.1.5"]
+    finally:
+        r.stop()
+        r.stop()
+    assert children_of(os.getpid(), "resolverproc") == []
+
+
+def children_of(pid, marker):
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if ppid == pid and marker.encode() in cmdline:
+            found.append(int(entry))
+    return found
