@@ -291,3 +291,16 @@ def test_an_upstream_answer_is_taken_only_for_our_id_and_question():
         reply.header.id = 999
         assert not _matches(reply.pack(), 999, ours)
     assert not _matches(good.pack()[:20], 999, ours)             # cut short
+
+
+def test_the_packed_answers_kept_are_bounded():
+    t, _ = many_tasks(200)
+    answers = Answers(t)
+    answers.MAX_BYTES = 20_000          # about five answers of 200 records
+    rng = random.Random(5)
+    for i in range(40):                 # the same name in 40 spellings
+        name = "".join(c.upper() if i >> k & 1 else c for k, c in enumerate("tasks.big"))
+        reply = DNSRecord.parse(answers.reply("10.0.1.5", DNSRecord.question(name), 65535,
+                                              rng)[1])
+        assert len(reply.rr) == 200
+        assert answers._bytes <= 20_000 and len(answers._packed) <= 6

@@ -59,7 +59,9 @@ at once (more get SERVFAIL at once), each from a fresh socket with a random
 query id, and only an answer to that very question from that upstream is
 taken; at most ``max_tcp`` TCP connections are served at once, each closed
 after ``tcp_idle`` seconds without a query. An upstream that is one of our
-own addresses is never asked (no forwarding loop).
+own addresses is never asked (no forwarding loop). Memory stays bounded:
+queries being forwarded, TCP connections and the packed answers kept (at
+most 4096, 8 MB in all) are all counted.
 """
 
 from __future__ import annotations
@@ -348,13 +350,15 @@ class Answers:
     then reused with the asker's id, the records in a new order, and cut to
     the asker's size."""
 
-    MAX = 20000         # packed answers kept; then they are made again
+    MAX = 4096                  # packed answers kept, and their bytes in all: past
+    MAX_BYTES = 8 * 1024 * 1024 # either, they are made anew
 
     def __init__(self, table: Table, search: Sequence[Name] = (), ttl: int = CLUSTER_TTL) -> None:
         self.table = table
         self.search = tuple(search)
         self.ttl = ttl
         self._packed: dict[tuple[object, ...], _Packed] = {}
+        self._bytes = 0
 
     def reply(self, source: str, query: DNSRecord, limit: int,
               rng: random.Random) -> tuple[DNSRecord | None, bytes, bool]:
@@ -384,9 +388,11 @@ class Answers:
         if packed is None:                  # not laid out as expected: pack each time
             data, truncated = pack(reply, limit)
             return reply, data, truncated
-        if len(self._packed) >= self.MAX:
+        if len(self._packed) >= self.MAX or self._bytes + len(whole) > self.MAX_BYTES:
             self._packed.clear()
+            self._bytes = 0
         self._packed[key] = packed
+        self._bytes += len(whole)
         data, truncated = packed.join(query.header.id, limit, rng)
         return reply, data, truncated
 
