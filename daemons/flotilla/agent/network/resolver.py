@@ -8,9 +8,9 @@ on a user network), which forwards every name it does not know to the
 
 Who asks decides what is answered. The agent replaces the whole table with
 :meth:`Resolver.update`: per network id, the services on it and the tasks on
-it. A query from source address S is answered from the networks of the task
-whose address is S (all of that task's networks, whichever the query came
-in on):
+it (:class:`NetworkEntry`, :class:`ServiceEntry`). A query from source
+address S is answered from the networks of the task whose address is S (all
+of that task's networks, whichever the query came in on):
 
 - ``NAME`` or an alias of a service on one of those networks: the service's
   virtual IP (``vip`` mode) or its running, healthy tasks' addresses
@@ -62,6 +62,13 @@ after ``tcp_idle`` seconds without a query. An upstream that is one of our
 own addresses is never asked (no forwarding loop). Memory stays bounded:
 queries being forwarded, TCP connections and the packed answers kept (at
 most 4096, 8 MB in all) are all counted.
+
+Each answer is packed by dnslib once per table, question and asker's
+networks (:class:`Answers`), then sent again with the asker's id and its
+records in a new order. The resolver runs on a thread of its own, an
+asyncio loop; to keep the agent's other threads from delaying lookups (the
+interpreter lock), run it in a process of its own with
+:class:`~.resolverproc.ResolverProcess`.
 """
 
 from __future__ import annotations
