@@ -17,7 +17,9 @@ counted as lost):
   floor the forwarding adds to.
 
 Before each series, 500 lookups that are not counted. The resolver's CPU
-time (user and system) per lookup is read from /proc for both series. The
+time (user and system) per lookup is read from /proc for both series, and
+its own time per cluster answer (from the datagram read to the answer
+handed to the kernel: parse, answer, pack) is timed inside it. The
 machine's load (``uptime``) before and after is printed and kept with the
 numbers: on a shared machine the tail is mostly other processes' doing.
 
@@ -94,6 +96,8 @@ def serve(args) -> None:
         host, port = args.upstream.rsplit(":", 1)
         kind = ResolverProcess if args.child else Resolver
         r = kind(listen=[(LISTEN, 0)], upstreams=[(host, int(port))], search=[])
+        if isinstance(r, Resolver):
+            time_local_answers(r)
         r.update(table(args.services))
         r.start()
         deadline = time.monotonic() + 10
@@ -104,6 +108,37 @@ def serve(args) -> None:
             threading.Thread(target=spin, daemon=True).start()
     print(json.dumps({"address": address}), flush=True)
     sys.stdin.read()
+    if args.role == "resolver":
+        took = HANDLING[WARMUP:]
+        ms = lambda v: round(v * 1000, 3)  # noqa: E731
+        print(json.dumps({"handled": len(took), "p50_ms": ms(pct(took, 50)),
+                          "p99_ms": ms(pct(took, 99)), "p999_ms": ms(pct(took, 99.9)),
+                          "max_ms": ms(max(took)) if took else None}), flush=True)
+
+
+HANDLING: list[float] = []      # the resolver's own time per answer from its table
+
+
+def time_local_answers(r) -> None:
+    """Time the resolver's handling of each datagram it answers from its
+    table, from the datagram read to the answer handed to the kernel (parse,
+    answer, pack), apart from any wait for the CPU before it."""
+    from flotilla.agent.network import resolver
+    handle, send = r._on_udp, resolver._Listener.send
+    started = [0.0]
+
+    def timed(listener, data, addr):
+        started[0] = time.perf_counter()
+        handle(listener, data, addr)
+        started[0] = 0.0
+
+    def timed_send(listener, payload, addr):
+        if started[0]:
+            HANDLING.append(time.perf_counter() - started[0])
+        send(listener, payload, addr)
+
+    r._on_udp = timed
+    resolver._Listener.send = timed_send
 
 
 def spin() -> None:
@@ -125,14 +160,19 @@ def spawn(role: str, *extra: str) -> tuple[subprocess.Popen, tuple[str, int]]:
     return proc, (host, int(port))
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen) -> dict | None:
+    """Stop a process started by spawn(); what it printed last, if anything."""
     if proc.stdin:
         proc.stdin.close()
     try:
+        out = proc.stdout.read() if proc.stdout else ""
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+        return None
+    lines = out.strip().splitlines()
+    return json.loads(lines[-1]) if lines else None
 
 
 # -- the client --------------------------------------------------------------------------------
@@ -213,7 +253,7 @@ def run(args) -> dict:
             load_after = uptime()
             print("load after: ", load_after, flush=True)
         finally:
-            stop(res_proc)
+            handling = stop(res_proc)
     finally:
         stop(up_proc)
     if not args.busy_threads and not args.child:    # (else not the resolver's alone)
@@ -221,6 +261,8 @@ def run(args) -> dict:
             (cpu1 - cpu0) / (cluster["lookups"] + WARMUP) * 1e6, 1)
         forwarded["resolver_cpu_us_per_lookup"] = round(
             (cpu2 - cpu1) / (forwarded["lookups"] + WARMUP) * 1e6, 1)
+    if handling:
+        cluster["resolver_handling"] = handling
     return {"benchmark": "dns", "services_per_network": args.services,
             "busy_threads_beside_the_resolver": args.busy_threads,
             "resolver_in_a_child_process": args.child,
@@ -255,6 +297,10 @@ def main() -> None:
         print(f"{label:22}{v['lookups']:>8} {v['p50_ms']:>8} {v['p90_ms']:>8} {v['p99_ms']:>8} "
               f"{v['p999_ms']:>9} {v['max_ms']:>8} {v['per_second']:>7} {v['errors']:>6} "
               f"{v['lost']:>5}")
+    if "resolver_handling" in r["cluster"]:
+        h = r["cluster"]["resolver_handling"]
+        print(f"resolver's own time per cluster answer (read to send): p50 {h['p50_ms']} ms, "
+              f"p99 {h['p99_ms']} ms, p99.9 {h['p999_ms']} ms, max {h['max_ms']} ms")
     if "resolver_cpu_us_per_lookup" in r["cluster"]:
         print(f"resolver CPU per lookup: cluster {r['cluster']['resolver_cpu_us_per_lookup']} "
               f"us, forwarded {r['forwarded']['resolver_cpu_us_per_lookup']} us")
