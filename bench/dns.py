@@ -108,7 +108,7 @@ def serve(args) -> None:
             threading.Thread(target=spin, daemon=True).start()
     print(json.dumps({"address": address}), flush=True)
     sys.stdin.read()
-    if args.role == "resolver":
+    if HANDLING:
         took = HANDLING[WARMUP:]
         ms = lambda v: round(v * 1000, 3)  # noqa: E731
         print(json.dumps({"handled": len(took), "p50_ms": ms(pct(took, 50)),
@@ -261,7 +261,7 @@ def run(args) -> dict:
             (cpu1 - cpu0) / (cluster["lookups"] + WARMUP) * 1e6, 1)
         forwarded["resolver_cpu_us_per_lookup"] = round(
             (cpu2 - cpu1) / (forwarded["lookups"] + WARMUP) * 1e6, 1)
-    if handling:
+    if handling and "handled" in handling:
         cluster["resolver_handling"] = handling
     return {"benchmark": "dns", "services_per_network": args.services,
             "busy_threads_beside_the_resolver": args.busy_threads,
