@@ -6,6 +6,7 @@ remote endpoint (no flooding, no multicast), and a Docker network
 (``flotilla-<name>``) that adopts the bridge so that containers get their
 allocated addresses on it. :class:`NetworkDriver` (``driver.py``) makes an
 engine match the list of networks it should have; ``vips.py`` spreads each
-service's virtual IP over its tasks; ``python -m flotilla.agent.network``
+service's virtual IP over its tasks; ``resolver.py`` answers containers'
+lookups of service names; ``python -m flotilla.agent.network``
 applies a desired state from JSON and shows what is programmed.
 """
