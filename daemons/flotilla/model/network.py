@@ -33,8 +33,8 @@ from typing import Any, Literal, Optional, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from .names import DNS_LABEL, LABEL_KEY, NETWORK_NAME
-from .validation import Model, Text
+from .names import DNS_LABEL, NETWORK_NAME
+from .validation import Model, Text, check_labels
 
 DEFAULT_ADDR_POOL = ("10.0.0.0/8",)
 DEFAULT_SUBNET_SIZE = 24
@@ -48,17 +48,6 @@ DRIVERS = ("overlay",)
 OPTIONS = ("encrypted",)
 MAX_ALIASES = 16
 MAX_NETWORKS_PER_SERVICE = 16
-
-
-def _label_map(labels: dict[str, str]) -> dict[str, str]:
-    if len(labels) > 64:
-        raise ValueError("at most 64 labels")
-    for k, v in labels.items():
-        if not LABEL_KEY.match(k):
-            raise ValueError(f"invalid label key {k[:40]!r}")
-        if len(v) > 1024:
-            raise ValueError(f"label {k} is longer than 1024 characters")
-    return labels
 
 
 def dns_label(value: str, what: str = "name") -> str:
@@ -121,7 +110,7 @@ class NetworkSpec(Model):
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        return _label_map(v)
+        return check_labels(v)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
