@@ -33,10 +33,10 @@ docker:
 ## with Ansible on five test hosts, make cluster, and a short seeded chaos run (8
 ## faults). The tests mostly wait on processes, so they run in $(TEST_WORKERS)
 ## pytest-xdist workers: one module per worker at a time (its clusters are built
-## once), the deployment tests in one worker, the longest groups first
+## once), the test-hosts group in a worker of its own, the longest groups first
 ## (tests/conftest.py). TEST_WORKERS=0 runs them in this process. On an otherwise
-## idle 2-core machine: 27 minutes in 3 workers (35 in one process); the deployment
-## tests, in one worker, are the longest part.
+## idle 2-core machine: 24 minutes in 3 workers (35 in one process); the Ansible
+## runs (test hosts and make cluster) take most of the CPU and the longest time.
 TEST_WORKERS ?= 3
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS))
 

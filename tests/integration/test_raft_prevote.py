@@ -31,7 +31,7 @@ class Cut:
     requests it tried to send meanwhile."""
 
     def __init__(self, raft):
-        self._transport = raft._SyncObj__transport
+        self._transport = raft.raft_transport
         self._send = self._transport.send
         self._deliver = self._transport._onMessageReceivedCallback
         self._lock = threading.Lock()
@@ -78,11 +78,11 @@ def test_a_member_that_was_cut_off_rejoins_without_deposing_the_leader(members, 
         synced = [time.monotonic()]
 
         def slow_sync():
-            cut_raft._SyncObj__numOneSecondDumps -= 1
+            cut_raft.one_second_dumps -= 1
             if time.monotonic() - synced[0] >= 1.0:
                 synced[0] = time.monotonic()
                 sync_each_second()
-            cut_raft._SyncObj__raftElectionDeadline = raft_clock() - 0.001
+            cut_raft.election_deadline = raft_clock() - 0.001
         journal.onOneSecondTimer = slow_sync
     with Cut(cut_raft) as cut:
         # Its election timer (0.3-0.7 s) runs out several times over.

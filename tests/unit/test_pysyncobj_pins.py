@@ -16,6 +16,8 @@ import ast
 import inspect
 import os
 import socket
+import subprocess
+import sys
 
 import pysyncobj.journal
 import pysyncobj.monotonic
@@ -111,12 +113,13 @@ def test_installed_pysyncobj_is_the_release_the_adapter_was_written_against():
 
 
 def test_only_the_adapter_spells_syncobj_private_names():
-    daemons = os.path.join(ROOT, "daemons")
     offenders = []
-    for folder, _dirs, files in os.walk(daemons):
+    for folder, _dirs, files in (entry for top in ("daemons", "tests", "bench")
+                                 for entry in os.walk(os.path.join(ROOT, top))):
         for name in files:
             path = os.path.join(folder, name)
-            if not name.endswith(".py") or os.path.samefile(path, compat.__file__):
+            if (not name.endswith(".py") or os.path.samefile(path, compat.__file__)
+                    or os.path.samefile(path, __file__)):
                 continue
             with open(path, encoding="utf-8") as f:
                 if MANGLED in f.read():
@@ -373,3 +376,12 @@ def test_private_module_names_imported_from_pysyncobj_exist():
                         (pysyncobj.syncobj._COMMAND_TYPE, ("REGULAR", "MEMBERSHIP"))):
         for name in names:
             assert isinstance(getattr(enum, name, None), int), f"{enum.__name__}.{name} is gone"
+
+
+def test_socket_inet_ntop_works_in_a_process_that_imported_pysyncobj():
+    code = ("import socket, flotilla.manager.raft.node, pysyncobj.tcp_connection; "
+            "print(socket.inet_ntop(socket.AF_INET, bytes([10, 0, 0, 1])))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "daemons")))
+    assert (res.returncode, res.stdout.strip()) == (0, "10.0.0.1"), res.stderr[-2000:]

@@ -172,6 +172,16 @@ class SyncObjAdapter(SyncObj):
     def election_deadline(self, value: float) -> None:
         self._SyncObj__raftElectionDeadline = value
 
+    @property
+    def one_second_dumps(self) -> int:
+        """How many times the once-a-second timer (the journal's sync) has
+        run; the tick runs it again when a second has passed beyond that."""
+        return self._SyncObj__numOneSecondDumps
+
+    @one_second_dumps.setter
+    def one_second_dumps(self, value: int) -> None:
+        self._SyncObj__numOneSecondDumps = value
+
     def new_election_timeout(self) -> float:
         """A random election timeout between the configured bounds."""
         return self._SyncObj__generateRaftTimeout()
