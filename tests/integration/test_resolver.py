@@ -316,6 +316,19 @@ def test_listen_addresses_change_at_run_time(make_resolver, upstream):
     assert addresses(ask(r.listening()[0], "web", source=ON_FRONT)) == ["10.0.1.2"]
 
 
+def test_nodes_sharing_an_engine_serve_the_same_address(make_resolver, upstream):
+    # Every engine's bridge holds the network's gateway: the resolvers of
+    # the nodes sharing an engine all serve it, the kernel spreading queries.
+    addr = closed_port("127.0.0.54")
+    first, _ = make_resolver([upstream.address], listen=(addr,), reuse_port=True)
+    second, _ = make_resolver([upstream.address], listen=(addr,), reuse_port=True)
+    assert first.listening() == second.listening() == [addr]
+    for _ in range(40):
+        assert addresses(ask(addr, "web", source=ON_FRONT)) == ["10.0.1.2"]
+        assert addresses(ask(addr, "web", source=ON_FRONT, tcp=True)) == ["10.0.1.2"]
+    assert first.counters()["answered"] > 0 and second.counters()["answered"] > 0
+
+
 def test_the_nodes_resolv_conf_is_followed(make_resolver, tmp_path):
     conf = tmp_path / "resolv.conf"
     conf.write_text("nameserver 10.9.0.1\nsearch corp.example\n")

@@ -63,6 +63,15 @@ own addresses is never asked (no forwarding loop). Memory stays bounded:
 queries being forwarded, TCP connections and the packed answers kept (at
 most 4096, 8 MB in all) are all counted.
 
+Several nodes sharing one engine (``make cluster``) each run a resolver on
+the same addresses (every engine's bridge holds its network's gateway):
+with ``reuse_port`` their sockets share the address (``SO_REUSEPORT``) and
+the kernel hands each query to one of them. Each node is told the whole
+picture of the networks its tasks are on, so any of them answers a task of
+such a network alike; only a task on several networks whose node shares
+the engine with nodes that are not on all of them may get an answer
+from a node that knows fewer of its networks.
+
 Each answer is packed by dnslib once per table, question and asker's
 networks (:class:`Answers`), then sent again with the asker's id and its
 records in a new order. The resolver runs on a thread of its own, an
@@ -497,9 +506,11 @@ class Resolver(Component):
                  search: Sequence[str] | None = None, resolv_conf: str = RESOLV_CONF,
                  ttl: int = CLUSTER_TTL, attempt_timeout: float = ATTEMPT_TIMEOUT,
                  forward_timeout: float = FORWARD_TIMEOUT, max_forwards: int = MAX_FORWARDS,
-                 max_tcp: int = MAX_TCP, tcp_idle: float = TCP_IDLE) -> None:
+                 max_tcp: int = MAX_TCP, tcp_idle: float = TCP_IDLE,
+                 reuse_port: bool = False) -> None:
         super().__init__()
         self.ttl = ttl
+        self.reuse_port = reuse_port
         self.attempt_timeout = attempt_timeout
         self.forward_timeout = forward_timeout
         self.max_forwards = max_forwards
@@ -649,6 +660,10 @@ class Resolver(Component):
                 for sock in (udp, tcp):
                     sock.setblocking(False)
                     _freebind(sock)
+                    if self.reuse_port and port != 0:
+                        # the other nodes sharing this engine serve the same
+                        # address (each its copy of the same networks' table)
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 udp.bind((host, port))
                 tcp.bind((host, udp.getsockname()[1]))

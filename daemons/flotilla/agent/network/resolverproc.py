@@ -49,7 +49,7 @@ FRAME = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 STATE_EVERY = 0.1
 OPTIONS = ("upstreams", "search", "resolv_conf", "ttl", "attempt_timeout", "forward_timeout",
-           "max_forwards", "max_tcp", "tcp_idle")
+           "max_forwards", "max_tcp", "tcp_idle", "reuse_port")
 
 
 def _send(sock: socket.socket, value: object) -> None:
