@@ -341,3 +341,34 @@ def test_a_network_no_longer_listed_goes_once_unused(hosts, overlay):
     result = a.apply([], "--remove-grace", "0", cluster="c2")
     assert "removed Docker network flotilla-other" in result["changes"]
     assert a.client.api.networks(names=["flotilla-web"])
+
+
+def test_a_network_made_again_takes_the_old_ones_place_once_unused(hosts, overlay):
+    desired, _ = overlay
+    b = hosts["b"]
+    old = network(SPARE, "10.0.2.254/24", hosts, {}, peers=False)
+    b.apply(desired["b"] + [old])
+    # removed and made again at once (another id, VXLAN id and gateway; the
+    # same name and subnet): the old one, unused, makes way within its
+    # grace period, since the engine cannot hold both subnets
+    again = dict(old, id="ovagain0a1b2c3d4e5f6a7b8", vni=4104, attachment="10.0.2.1/24")
+    result = b.apply(desired["b"] + [again])
+    assert result["errors"] == {} and "removed Docker network flotilla-spare" in result["changes"]
+    (info,) = b.client.api.networks(names=["flotilla-spare"])
+    assert (info["Labels"]["flotilla.network.id"], info["IPAM"]["Config"][0]["Gateway"]) == \
+        (again["id"], "10.0.2.1")
+    links = b.sh("ip", "-o", "link", "show")
+    assert bridge_name(SPARE["id"]) not in links and bridge_name(again["id"]) in links
+    # a cluster that is gone left a network whose subnet one of ours needs:
+    # removed once unused, though another cluster's networks are left alone
+    dead = network(dict(OTHER, subnet="10.0.4.0/24"), "10.0.4.1/24", hosts, {}, peers=False)
+    b.apply([dead], cluster="c2")
+    ours = network(dict(SPARE, id="ovsubnet0a1b2c3d4e5f6a7b", name="reuse", vni=4105,
+                        subnet="10.0.4.0/24"), "10.0.4.1/24", hosts, {}, peers=False)
+    result = b.apply(desired["b"] + [again, ours])
+    assert result["errors"] == {}, result
+    assert "removed Docker network flotilla-other" in result["changes"]
+    assert b.client.api.networks(names=["flotilla-reuse"])
+    # clean: only web left
+    result = b.apply(desired["b"], "--remove-grace", "0")
+    assert result["errors"] == {} and not b.client.api.networks(names=["flotilla-reuse"])

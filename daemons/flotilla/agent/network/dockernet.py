@@ -63,6 +63,18 @@ def network_options(net: NetworkState, mtu: int) -> dict[str, str]:
     }
 
 
+def subnet_of(info: dict[str, Any]) -> ipaddress.IPv4Network | None:
+    """The subnet of a Docker network (its summary or inspection)."""
+    for cfg in ((info.get("IPAM") or {}).get("Config") or ()):
+        subnet = (cfg or {}).get("Subnet")
+        if subnet:
+            try:
+                return ipaddress.IPv4Network(subnet, strict=False)
+            except ValueError:
+                return None
+    return None
+
+
 def gateway_of(info: dict[str, Any]) -> ipaddress.IPv4Address | None:
     """The gateway of a Docker network (its summary or inspection)."""
     for cfg in ((info.get("IPAM") or {}).get("Config") or ()):
@@ -103,12 +115,25 @@ class DockerNetworks:
         """The network's Docker network, made if missing: (changes, its summary).
 
         One that exists (made by another node sharing this engine, or before
-        a restart) is kept as it is, whichever node's address is its gateway.
+        a restart) is kept as it is, whichever node's address is its gateway;
+        one of the same name made for another network (removed since, or of
+        a cluster that is gone) is removed first if no container uses it.
         ``labels`` are added to the network's id label when it is made.
         """
         name = docker_network_name(net.name)
         info = self.by_name(name)
         changes: list[str] = []
+        held = (info or {}).get("Labels") or {}
+        if info is not None and held.get(LABEL_NETWORK_ID) not in (None, net.id):
+            # a network of that name that was removed (or a dead cluster's):
+            # made again for this one once nothing uses it
+            if not self.remove(info):
+                raise DockerNetworkError(
+                    f"Docker network {name} belongs to another network "
+                    f"({LABEL_NETWORK_ID}={held.get(LABEL_NETWORK_ID)!r}) still in use")
+            changes.append(f"removed Docker network {name} of network "
+                           f"{held.get(LABEL_NETWORK_ID)}")
+            info = None
         if info is None:
             ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=str(net.subnet),
                                                      gateway=str(net.attachment.ip))])

@@ -10,10 +10,14 @@ call after an agent restart restores it all, and a second call changes
 nothing.
 
 Networks no longer listed are removed (Docker network, then devices) once no
-container uses them. Several nodes may share one engine (one network
-namespace): each programs the same devices and entries, and a network one of
-them has just made is left alone for ``remove_grace`` seconds by the others
-(which do not list it), so that its containers can be created on it.
+container uses them; another cluster's (the Docker network's
+``flotilla.cluster.id`` label) only when its subnet overlaps one this node
+needs (an engine cannot hold both: a cluster that is gone left it).
+Several nodes may share one engine (one network namespace): each programs
+the same devices and entries, and a network one of them has just made is
+left alone for ``remove_grace`` seconds by the others (which do not list
+it), so that its containers can be created on it, unless its subnet
+overlaps one they list.
 
 A failure on one network (the kernel or the engine refusing) does not stop
 the others: it is in the result's ``errors``, and the next call tries again.
@@ -33,7 +37,8 @@ import docker
 from docker import errors as docker_errors
 
 from .desired import NetworkState, parse_desired
-from .dockernet import DockerNetworkError, DockerNetworks, created_at, gateway_of
+from .dockernet import (DockerNetworkError, DockerNetworks, created_at, gateway_of,
+                        subnet_of)
 from .linux import LinkError, Links
 from .names import LABEL_CLUSTER_ID, LABEL_NETWORK_ID, bridge_name, mac_for, short_id, vxlan_name
 
@@ -131,11 +136,18 @@ class NetworkDriver:
                 continue
             theirs = self.cluster_id is not None and \
                 (info.get("Labels") or {}).get(LABEL_CLUSTER_ID) != self.cluster_id
-            if net_id in wanted or theirs:
+            # One whose subnet overlaps a listed network's goes as soon as
+            # no container uses it, whoever made it: an engine cannot hold
+            # both (a network removed and made again, a dead cluster's).
+            # Otherwise another cluster's is left alone.
+            subnet = subnet_of(info)
+            clash = subnet is not None and any(subnet.overlaps(n.subnet) for n in nets
+                                               if n.id != net_id)
+            if net_id in wanted or (theirs and not clash):
                 remaining.add(short)
                 continue
             made = created_at(info.get("Created"))
-            if made is not None and now - made < self.remove_grace:
+            if not clash and made is not None and now - made < self.remove_grace:
                 result.kept[net_id] = f"{info.get('Name')} made {now - made:.0f}s ago"
                 remaining.add(short)
                 continue
