@@ -281,6 +281,7 @@ class LocalCluster:
                 pass
         try:
             self.remove_containers()
+            self.remove_networks()
         except Exception:
             pass
 
@@ -317,6 +318,23 @@ class LocalCluster:
                 ctr.remove(force=True)
             except Exception:
                 pass
+
+    def cluster_id(self) -> str | None:
+        for n in self.nodes.values():
+            try:
+                return n.config()["cluster_id"] or None
+            except (OSError, KeyError, ValueError):
+                continue
+        return None
+
+    def remove_networks(self):
+        """What the agents made for the cluster's networks on the engine
+        (once its containers are gone)."""
+        from .enginenets import remove_cluster_networks
+
+        cluster_id = self.cluster_id()
+        if cluster_id:
+            remove_cluster_networks(cluster_id)
 
     def dump_logs(self) -> str:
         out = []

@@ -120,8 +120,10 @@ class Fabric:
         return run("ip", "netns", "exec", self.namespace(host), "iptables", "-S", CHAIN).stdout
 
     @staticmethod
-    def _iptables(ns: str, *args: str) -> None:
+    def iptables(ns: str, *args: str) -> None:
         run("ip", "netns", "exec", ns, "iptables", "-w", "5", *args)
+
+    _iptables = iptables
 
     # -- teardown --------------------------------------------------------------------
     def our_namespaces(self) -> list[str]:

@@ -68,11 +68,17 @@ class NsCluster(LocalCluster):
         self.hosts: dict[str, Host] = {}
 
     # -- hosts ---------------------------------------------------------------------
-    def add_host(self, name: str, octet: int, images: tuple[str, ...] = ()) -> Host:
+    def add_host(self, name: str, octet: int, images: tuple[str, ...] = (),
+                 iptables: bool = False) -> Host:
+        """A host: its namespace, address and engine. ``iptables``: the engine
+        manages the namespace's iptables as on a real host, and forwarding
+        between interfaces is dropped unless a rule accepts it."""
         addr = self.fabric.add_host(name, octet)
         netns = self.fabric.namespace(name)
-        engine = HostDocker(netns, os.path.join(self.base, "engines", name))
+        engine = HostDocker(netns, os.path.join(self.base, "engines", name), iptables=iptables)
         engine.start()
+        if iptables:
+            self.fabric.iptables(netns, "-P", "FORWARD", "DROP")
         for image in images:
             engine.load_image(image)
         host = Host(name, addr, netns, engine)
@@ -123,6 +129,9 @@ class NsCluster(LocalCluster):
     def remove_containers(self):
         for host in self.hosts.values():
             host.engine.remove_all_containers()
+
+    def remove_networks(self):
+        """Nothing: each host's engine and namespace go with the host."""
 
     # -- teardown ------------------------------------------------------------------
     def teardown(self) -> None:

@@ -4,6 +4,7 @@
             ── heartbeat ─►                 pushes to listener ──┘                       │
     reporter ◄── status changes ─────────────────────────────────────────────────────────┘
              ── batches ──► dispatcher
+    networks (from the stream) ──► networking: engine bridges, VIPs, resolver ◄── executor waits
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .dispatcherlink import DispatcherLink
 from .executor import DockerExecutor
 from .metrics import AgentMetrics
 from .netstate import NetworkState
+from .networking import Networking
 from .reporter import Reporter
 from .server import AgentServer
 from .session import Session
@@ -42,10 +44,17 @@ class Agent:
                                        hostname=cfg.hostname)
         self.link = DispatcherLink(client)
         self.reporter = Reporter(self.link)
+        # The node's overlay networks: programmed from networks.json at
+        # start, then as the assignment stream changes them.
+        netstate = NetworkState(os.path.join(cfg.data_dir, "agent", "networks.json"))
+        self.networking = Networking(cfg.node_id, lambda: self.executor.client,
+                                     views=netstate.networks, cluster_id=cfg.cluster_id,
+                                     underlay_hint=cfg.agent_advertise or cfg.advertise)
+        netstate.on_change = self.networking.update
+        self.executor.networks = self.networking
         self.worker = Worker(cfg.node_id, os.path.join(cfg.data_dir, "agent"), self.executor,
-                             self.reporter.report)
-        self.stream = AssignmentStream(self.worker, NetworkState(
-            os.path.join(cfg.data_dir, "agent", "networks.json")))
+                             self._report)
+        self.stream = AssignmentStream(self.worker, netstate)
         self.trust = Trust(os.path.join(cfg.data_dir, "agent", "trust.json"))
         self.metrics = AgentMetrics(self)
         self.server = AgentServer(cfg, self.stream, self.metrics, executor=self.executor,
@@ -53,6 +62,12 @@ class Agent:
         self.session = Session(cfg, client, self.link, on_update, on_removed,
                                describe=self.executor.describe, on_registered=self._registered,
                                trust=self.trust)
+
+    def _report(self, task_id: str, status: dict) -> None:
+        # a task of this node that stopped leaves its services' VIPs and
+        # answers here at once; the managers tell the other nodes
+        self.networking.task_status(task_id, status)
+        self.reporter.report(task_id, status)
 
     def _registered(self, reply: dict) -> None:
         # The leader of the new session first: its first push may follow at once.
@@ -62,6 +77,7 @@ class Agent:
 
     def start(self) -> None:
         os.makedirs(os.path.join(self.cfg.data_dir, "agent"), mode=0o700, exist_ok=True)
+        self.networking.start()
         self.worker.start()
         self.reporter.start()
         self.server.start()
@@ -73,3 +89,4 @@ class Agent:
         self.reporter.flush()
         self.reporter.stop(timeout=2)
         self.worker.stop(timeout=5)
+        self.networking.stop(timeout=5)

@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Callable
 
 from ..model import task as taskmodel
 from ..model.task import at_least, before, finished
-from .executor import (APIError, ImageUnavailable, TemplateError, container_address,
-                       grace_seconds, log_timestamp, probed)
+from .executor import (APIError, ImageUnavailable, NetworkUnavailable, TemplateError,
+                       container_address, grace_seconds, log_timestamp, probed)
 
 if TYPE_CHECKING:
     from .executor import DockerExecutor
@@ -239,6 +239,9 @@ class Controller:
             return False
         except TemplateError as exc:
             self._report("rejected", "expanding the spec's templates failed", err=str(exc))
+            return False
+        except NetworkUnavailable as exc:
+            self._report("rejected", "network unavailable", err=str(exc))
             return False
         self._report("ready")
         return True

@@ -18,7 +18,8 @@ class NetworkState:
                  on_change: Callable[[dict[str, dict]], None] | None = None) -> None:
         self._path = path
         self._lock = threading.Lock()
-        self._on_change = on_change
+        # called (outside the lock) with the new networks after each change
+        self.on_change = on_change
         self.networks: dict[str, dict] = {}
         if path is not None:
             data = fsutil.read_json(path, None)
@@ -45,5 +46,5 @@ class NetworkState:
             if self._path is not None:
                 fsutil.atomic_write_json(self._path, {"networks": held})
             snapshot = dict(held)
-        if self._on_change is not None:
-            self._on_change(snapshot)
+        if self.on_change is not None:
+            self.on_change(snapshot)

@@ -42,6 +42,20 @@ class DockerNetworkError(RuntimeError):
     """The engine refused a network change (the message says which and why)."""
 
 
+class NetworkUnavailable(Exception):
+    """A task's network is not (yet) on this node's engine; the message says
+    which and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadyNetwork:
+    """A network made on this node's engine: what a container on it needs."""
+    id: str
+    name: str
+    docker_name: str            # flotilla-<name>
+    gateway: str                # where the node's resolver answers its containers
+
+
 def created_at(value: str | None) -> float | None:
     """Unix seconds of an engine timestamp (``2026-12-07T16:00:00.123456789Z``)."""
     m = _CREATED.match(value or "")

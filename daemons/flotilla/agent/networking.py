@@ -1,0 +1,338 @@
+"""The node's overlay networks, kept as its managers describe them.
+
+The dispatcher tells each node the whole picture of every network its tasks
+are on (``manager/dispatcher/netviews.py``); the agent keeps it
+(``netstate.py``, ``networks.json``). This component makes the node's
+engine match it, on its own thread:
+
+1. the VIPs (``network/vips.py``): on each network's bridge, each vip-mode
+   service's VIP spread over its running, healthy tasks;
+2. the resolver's table and addresses (``network/resolverproc.py``, a
+   child process): the gateway of each network, port 53;
+3. the engine (``network/driver.py``): per network a bridge holding the
+   network's gateway (nodes take no address of their own), a VXLAN device
+   from this node's underlay address (the address the managers see it at),
+   the forwarding entries of every endpoint on another engine, and the
+   Docker network ``flotilla-<name>`` its tasks' containers are put on.
+
+A pass runs whenever the picture changes, whenever one of this node's own
+tasks stops (its address leaves the VIPs and the answers at once, before
+the managers' word comes back), and every 10 s as a repair (everything
+applied again; each part changes only what differs), 2 s after a failure.
+VIPs and answers go first, so a task that left is out of rotation before
+the slower engine work; the engine work runs only when its input changed
+(or to repair). The first pass runs from ``networks.json``, so a restarted
+agent programs its engine before its session is back. Failures are logged
+(rate-limited) and retried; they never stop the agent.
+
+The executor asks :meth:`Networking.ready` before creating a task's
+container: it waits (30 s at most) until this node has made the task's
+networks on its engine, and says why not otherwise.
+
+Several nodes may share one engine (``make cluster``): each programs the
+same bridges, entries, VIP rules and Docker networks (the parts are
+idempotent and compare with what is there), and their resolvers share the
+gateway's port 53 (``SO_REUSEPORT``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+import docker
+
+from ..common.component import Component
+from ..common.ratelog import RateLimitedLog
+from ..model import task as taskmodel
+from .network import views as nv
+from .network.desired import DesiredStateError, NetworkState
+from .network.dockernet import NetworkUnavailable, ReadyNetwork
+from .network.driver import NetworkDriver
+from .network.names import docker_network_name
+from .network.resolver import DNS_PORT
+from .network.resolverproc import ResolverProcess
+from .network.vips import VipError, VirtualIPs
+
+log = logging.getLogger(__name__)
+
+REPAIR_EVERY = 10.0
+RETRY_EVERY = 2.0
+READY_TIMEOUT = 30.0
+
+
+def _host_ip(addr: str | None) -> str | None:
+    """The IPv4 address in ``host:port`` or ``host``, if it is one."""
+    if not addr:
+        return None
+    host = addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        return None
+
+
+class Networking(Component):
+    """See the module's description. ``client`` gives the engine's Docker
+    client; ``underlay_hint`` is this node's address when no picture names
+    it yet (its advertised address)."""
+
+    name = "agent-networking"
+
+    def __init__(self, node_id: str, client: Callable[[], docker.DockerClient],
+                 views: Mapping[str, dict] | None = None, cluster_id: str | None = None,
+                 underlay_hint: str | None = None, vips: Any | None = None,
+                 resolver: Any | None = None, dns_port: int = DNS_PORT,
+                 repair_every: float = REPAIR_EVERY,
+                 driver: Callable[..., NetworkDriver] = NetworkDriver) -> None:
+        super().__init__()
+        self.node_id = node_id
+        self._client = client
+        self.cluster_id = cluster_id or None
+        self.underlay_hint = _host_ip(underlay_hint)
+        self.dns_port = dns_port
+        self.repair_every = repair_every
+        self._make_driver = driver
+        self._vips = vips
+        self._resolver = resolver
+        self._resolver_started = False
+        self._cond = threading.Condition()
+        self._kick = threading.Event()
+        # under _cond
+        self._views: dict[str, dict] = {}
+        self._tasks: set[str] = set()
+        self._down: set[str] = set()            # own tasks seen leaving, not yet in the picture
+        self._applied: dict[str, ReadyNetwork] = {}
+        self._errors: dict[str, str] = {}
+        self._force = False
+        self._started = 0
+        self._done = 0
+        # owned by the component's thread
+        self._driver: NetworkDriver | None = None
+        self._last_engine: tuple[Any, ...] | None = None
+        self._engine_failed = False
+        self._engine_clean = True               # nothing left in place to remove
+        self._last_vips: dict[str, dict[str, list[str]]] | None = None
+        self._last_table: Any = None
+        self._last_listen: list[tuple[str, int]] | None = None
+        self._failures = RateLimitedLog(log, "networks", interval=30.0)
+        self.passes = 0
+        self.update(views or {})
+
+    # -- what the agent calls (any thread) ----------------------------------------------
+    def update(self, views: Mapping[str, dict]) -> None:
+        """The node's networks changed (``NetworkState``'s callback): cheap."""
+        with self._cond:
+            self._views = dict(views)
+            self._tasks = nv.task_ids(self._views, self.node_id)
+            self._down &= self._tasks
+        self._kick.set()
+
+    def task_status(self, task_id: str, status: Mapping[str, Any]) -> None:
+        """One of this node's tasks reported ``status``: once it has stopped,
+        its addresses serve no more, here, at once."""
+        state = status.get("state")
+        if not isinstance(state, str) or state not in taskmodel.STATE_VALUES \
+                or not taskmodel.finished(state):
+            return
+        with self._cond:
+            if task_id not in self._tasks or task_id in self._down:
+                return
+            self._down.add(task_id)
+        self._kick.set()
+
+    def ready(self, network_ids: Sequence[str],
+              timeout: float = READY_TIMEOUT) -> list[ReadyNetwork]:
+        """The networks ``network_ids`` as made on this engine, in that order,
+        once they all are; :class:`NetworkUnavailable` after ``timeout``
+        seconds, naming the first missing network and why."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                missing = [nid for nid in network_ids if nid not in self._applied]
+                if not missing:
+                    return [self._applied[nid] for nid in network_ids]
+                left = deadline - time.monotonic()
+                if left <= 0 or self.stopping.is_set():
+                    raise NetworkUnavailable(self._why(missing[0], timeout))
+                self._cond.wait(min(left, 1.0))
+
+    def reapply(self, timeout: float = READY_TIMEOUT) -> None:
+        """Apply everything again now (the engine lost a network), and wait
+        for that pass to finish."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._force = True
+            target = self._started + 1
+            self._kick.set()
+            while self._done < target and not self.stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(min(left, 1.0))
+
+    def _why(self, nid: str, timeout: float) -> str:
+        view = self._views.get(nid)
+        what = f"network {view.get('name')} ({nid[:12]})" if view else f"network {nid[:12]}"
+        if self.stopping.is_set():
+            return f"{what}: the agent is stopping"
+        if view is None:
+            why = "this node has not been told about it"
+        else:
+            why = self._errors.get(nid) or "not made yet"
+        return f"{what} is not ready on this node after {timeout:g} s: {why}"
+
+    def state(self) -> dict[str, Any]:
+        """What is made and what failed (for operators and tests)."""
+        with self._cond:
+            return {"applied": sorted(self._applied), "errors": dict(self._errors),
+                    "down": sorted(self._down), "passes": self.passes}
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> None:
+        next_repair = 0.0
+        while not self.stopping.is_set():
+            self._kick.clear()
+            with self._cond:
+                self._started += 1
+                force, self._force = self._force, False
+            repair = force or time.monotonic() >= next_repair
+            ok = False
+            try:
+                ok = self._pass(repair)
+            except Exception as exc:        # never the agent's end: logged, tried again
+                self._failures.note("pass", f"{type(exc).__name__}: {exc}")
+                log.debug("networks: pass failed", exc_info=True)
+            finally:
+                with self._cond:
+                    self._done += 1
+                    self.passes += 1
+                    self._cond.notify_all()
+            self._failures.flush()
+            now = time.monotonic()
+            if repair:
+                next_repair = now + (self.repair_every if ok else RETRY_EVERY)
+            elif not ok:
+                next_repair = min(next_repair, now + RETRY_EVERY)
+            self._kick.wait(max(0.0, next_repair - now))
+
+    def wake(self) -> None:
+        self._kick.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        super().stop(timeout)
+        if self._resolver is not None and self._resolver_started:
+            self._resolver.stop(timeout)
+            self._resolver_started = False
+
+    def _pass(self, repair: bool) -> bool:
+        """One pass over VIPs, resolver and engine; True if all went well."""
+        with self._cond:
+            views = dict(self._views)
+            down = set(self._down)
+            applied = set(self._applied) & set(views)
+        underlay = nv.underlay_of(views, self.node_id) or self.underlay_hint
+        if underlay is None and self._driver is not None:
+            underlay = str(self._driver.underlay_ip)
+        # 1-2: what serves, on the networks already made: first
+        ok = self._serve(views, down, applied, underlay, repair)
+        # 3: the engine, when its input changed, to repair, or after a failure
+        nets, errors = nv.driver_networks(views, underlay)
+        key = (underlay, tuple(nets))
+        if repair or key != self._last_engine or self._engine_failed:
+            if nets or not self._engine_clean or (self._last_engine or (None, ()))[1]:
+                ok = self._engine(nets, underlay, errors) and ok
+            self._last_engine = key
+            made = set(self._applied_ids())
+            if made != applied:
+                ok = self._serve(views, down, made, underlay, True) and ok
+        with self._cond:
+            self._errors = errors
+        for nid, why in sorted(errors.items()):
+            self._failures.note(nid, why)
+        return ok and not errors
+
+    def _applied_ids(self) -> list[str]:
+        with self._cond:
+            return list(self._applied)
+
+    def _engine(self, nets: list[NetworkState], underlay: str | None,
+                errors: dict[str, str]) -> bool:
+        """Make the engine have exactly ``nets``; record which are made.
+        True if none failed."""
+        made: dict[str, ReadyNetwork] = {}
+        failed = True
+        try:
+            if underlay is None:
+                raise NetworkUnavailable("this node's address on the underlay is not known yet")
+            if self._driver is None or str(self._driver.underlay_ip) != underlay:
+                self._driver = self._make_driver(self._client(), underlay, self.cluster_id)
+            result = self._driver.apply(nets)
+            errors.update(result.errors)
+            failed = bool(result.errors)
+            # a network left in place (in use, or made just now by another
+            # node sharing the engine) is looked at again at the next repair
+            self._engine_clean = not result.errors and not result.kept
+            for net in nets:
+                if net.id not in result.errors:
+                    made[net.id] = ReadyNetwork(net.id, net.name, docker_network_name(net.name),
+                                                str(net.attachment.ip))
+        except (DesiredStateError, NetworkUnavailable) as exc:
+            for net in nets:
+                errors[net.id] = str(exc)
+            self._engine_clean = False
+        except Exception as exc:         # the engine or the kernel refused: all of them
+            why = f"{type(exc).__name__}: {exc}"
+            for net in nets:
+                errors[net.id] = why
+            self._failures.note("engine", why)
+            self._engine_clean = False
+        with self._cond:
+            self._applied = made
+            self._cond.notify_all()
+        self._engine_failed = failed
+        return not failed
+
+    def _serve(self, views: dict[str, dict], down: Collection[str], nids: Collection[str],
+               underlay: str | None, repair: bool) -> bool:
+        """The VIPs and the resolver for the networks ``nids`` (made on the engine)."""
+        ok = True
+        spec = nv.vip_spec(views, nids, underlay, down)
+        if spec != self._last_vips or (repair and spec):
+            if not spec and not self._last_vips:
+                self._last_vips = spec          # never had any: nothing to clear
+            else:
+                try:
+                    if self._vips is None:
+                        self._vips = VirtualIPs()
+                    self._vips.apply(spec)
+                    self._last_vips = spec
+                except (VipError, OSError) as exc:
+                    self._last_vips = None
+                    self._failures.note("vips", str(exc))
+                    ok = False
+                except Exception as exc:       # netlink
+                    self._last_vips = None
+                    self._failures.note("vips", f"{type(exc).__name__}: {exc}")
+                    ok = False
+        table = nv.resolver_table({nid: views[nid] for nid in nids if nid in views},
+                                  underlay, down)
+        listen = nv.listen_addresses(views, nids, self.dns_port)
+        if table != self._last_table or listen != self._last_listen:
+            if listen or self._resolver_started:
+                resolver = self._resolver
+                if resolver is None:
+                    resolver = self._resolver = ResolverProcess(reuse_port=True)
+                resolver.update(table)
+                resolver.listen(listen)
+                if not self._resolver_started:
+                    resolver.start()
+                    self._resolver_started = True
+            self._last_table, self._last_listen = table, listen
+        return ok

@@ -1,0 +1,112 @@
+"""From the pictures the managers send a node to what its engine, VIPs and
+resolver are given (``agent/network/views.py``)."""
+
+import copy
+import ipaddress
+
+from flotilla.agent.network import views as nv
+from flotilla.agent.network.names import bridge_name
+from flotilla.agent.network.resolver import Table, name_key
+
+ME, PEER = "192.0.2.11", "192.0.2.12"
+APP, SIDE = "appnet0123456789abcdef", "sidenet0123456789abcde"
+
+
+def ep(task, service, addr, node_addr, running=True, node="n-peer"):
+    return {"task_id": task, "service_id": service, "service_name": service, "slot": 1,
+            "addr": f"{addr}/24", "aliases": [], "node_id": node, "node_addr": node_addr,
+            "running": running}
+
+
+def views():
+    app = {"id": APP, "name": "app", "subnet": "10.0.1.0/24", "gateway": "10.0.1.1",
+           "vni": 4097, "internal": False, "encrypted": False, "attachable": False,
+           "services": [{"id": "web", "name": "web", "mode": "vip", "aliases": ["www"],
+                         "vip": "10.0.1.2/24"},
+                        {"id": "rr", "name": "rr", "mode": "dnsrr", "aliases": [], "vip": None},
+                        {"id": "client", "name": "client", "mode": "vip", "aliases": [],
+                         "vip": "10.0.1.9/24"}],
+           "endpoints": [ep("w1", "web", "10.0.1.3", ME, node="n-me"),
+                         ep("w2", "web", "10.0.1.4", PEER),
+                         ep("w3", "web", "10.0.1.5", PEER, running=False),
+                         ep("r1", "rr", "10.0.1.6", PEER),
+                         ep("c1", "client", "10.0.1.7", ME, node="n-me")]}
+    side = {"id": SIDE, "name": "side", "subnet": "10.0.2.0/24", "gateway": "10.0.2.1",
+            "vni": 4098, "internal": True, "encrypted": False, "attachable": False,
+            "services": [{"id": "other", "name": "other", "mode": "vip", "aliases": [],
+                          "vip": "10.0.2.2/24"}],
+            "endpoints": [ep("o1", "other", "10.0.2.3", ME, node="n-me"),
+                          ep("c1", "client", "10.0.2.4", ME, node="n-me")]}
+    return {APP: app, SIDE: side}
+
+
+def test_this_nodes_underlay_is_where_the_managers_see_it():
+    assert nv.underlay_of(views(), "n-me") == ME
+    assert nv.underlay_of(views(), "n-unknown") is None
+
+
+def test_the_engine_gets_each_network_with_its_gateway_and_the_remote_endpoints():
+    nets, errors = nv.driver_networks(views(), ME)
+    assert errors == {}
+    app = next(n for n in nets if n.id == APP)
+    # nodes take no address: the bridge holds the gateway
+    assert str(app.attachment) == "10.0.1.1/24" and app.vni == 4097 and not app.internal
+    remote = [(str(e.addr), str(e.underlay_ip)) for e in app.remote(ipaddress.IPv4Address(ME))]
+    # every endpoint on another engine, running or not yet
+    assert remote == [("10.0.1.4", PEER), ("10.0.1.5", PEER), ("10.0.1.6", PEER)]
+    assert next(n for n in nets if n.id == SIDE).internal
+
+
+def test_a_bad_picture_fails_its_own_network_only():
+    v = views()
+    v[SIDE]["gateway"] = None
+    v[APP]["endpoints"].append(ep("bad", "web", "10.0.1.1", PEER))      # the gateway itself
+    v[APP]["endpoints"].append(ep("dup", "web", "10.0.1.4", ME, running=False))
+    nets, errors = nv.driver_networks(v, ME)
+    assert [n.id for n in nets] == [APP] and set(errors) == {SIDE}
+    # an address listed twice: the running holder's engine wins; the gateway is no endpoint
+    assert {str(e.addr): str(e.underlay_ip) for e in nets[0].endpoints}["10.0.1.4"] == PEER
+    assert "10.0.1.1" not in {str(e.addr) for e in nets[0].endpoints}
+
+
+def test_a_vip_spreads_over_its_running_tasks_but_those_seen_leaving():
+    spec = nv.vip_spec(views(), [APP, SIDE], ME)
+    assert spec == {bridge_name(APP): {"10.0.1.2": ["10.0.1.3", "10.0.1.4"],
+                                       "10.0.1.9": ["10.0.1.7"]},
+                    bridge_name(SIDE): {"10.0.2.2": ["10.0.2.3"]}}
+    # this node's own task stopped: out before the managers say so
+    assert nv.vip_spec(views(), [APP], ME, down={"w1"}) == {
+        bridge_name(APP): {"10.0.1.2": ["10.0.1.4"], "10.0.1.9": ["10.0.1.7"]}}
+    # only the networks made on the engine; a VIP with no task left rejects
+    v = views()
+    for e in v[APP]["endpoints"]:
+        e["running"] = False
+    assert nv.vip_spec(v, [APP], ME) == {bridge_name(APP): {"10.0.1.2": [], "10.0.1.9": []}}
+
+
+def test_the_resolver_answers_each_task_for_the_networks_it_is_on():
+    table = Table(nv.resolver_table(views(), ME, down={"w1"}))
+    client_app, client_side, other = "10.0.1.7", "10.0.2.4", "10.0.2.3"
+    # the client is on both networks, whichever address it asks from
+    for source in (client_app, client_side):
+        assert table.lookup(source, name_key("web")) == ("10.0.1.2",)
+        assert table.lookup(source, name_key("www")) == ("10.0.1.2",)
+        assert table.lookup(source, name_key("tasks.web")) == ("10.0.1.4",)
+        assert table.lookup(source, name_key("rr")) == ("10.0.1.6",)
+        assert table.lookup(source, name_key("other")) == ("10.0.2.2",)
+    # a task of side only: web is not a name for it
+    assert table.lookup(other, name_key("web")) is None
+    assert table.lookup(other, name_key("other")) == ("10.0.2.2",)
+    assert nv.listen_addresses(views(), [APP, SIDE]) == [("10.0.1.1", 53), ("10.0.2.1", 53)]
+    assert nv.listen_addresses(views(), [APP], port=5353) == [("10.0.1.1", 5353)]
+
+
+def test_an_encrypted_network_stays_on_this_host():
+    v = copy.deepcopy(views())
+    v[APP]["encrypted"] = True
+    (app,) = [n for n in nv.driver_networks(v, ME)[0] if n.id == APP]
+    assert app.remote(ipaddress.IPv4Address(ME)) == []
+    assert nv.vip_spec(v, [APP], ME)[bridge_name(APP)]["10.0.1.2"] == ["10.0.1.3"]
+    assert Table(nv.resolver_table(v, ME)).lookup("10.0.1.7", name_key("tasks.web")) == \
+        ("10.0.1.3",)
+
