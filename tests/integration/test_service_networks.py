@@ -12,7 +12,9 @@ not resolve for the client (it is not on ``other``'s network), though it
 does for ``other``'s own task on c; a dnsrr service's name is its tasks'
 addresses. A task killed on its engine leaves the VIP on every engine
 within a second (the time each engine took is printed), and the name keeps
-answering from the task left.
+answering from the task left; so does a task that turns unhealthy, and one
+being stopped (scaled away), though their containers take their whole stop
+grace period to stop.
 """
 
 from __future__ import annotations
@@ -116,12 +118,13 @@ def host_of(c: NsCluster, admin, task: dict) -> Host:
     return c.hosts[name]
 
 
-def container(c: NsCluster, host: Host, service: str) -> str:
-    """The running container of ``service`` on ``host``."""
+def container(c: NsCluster, host: Host, service: str | None = None,
+              task_id: str | None = None) -> str:
+    """The running container of ``service`` (or of the task) on ``host``."""
+    label = f"flotilla.task.id={task_id}" if task_id else f"flotilla.service.name={service}"
     client = c.engine_client(host)
     try:
-        (found,) = client.api.containers(filters={
-            "label": f"flotilla.service.name={service}", "status": "running"})
+        (found,) = client.api.containers(filters={"label": label, "status": "running"})
     finally:
         client.close()
     return found["Id"]
@@ -232,3 +235,58 @@ def test_a_killed_task_leaves_the_vip_on_every_engine_within_a_second(hosts_clus
     for _ in range(4):
         assert fetch(client_host, cid, "web") == "web v1\n"
 
+
+
+def gone_from(engines: list[Host], addr: str, vip: str, start: float) -> dict[str, float]:
+    """How long after ``start`` ``addr`` left ``vip``'s backends on each engine."""
+    took = {}
+    for h in engines:
+        wait_for(lambda h=h: addr not in backends(h, vip), 10, interval=0,
+                 what=f"{addr} out of {vip} on {h.name}")
+        took[h.name] = time.monotonic() - start
+    return took
+
+
+def test_a_task_unhealthy_or_being_stopped_leaves_the_vip_within_a_second(hosts_cluster, app):
+    c, admin = hosts_cluster, app["admin"]
+    # its container ignores its stop signal: it stops only after 20 s
+    admin.post("/v1/services", spec("slow", WEB, ["app"], constraints=("node.hostname==a",),
+                                    stop_signal="SIGWINCH", stop_grace_period=20))
+    (task,) = wait_for(lambda: running(admin, "slow"), 60, what="slow running")
+    addr, vip = addr_on(task, app["app"]), vip_of(admin, "slow")
+    engines = [c.hosts["a"], c.hosts["c"]]
+    wait_for(lambda: all(backends(h, vip) == {addr} for h in engines), 30,
+             what="the task behind its VIP")
+    a = c.hosts["a"]
+    cid = container(c, a, "slow")
+    engine = c.engine_client(a)
+    try:
+        sh(a, cid, "rm /www/health")          # its healthcheck fails from now on
+
+        def unhealthy():
+            health = engine.api.inspect_container(cid)["State"].get("Health") or {}
+            return health.get("Status") == "unhealthy" and time.monotonic()
+        took = gone_from(engines, addr, vip, wait_for(unhealthy, 30, interval=0.02,
+                                                      what="the engine's verdict"))
+        print("unhealthy task out of its VIP after: "
+              + ", ".join(f"{n} {s * 1000:.0f} ms" for n, s in sorted(took.items()))
+              + f" (load average {os.getloadavg()[0]:.2f})")
+        assert all(secs <= LEAVE_WITHIN for secs in took.values()), took
+        assert engine.api.inspect_container(cid)["State"]["Running"]      # still stopping
+
+        # its replacement, scaled away: out as its node is told to stop it
+        (new,) = wait_for(lambda: [t for t in running(admin, "slow") if t["id"] != task["id"]],
+                          60, what="the replacement running")
+        new_addr = addr_on(new, app["app"])
+        wait_for(lambda: all(backends(h, vip) == {new_addr} for h in engines), 30,
+                 what="the replacement behind the VIP")
+        new_cid = container(c, a, task_id=new["id"])
+        start = time.monotonic()
+        admin.patch("/v1/services/slow", {"replicas": 0})
+        took = gone_from(engines, new_addr, vip, start)
+        print("task being stopped out of its VIP after: "
+              + ", ".join(f"{n} {s * 1000:.0f} ms" for n, s in sorted(took.items())))
+        assert all(secs <= LEAVE_WITHIN for secs in took.values()), took
+        assert engine.api.inspect_container(new_cid)["State"]["Running"]
+    finally:
+        engine.close()

@@ -7,6 +7,7 @@ import ipaddress
 from flotilla.agent.network import views as nv
 from flotilla.agent.network.names import bridge_name
 from flotilla.agent.network.resolver import Table, name_key
+from flotilla.manager.dispatcher.netviews import serving
 
 ME, PEER = "192.0.2.11", "192.0.2.12"
 APP, SIDE = "appnet0123456789abcdef", "sidenet0123456789abcde"
@@ -110,3 +111,9 @@ def test_an_encrypted_network_stays_on_this_host():
     assert Table(nv.resolver_table(v, ME)).lookup("10.0.1.7", name_key("tasks.web")) == \
         ("10.0.1.3",)
 
+
+def test_a_task_being_stopped_serves_no_more():
+    task = {"status": {"state": "running"}, "desired_state": "running"}
+    assert serving(task)
+    assert not serving(dict(task, desired_state="shutdown"))
+    assert not serving(dict(task, status={"state": "starting"}))

@@ -287,9 +287,12 @@ class Controller:
             health, why = self._health(task, info, health)
             if health == "unhealthy":
                 self._unwatch()
-                self._executor.stop(info["Id"], grace_seconds(task))
+                # Said first, then stopped: a task that turned unhealthy
+                # leaves its service's VIP and answers now, not once its
+                # container has taken its stop grace period to exit.
                 self._report("failed", "container unhealthy",
                              err="task: container unhealthy" + (f" ({why})" if why else ""))
+                self._executor.stop(info["Id"], grace_seconds(task))
                 return False
             if health in (None, "healthy"):
                 self._report("running")

@@ -5,9 +5,9 @@ A node takes part in a network while one of its tasks that was sent to it
 network the node gets the whole picture, kept current through the
 assignment stream: the network (subnet, gateway, VXLAN id, options), every
 endpoint on it (each task's address, its node and that node's address,
-whether it runs), and the services on it (names, aliases, mode, VIP). From
-that a node programs its engine's bridge and VXLAN entries, its resolver
-and its virtual IPs.
+whether it serves: runs and is meant to), and the services on it (names,
+aliases, mode, VIP). From that a node programs its engine's bridge and
+VXLAN entries, its resolver and its virtual IPs.
 
 ``NetworkTracker`` follows the store's events and says which networks
 changed (and so which nodes must be sent them again); ``view()`` builds a
@@ -41,10 +41,18 @@ def on_node(task: dict | None) -> bool:
             and not taskmodel.finished(task["status"]["state"]))
 
 
+def serving(task: dict) -> bool:
+    """The task takes its service's traffic: it runs (healthy, where it has a
+    healthcheck) and is meant to keep running. One being stopped (scaled
+    down, replaced, drained) leaves its VIPs and answers when its node is
+    told to stop it, not once its container has exited."""
+    return task["status"]["state"] == "running" and task.get("desired_state") == "running"
+
+
 def _endpoint_key(task: dict | None) -> Any:
     if task is None or not on_node(task):
         return None
-    return (task["node_id"], task["status"]["state"] == "running", tuple(
+    return (task["node_id"], serving(task), tuple(
         (a["network_id"], a["addr"], tuple(a.get("aliases") or ())) for a in task["networks"]))
 
 
@@ -153,7 +161,7 @@ def view(store: Any, network_id: str) -> dict | None:
             "addr": addr["addr"], "aliases": list(addr.get("aliases") or ()),
             "node_id": node_id,
             "node_addr": ((node or {}).get("status") or {}).get("addr"),
-            "running": t["status"]["state"] == "running",
+            "running": serving(t),
         })
     endpoints.sort(key=lambda ep: ep["task_id"])
     return {"id": n["id"], "name": n["name"], "subnet": n["subnet"], "gateway": n["gateway"],
