@@ -35,6 +35,27 @@ def test_a_network_as_the_dispatcher_sends_it():
     ]
 
 
+def test_an_encrypted_network_goes_from_tunnel_address_to_tunnel_address():
+    here, there = "fd66:6c6f:7469:6c61::c000:20b", "fd66:6c6f:7469:6c61::c000:20c"
+    n = parse_network(net(encrypted=True, local=here,
+                          endpoints=[{"addr": "10.0.1.5", "node_underlay_ip": here},
+                                     {"addr": "10.0.1.6", "node_underlay_ip": there}]))
+    assert n.encrypted and n.local == ipaddress.IPv6Address(here)
+    # this engine is where its VXLAN comes from, whatever the underlay
+    assert [(str(e.addr), str(e.underlay_ip))
+            for e in n.remote(ipaddress.IPv4Address(UNDERLAY_A))] == [("10.0.1.6", there)]
+    assert not parse_network(net()).encrypted and parse_network(net()).local is None
+    # an endpoint of the other family cannot be sent to
+    with pytest.raises(DesiredStateError, match=r"endpoints\[0\]\.node_underlay_ip: 192\.0\.2"
+                                                r"\.11 is not of the family"):
+        parse_network(net(encrypted=True, local=here))
+    with pytest.raises(DesiredStateError, match=r"endpoints\[0\]\.node_underlay_ip: fd66.* is "
+                                                r"not of the family"):
+        parse_network(net(endpoints=[{"addr": "10.0.1.5", "node_underlay_ip": there}]))
+    with pytest.raises(DesiredStateError, match=r"network\.local: 'x' is not an IP address"):
+        parse_network(net(local="x"))
+
+
 def test_attachment_without_prefix_takes_the_subnets():
     assert str(parse_network(net(attachment="10.0.1.254")).attachment) == "10.0.1.254/24"
 
@@ -65,7 +86,7 @@ def test_internal_defaults_to_false_and_endpoints_to_none():
     ({"endpoints": [{"addr": "10.9.1.5", "node_underlay_ip": UNDERLAY_B}]},
      r"networks\[0\]\.endpoints\[0\]: 10\.9\.1\.5 is not a host address"),
     ({"endpoints": [{"addr": "10.0.1.5", "node_underlay_ip": "nowhere"}]},
-     r"networks\[0\]\.endpoints\[0\]\.node_underlay_ip: 'nowhere' is not an IPv4"),
+     r"networks\[0\]\.endpoints\[0\]\.node_underlay_ip: 'nowhere' is not an IP "),
     ({"endpoints": [{"addr": "10.0.1.254", "node_underlay_ip": UNDERLAY_B}]},
      r"networks\[0\]\.endpoints\[0\]: 10\.0\.1\.254 is this node's own attachment"),
     ({"endpoints": [{"addr": "10.0.1.5", "node_underlay_ip": UNDERLAY_A},

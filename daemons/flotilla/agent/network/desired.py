@@ -5,11 +5,15 @@ the dispatcher sends them, extra keys ignored)::
 
     {id, name, subnet: "10.0.1.0/24", vni, internal, attachment: "10.0.1.254/24",
      endpoints: [{addr: "10.0.1.5/24", node_underlay_ip: "192.0.2.11"}, ...],
-     peers: [{underlay_ip, attachment}, ...]}          (peers optional)
+     peers: [{underlay_ip, attachment}, ...],          (peers optional)
+     encrypted: false, local: null}                    (both optional)
 
 ``attachment`` is this node's address on the network (its bridge's).
 ``endpoints`` may list every task of the network: those on this engine (same
-underlay address) are skipped. ``peers`` are the nodes' bridges, reached like
+underlay address) are skipped. An encrypted network's VXLAN goes through
+the engines' WireGuard tunnel: ``local`` is then this engine's tunnel
+address (IPv6, see ``wireguard.py``), and each endpoint's
+``node_underlay_ip`` its engine's tunnel address. ``peers`` are the nodes' bridges, reached like
 endpoints (this node's own is skipped). Everything is checked before anything is changed; a bad
 field is a :class:`DesiredStateError` naming it (``networks[1].vni: ...``).
 """
@@ -31,11 +35,15 @@ class DesiredStateError(ValueError):
     """A desired network that cannot be applied, with the path of the bad field."""
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
 @dataclasses.dataclass(frozen=True, order=True)
 class Endpoint:
-    """An address on the network and the underlay address of the engine holding it."""
+    """An address on the network and where the engine holding it receives
+    VXLAN (its underlay address, or its tunnel address)."""
     addr: ipaddress.IPv4Address
-    underlay_ip: ipaddress.IPv4Address
+    underlay_ip: IPAddress
 
     @property
     def mac(self) -> str:
@@ -51,14 +59,24 @@ class NetworkState:
     internal: bool
     attachment: ipaddress.IPv4Interface
     endpoints: tuple[Endpoint, ...] = ()
+    encrypted: bool = False
+    # the VXLAN source when not the node's underlay address (an encrypted
+    # network's: this engine's tunnel address)
+    local: IPAddress | None = None
 
     @property
     def short_id(self) -> str:
         return short_id(self.id)
 
-    def remote(self, underlay_ip: ipaddress.IPv4Address) -> list[Endpoint]:
-        """The endpoints on other engines than the one at ``underlay_ip``, sorted."""
-        return sorted(e for e in self.endpoints if e.underlay_ip != underlay_ip)
+    def source(self, underlay_ip: IPAddress) -> IPAddress:
+        """Where this engine's VXLAN for the network comes from."""
+        return self.local if self.local is not None else underlay_ip
+
+    def remote(self, underlay_ip: IPAddress) -> list[Endpoint]:
+        """The endpoints on other engines than this one (whose underlay
+        address is ``underlay_ip``), sorted."""
+        here = self.source(underlay_ip)
+        return sorted(e for e in self.endpoints if e.underlay_ip != here)
 
 
 def _field(obj: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...],
@@ -82,6 +100,16 @@ def _ipv4(value: Any, path: str) -> ipaddress.IPv4Address:
         return ipaddress.IPv4Address(value.split("/", 1)[0])
     except ValueError:
         raise DesiredStateError(f"{path}: {value[:50]!r} is not an IPv4 address") from None
+
+
+def _ip(value: Any, path: str) -> IPAddress:
+    """An IPv4 or IPv6 address (a tunnel address is IPv6)."""
+    if not isinstance(value, str):
+        raise DesiredStateError(f"{path}: expected an IP address, got {type(value).__name__}")
+    try:
+        return ipaddress.ip_address(value.split("/", 1)[0])
+    except ValueError:
+        raise DesiredStateError(f"{path}: {value[:50]!r} is not an IP address") from None
 
 
 def _host_in(addr: ipaddress.IPv4Address, subnet: ipaddress.IPv4Network, path: str) -> None:
@@ -123,9 +151,11 @@ def parse_network(obj: Mapping[str, Any] | NetworkState, path: str = "network") 
                                 f"subnet's prefix length /{subnet.prefixlen}")
     attachment = ipaddress.IPv4Interface(f"{att_ip}/{subnet.prefixlen}")
 
-    where: dict[ipaddress.IPv4Address, tuple[ipaddress.IPv4Address, str]] = {}
+    encrypted = _field(obj, "encrypted", path, bool, False)
+    local = None if obj.get("local") is None else _ip(obj["local"], f"{path}.local")
+    where: dict[ipaddress.IPv4Address, tuple[IPAddress, str]] = {}
 
-    def add(addr: ipaddress.IPv4Address, underlay: ipaddress.IPv4Address, p: str) -> None:
+    def add(addr: ipaddress.IPv4Address, underlay: IPAddress, p: str) -> None:
         _host_in(addr, subnet, p)
         if addr == att_ip:
             raise DesiredStateError(f"{p}: {addr} is this node's own attachment address")
@@ -147,13 +177,18 @@ def parse_network(obj: Mapping[str, Any] | NetworkState, path: str = "network") 
             if item.get(underlay_key) is None:
                 raise DesiredStateError(f"{p}.{underlay_key}: missing")
             addr = _ipv4(item[addr_key], f"{p}.{addr_key}")
-            underlay = _ipv4(item[underlay_key], f"{p}.{underlay_key}")
+            underlay = _ip(item[underlay_key], f"{p}.{underlay_key}")
+            if underlay.version != (local.version if local is not None else 4):
+                raise DesiredStateError(
+                    f"{p}.{underlay_key}: {underlay} is not of the family of the network's "
+                    f"VXLAN source ({local if local is not None else 'the IPv4 underlay'})")
             if key == "peers" and addr == att_ip:
                 continue            # this node itself
             add(addr, underlay, p)
     endpoints = tuple(sorted(Endpoint(a, u) for a, (u, _) in where.items()))
     return NetworkState(id=net_id, name=name, subnet=subnet, vni=vni, internal=internal,
-                        attachment=attachment, endpoints=endpoints)
+                        attachment=attachment, endpoints=endpoints, encrypted=encrypted,
+                        local=local)
 
 
 def parse_desired(items: Iterable[Mapping[str, Any] | NetworkState]) -> list[NetworkState]:

@@ -39,7 +39,7 @@ from docker import errors as docker_errors
 from .desired import NetworkState, parse_desired
 from .dockernet import (DockerNetworkError, DockerNetworks, created_at, gateway_of,
                         subnet_of)
-from .linux import LinkError, Links
+from .linux import ENCRYPTED_OVERHEAD, VXLAN_OVERHEAD, LinkError, Links
 from .names import LABEL_CLUSTER_ID, LABEL_NETWORK_ID, bridge_name, mac_for, short_id, vxlan_name
 
 log = logging.getLogger(__name__)
@@ -109,9 +109,12 @@ class NetworkDriver:
     def _apply_one(self, links: Links, net: NetworkState, mtu: int, result: ApplyResult) -> None:
         bridge, vxlan = bridge_name(net.id), vxlan_name(net.id)
         changes = result.changes
+        if net.encrypted:       # its frames cross the WireGuard tunnel, in VXLAN over IPv6
+            mtu -= ENCRYPTED_OVERHEAD - VXLAN_OVERHEAD
+        source = net.source(self.underlay_ip)
         changes += links.ensure_bridge(bridge, mtu, mac_for(net.attachment.ip))
         changes += links.ensure_address(bridge, net.attachment)
-        changes += links.ensure_vxlan(vxlan, bridge, net.vni, self.underlay_ip, mtu)
+        changes += links.ensure_vxlan(vxlan, bridge, net.vni, source, mtu)
         labels = {LABEL_CLUSTER_ID: self.cluster_id} if self.cluster_id else None
         made, info = self.docker.ensure(net, mtu, labels)
         changes += made

@@ -2,7 +2,8 @@
 
 Per network: a bridge holding this node's attachment address, and a VXLAN
 device enslaved to it (VXLAN id = the network's, UDP 4789, source = this
-node's underlay address, no learning, ARP answered from the neighbour table
+node's underlay address, or its tunnel address for an encrypted network
+(``wireguard.py``), no learning, ARP answered from the neighbour table
 (``proxy``)). For every endpoint on another engine, the VXLAN device has a
 forwarding entry (its MAC -> that engine's underlay address) and a permanent
 neighbour entry (its IP -> its MAC). There is no all-zeros forwarding entry:
@@ -32,6 +33,9 @@ from .names import mac_for, short_id_of
 VXLAN_PORT = 4789
 # Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) headers.
 VXLAN_OVERHEAD = 50
+# An encrypted network's frames cross WireGuard's tunnel (60 more) in VXLAN
+# over IPv6 (20 more than over IPv4).
+ENCRYPTED_OVERHEAD = VXLAN_OVERHEAD + 80
 # Largest underlay MTU taken into account (a loopback underlay has 65536).
 MAX_UNDERLAY_MTU = 9000
 
@@ -47,9 +51,18 @@ class LinkError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True, order=True)
 class FdbEntry:
-    """A VXLAN forwarding entry: frames to ``mac`` go to the engine at ``dst``."""
+    """A VXLAN forwarding entry: frames to ``mac`` go to the engine at ``dst``
+    (its underlay address, or its tunnel address on an encrypted network)."""
     mac: str
     dst: str
+
+
+def _canonical(addr: str) -> str:
+    """An IPv4 or IPv6 address as ``ipaddress`` writes it."""
+    try:
+        return str(ipaddress.ip_address(addr))
+    except ValueError:
+        return addr
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -86,10 +99,13 @@ def neigh_changes(present: Iterable[NeighEntry],
     return to_set, to_delete
 
 
-def remote_entries(remotes: Mapping[ipaddress.IPv4Address, ipaddress.IPv4Address]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def remote_entries(remotes: Mapping[ipaddress.IPv4Address, IPAddress]
                    ) -> tuple[set[FdbEntry], set[NeighEntry]]:
     """The forwarding and neighbour entries for endpoints ``{addr: underlay}``."""
-    fdb = {FdbEntry(mac_for(a), str(u)) for a, u in remotes.items()}
+    fdb = {FdbEntry(mac_for(a), _canonical(str(u))) for a, u in remotes.items()}
     neigh = {NeighEntry(str(a), mac_for(a)) for a in remotes}
     return fdb, neigh
 
@@ -104,8 +120,11 @@ def _vxlan_data(link: Any) -> dict[str, Any]:
     data = info.get("IFLA_INFO_DATA") if info is not None else None
     if data is None:
         return {}
-    return {k: data.get(k) for k in ("IFLA_VXLAN_ID", "IFLA_VXLAN_LOCAL", "IFLA_VXLAN_PORT",
-                                      "IFLA_VXLAN_LEARNING", "IFLA_VXLAN_PROXY")}
+    out = {k: data.get(k) for k in ("IFLA_VXLAN_ID", "IFLA_VXLAN_PORT",
+                                     "IFLA_VXLAN_LEARNING", "IFLA_VXLAN_PROXY")}
+    local = data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6")
+    out["local"] = _canonical(local) if local else None
+    return out
 
 
 class Links:
@@ -133,8 +152,8 @@ class Links:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, what: str, fn: Any, *args: Any, ok: tuple[int, ...] = (),
-              **kwargs: Any) -> Any:
+    def call(self, what: str, fn: Any, *args: Any, ok: tuple[int, ...] = (),
+             **kwargs: Any) -> Any:
         """Run a netlink request; an error whose code is in ``ok`` is success."""
         try:
             return fn(*args, **kwargs)
@@ -142,6 +161,8 @@ class Links:
             if exc.code in ok:
                 return None
             raise LinkError(f"{what}: {exc.args[1] if len(exc.args) > 1 else exc}") from None
+
+    _call = call
 
     # -- lookups -------------------------------------------------------------------------
     def get(self, name: str) -> Any | None:
@@ -230,14 +251,17 @@ class Links:
         return changes
 
     # -- the VXLAN device ----------------------------------------------------------------
-    def ensure_vxlan(self, name: str, bridge: str, vni: int, local: ipaddress.IPv4Address,
+    def ensure_vxlan(self, name: str, bridge: str, vni: int, local: IPAddress,
                      mtu: int) -> list[str]:
         """A VXLAN device called ``name`` (id ``vni``, port 4789, source
-        ``local``, no learning, proxy ARP), with this MTU, enslaved to
-        ``bridge`` and up. One with other VXLAN settings is made again."""
+        ``local``: IPv4, or IPv6 for an encrypted network, no learning,
+        proxy ARP), with this MTU, enslaved to ``bridge`` and up. One with
+        other VXLAN settings is made again."""
         changes: list[str] = []
-        want = {"IFLA_VXLAN_ID": vni, "IFLA_VXLAN_LOCAL": str(local),
+        want = {"IFLA_VXLAN_ID": vni, "local": str(local),
                 "IFLA_VXLAN_PORT": VXLAN_PORT, "IFLA_VXLAN_LEARNING": 0, "IFLA_VXLAN_PROXY": 1}
+        source = ({"vxlan_local6": str(local)} if local.version == 6
+                  else {"vxlan_local": str(local)})
         br = self.get(bridge)
         if br is None:
             raise LinkError(f"no bridge {bridge}")
@@ -249,8 +273,8 @@ class Links:
         if link is None:
             self._call(f"creating VXLAN device {name} (id {vni})", self.ipr.link, "add",
                        ifname=name, kind="vxlan", vxlan_id=vni, vxlan_port=VXLAN_PORT,
-                       vxlan_local=str(local), vxlan_learning=0, vxlan_proxy=1, mtu=mtu,
-                       ok=(errno.EEXIST,))
+                       vxlan_learning=0, vxlan_proxy=1, mtu=mtu, ok=(errno.EEXIST,),
+                       **source)
             changes.append(f"created VXLAN device {name} (id {vni}, local {local})")
             link = self.get(name)
             if link is None:
@@ -283,7 +307,7 @@ class Links:
                 continue
             dst, mac = e.get("NDA_DST"), e.get("NDA_LLADDR")
             if dst is not None and mac is not None:
-                out.add(FdbEntry(mac.lower(), dst))
+                out.add(FdbEntry(mac.lower(), _canonical(dst)))
         return out
 
     def neighbours(self, name: str) -> set[NeighEntry]:
@@ -300,7 +324,7 @@ class Links:
         return out
 
     def set_remotes(self, name: str,
-                    remotes: Mapping[ipaddress.IPv4Address, ipaddress.IPv4Address]) -> list[str]:
+                    remotes: Mapping[ipaddress.IPv4Address, IPAddress]) -> list[str]:
         """Make the VXLAN device's forwarding and neighbour entries exactly
         those of the endpoints ``{addr: underlay}``: add what is missing,
         replace what is wrong, delete what is not wanted any more."""
