@@ -17,6 +17,7 @@ found and removed before a new one is built.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -41,7 +42,8 @@ def in_netns(name: str, argv: list[str]) -> list[str]:
     ``nsenter --net`` enters only the network namespace; ``ip netns exec``
     would also remount /sys, which hides the cgroup mounts dockerd needs.
     """
-    return ["nsenter", f"--net={netns_path(name)}", *argv]
+    # by its full path: the command may be started with another PATH
+    return [shutil.which("nsenter") or "nsenter", f"--net={netns_path(name)}", *argv]
 
 
 class Fabric:

@@ -46,12 +46,13 @@ class NsNodeProc(NodeProc):
         self.proc: subprocess.Popen | None = None
         self.node_id: str | None = None
         self._extra: tuple[str, ...] = ()
+        self.env: dict[str, str] = {}       # on top of the cluster's
 
     def start(self, *extra: str):
         cmd = in_netns(self.host.netns, [
             PYTHON, "-m", "flotilla.cli.main", "node", "run", "--data-dir", self.data_dir,
             "--listen", self.addr, "--hostname", self.name, *extra])
-        env = dict(self.cluster.env, DOCKER_HOST=self.host.engine.host_url)
+        env = dict(self.cluster.env, DOCKER_HOST=self.host.engine.host_url, **self.env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True, env=env)
@@ -97,8 +98,9 @@ class NsCluster(LocalCluster):
         return node
 
     def join(self, name: str, role: str = "manager", via: NodeProc | None = None,
-             wait: bool = True) -> NodeProc:
+             wait: bool = True, env: dict[str, str] | None = None) -> NodeProc:
         node = NsNodeProc(self, self.hosts[name])
+        node.env = dict(env or {})
         via = via or self.first
         node.start("--join", via.addr, "--token", self.token(role))
         self.nodes[name] = node

@@ -3,6 +3,7 @@ engine, the VIPs and the resolver, and when; what the executor waits for.
 The driver, VIPs and resolver are stand-ins that record their input (each is
 tested for real elsewhere: test_overlay_dataplane, test_vips, test_resolver)."""
 
+import ipaddress
 import threading
 import time
 
@@ -14,7 +15,8 @@ from flotilla.agent.network.dockernet import NetworkUnavailable
 from flotilla.agent.network.names import bridge_name
 from flotilla.agent.networking import Networking
 from tests.helpers.cluster import wait_for
-from tests.unit.test_network_views import APP, ME, SIDE, views
+from flotilla.agent.network.wireguard import WireGuardError, tunnel_address
+from tests.unit.test_network_views import APP, KEY_PEER, ME, PEER, SIDE, encrypted, views
 
 
 class Driver:
@@ -22,6 +24,7 @@ class Driver:
 
     def __init__(self):
         self.applies = []
+        self.nets = []
         self.fail: dict[str, str] = {}
         self.raise_: Exception | None = None
 
@@ -33,6 +36,7 @@ class Driver:
 
     def apply(self, nets):
         self.applies.append([n.id for n in nets])
+        self.nets.append({n.id: n for n in nets})
         if self.raise_ is not None:
             raise self.raise_
         return ApplyResult(errors={n.id: self.fail[n.id] for n in nets if n.id in self.fail})
@@ -173,5 +177,110 @@ def test_a_network_the_node_was_not_told_about(parts):
         net.update({})
         wait_for(lambda: parts[0].applies[-1] == [], 10, what="the networks removed")
         wait_for(lambda: parts[2].listens[-1] == [], 10, what="the resolver's addresses dropped")
+    finally:
+        net.stop()
+
+
+class Tunnel:
+    """Records what the engine's WireGuard tunnel is asked; fails when told."""
+
+    def __init__(self, calls):
+        self.calls = calls
+        self.fail: str | None = None
+
+    def apply(self, spec):
+        self.calls.append(("tunnel", spec))
+        if self.fail:
+            raise WireGuardError(self.fail)
+        return []
+
+    def remove(self):
+        self.calls.append(("remove", None))
+        return []
+
+
+def with_tunnel(parts, tmp_path, unavailable=None, initial=None):
+    driver = parts[0]
+    calls = []
+    tunnel = Tunnel(calls)
+    apply = driver.apply
+
+    def recorded(nets):
+        calls.append(("engine", [n.id for n in nets]))
+        return apply(nets)
+    driver.apply = recorded
+    net = make(parts, initial=initial, tunnel=tunnel)
+    net.load_wireguard(str(tmp_path / "wireguard.key"), 51820, unavailable=unavailable)
+    return net, tunnel, calls
+
+
+def test_an_encrypted_network_across_hosts_goes_through_the_tunnel_made_first(parts, tmp_path):
+    driver, vips, resolver = parts
+    net, tunnel, calls = with_tunnel(parts, tmp_path, initial=encrypted())
+    info = net.wireguard_info()
+    assert info["port"] == 51820 and len(info["public_key"]) == 44 and set(info) == {
+        "public_key", "port"}                               # what the node publishes
+    net.start()
+    try:
+        net.ready([APP, SIDE], timeout=10)
+        kinds = [k for k, _ in calls]
+        assert kinds.index("tunnel") < kinds.index("engine")
+        spec = next(s for k, s in calls if k == "tunnel")
+        assert [(p.public_key, p.endpoint, p.address) for p in spec.peers] == [
+            (KEY_PEER, f"{PEER}:51999", tunnel_address(PEER))]
+        assert spec.port == 51820 and str(spec.underlay) == ME
+        app = driver.nets[-1][APP]
+        assert app.local == tunnel_address(ME)
+        assert {e.underlay_ip for e in app.remote(ipaddress.IPv4Address(ME))} == {
+            tunnel_address(PEER)}
+        wait_for(lambda: vips.specs and vips.specs[-1].get(bridge_name(APP), {}).get(
+            "10.0.1.2") == ["10.0.1.3", "10.0.1.4"], 10, what="the peer's task behind the VIP")
+        # no encrypted network across hosts any more: the tunnel goes, after the engine
+        net.update(views())
+        wait_for(lambda: calls[-1] == ("remove", None), 10, what="the tunnel removed")
+        assert calls[-2][0] == "engine"
+    finally:
+        net.stop()
+
+
+def test_a_node_that_cannot_tunnel_refuses_encrypted_networks_at_once(parts, tmp_path):
+    why = ("traffic between hosts on encrypted networks needs wireguard-go and wg, not found "
+           "on this node (Debian: apt install wireguard-go wireguard-tools, then restart the "
+           "node)")
+    net, tunnel, calls = with_tunnel(parts, tmp_path, unavailable=why, initial=encrypted())
+    assert net.wireguard_info() is None                    # publishes no key
+    net.start()
+    try:
+        assert [r.id for r in net.ready([SIDE], timeout=10)] == [SIDE]
+        started = time.monotonic()
+        with pytest.raises(NetworkUnavailable) as info:
+            net.ready([APP], timeout=10)
+        assert time.monotonic() - started < 1.0
+        assert str(info.value) == f"network app (appnet012345) cannot be used on this node: {why}"
+        assert not any(k == "tunnel" for k, _ in calls)
+        # nothing of it reaches the other host
+        assert parts[0].nets[-1][APP].remote(ipaddress.IPv4Address(ME)) == []
+    finally:
+        net.stop()
+
+
+def test_a_tunnel_that_fails_blocks_its_networks_and_reaches_nothing(parts, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setattr(networking_mod, "RETRY_EVERY", 0.05)
+    net, tunnel, calls = with_tunnel(parts, tmp_path, initial=encrypted())
+    tunnel.fail = "wg syncconf flw-nme failed (1): Address already in use"
+    net.start()
+    try:
+        wait_for(lambda: APP in net.state()["blocked"], 10, what="the network blocked")
+        with pytest.raises(NetworkUnavailable, match="this node's WireGuard tunnel failed: "
+                                                     "wg syncconf .* Address already in use"):
+            net.ready([APP], timeout=10)
+        wait_for(lambda: parts[0].nets, 10, what="the engine")
+        assert parts[0].nets[-1][APP].remote(ipaddress.IPv4Address(ME)) == []
+        # tried again; once it works the network serves
+        tunnel.fail = None
+        wait_for(lambda: APP not in net.state()["blocked"], 10, what="the tunnel up")
+        assert [r.id for r in net.ready([APP], timeout=10)] == [APP]
+        assert net.state()["tunnel"] == [f"{PEER}:51999"]
     finally:
         net.stop()

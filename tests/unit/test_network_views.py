@@ -7,6 +7,7 @@ import ipaddress
 from flotilla.agent.network import views as nv
 from flotilla.agent.network.names import bridge_name
 from flotilla.agent.network.resolver import Table, name_key
+from flotilla.agent.network.wireguard import Peer, tunnel_address
 from flotilla.manager.dispatcher.netviews import serving
 
 ME, PEER = "192.0.2.11", "192.0.2.12"
@@ -102,14 +103,70 @@ def test_the_resolver_answers_each_task_for_the_networks_it_is_on():
     assert nv.listen_addresses(views(), [APP], port=5353) == [("10.0.1.1", 5353)]
 
 
-def test_an_encrypted_network_stays_on_this_host():
-    v = copy.deepcopy(views())
+KEY_ME, KEY_PEER = "A" * 43 + "=", "B" * 43 + "="
+
+
+def encrypted(v=None, peer_key=KEY_PEER):
+    """``app`` encrypted: its picture lists its nodes' WireGuard keys."""
+    v = copy.deepcopy(v or views())
     v[APP]["encrypted"] = True
+    v[APP]["peers"] = [
+        {"node_id": "n-me", "node_addr": ME, "wireguard": {"public_key": KEY_ME, "port": 51820}},
+        {"node_id": "n-peer", "node_addr": PEER,
+         "wireguard": peer_key and {"public_key": peer_key, "port": 51999}}]
+    return v
+
+
+def test_an_encrypted_network_reaches_other_hosts_through_the_tunnel_only():
+    v = encrypted()
+    plan = nv.tunnel_plan(v, "n-me", ME)
+    assert plan.spans == {APP} and plan.blocked == {} and plan.unreachable == {}
+    assert plan.peers == {PEER: Peer(KEY_PEER, f"{PEER}:51999", tunnel_address(PEER))}
+    (app,) = [n for n in nv.driver_networks(v, ME, set(plan.peers))[0] if n.id == APP]
+    # VXLAN from this engine's tunnel address to the peer's, never the underlay's
+    assert app.encrypted and app.local == tunnel_address(ME)
+    assert [(str(e.addr), e.underlay_ip) for e in app.remote(ipaddress.IPv4Address(ME))] == [
+        ("10.0.1.4", tunnel_address(PEER)), ("10.0.1.5", tunnel_address(PEER)),
+        ("10.0.1.6", tunnel_address(PEER))]
+    # names and VIPs across hosts as on a plain network
+    assert nv.vip_spec(v, [APP], ME, tunnels=set(plan.peers))[bridge_name(APP)][
+        "10.0.1.2"] == ["10.0.1.3", "10.0.1.4"]
+    table = Table(nv.resolver_table(v, ME, tunnels=set(plan.peers)))
+    assert table.lookup("10.0.1.7", name_key("tasks.web")) == ("10.0.1.3", "10.0.1.4")
+    # the plain network beside it is unchanged
+    (side,) = [n for n in nv.driver_networks(v, ME, set(plan.peers))[0] if n.id == SIDE]
+    assert not side.encrypted and side.local is None
+
+
+def test_without_the_tunnel_an_encrypted_network_stays_on_this_host():
+    v = encrypted()
     (app,) = [n for n in nv.driver_networks(v, ME)[0] if n.id == APP]
     assert app.remote(ipaddress.IPv4Address(ME)) == []
     assert nv.vip_spec(v, [APP], ME)[bridge_name(APP)]["10.0.1.2"] == ["10.0.1.3"]
     assert Table(nv.resolver_table(v, ME)).lookup("10.0.1.7", name_key("tasks.web")) == \
         ("10.0.1.3",)
+    # an engine whose node published no key is not reached
+    plan = nv.tunnel_plan(encrypted(peer_key=None), "n-me", ME)
+    assert plan.peers == {} and "published no WireGuard key" in plan.unreachable[PEER]
+    # nor one that several nodes share: which key would answer?
+    v = encrypted()
+    v[APP]["endpoints"].append(ep("w9", "web", "10.0.1.20", PEER, node="n-peer2"))
+    plan = nv.tunnel_plan(v, "n-me", ME)
+    assert plan.peers == {} and "share the engine at 192.0.2.12" in plan.unreachable[PEER]
+
+
+def test_a_node_sharing_its_engine_cannot_carry_an_encrypted_network_across_hosts():
+    v = encrypted()
+    v[APP]["endpoints"].append(ep("w8", "web", "10.0.1.21", ME, node="n-me2"))
+    plan = nv.tunnel_plan(v, "n-me", ME)
+    assert "shares its engine (192.0.2.11) with node n-me2" in plan.blocked[APP]
+    # on one host only, nodes sharing an engine need no tunnel at all
+    v = encrypted()
+    v[APP]["endpoints"] = [e for e in v[APP]["endpoints"] if e["node_addr"] == ME]
+    v[APP]["endpoints"].append(ep("w8", "web", "10.0.1.21", ME, node="n-me2"))
+    plan = nv.tunnel_plan(v, "n-me", ME)
+    assert not plan.needed and plan.blocked == {} and plan.peers == {}
+    assert not nv.tunnel_plan(views(), "n-me", ME).needed        # no encrypted network
 
 
 def test_a_task_being_stopped_serves_no_more():
@@ -117,3 +174,47 @@ def test_a_task_being_stopped_serves_no_more():
     assert serving(task)
     assert not serving(dict(task, desired_state="shutdown"))
     assert not serving(dict(task, status={"state": "starting"}))
+
+
+class Store:
+    """The store's reads that the managers' pictures use."""
+
+    def __init__(self, **kinds):
+        self.kinds = kinds
+
+    def get(self, kind, oid):
+        return next((o for o in self.kinds.get(kind, ()) if o["id"] == oid), None)
+
+    def list(self, kind):
+        return list(self.kinds.get(kind, ()))
+
+
+def test_the_picture_of_an_encrypted_network_lists_its_nodes_public_keys():
+    from types import SimpleNamespace
+
+    from flotilla.manager.dispatcher.netviews import NetworkTracker, view
+    net = {"id": APP, "name": "app", "subnet": "10.0.1.0/24", "gateway": "10.0.1.1",
+           "vni": 4097, "spec": {"internal": False, "encrypted": True, "attachable": False}}
+    wgkey = {"public_key": KEY_PEER, "port": 51999}
+    nodes = [{"id": "n-peer", "status": {"state": "ready", "addr": PEER},
+              "description": {"hostname": "b", "wireguard": wgkey}},
+             {"id": "n-old", "status": {"state": "ready", "addr": "192.0.2.13"},
+              "description": {"hostname": "c"}}]
+    tasks = [{"id": f"t-{n['id']}", "service_id": "web", "service_name": "web", "slot": 1,
+              "node_id": n["id"], "desired_state": "running", "status": {"state": "running"},
+              "networks": [{"network_id": APP, "addr": f"10.0.1.{i + 3}/24", "aliases": []}]}
+             for i, n in enumerate(nodes)]
+    store = Store(network=[net], node=nodes, task=tasks, service=[])
+    picture = view(store, APP)
+    assert picture["peers"] == [
+        {"node_id": "n-old", "node_addr": "192.0.2.13", "wireguard": None},
+        {"node_id": "n-peer", "node_addr": PEER, "wireguard": wgkey}]
+    net["spec"]["encrypted"] = False
+    assert "peers" not in view(store, APP)                 # plain networks: no keys
+    # a node publishing a new key (a new data directory) is sent again
+    tracker = NetworkTracker()
+    tracker.load(tasks)
+    tracker.dirty.clear()
+    rekeyed = dict(nodes[0], description={"wireguard": {"public_key": KEY_ME, "port": 51999}})
+    tracker.note(SimpleNamespace(kind="node", id="n-peer", old=nodes[0], object=rekeyed))
+    assert tracker.dirty == {APP}

@@ -13,11 +13,13 @@ import logging
 import os
 from typing import TYPE_CHECKING, Callable
 
+from ..common.config import DEFAULT_WIREGUARD_PORT
 from .assignments import AssignmentStream
 from .dispatcherlink import DispatcherLink
 from .executor import DockerExecutor
 from .metrics import AgentMetrics
 from .netstate import NetworkState
+from .network.wireguard import KEY_FILE
 from .networking import Networking
 from .reporter import Reporter
 from .server import AgentServer
@@ -61,7 +63,7 @@ class Agent:
                                   trust=self.trust)
         self.session = Session(cfg, client, self.link, on_update, on_removed,
                                describe=self.executor.describe, on_registered=self._registered,
-                               trust=self.trust)
+                               trust=self.trust, wireguard=self.networking.wireguard_info)
 
     def _report(self, task_id: str, status: dict) -> None:
         # a task of this node that stopped leaves its services' VIPs and
@@ -77,6 +79,10 @@ class Agent:
 
     def start(self) -> None:
         os.makedirs(os.path.join(self.cfg.data_dir, "agent"), mode=0o700, exist_ok=True)
+        # the key the session publishes (made the first time)
+        self.networking.load_wireguard(
+            os.path.join(self.cfg.data_dir, "agent", KEY_FILE),
+            getattr(self.cfg, "wireguard_port", DEFAULT_WIREGUARD_PORT))
         self.networking.start()
         self.worker.start()
         self.reporter.start()

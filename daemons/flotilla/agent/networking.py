@@ -15,6 +15,15 @@ engine match it, on its own thread:
    the forwarding entries of every endpoint on another engine, and the
    Docker network ``flotilla-<name>`` its tasks' containers are put on.
 
+Encrypted networks that span hosts first need the engine's WireGuard tunnel
+(``network/wireguard.py``): made before anything else in a pass, with one
+peer per other engine of those networks, and removed after the engine once
+no encrypted network spans hosts any more. Their endpoints on an engine
+the tunnel does not reach are left out everywhere (``network/views.py``).
+A node that cannot carry them (no ``wireguard-go``, no key, or an engine
+shared with another node of such a network) refuses their tasks at once:
+:meth:`Networking.ready` says why.
+
 A pass runs whenever the picture changes, whenever one of this node's own
 tasks stops (its address leaves the VIPs and the answers at once, before
 the managers' word comes back), and every 10 s as a repair (everything
@@ -57,6 +66,7 @@ from .network.names import docker_network_name
 from .network.resolver import DNS_PORT
 from .network.resolverproc import ResolverProcess
 from .network.vips import VipError, VirtualIPs
+from .network import wireguard as wgmod
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +98,8 @@ class Networking(Component):
                  underlay_hint: str | None = None, vips: Any | None = None,
                  resolver: Any | None = None, dns_port: int = DNS_PORT,
                  repair_every: float = REPAIR_EVERY,
-                 driver: Callable[..., NetworkDriver] = NetworkDriver) -> None:
+                 driver: Callable[..., NetworkDriver] = NetworkDriver,
+                 tunnel: Any | None = None) -> None:
         super().__init__()
         self.node_id = node_id
         self._client = client
@@ -100,6 +111,12 @@ class Networking(Component):
         self._vips = vips
         self._resolver = resolver
         self._resolver_started = False
+        # WireGuard (encrypted networks between hosts): see load_wireguard()
+        self._tunnel = tunnel
+        self._wg_key: str | None = None
+        self.wireguard_port = wgmod.DEFAULT_PORT
+        self._wg_public: str | None = None
+        self._wg_why: str | None = "this node's WireGuard key is not loaded"
         self._cond = threading.Condition()
         self._kick = threading.Event()
         # under _cond
@@ -108,6 +125,7 @@ class Networking(Component):
         self._down: set[str] = set()            # own tasks seen leaving, not yet in the picture
         self._applied: dict[str, ReadyNetwork] = {}
         self._errors: dict[str, str] = {}
+        self._blocked: dict[str, str] = {}      # networks this node cannot carry: why
         self._force = False
         self._started = 0
         self._done = 0
@@ -119,11 +137,39 @@ class Networking(Component):
         self._last_vips: dict[str, dict[str, list[str]]] | None = None
         self._last_table: Any = None
         self._last_listen: list[tuple[str, int]] | None = None
+        self._last_tunnel: wgmod.TunnelSpec | None = None
+        self._tunnel_made = False               # made (or found) by this agent
+        self._tunnel_wanted = False
+        self._tunnel_checked = False            # one left from before looked for
         self._failures = RateLimitedLog(log, "networks", interval=30.0)
         self.passes = 0
         self.update(views or {})
 
     # -- what the agent calls (any thread) ----------------------------------------------
+    def load_wireguard(self, key_path: str, port: int = wgmod.DEFAULT_PORT,
+                       unavailable: str | None | bool = True) -> None:
+        """Load (or make) this node's WireGuard key; look for ``wireguard-go``
+        and ``wg`` (``unavailable``: why not, None if they are there, True:
+        look). Before the session registers, which publishes the key."""
+        self.wireguard_port = port
+        why = wgmod.available() if unavailable is True else unavailable
+        try:
+            self._wg_key = wgmod.load_or_create_key(key_path)
+            self._wg_public = wgmod.public_key(self._wg_key)
+        except (wgmod.WireGuardError, OSError) as exc:
+            self._wg_key = self._wg_public = None
+            why = f"this node's WireGuard key: {exc}"
+        if why:
+            log.warning("encrypted networks between hosts: %s", why)
+        self._wg_why = why if isinstance(why, str) else None
+
+    def wireguard_info(self) -> dict[str, Any] | None:
+        """What the node publishes: its WireGuard public key and port, when
+        it can carry encrypted networks between hosts (never the private key)."""
+        if self._wg_why is not None or self._wg_public is None:
+            return None
+        return {"public_key": self._wg_public, "port": self.wireguard_port}
+
     def update(self, views: Mapping[str, dict]) -> None:
         """The node's networks changed (``NetworkState``'s callback): cheap."""
         with self._cond:
@@ -153,6 +199,9 @@ class Networking(Component):
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
+                blocked = [nid for nid in network_ids if nid in self._blocked]
+                if blocked:
+                    raise NetworkUnavailable(self._refused(blocked[0]))
                 missing = [nid for nid in network_ids if nid not in self._applied]
                 if not missing:
                     return [self._applied[nid] for nid in network_ids]
@@ -175,6 +224,11 @@ class Networking(Component):
                     return
                 self._cond.wait(min(left, 1.0))
 
+    def _refused(self, nid: str) -> str:
+        view = self._views.get(nid)
+        what = f"network {view.get('name')} ({nid[:12]})" if view else f"network {nid[:12]}"
+        return f"{what} cannot be used on this node: {self._blocked[nid]}"
+
     def _why(self, nid: str, timeout: float) -> str:
         view = self._views.get(nid)
         what = f"network {view.get('name')} ({nid[:12]})" if view else f"network {nid[:12]}"
@@ -190,7 +244,10 @@ class Networking(Component):
         """What is made and what failed (for operators and tests)."""
         with self._cond:
             return {"applied": sorted(self._applied), "errors": dict(self._errors),
-                    "down": sorted(self._down), "passes": self.passes}
+                    "blocked": dict(self._blocked), "down": sorted(self._down),
+                    "passes": self.passes,
+                    "tunnel": sorted(p.endpoint for p in self._last_tunnel.peers)
+                    if self._last_tunnel is not None else None}
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> None:
@@ -240,10 +297,24 @@ class Networking(Component):
         underlay = nv.underlay_of(views, self.node_id) or self.underlay_hint
         if underlay is None and self._driver is not None:
             underlay = str(self._driver.underlay_ip)
+        # 0: the tunnel of the encrypted networks that span hosts; their
+        # endpoints on engines it does not reach are left out below
+        plan = nv.tunnel_plan(views, self.node_id, underlay)
+        blocked = dict(plan.blocked)
+        if self._wg_why is not None:
+            for nid, view in views.items():
+                if view.get("encrypted"):
+                    blocked.setdefault(nid, self._wg_why)
+        reach, ok = self._tunnel_pass(plan, underlay, blocked, repair)
+        with self._cond:
+            self._blocked = blocked
+        for at, why in sorted(plan.unreachable.items()):
+            self._failures.note(f"peer {at}", f"encrypted networks: {why}: its tasks there are "
+                                "left out")
         # 1-2: what serves, on the networks already made: first
-        ok = self._serve(views, down, applied, underlay, repair)
+        ok = self._serve(views, down, applied, underlay, repair, reach) and ok
         # 3: the engine, when its input changed, to repair, or after a failure
-        nets, errors = nv.driver_networks(views, underlay)
+        nets, errors = nv.driver_networks(views, underlay, reach)
         key = (underlay, tuple(nets))
         if repair or key != self._last_engine or self._engine_failed:
             if nets or not self._engine_clean or (self._last_engine or (None, ()))[1]:
@@ -251,12 +322,64 @@ class Networking(Component):
             self._last_engine = key
             made = set(self._applied_ids())
             if made != applied:
-                ok = self._serve(views, down, made, underlay, True) and ok
+                ok = self._serve(views, down, made, underlay, True, reach) and ok
+        # no encrypted network spans hosts any more: the tunnel goes, after
+        # the forwarding entries that used it
+        if not self._tunnel_wanted and not self._engine_failed and \
+                (self._tunnel_made or (repair and not self._tunnel_checked)):
+            ok = self._tunnel_remove() and ok
         with self._cond:
             self._errors = errors
         for nid, why in sorted(errors.items()):
             self._failures.note(nid, why)
         return ok and not errors
+
+    def _wireguard(self) -> Any:
+        if self._tunnel is None:
+            self._tunnel = wgmod.WireGuard(wgmod.interface_name(self.node_id))
+        return self._tunnel
+
+    def _tunnel_pass(self, plan: nv.TunnelPlan, underlay: str | None,
+                     blocked: dict[str, str], repair: bool) -> tuple[set[str], bool]:
+        """Make the tunnel reach ``plan``'s peers, if this node carries an
+        encrypted network that spans hosts. Returns the underlay addresses
+        it reaches, and False if it failed (the networks are then blocked)."""
+        carried = plan.spans - set(blocked)
+        self._tunnel_wanted = bool(carried) and underlay is not None and self._wg_key is not None
+        if not self._tunnel_wanted or underlay is None or self._wg_key is None:
+            self._last_tunnel = None
+            return set(), True
+        spec = wgmod.TunnelSpec(self._wg_key, self.wireguard_port,
+                                ipaddress.IPv4Address(underlay),
+                                tuple(sorted(plan.peers.values())))
+        if spec == self._last_tunnel and not repair:
+            return set(plan.peers), True
+        try:
+            changes = self._wireguard().apply(spec)
+        except Exception as exc:            # the commands, the kernel: told, tried again
+            self._last_tunnel = None
+            why = f"this node's WireGuard tunnel failed: {exc}"
+            for nid in carried:
+                blocked.setdefault(nid, why)
+            self._failures.note("wireguard", why)
+            return set(), False
+        for change in changes:
+            log.info("wireguard: %s", change)
+        self._last_tunnel = spec
+        self._tunnel_made = self._tunnel_checked = True
+        return set(plan.peers), True
+
+    def _tunnel_remove(self) -> bool:
+        try:
+            changes = self._wireguard().remove()
+        except Exception as exc:
+            self._failures.note("wireguard", f"removing the WireGuard tunnel: {exc}")
+            return False
+        for change in changes:
+            log.info("wireguard: %s", change)
+        self._tunnel_made = False
+        self._tunnel_checked = True
+        return True
 
     def _applied_ids(self) -> list[str]:
         with self._cond:
@@ -300,10 +423,11 @@ class Networking(Component):
         return not failed
 
     def _serve(self, views: dict[str, dict], down: Collection[str], nids: Collection[str],
-               underlay: str | None, repair: bool) -> bool:
-        """The VIPs and the resolver for the networks ``nids`` (made on the engine)."""
+               underlay: str | None, repair: bool, reach: Collection[str] = ()) -> bool:
+        """The VIPs and the resolver for the networks ``nids`` (made on the
+        engine); ``reach``: the engines the tunnel reaches."""
         ok = True
-        spec = nv.vip_spec(views, nids, underlay, down)
+        spec = nv.vip_spec(views, nids, underlay, down, reach)
         if spec != self._last_vips or (repair and spec):
             if not spec and not self._last_vips:
                 self._last_vips = spec          # never had any: nothing to clear
@@ -322,7 +446,7 @@ class Networking(Component):
                     self._failures.note("vips", f"{type(exc).__name__}: {exc}")
                     ok = False
         table = nv.resolver_table({nid: views[nid] for nid in nids if nid in views},
-                                  underlay, down)
+                                  underlay, down, reach)
         listen = nv.listen_addresses(views, nids, self.dns_port)
         if table != self._last_table or listen != self._last_listen:
             if listen or self._resolver_started:

@@ -43,7 +43,8 @@ class Session(Component):
                  on_update: Callable[[dict], None], on_removed: Callable[[], None],
                  describe: Callable[[], dict] | None = None,
                  on_registered: Callable[[dict], None] | None = None,
-                 trust: Trust | None = None) -> None:
+                 trust: Trust | None = None,
+                 wireguard: Callable[[], dict | None] | None = None) -> None:
         super().__init__()
         self._cfg = cfg
         self._trust = trust
@@ -53,13 +54,15 @@ class Session(Component):
         self._on_removed = on_removed
         self._describe = describe
         self._on_registered = on_registered
+        self._wireguard = wireguard
         self.registered = 0
         self.heartbeats = 0
         self.connected = False      # the last registration or heartbeat succeeded
         self.last_view: dict | None = None
         self.session_id: str | None = None
-        # A leader of an earlier release refuses the field: register without it.
+        # A leader of an earlier release refuses these fields: register without them.
         self._plain_register = False
+        self._no_wireguard = False
 
     def _description(self) -> dict[str, Any]:
         desc: dict[str, Any] = {
@@ -84,6 +87,9 @@ class Session(Component):
             desc["agent_addr"] = self._cfg.agent_advertise
         if getattr(self._cfg, "advertise_explicit", False) and not self._plain_register:
             desc["advertise_explicit"] = True
+        wg = self._wireguard() if self._wireguard is not None else None
+        if wg and not self._no_wireguard:
+            desc["wireguard"] = wg
         return desc
 
     def run(self) -> None:
@@ -122,6 +128,12 @@ class Session(Component):
                     continue
                 if exc.field == "advertise_explicit" and not self._plain_register:
                     self._plain_register = True
+                    continue
+                if (exc.field or "").startswith("wireguard") and not self._no_wireguard:
+                    # an older leader: this node's tasks stay off encrypted
+                    # networks that span hosts until it is upgraded
+                    log.warning("the leader does not take this node's WireGuard key: %s", exc)
+                    self._no_wireguard = True
                     continue
                 # "certificate_revoked": the certificate this request went
                 # out with was revoked (a demotion: the worker certificate

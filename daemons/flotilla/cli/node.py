@@ -54,6 +54,9 @@ def address_options(fn):
         click.option("--dispatcher-advertise", metavar="HOST:PORT",
                      help="Dispatcher address agents use."),
         click.option("--hostname", help="Name shown for this node (default: the host name)."),
+        click.option("--wireguard-port", type=click.IntRange(1, 65535), metavar="PORT",
+                     help="UDP port of this node's WireGuard tunnel, which carries encrypted "
+                          "networks between hosts (default 51820)."),
     ]):
         fn = opt(fn)
     return fn
@@ -154,6 +157,11 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
                                        "agent_listen", "agent_advertise", "dispatcher_listen",
                                        "dispatcher_advertise", "hostname")}
             changes = cfg.apply_restart_flags(flags, manager)
+            port = o.get("wireguard_port")
+            if port and port != cfg.wireguard_port:
+                changes.append(f"wireguard-port {cfg.wireguard_port} -> {port} "
+                               "(from --wireguard-port)")
+                cfg.wireguard_port = port
             if changes:
                 cfg.save()
                 for change in changes:
@@ -165,6 +173,8 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
             raise click.ClickException(f"{pool_flag} is a cluster setting, taken only when "
                                        "--init creates the cluster, not with --join")
         cfg = NodeConfig(data_dir=data_dir, hostname=o["hostname"] or "")
+        if o.get("wireguard_port"):
+            cfg.wireguard_port = o["wireguard_port"]
         cfg.fill_addresses(*addrs)
         if init:
             bootstrap.init_cluster(cfg, cert_expiry=cert_expiry, heartbeat=heartbeat_period,

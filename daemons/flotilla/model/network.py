@@ -28,6 +28,8 @@ A task's (the task stays ``new`` until it has them, then ``pending``)::
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 from typing import Any, Literal, Optional, Self
 
@@ -173,3 +175,14 @@ def default_network_settings() -> dict[str, Any]:
 def view_addr(addr: str) -> str:
     """The address part of ``10.0.1.5/24``."""
     return addr.split("/", 1)[0]
+
+
+def valid_wireguard_key(key: object) -> bool:
+    """``key`` is a WireGuard key as ``wg`` writes one: 32 bytes in base64
+    (44 characters). Nodes publish their public key for encrypted networks."""
+    if not isinstance(key, str) or len(key) != 44:
+        return False
+    try:
+        return len(base64.b64decode(key, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False

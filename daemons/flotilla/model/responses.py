@@ -116,6 +116,8 @@ class Node(BaseModel):
     resources: NodeResources
     agent_addr: Optional[str] = None
     flotilla_version: Optional[str] = None
+    # its WireGuard public key and port (encrypted networks), if it published them
+    wireguard: Optional[dict[str, Any]] = None
     cert: Optional[dict[str, Any]] = None
     version: Optional[int] = None
     created_at: Optional[float] = None

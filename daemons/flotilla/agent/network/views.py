@@ -5,12 +5,15 @@ are on (``manager/dispatcher/netviews.py``)::
 
     {id, name, subnet, gateway, vni, internal, encrypted, ...,
      services: [{id, name, mode, aliases, vip}],
-     endpoints: [{task_id, service_id, addr, node_id, node_addr, running}]}
+     endpoints: [{task_id, service_id, addr, node_id, node_addr, running}],
+     peers: [{node_id, node_addr, wireguard: {public_key, port} | null}]}
+                                                  (peers: encrypted networks only)
 
 These functions turn those pictures (by network id) into the input of
 :class:`~.driver.NetworkDriver` (:func:`driver_networks`), of
-:class:`~.vips.VirtualIPs` (:func:`vip_spec`) and of the resolver
-(:func:`resolver_table`, :func:`listen_addresses`). They are pure: the
+:class:`~.vips.VirtualIPs` (:func:`vip_spec`), of the resolver
+(:func:`resolver_table`, :func:`listen_addresses`) and of the engine's
+WireGuard tunnel (:func:`tunnel_plan`). They are pure: the
 agent's :class:`~flotilla.agent.networking.Networking` calls them and
 programs the results.
 
@@ -24,14 +27,20 @@ programs the results.
   (``running``: observed running, healthy where there is a healthcheck, and
   meant to keep running) and that this node has not itself seen leave
   (``down``: its own tasks that stopped, before the managers say so).
-- Encrypted networks: until traffic between hosts can be encrypted, an
-  encrypted network stays on each host: endpoints on other engines are left
-  out of the forwarding entries, the VIPs' backends and the answers, so
-  nothing of it crosses the underlay in clear.
+- Encrypted networks: their VXLAN crosses the engines' WireGuard tunnel
+  (``wireguard.py``). An endpoint on another engine is reached only through
+  the tunnel to that engine (its forwarding entry names the engine's tunnel
+  address); while there is none (no tunnel here, the engine published no
+  key, or several nodes share that engine), it is left out of the
+  forwarding entries, the VIPs' backends and the answers: nothing of the
+  network crosses the underlay in clear. An engine's tunnel is one node's:
+  a node that shares its engine with another node of an encrypted network
+  that spans hosts cannot carry it (:attr:`TunnelPlan.blocked`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
@@ -39,6 +48,7 @@ from typing import Any
 from .desired import DesiredStateError, NetworkState, parse_network
 from .names import bridge_name
 from .resolver import DNS_PORT, NetworkEntry, ServiceEntry
+from .wireguard import Peer, tunnel_address, valid_key
 
 Views = Mapping[str, Mapping[str, Any]]
 
@@ -65,24 +75,110 @@ def underlay_of(views: Views, node_id: str) -> str | None:
     return None
 
 
-def endpoints(view: Mapping[str, Any], underlay: str | None) -> list[Mapping[str, Any]]:
+def _all_endpoints(view: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [ep for ep in view.get("endpoints") or () if isinstance(ep, Mapping)
+            and ip_of(ep.get("addr")) is not None]
+
+
+def endpoints(view: Mapping[str, Any], underlay: str | None,
+              tunnels: Collection[str] = ()) -> list[Mapping[str, Any]]:
     """The endpoints of a network this node may reach: all of them, or on an
-    encrypted network only those on this engine."""
-    eps = [ep for ep in view.get("endpoints") or () if isinstance(ep, Mapping)
-           and ip_of(ep.get("addr")) is not None]
+    encrypted network those on this engine and those on the engines at the
+    underlay addresses ``tunnels`` (the tunnel reaches them)."""
+    eps = _all_endpoints(view)
     if view.get("encrypted"):
-        eps = [ep for ep in eps if ip_of(ep.get("node_addr")) == underlay]
+        eps = [ep for ep in eps if ip_of(ep.get("node_addr")) == underlay
+               or ip_of(ep.get("node_addr")) in tunnels]
     return eps
+
+
+@dataclasses.dataclass
+class TunnelPlan:
+    """What this engine's WireGuard tunnel should reach, from the pictures of
+    its encrypted networks.
+
+    ``peers``: by underlay address, each other engine with an endpoint on an
+    encrypted network (the one node there, its key, port and tunnel
+    address). ``unreachable``: other engines that cannot be reached (why).
+    ``blocked``: encrypted networks this node cannot carry (why). ``spans``:
+    the encrypted networks with endpoints on other engines."""
+    peers: dict[str, Peer] = dataclasses.field(default_factory=dict)
+    unreachable: dict[str, str] = dataclasses.field(default_factory=dict)
+    blocked: dict[str, str] = dataclasses.field(default_factory=dict)
+    spans: set[str] = dataclasses.field(default_factory=set)
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.spans)
+
+
+def tunnel_plan(views: Views, node_id: str, underlay: str | None) -> TunnelPlan:
+    """See :class:`TunnelPlan`. Every node of an encrypted network that spans
+    hosts computes the same peers from the same pictures."""
+    plan = TunnelPlan()
+    if underlay is None:
+        return plan
+    nodes_at: dict[str, set[str]] = {}            # underlay -> node ids (encrypted networks)
+    keys: dict[str, dict[str, Any]] = {}          # node id -> its published WireGuard
+    wanted: set[str] = set()
+    for nid in sorted(views):
+        view = views[nid]
+        if not view.get("encrypted"):
+            continue
+        for peer in view.get("peers") or ():
+            if isinstance(peer, Mapping) and isinstance(peer.get("wireguard"), Mapping):
+                keys[str(peer.get("node_id"))] = peer["wireguard"]
+        eps = _all_endpoints(view)
+        here: set[str] = set()
+        remote: set[str] = set()
+        for ep in eps:
+            at = ip_of(ep.get("node_addr"))
+            if at is None:
+                continue
+            nodes_at.setdefault(at, set()).add(str(ep.get("node_id")))
+            if at == underlay:
+                here.add(str(ep.get("node_id")))
+            else:
+                remote.add(at)
+        if not remote:
+            continue                              # on this engine only: no tunnel
+        plan.spans.add(nid)
+        wanted |= remote
+        others = sorted(here - {node_id})
+        if others:
+            plan.blocked[nid] = (
+                f"encrypted network {view.get('name')} has tasks on other hosts, and this "
+                f"node shares its engine ({underlay}) with node {others[0][:12]} on it: an "
+                "engine's WireGuard tunnel is one node's (run one node per host)")
+    for at in sorted(wanted):
+        there = sorted(nodes_at.get(at, ()))
+        if len(there) > 1:
+            plan.unreachable[at] = (f"nodes {', '.join(n[:12] for n in there)} share the "
+                                    f"engine at {at}")
+            continue
+        wg = keys.get(there[0]) if there else None
+        key, port = (wg or {}).get("public_key"), (wg or {}).get("port")
+        if not valid_key(key) or not isinstance(port, int) or isinstance(port, bool) \
+                or not 0 < port < 65536:
+            plan.unreachable[at] = (f"node {there[0][:12] if there else '?'} at {at} has "
+                                    "published no WireGuard key (no wireguard-go there, or "
+                                    "an older release)")
+            continue
+        plan.peers[at] = Peer(str(key), f"{at}:{port}", tunnel_address(at))
+    return plan
 
 
 def gateway_of(view: Mapping[str, Any]) -> str | None:
     return ip_of(view.get("gateway"))
 
 
-def driver_networks(views: Views, underlay: str | None
+def driver_networks(views: Views, underlay: str | None, tunnels: Collection[str] = ()
                     ) -> tuple[list[NetworkState], dict[str, str]]:
     """The networks the driver should have (checked one by one) and, by
-    network id, why one could not be made from its picture."""
+    network id, why one could not be made from its picture. ``tunnels``:
+    the underlay addresses of the engines this one's tunnel reaches (an
+    encrypted network's endpoints there are reached at their engine's
+    tunnel address)."""
     nets: list[NetworkState] = []
     errors: dict[str, str] = {}
     for nid in sorted(views):
@@ -95,17 +191,20 @@ def driver_networks(views: Views, underlay: str | None
         # one entry per address: a running endpoint first (an address given
         # again while its former holder is still listed, stopping)
         chosen: dict[str, Mapping[str, Any]] = {}
-        for ep in sorted(endpoints(view, underlay),
+        for ep in sorted(endpoints(view, underlay, tunnels),
                          key=lambda e: (not e.get("running"), str(e.get("task_id")))):
             addr = ip_of(ep.get("addr"))
             if addr is not None and ip_of(ep.get("node_addr")) is not None:
                 chosen.setdefault(addr, ep)
+        encrypted = bool(view.get("encrypted"))
         desired = {
             "id": nid, "name": view.get("name"), "subnet": subnet, "vni": view.get("vni"),
             "internal": bool(view.get("internal")),
             "attachment": f"{gateway}/{subnet.split('/', 1)[1]}",
-            "endpoints": [{"addr": addr, "node_underlay_ip": ip_of(ep.get("node_addr"))}
+            "endpoints": [{"addr": addr, "node_underlay_ip": _engine_at(ep, encrypted)}
                           for addr, ep in sorted(chosen.items()) if addr != gateway],
+            "encrypted": encrypted,
+            "local": str(tunnel_address(underlay)) if encrypted and underlay else None,
         }
         try:
             nets.append(parse_network(desired, f"network {view.get('name')}"))
@@ -114,15 +213,22 @@ def driver_networks(views: Views, underlay: str | None
     return nets, errors
 
 
+def _engine_at(ep: Mapping[str, Any], encrypted: bool) -> str | None:
+    """Where the endpoint's engine takes the network's VXLAN: its underlay
+    address, or its tunnel address on an encrypted network."""
+    engine = ip_of(ep.get("node_addr"))
+    return str(tunnel_address(engine)) if encrypted and engine is not None else engine
+
+
 def _serving(ep: Mapping[str, Any], down: Collection[str]) -> bool:
     return bool(ep.get("running")) and ep.get("task_id") not in down
 
 
 def _backends(view: Mapping[str, Any], underlay: str | None,
-              down: Collection[str]) -> dict[str, list[str]]:
+              down: Collection[str], tunnels: Collection[str]) -> dict[str, list[str]]:
     """Service id -> the addresses of its serving endpoints on the network."""
     out: dict[str, list[str]] = {}
-    for ep in endpoints(view, underlay):
+    for ep in endpoints(view, underlay, tunnels):
         if _serving(ep, down):
             ip = ip_of(ep.get("addr"))
             if ip is not None:
@@ -131,7 +237,8 @@ def _backends(view: Mapping[str, Any], underlay: str | None,
 
 
 def vip_spec(views: Views, network_ids: Iterable[str], underlay: str | None,
-             down: Collection[str] = ()) -> dict[str, dict[str, list[str]]]:
+             down: Collection[str] = (), tunnels: Collection[str] = ()
+             ) -> dict[str, dict[str, list[str]]]:
     """The input of :meth:`~.vips.VirtualIPs.apply` for the networks
     ``network_ids`` (those whose bridge exists): per bridge, each vip-mode
     service's VIP and its serving tasks' addresses."""
@@ -140,7 +247,7 @@ def vip_spec(views: Views, network_ids: Iterable[str], underlay: str | None,
         view = views.get(nid)
         if view is None:
             continue
-        backends = _backends(view, underlay, down)
+        backends = _backends(view, underlay, down, tunnels)
         vips: dict[str, list[str]] = {}
         for svc in view.get("services") or ():
             vip = ip_of(svc.get("vip"))
@@ -150,19 +257,19 @@ def vip_spec(views: Views, network_ids: Iterable[str], underlay: str | None,
     return spec
 
 
-def resolver_table(views: Views, underlay: str | None,
-                   down: Collection[str] = ()) -> dict[str, NetworkEntry]:
+def resolver_table(views: Views, underlay: str | None, down: Collection[str] = (),
+                   tunnels: Collection[str] = ()) -> dict[str, NetworkEntry]:
     """The resolver's table: per network, its services (name, aliases, mode,
     VIP, serving tasks' addresses) and the addresses of its tasks that may
     ask, each with all the task's networks this node knows of."""
     task_nets: dict[str, set[str]] = {}
     for nid, view in views.items():
-        for ep in endpoints(view, underlay):
+        for ep in endpoints(view, underlay, tunnels):
             task_nets.setdefault(str(ep.get("task_id")), set()).add(nid)
     table: dict[str, NetworkEntry] = {}
     for nid in sorted(views):
         view = views[nid]
-        backends = _backends(view, underlay, down)
+        backends = _backends(view, underlay, down, tunnels)
         services: list[ServiceEntry] = []
         for svc in view.get("services") or ():
             services.append({"name": str(svc.get("name") or ""),
@@ -171,7 +278,7 @@ def resolver_table(views: Views, underlay: str | None,
                              "vip": ip_of(svc.get("vip")),
                              "task_addrs": backends.get(str(svc.get("id")), [])})
         tasks: dict[str, list[str]] = {}
-        for ep in endpoints(view, underlay):
+        for ep in endpoints(view, underlay, tunnels):
             ip = ip_of(ep.get("addr"))
             if ip is not None:
                 tasks[ip] = sorted(task_nets.get(str(ep.get("task_id")), {nid}))

@@ -99,6 +99,7 @@ def view(node, m, reachable=None, leader_id=None):
         "resources": resources(node, m),
         "agent_addr": node.get("agent_addr"),
         "flotilla_version": (node.get("description") or {}).get("version"),
+        "wireguard": (node.get("description") or {}).get("wireguard"),
         "cert": node.get("cert"),
         "version": node.get("version"),
         "created_at": node.get("created_at"),

@@ -7,7 +7,10 @@ assignment stream: the network (subnet, gateway, VXLAN id, options), every
 endpoint on it (each task's address, its node and that node's address,
 whether it serves: runs and is meant to), and the services on it (names,
 aliases, mode, VIP). From that a node programs its engine's bridge and
-VXLAN entries, its resolver and its virtual IPs.
+VXLAN entries, its resolver and its virtual IPs. The picture of an
+encrypted network also lists its nodes' WireGuard public keys and ports
+(``peers``), which each node published when it registered: its traffic
+between hosts crosses the nodes' tunnels (``agent/network/wireguard.py``).
 
 ``NetworkTracker`` follows the store's events and says which networks
 changed (and so which nodes must be sent them again); ``view()`` builds a
@@ -123,11 +126,19 @@ class NetworkTracker:
             self.dirty.add(e.id)
         elif e.kind == "node" and e.old is not None and e.object is not None:
             before, after = e.old.get("status") or {}, e.object.get("status") or {}
-            if before.get("addr") != after.get("addr"):
+            if before.get("addr") != after.get("addr") or \
+                    wireguard_of(e.old) != wireguard_of(e.object):
                 self.dirty.update(nid for nid, nodes in self.members.items() if e.id in nodes)
 
     def of_node(self, node_id: str) -> set[str]:
         return {nid for nid, nodes in self.members.items() if node_id in nodes}
+
+
+def wireguard_of(node: dict | None) -> dict | None:
+    """The WireGuard public key and port the node published, if any."""
+    wg = ((node or {}).get("description") or {}).get("wireguard")
+    return {"public_key": wg.get("public_key"), "port": wg.get("port")} \
+        if isinstance(wg, dict) else None
 
 
 def view(store: Any, network_id: str) -> dict | None:
@@ -164,11 +175,17 @@ def view(store: Any, network_id: str) -> dict | None:
             "running": serving(t),
         })
     endpoints.sort(key=lambda ep: ep["task_id"])
-    return {"id": n["id"], "name": n["name"], "subnet": n["subnet"], "gateway": n["gateway"],
-            "vni": n["vni"], "internal": n["spec"]["internal"],
-            "encrypted": n["spec"]["encrypted"], "attachable": n["spec"]["attachable"],
-            "services": sorted(services.values(), key=lambda s: s["name"]),
-            "endpoints": endpoints}
+    out = {"id": n["id"], "name": n["name"], "subnet": n["subnet"], "gateway": n["gateway"],
+           "vni": n["vni"], "internal": n["spec"]["internal"],
+           "encrypted": n["spec"]["encrypted"], "attachable": n["spec"]["attachable"],
+           "services": sorted(services.values(), key=lambda s: s["name"]),
+           "endpoints": endpoints}
+    if n["spec"]["encrypted"]:
+        out["peers"] = [{"node_id": node_id,
+                         "node_addr": ((node or {}).get("status") or {}).get("addr"),
+                         "wireguard": wireguard_of(node)}
+                        for node_id, node in sorted(nodes.items())]
+    return out
 
 
 def _tasks_on(store: Any, network_id: str) -> list[dict]:
