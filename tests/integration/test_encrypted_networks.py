@@ -8,7 +8,8 @@ network ``plain``, each serving a marker string of its own. The client,
 on both networks, fetches both by name across the hosts while the
 underlay (host a's interface) is captured: the plain network's marker is
 there in clear, the encrypted network's never is, though its traffic did
-cross (WireGuard's UDP port). DNS and the VIP work across hosts on the
+cross (WireGuard's UDP port), not even while b's tunnel is down (its
+``wireguard-go`` killed, until the agent makes it again). DNS and the VIP work across hosts on the
 encrypted network as on the plain one. Host c has no ``wireguard-go``: a
 task of the encrypted network placed there is rejected, saying why, and c
 publishes no key.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import stat
 
 import pytest
@@ -25,8 +27,8 @@ import pytest
 from flotilla.agent.network.wireguard import public_key
 from tests.helpers.capture import Capture, udp_of
 from tests.helpers.cluster import wait_for
-from tests.helpers.netns import Fabric
-from tests.helpers.nscluster import NsCluster, clean_leftovers
+from tests.helpers.netns import Fabric, namespace_pids
+from tests.helpers.nscluster import NsCluster, _comm as comm, clean_leftovers
 from tests.integration.test_service_networks import (addr_on, container, fetch, lookup,
                                                      running, spec, vip_of)
 
@@ -94,6 +96,14 @@ def test_an_encrypted_network_carries_traffic_between_hosts_encrypted(hosts_clus
                 == f"{hidden}\n"
             assert wait_for(lambda: fetch(a, cid, "open"), 30,
                             what="http://open/ from the client") == f"{seen}\n"
+            # b's tunnel dies: nothing goes in clear meanwhile, and it is made again
+            (pid,) = [p for p in namespace_pids(b.netns) if comm(p) == "wireguard-go"]
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: [p for p in namespace_pids(b.netns)
+                              if comm(p) == "wireguard-go" and p != pid], 30,
+                     what="b's tunnel made again")
+            assert wait_for(lambda: fetch(a, cid, "vault"), 30,
+                            what="http://vault/ through the new tunnel") == f"{hidden}\n"
         frames = cap.frames()
         datagrams = [u for u in map(udp_of, frames) if u is not None]
         between = [u for u in datagrams if {u.src, u.dst} == {a.addr, b.addr}]

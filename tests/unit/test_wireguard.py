@@ -150,3 +150,28 @@ def test_the_wireguard_port_is_the_nodes_kept_and_changed_by_a_restart_flag(tmp_
     assert _prepare(flags, False, None, None, None, None, resume_ok=True).wireguard_port == 51999
     assert "wireguard-port 51820 -> 51999 (from --wireguard-port)" in capsys.readouterr().err
     assert NodeConfig.load(str(tmp_path)).wireguard_port == 51999       # kept
+
+
+def test_a_node_registers_with_its_public_key_and_without_it_to_an_older_leader():
+    from types import SimpleNamespace
+
+    from flotilla.agent.session import Session
+    from flotilla.common.httpclient import ApiError as ClientError
+
+    sent = []
+
+    class Client:
+        def post(self, path, body, **kw):
+            sent.append(body)
+            if "wireguard" in body and len(sent) == 1:   # a leader of an earlier release
+                raise ClientError(400, "invalid", "unknown field", field="wireguard")
+            session.stopping.set()
+            raise ClientError(503, "no_leader", "stop here")
+
+    cfg = SimpleNamespace(hostname="h", advertise="192.0.2.11:4242", agent_advertise="",
+                          advertise_explicit=False)
+    info = {"public_key": b64(ALICE_PUB), "port": 51820}
+    session = Session(cfg, Client(), link=None, on_update=lambda r: None,
+                      on_removed=lambda: None, wireguard=lambda: info)
+    session.run()
+    assert sent[0]["wireguard"] == info and "wireguard" not in sent[1]
