@@ -17,6 +17,7 @@ publishes no key.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -24,7 +25,7 @@ import stat
 
 import pytest
 
-from flotilla.agent.network.wireguard import public_key
+from flotilla.agent.network.wireguard import interface_name, public_key
 from tests.helpers.capture import Capture, udp_of
 from tests.helpers.cluster import wait_for
 from tests.helpers.netns import Fabric, namespace_pids
@@ -70,6 +71,11 @@ def hosts_cluster():
             print(c.dump_logs())
         c.teardown()
         clean_leftovers(BASE, fabric)
+        # the control sockets of the tunnels killed with their hosts
+        for node in c.nodes.values():
+            if node.node_id:
+                with contextlib.suppress(OSError):
+                    os.unlink(f"/var/run/wireguard/{interface_name(node.node_id)}.sock")
 
 
 def test_an_encrypted_network_carries_traffic_between_hosts_encrypted(hosts_cluster, request):
