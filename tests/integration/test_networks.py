@@ -17,6 +17,7 @@ from tests.helpers.cluster import wait_for
 
 IMAGE = "flotilla-test/busybox:1"
 CLUSTER = {"managers": 1, "workers": 2}
+ADDR_POOL = None     # the default pool: its subnets are asserted (see tests/conftest.py)
 
 
 def refused(call, *args, **kw) -> ApiError:
