@@ -54,6 +54,7 @@ SUITE = "bookworm"
 NODE_PACKAGES = (
     "python3", "python3-venv", "python3-apt", "openssh-server", "iproute2", "docker.io",
     "ca-certificates", "systemd-sysv", "dbus", "sudo", "busybox-static", "curl", "procps",
+    "nftables",
 )
 # Bump when the way the root filesystem is prepared changes.
 NODE_RECIPE = 3
