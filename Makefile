@@ -83,6 +83,7 @@ bench: venv docker bench-deps
 	$(PY) bench/converge.py
 	$(PY) bench/converge.py --init
 	$(PY) bench/slow_uploads.py
+	$(PY) bench/network.py
 
 ## What the benchmarks need besides the virtualenv: etcd, run side by side with the
 ## replicated store in bench/raft_writes.py (Debian's etcd-server and etcd-client).
