@@ -16,9 +16,11 @@ sys.path.insert(0, ROOT)
 # which the integration clusters keep off, and .cache/cluster), as is the chaos
 # run (its namespaces flc-* and /tmp/flotilla-chaos are fixed). Every other
 # module is a group of its own, so that its module-scoped clusters are built
-# once. The modules whose clusters run tasks on overlay networks on this
-# machine's own engine share a group too: their networks' subnets would
-# clash there (an engine holds one network per subnet). (pytest-xdist's own
+# once. Clusters on this machine's own engine take address pools of their
+# own (tests/helpers/pools.py), so their networks never clash there (an
+# engine holds one network per subnet); the modules that keep Flotilla's
+# default pool, to assert its subnets (``ADDR_POOL = None``), share a group
+# instead. (pytest-xdist's own
 # loadgroup does not group under pytest 9.2: the scheduler below does the
 # grouping.)
 #

@@ -14,6 +14,7 @@ from tests.helpers.cluster import PYTHON, NodeProc, wait_for
 
 IMAGE = "flotilla-test/busybox:1"
 CLUSTER = {"managers": 1, "workers": 1}      # the `cluster` the tests share (conftest.py)
+ADDR_POOL = None     # the default pool: its subnets are asserted (see tests/conftest.py)
 
 
 def fails(c, *args) -> str:

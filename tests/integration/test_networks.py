@@ -17,6 +17,7 @@ from tests.helpers.cluster import wait_for
 
 IMAGE = "flotilla-test/busybox:1"
 CLUSTER = {"managers": 1, "workers": 2}
+ADDR_POOL = None     # the default pool: its subnets are asserted (see tests/conftest.py)
 
 
 def refused(call, *args, **kw) -> ApiError:
@@ -148,7 +149,7 @@ def test_bad_service_networks_are_refused_naming_the_field(cluster):
                                             replicas=0))
     cases = [
         (service_spec("x", [{"target": "nowhere"}]), "task.networks.0.target"),
-        (service_spec("bad_name", [{"target": "shared"}]), "name"),
+        (service_spec("bad.name", [{"target": "shared"}]), "name"),
         (service_spec("x", [{"target": "shared", "aliases": ["-no"]}]), "task.networks.0.aliases"),
         (service_spec("x", [{"target": "shared", "aliases": ["a", "A"]}]),
          "task.networks.0.aliases"),

@@ -38,6 +38,20 @@ def test_vxlan_ids_skip_the_taken_ones():
     assert ipam.choose_vni([4096, 4097, 4099]) == 4098
 
 
+def test_each_cluster_starts_its_vxlan_ids_elsewhere():
+    """Two clusters sharing a namespace (a local cluster beside a test
+    cluster) must not both give their first network the same id: the
+    kernel holds one VXLAN device per id and port in a namespace."""
+    starts = {ipam.vni_start(f"cluster-{i}") for i in range(50)}
+    assert len(starts) == 50
+    assert all(4096 <= s <= 2 ** 24 - 1 for s in starts)
+    assert ipam.vni_start("cluster-1") == ipam.vni_start("cluster-1")   # any leader, any time
+    assert ipam.choose_vni([5000, 5001], start=5000) == 5002
+    # past the top: round to the first id
+    top = 2 ** 24 - 1
+    assert ipam.choose_vni([top], start=top) == 4096
+
+
 def test_addresses_go_round_the_subnet_and_skip_network_broadcast_and_gateway():
     pool = ipam.AddressPool("10.0.0.0/29", "10.0.0.1")
     given = [pool.allocate() for _ in range(5)]

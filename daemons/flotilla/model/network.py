@@ -55,8 +55,8 @@ MAX_NETWORKS_PER_SERVICE = 16
 def dns_label(value: str, what: str = "name") -> str:
     """``value`` if it is one DNS label; else a ValueError saying why."""
     if not DNS_LABEL.match(value):
-        raise ValueError(f"{what} {value[:70]!r} is not a DNS label (1-63 letters, digits "
-                         "and '-', not starting or ending with '-')")
+        raise ValueError(f"{what} {value[:70]!r} is not a DNS label (1-63 letters, digits, "
+                         "'-' and '_', starting and ending with a letter or digit)")
     return value
 
 

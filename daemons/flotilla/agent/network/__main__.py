@@ -4,10 +4,14 @@ show what this engine and network namespace hold.
     python -m flotilla.agent.network apply --underlay-ip 192.0.2.11 desired.json
     python -m flotilla.agent.network apply --underlay-ip 192.0.2.11 - < desired.json
     python -m flotilla.agent.network show
+    python -m flotilla.agent.network remove --cluster-id ID
 
 The desired state is a JSON list of networks (or ``{"networks": [...]}``),
 as ``desired.py`` describes. The engine is the one ``DOCKER_HOST`` names.
-Both print JSON; ``apply`` exits 1 when a network could not be applied.
+``remove`` takes a cluster's networks off the engine once its nodes are
+stopped and its containers gone (a cluster being torn down): its Docker
+networks, their bridges and VXLAN devices, and their VIP rules. All print
+JSON; ``apply`` and ``remove`` exit 1 when a network could not be handled.
 """
 
 from __future__ import annotations
@@ -23,9 +27,13 @@ import requests
 from docker import errors as docker_errors
 
 from .desired import DesiredStateError, parse_desired
+from .dockernet import DockerNetworkError, DockerNetworks
 from .driver import NetworkDriver
-from .dockernet import DockerNetworkError
 from .linux import LinkError
+from .names import LABEL_CLUSTER_ID, LABEL_NETWORK_ID
+from .vips import VipError, VirtualIPs
+
+BRIDGE_OPTION = "com.docker.network.bridge.name"
 
 
 def _load(path: str) -> Any:
@@ -47,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds an unlisted network made by another node is kept")
     p.add_argument("desired", help="JSON file of desired networks, '-' for stdin")
     sub.add_parser("show", help="print the devices and Docker networks made here")
+    p = sub.add_parser("remove", help="remove a cluster's networks that no container uses "
+                       "(Docker networks, devices, VIP rules)")
+    p.add_argument("--cluster-id", required=True, help="the cluster whose networks go")
     a = parser.parse_args(argv)
 
     try:
@@ -56,7 +67,35 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _remove(cluster_id: str) -> int:
+    client = docker.from_env()
+    try:
+        bridges = {(info.get("Labels") or {}).get(LABEL_NETWORK_ID):
+                   (info.get("Options") or {}).get(BRIDGE_OPTION)
+                   for info in DockerNetworks(client).ours()
+                   if (info.get("Labels") or {}).get(LABEL_CLUSTER_ID) == cluster_id}
+        # Nothing listed and no grace: this cluster's networks go once unused;
+        # the loopback address stands for the underlay (no network is made).
+        driver = NetworkDriver(client, "127.0.0.1", cluster_id, remove_grace=0)
+        result = driver.apply([]).to_dict()
+    except (LinkError, DockerNetworkError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    gone = [b for net_id, b in bridges.items()
+            if b and net_id not in result["kept"] and net_id not in result["errors"]]
+    try:
+        result["vips_forgotten"] = VirtualIPs().forget(gone)
+    except VipError as exc:
+        result["errors"]["vips"] = str(exc)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 1 if result["errors"] else 0
+
+
 def _run(a: argparse.Namespace) -> int:
+    if a.cmd == "remove":
+        return _remove(a.cluster_id)
     if a.cmd == "show":
         client = docker.from_env()
         try:

@@ -409,6 +409,15 @@ class VirtualIPs:
             self._commit(render({}, drop))
             log.info("VIPs of %s forgotten (no container left)", ", ".join(sorted(drop)))
 
+    def forget(self, bridges: Iterable[str]) -> list[str]:
+        """Remove the rules of these bridges (their networks are being
+        removed) in one transaction; the bridges that had rules."""
+        with self._lock:
+            drop = sorted(set(bridges) & self._programmed())
+            if drop:
+                self._commit(render({}, drop))
+        return drop
+
     def _commit(self, script: str) -> None:
         res = self._nft("-f", "-", script=script)
         if res.returncode != 0:

@@ -9,6 +9,7 @@ is in use.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import ipaddress
 from collections.abc import Iterable
 
@@ -51,11 +52,25 @@ def choose_subnet(pools: Iterable[Net], prefixlen: int, taken: Iterable[Net]) ->
                     f"{', '.join(str(p) for p in pools) or 'the pool'}")
 
 
-def choose_vni(taken: Iterable[int]) -> int:
+def vni_start(cluster_id: str) -> int:
+    """Where a cluster starts looking for free VXLAN ids: a point of the
+    range that its id decides. Two clusters whose nodes share a network
+    namespace (a local cluster beside another, as tests and demos run them)
+    would otherwise both give their first network the id 4096, and a
+    namespace holds one VXLAN device per id and port."""
+    digest = hashlib.sha256(cluster_id.encode()).digest()
+    return VNI_FIRST + int.from_bytes(digest[:4], "big") % (VNI_LAST - VNI_FIRST + 1)
+
+
+def choose_vni(taken: Iterable[int], start: int = VNI_FIRST) -> int:
+    """The first VXLAN id from ``start`` up, then from the first one up,
+    that ``taken`` does not hold."""
     used = set(taken)
-    for vni in range(VNI_FIRST, VNI_LAST + 1):
-        if vni not in used:
-            return vni
+    start = min(max(start, VNI_FIRST), VNI_LAST)
+    for first, last in ((start, VNI_LAST), (VNI_FIRST, start - 1)):
+        for vni in range(first, last + 1):
+            if vni not in used:
+                return vni
     raise Exhausted("no VXLAN id is left")
 
 

@@ -92,7 +92,7 @@ def _decide(spec: NetworkSpec, networks: list[dict], cluster: dict) -> dict:
                            field="subnet") from None
     gateway = spec.gateway or str(next(subnet.hosts()))
     try:
-        vni = ipam.choose_vni(n["vni"] for n in networks)
+        vni = ipam.choose_vni((n["vni"] for n in networks), ipam.vni_start(cluster["id"]))
     except ipam.Exhausted as exc:
         raise ApiError(400, "invalid", str(exc)) from None
     return {"subnet": str(subnet), "gateway": gateway, "vni": vni}
