@@ -96,3 +96,31 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+# With FLOTILLA_TEST_CPU_LOG=path, each test appends one JSON line: the CPU
+# seconds its worker and the processes it started and reaped used during its
+# setup, call and teardown (``bench/testcpu.py`` sums them by module).
+_CPU_LOG = os.environ.get("FLOTILLA_TEST_CPU_LOG")
+
+
+def _cpu_seconds() -> float:
+    import resource
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        use = resource.getrusage(who)
+        total += use.ru_utime + use.ru_stime
+    return total
+
+
+if _CPU_LOG:
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        import json
+        import time
+        cpu0, wall0 = _cpu_seconds(), time.monotonic()
+        yield
+        line = {"test": item.nodeid, "cpu": round(_cpu_seconds() - cpu0, 3),
+                "wall": round(time.monotonic() - wall0, 3)}
+        with open(_CPU_LOG, "a") as out:
+            out.write(json.dumps(line) + "\n")

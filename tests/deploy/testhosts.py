@@ -73,6 +73,11 @@ SYSTEMD_RUN_ARGS = (
     "--tmpfs", "/run", "--tmpfs", "/run/lock", "-e", "container=docker",
 )
 
+# Each test host stands for a machine: it weighs as four processes of the test
+# lane's (the engine's default is one), so what it runs keeps pace while
+# other tests load this machine.
+HOST_CPU_ARGS = ("--cpu-shares", "4096")
+
 BUSYBOX_APPLETS = ("sh", "echo", "sleep", "httpd", "ls", "cat", "wget", "nc", "true", "false",
                    "test", "touch", "kill", "rm", "mkdir", "date")
 
@@ -648,7 +653,8 @@ class TestHosts:
         docker("rm", "-fv", name, check=False)
         docker("run", "-d", "--name", name, "--hostname", name, "--network", self.network,
                "--label", self.label, "--label", f"{HOST_LABEL}.role={role}",
-               *SYSTEMD_RUN_ARGS, "--stop-signal", "SIGRTMIN+3", "-v", "/var/lib/docker", NODE_IMAGE)
+               *SYSTEMD_RUN_ARGS, *HOST_CPU_ARGS, "--stop-signal", "SIGRTMIN+3", "-v", "/var/lib/docker",
+               NODE_IMAGE)
         ip = docker("inspect", "--format",
                     f'{{{{(index .NetworkSettings.Networks "{self.network}").IPAddress}}}}',
                     name).stdout.strip()
@@ -755,7 +761,10 @@ class TestHosts:
             "ansible_ssh_private_key_file": str(self.private_key),
             "ansible_ssh_common_args": " ".join(SSH_OPTIONS[:6]),
             "ansible_python_interpreter": "/usr/bin/python3",
-            "flotilla_cluster_heartbeat_period": "1s",
+            # Swarm's default period, not Flotilla's 1 s: a node is down after 15 s
+            # without a heartbeat, not 3 s, so a test host starved of CPU by the
+            # rest of the test lane is not taken for a failed machine.
+            "flotilla_cluster_heartbeat_period": "5s",
             "docker_daemon_options": {"storage-driver": "vfs"},
             "docker_import_images": [{"name": BUSYBOX_IMAGE, "src": str(busybox_rootfs())}],
         }

@@ -51,9 +51,11 @@ docker run --rm flotilla-test/busybox:1 true
 # Two versions of a small web service with a HEALTHCHECK, and a version whose
 # healthcheck never passes (rolling update and rollback tests). Like a real
 # web server each stops on SIGTERM (httpd alone, as PID 1, would ignore it
-# and wait out the stop grace period). The label tells an image built by an
-# older recipe, which is built again.
-WEB_RECIPE=2
+# and wait out the stop grace period). A check may take 5 s and fail twice
+# without the container turning unhealthy: a loaded machine (a test lane
+# on 2 cores) runs the probe slowly, and only the bad image should fail.
+# The label tells an image built by an older recipe, which is built again.
+WEB_RECIPE=3
 web_image() {
     tag=$1 body=$2 health=$3
     recipe=$(docker image inspect -f '{{ index .Config.Labels "flotilla.test.recipe" }}' \
@@ -63,7 +65,7 @@ web_image() {
 FROM flotilla-test/busybox:1
 LABEL flotilla.test.recipe=$WEB_RECIPE
 RUN mkdir -p /www && echo "$body" > /www/index.html && echo ok > /www/health
-HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD wget -q -O /dev/null http://127.0.0.1$health || exit 1
+HEALTHCHECK --interval=1s --timeout=5s --retries=3 CMD wget -q -O /dev/null http://127.0.0.1$health || exit 1
 CMD ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"]
 EOF
 }

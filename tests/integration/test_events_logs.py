@@ -162,7 +162,8 @@ def test_events_cli(c, web):
     proc = subprocess.Popen(
         [PYTHON, "-m", "flotilla.cli.main", "--host", c.first.addr, "--tls-dir", c.admin_dir,
          "events", "--since", str(mark), "--filter", "service=other"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=c.env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=c.env,
+        preexec_fn=_interruptible)
     out = []
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
     reader.start()
@@ -221,7 +222,8 @@ def test_service_logs(c, web):
     proc = subprocess.Popen(
         [PYTHON, "-m", "flotilla.cli.main", "--host", c.first.addr, "--tls-dir", c.admin_dir,
          "service", "logs", "-f", "--tail", "1", "web"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=c.env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=c.env,
+        preexec_fn=_interruptible)
     out = []
     threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True).start()
     try:
@@ -367,6 +369,12 @@ class HostileAgent:
         self.stopping.set()
         self.sock.close()
         self.thread.join(5)
+
+
+def _interruptible() -> None:
+    """In the child: Ctrl-C does what it does at a terminal, even when this
+    run was started with SIGINT ignored (e.g. in the background)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _manager_rss(node) -> int:

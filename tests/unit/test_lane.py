@@ -14,17 +14,26 @@ from tests.conftest import FIRST_GROUPS, _group, _rank
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_each_module_runs_whole_in_one_worker():
-    files = ["tests/unit/test_units.py", "tests/unit/test_ratelog.py", "tests/unit/test_component.py"]
+FILES = ["tests/unit/test_units.py", "tests/unit/test_ratelog.py", "tests/unit/test_component.py"]
+
+
+def _passed_in_two_workers(env=None) -> tuple[list[tuple[str, str]], str]:
+    """Run FILES in 2 workers: (worker, module) of each test that passed,
+    in order, and pytest's output."""
     res = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "-v", "-p", "no:cacheprovider",
-                          *files], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          *FILES], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return re.findall(r"^\[(gw\d+)\] \[ *\d+%\] PASSED (\S+?)::", res.stdout, re.M), res.stdout
+
+
+def test_each_module_runs_whole_in_one_worker():
+    passed, out = _passed_in_two_workers()
     workers, order = collections.defaultdict(set), collections.defaultdict(list)
-    for worker, path in re.findall(r"^\[(gw\d+)\] \[ *\d+%\] PASSED (\S+?)::", res.stdout, re.M):
+    for worker, path in passed:
         workers[path].add(worker)
         if not order[worker] or order[worker][-1] != path:
             order[worker].append(path)
-    assert set(workers) == set(files), res.stdout[-3000:]
+    assert set(workers) == set(FILES), out[-3000:]
     assert all(len(w) == 1 for w in workers.values()), workers
     # ... and a worker runs one module to its end before the next.
     assert all(len(paths) == len(set(paths)) for paths in order.values()), order
@@ -58,13 +67,10 @@ def test_a_cluster_built_after_a_discarded_one_gets_a_directory_of_its_own(tmp_p
 
 
 def test_the_worker_of_the_dedicated_group_takes_no_other():
-    files = ["tests/unit/test_units.py", "tests/unit/test_ratelog.py", "tests/unit/test_component.py"]
     env = dict(os.environ, FLOTILLA_TEST_DEDICATED_GROUP="tests/unit/test_ratelog.py")
-    res = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "-v", "-p", "no:cacheprovider",
-                          *files], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    passed, _out = _passed_in_two_workers(env)
     ran = collections.defaultdict(set)
-    for worker, path in re.findall(r"^\[(gw\d+)\] \[ *\d+%\] PASSED (\S+?)::", res.stdout, re.M):
+    for worker, path in passed:
         ran[worker].add(path)
     assert sorted(map(sorted, ran.values())) == [
         ["tests/unit/test_component.py", "tests/unit/test_units.py"], ["tests/unit/test_ratelog.py"]], ran

@@ -2,19 +2,52 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
 import click
 
 from .. import __version__
-from . import cluster, completion, config, contexts, network, node, service
-from . import events, logs
-from . import stack
 from .context import Context
 
+# Each command's module is imported when the command runs (or help lists
+# it): ``flotilla node run`` does not load the Compose translator, and
+# ``flotilla service ls`` not the node's daemon.
+COMMANDS = {
+    "node": "node:node",
+    "cluster": "cluster:cluster",
+    "config": "config:config",
+    "network": "network:network",
+    "service": "service:service",
+    "task": "service:task",
+    "stack": "stack:stack",
+    "context": "contexts:context",
+    "completion": "completion:completion",
+    "events": "events:events",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose commands are ``module:attribute`` paths under this package."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, _, attr = self.lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-v", prog_name="flotilla",
                       message="%(prog)s version %(version)s")
 @click.option("--host", "-H", envvar="FLOTILLA_HOST", metavar="ADDR[,ADDR...]",
@@ -30,19 +63,6 @@ from .context import Context
 def cli(ctx, host, tls_dir, context_name, fmt):
     """Flotilla: a small, secure, durable container orchestrator."""
     ctx.obj = Context(host, tls_dir, fmt, context_name)
-
-
-cli.add_command(node.node)
-cli.add_command(cluster.cluster)
-cli.add_command(config.config)
-cli.add_command(network.network)
-cli.add_command(service.service)
-cli.add_command(service.task)
-cli.add_command(stack.stack)
-cli.add_command(contexts.context)
-cli.add_command(completion.completion)
-cli.add_command(events.events)
-service.service.add_command(logs.logs)
 
 
 def main(argv=None):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.table import Table
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def emit_json(data):
@@ -17,6 +19,7 @@ def emit_json(data):
 
 def console() -> Console:
     """A console that never wraps or truncates table cells when piped."""
+    from rich.console import Console     # only when a table is printed
     if sys.stdout.isatty():
         return Console(highlight=False)
     return Console(width=4096, highlight=False, color_system=None, soft_wrap=True)
@@ -25,6 +28,7 @@ def console() -> Console:
 def table(rows: list[dict], columns: list[tuple[str, str]]):
     """columns: (header, key). Values are rendered with str(), aligned like
     docker's tables (no borders, three spaces between columns)."""
+    from rich.table import Table
     t = Table(box=None, show_edge=False, pad_edge=False,
               padding=(0, 3, 0, 0), header_style="bold", expand=False)
     for header, _ in columns:

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from ..model.task import UNSCHEDULABLE
 from .context import call
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 POLL = 0.5
 # Converged must hold this long: a task that starts and dies at once is not
@@ -144,6 +145,7 @@ def _unplaceable(services: list[_Service], now: float) -> _Service | None:
 
 
 def _render(services: list[_Service], elapsed: float) -> Table:
+    from rich.table import Table     # only at a terminal
     grid = Table.grid(padding=(0, 2))
     for s in services:
         mark = "[green]converged[/]" if s.done else f"{s.running()}/{s.desired} running"
@@ -169,7 +171,11 @@ def converge(ctx, service_refs: list[str], timeout: float = 120.0, rollback: boo
     services = [_Service(ctx, ref, started, rollback) for ref in service_refs]
     seen: dict[str, str] = {}
     stable_since = None
-    live = Live(console=Console(), auto_refresh=False, transient=False) if _is_tty() else None
+    live = None
+    if _is_tty():
+        from rich.console import Console
+        from rich.live import Live
+        live = Live(console=Console(), auto_refresh=False, transient=False)
     try:
         if live is not None:
             live.start()

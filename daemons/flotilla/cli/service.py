@@ -15,6 +15,7 @@ from . import progress
 from .completion import complete_networks
 from .context import call
 from .fmt import format_option
+from .logs import logs as service_logs
 from .network import parse_network
 from .output import age, emit_json, table
 
@@ -760,3 +761,6 @@ def task_ls(ctx, service_ref, node, desired, quiet):
 def task_inspect(ctx, task_id):
     """Show a task as JSON."""
     emit_json(call(ctx, "GET", f"/v1/tasks/{task_id}"))
+
+
+service.add_command(service_logs)

@@ -6,8 +6,10 @@ it returns changes for the orchestrator to commit:
   goes through the restart supervisor;
 - a task on a drained node is replaced *first*: a new task for the same slot
   is placed elsewhere and the old one stops only once the new one runs (or
-  after ``DRAIN_WAIT`` seconds if it fits nowhere), so a drain never takes a
-  service below its replica count where capacity allows;
+  after ``DRAIN_WAIT`` seconds if it fits nowhere, ``DRAIN_START_WAIT`` if
+  it was placed but never starts), so a drain never takes a service below
+  its replica count where capacity allows, however slowly the other nodes
+  start containers;
 - tasks running an older spec are left to the rolling updater
   (``updater.py``), which replaces them in batches; while it starts a
   replacement first, the slot holds both tasks (see ``_pair``);
@@ -24,7 +26,8 @@ import time
 from ...model import task as taskmodel
 from . import tasks as T
 
-DRAIN_WAIT = 30.0
+DRAIN_WAIT = 30.0          # the replacement fits nowhere
+DRAIN_START_WAIT = 300.0   # it was placed: its node pulls and starts it
 
 
 def _draining(task: T.Task, nodes: dict) -> bool:
@@ -43,7 +46,7 @@ def _handoff(olds, new, nodes, now) -> bool:
     if new["status"]["state"] == "running" or T.finished(new):
         return False
     waited = now - (new.get("created_at") or now)
-    return waited < DRAIN_WAIT
+    return waited < (DRAIN_START_WAIT if new["node_id"] else DRAIN_WAIT)
 
 
 def _pair(ts: list[dict], service: dict) -> tuple[list[dict], dict]:

@@ -39,8 +39,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-import typing
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE
@@ -183,9 +182,9 @@ class TlsConnection:
 
     def disconnect(self) -> None:
         callback = self._on_disconnected
-        notify = callback is not None and self._state != CONNECTION_STATE.DISCONNECTED
+        was_open = self._state != CONNECTION_STATE.DISCONNECTED
         self._reset()
-        if notify and callback is not None:
+        if callback is not None and was_open:
             callback()
 
     # -- internals ----------------------------------------------------------
@@ -520,7 +519,7 @@ class HandshakeWorker:
                     if key.data is _WAKE:
                         _drain(self._wake_r)
                     elif key.data is _LISTENER:
-                        self._accept(sel, pending, typing.cast(socket.socket, key.fileobj))
+                        self._accept(sel, pending, cast(socket.socket, key.fileobj))
                     else:
                         self._step(sel, pending, key.fd)
                 self._expire(sel, pending)
