@@ -118,6 +118,9 @@ class Node(BaseModel):
     flotilla_version: Optional[str] = None
     # its WireGuard public key and port (encrypted networks), if it published them
     wireguard: Optional[dict[str, Any]] = None
+    # that key's record: generation, rotated_at, due (a rotation asked and
+    # not answered yet), requested_at
+    network_key: Optional[dict[str, Any]] = None
     cert: Optional[dict[str, Any]] = None
     version: Optional[int] = None
     created_at: Optional[float] = None

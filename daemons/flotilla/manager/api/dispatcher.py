@@ -112,8 +112,9 @@ def register():
 def heartbeat():
     body = parse_body(Heartbeat)
     try:
+        key = body.network_key.model_dump() if body.network_key is not None else None
         return json_response(_dispatcher().heartbeat(identity().node_id, body.session_id,
-                                                     body.trust))
+                                                     body.trust, key))
     except SessionInvalid as exc:
         raise ApiError(409, "session_invalid", str(exc)) from None
 

@@ -29,6 +29,13 @@ agent does not hold them yet (it says which version it holds), the node
 ids of the current managers (who may read its metrics) and the cluster's
 revocation list (node ids and certificate serials).
 
+Network keys. Each answer also tells the agent about its WireGuard key
+(``network_key``: the generation and public key recorded, and the
+generation asked for when its key is due); a heartbeat that reports a new
+key (``network_key: {public_key, generation}``) records it, and so does a
+registration with a key not recorded before (``manager/networkkeys.py``).
+The front sends such a heartbeat back to the API, which writes it.
+
 Addresses. A registration records the address the agent connected from
 (``status.addr``, what ``node.ip`` constraints use); the node's API and
 agent addresses take that host with the ports the node reports, unless the
@@ -58,6 +65,7 @@ from ...common.config import ConfigError, join_addr, split_addr
 from ...model import objects
 from ...model import task as taskmodel
 from ...model.validation import error_body
+from .. import networkkeys
 from ..store import queries
 from ..store.store import NotLeader, Op, StoreError, TxnFailed, new_id
 from . import netviews
@@ -195,11 +203,14 @@ class Dispatcher(Component):
             reply["dispatcher_addr"] = self._front_addr
         return reply
 
-    def heartbeat(self, node_id: str, session_id: str, trust: str | None = None) -> dict:
+    def heartbeat(self, node_id: str, session_id: str, trust: str | None = None,
+                  network_key: dict | None = None) -> dict:
         period = self._renew(node_id, session_id)
         node = self._store.get("node", node_id)
         if node is None:
             raise SessionInvalid("node removed")
+        if network_key is not None and not networkkeys.is_recorded(node, network_key):
+            node = self._record_key(node_id, network_key)
         if node["status"]["state"] != "ready":
             # The session is alive, so the node is: whoever wrote it down
             # (a deposed leader's last pass, an expiry racing this
@@ -245,7 +256,8 @@ class Dispatcher(Component):
                     answer = 401, error_body("certificate_revoked",
                                              "this certificate has been revoked")
                 elif kind == "heartbeat":
-                    answer = self._front_heartbeat(node, body["session_id"], body.get("trust"))
+                    answer = self._front_heartbeat(node, body["session_id"], body.get("trust"),
+                                                   body.get("network_key"))
                 elif kind == "status":
                     answer = 200, {"accepted": self.update_status(node_id, body["session_id"],
                                                                   body["updates"])}
@@ -259,8 +271,9 @@ class Dispatcher(Component):
         self.front_requests_served += len(requests)
         return answers
 
-    def _front_heartbeat(self, node, session_id, trust=None):
-        if node["status"]["state"] != "ready":
+    def _front_heartbeat(self, node, session_id, trust=None, network_key=None):
+        if node["status"]["state"] != "ready" or \
+                not networkkeys.is_recorded(node, network_key):
             return 421, error_body("misdirected", "send this heartbeat to the API")
         period = self._renew(node["id"], session_id)
         return 200, {"heartbeat_period": period, **self.view(node, trust)}
@@ -290,6 +303,7 @@ class Dispatcher(Component):
                 "desired_role": node["spec"]["role"],
                 "availability": node["spec"]["availability"],
                 "state": node["status"]["state"],
+                "network_key": networkkeys.agent_view(node),
             },
             "managers": queries.manager_api_addrs(self._store),
             "leader_id": self._node_id,
@@ -313,8 +327,28 @@ class Dispatcher(Component):
         return cached[1]
 
     # -- node state --------------------------------------------------------------------------
+    def _record_key(self, node_id: str, report: dict) -> dict:
+        """The node's agent reported a new key: recorded if it answers the
+        rotation asked of it (its peers are told through the pictures)."""
+        now = time.time()
+        try:
+            node = self._store.update("node", node_id, lambda n: networkkeys.reported(
+                n, report["public_key"], report["generation"], now))
+        except TxnFailed as exc:
+            if exc.code == "not_found":
+                raise SessionInvalid("node removed") from None
+            raise
+        if networkkeys.is_recorded(node, report):
+            log.info("node %s: network key generation %s recorded", node_id[:12],
+                     report["generation"])
+        return node
+
     def _mark(self, node_id, state, message, description=None, addr=None, agent_addr=None,
               ip=None):
+        if description is not None:
+            keys = networkkeys.settings(queries.cluster(self._store))
+            now = time.time()
+
         def change(node):
             status = {"state": state, "message": message}
             seen = ip or (node.get("status") or {}).get("addr")
@@ -325,6 +359,7 @@ class Dispatcher(Component):
                 new["description"] = dict(node.get("description") or {}, **description)
                 if description.get("hostname"):
                     new["hostname"] = description["hostname"]
+                new = networkkeys.registered(node, new, keys, now)
             if addr:
                 new["addr"] = addr
             if agent_addr:
