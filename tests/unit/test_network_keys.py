@@ -3,11 +3,15 @@ how they record a new one, and how an agent makes, reports and switches to it
 (``agent/networking.py``). The rotation on real tunnels is in
 test_encrypted_networks."""
 
+import base64
 import json
+import os
+import stat
 
 import pytest
 
 from flotilla.agent.network import wireguard as wg
+from flotilla.agent.networking import Networking
 from flotilla.manager import networkkeys as nk
 from flotilla.manager.api.cluster import ClusterUpdate
 from flotilla.model import objects
@@ -127,3 +131,113 @@ def test_the_settings_and_reports_are_checked_naming_the_field():
         with pytest.raises(ApiError) as e:
             validate(Heartbeat, json.dumps({"session_id": "s", "network_key": report}).encode())
         assert e.value.status == 400 and e.value.field == field, (report, e.value.field)
+
+
+# -- the agent -------------------------------------------------------------------------
+
+def agent(tmp_path):
+    net = Networking("n-me", lambda: object())
+    net.load_wireguard(str(tmp_path / "wireguard.key"), 51820, unavailable=None)
+    made = []
+    net.on_new_key = lambda: made.append(1)
+    return net, made
+
+
+def picture(key):
+    """An encrypted network's picture listing this node with ``key``."""
+    return {"net1": {"id": "net1", "encrypted": True,
+                     "peers": [{"node_id": "n-me", "node_addr": "192.0.2.11",
+                                "wireguard": {"public_key": key, "port": 51820}}]}}
+
+
+def test_an_agent_makes_a_new_key_aside_reports_it_and_switches_once_recorded(tmp_path):
+    net, made = agent(tmp_path)
+    path = str(tmp_path / "wireguard.key")
+    old = open(path).read()
+    first = net.wireguard_info()["public_key"]
+    net.key_order({"generation": 1, "public_key": first, "due": None})
+    assert net.key_report() is None and not made
+    net.key_order({"generation": 1, "public_key": first, "due": 2})
+    assert made == [1]                                   # a heartbeat goes at once
+    report = net.key_report()
+    assert report["generation"] == 2 and report["public_key"] != first
+    assert stat.S_IMODE(os.stat(path + ".next").st_mode) == 0o600
+    assert open(path).read() == old                      # the tunnel keeps the old key
+    net.key_order({"generation": 1, "public_key": first, "due": 2})
+    assert made == [1] and net.key_report() == report    # made once, reported until recorded
+    # recorded: no more reports; the switch waits for the pictures to list it
+    net.key_order({"generation": 2, "public_key": report["public_key"], "due": None})
+    assert net.key_report() is None
+    net._switch_key(picture(first))
+    assert open(path).read() == old
+    net._switch_key(picture(report["public_key"]))
+    assert sorted(os.listdir(tmp_path)) == ["wireguard.key"]      # renamed over the old
+    assert wg.public_key(open(path).read().strip()) == report["public_key"]
+    assert net.wireguard_info()["public_key"] == report["public_key"]
+    assert net.key_switches == 1
+
+
+def test_an_agent_without_encrypted_pictures_switches_when_recorded(tmp_path):
+    net, made = agent(tmp_path)
+    first = net.wireguard_info()["public_key"]
+    net.key_order({"generation": 4, "public_key": first, "due": 5})
+    new = net.key_report()["public_key"]
+    net.key_order({"generation": 5, "public_key": new, "due": None})
+    net._switch_key({})
+    assert net.wireguard_info()["public_key"] == new and net.key_switches == 1
+
+
+def test_a_new_key_the_managers_no_longer_want_is_dropped(tmp_path):
+    net, made = agent(tmp_path)
+    path = str(tmp_path / "wireguard.key")
+    first = net.wireguard_info()["public_key"]
+    net.key_order({"generation": 1, "public_key": first, "due": 2})
+    assert os.path.exists(path + ".next")
+    net.key_order({"generation": 1, "public_key": first, "due": None})
+    assert not os.path.exists(path + ".next") and net.key_report() is None
+    net._switch_key({})
+    assert net.wireguard_info()["public_key"] == first and net.key_switches == 0
+
+
+def test_a_registration_publishes_the_new_key_and_a_restart_takes_it(tmp_path):
+    net, made = agent(tmp_path)
+    path = str(tmp_path / "wireguard.key")
+    first = net.wireguard_info()["public_key"]
+    net.key_order({"generation": 1, "public_key": first, "due": 2})
+    new = net.key_report()["public_key"]
+    # a new session (another leader) publishes the new key: the managers record it
+    assert net.wireguard_info()["public_key"] == new
+    # an older leader says nothing of keys: it holds what was published
+    net.key_order(None)
+    net._switch_key({})
+    assert net.key_switches == 1 and not os.path.exists(path + ".next")
+    # a node stopped between making a key and switching takes it at start
+    private = wg.make_next_key(path)
+    again, _ = agent(tmp_path)
+    assert again.wireguard_info()["public_key"] == wg.public_key(private)
+    assert os.listdir(tmp_path) == ["wireguard.key"]
+    # garbage aside is removed, the key in use kept
+    with open(path + ".next", "w") as f:
+        f.write("garbage\n")
+    assert wg.load_or_create_key(path) == private and os.listdir(tmp_path) == ["wireguard.key"]
+
+
+def test_a_switch_of_keys_starts_a_handshake_with_each_peer_concerned():
+    import ipaddress
+
+    def b64(i):
+        return base64.b64encode(bytes([i]) * 32).decode()
+
+    peers = tuple(wg.Peer(b64(i), f"192.0.2.{i}:51820", wg.tunnel_address(f"192.0.2.{i}"))
+                  for i in (12, 13))
+    spec = wg.TunnelSpec(b64(1), 51820, ipaddress.IPv4Address("192.0.2.11"), peers)
+    dump = (b64(1), 51820, frozenset((p.public_key, p.endpoint, p.allowed_ips)
+                                     for p in peers))
+    assert wg.rekeyed_peers(dump, spec) == []                               # nothing new
+    # a peer's key replaced: that peer
+    rekeyed = (b64(1), 51820, frozenset({(b64(99), peers[0].endpoint, peers[0].allowed_ips),
+                                         (peers[1].public_key, peers[1].endpoint,
+                                          peers[1].allowed_ips)}))
+    assert wg.rekeyed_peers(rekeyed, spec) == [peers[0].address]
+    # this engine's key replaced: every peer
+    assert wg.rekeyed_peers((b64(2),) + dump[1:], spec) == [p.address for p in peers]

@@ -61,15 +61,24 @@ class Agent:
         self.metrics = AgentMetrics(self)
         self.server = AgentServer(cfg, self.stream, self.metrics, executor=self.executor,
                                   trust=self.trust)
-        self.session = Session(cfg, client, self.link, on_update, on_removed,
+        self._on_update = on_update
+        self.session = Session(cfg, client, self.link, self._answered, on_removed,
                                describe=self.executor.describe, on_registered=self._registered,
-                               trust=self.trust, wireguard=self.networking.wireguard_info)
+                               trust=self.trust, wireguard=self.networking.wireguard_info,
+                               network_key=self.networking.key_report)
+        # a new WireGuard key the managers asked for goes with a heartbeat at once
+        self.networking.on_new_key = self.session.beat_soon
 
     def _report(self, task_id: str, status: dict) -> None:
         # a task of this node that stopped leaves its services' VIPs and
         # answers here at once; the managers tell the other nodes
         self.networking.task_status(task_id, status)
         self.reporter.report(task_id, status)
+
+    def _answered(self, reply: dict) -> None:
+        # every answer says what the managers hold of this node's key
+        self.networking.key_order((reply.get("node") or {}).get("network_key"))
+        self._on_update(reply)
 
     def _registered(self, reply: dict) -> None:
         # The leader of the new session first: its first push may follow at once.

@@ -24,6 +24,15 @@ A node that cannot carry them (no ``wireguard-go``, no key, or an engine
 shared with another node of such a network) refuses their tasks at once:
 :meth:`Networking.ready` says why.
 
+The node's WireGuard key is replaced when the managers ask
+(:meth:`Networking.key_order`, from the session's answers): a new key pair
+is made aside and reported with the next heartbeat
+(:meth:`Networking.key_report`) while the tunnel keeps the old key; once
+the managers have recorded it, the tunnel switches in the pass that
+follows the pictures listing the new key (the same push tells the other
+engines of it), or at once when no picture lists this node; at the latest
+at the repair pass ``SWITCH_WAIT`` after the managers recorded it.
+
 A pass runs whenever the picture changes, whenever one of this node's own
 tasks stops (its address leaves the VIPs and the answers at once, before
 the managers' word comes back), and every 10 s as a repair (everything
@@ -46,6 +55,7 @@ gateway's port 53 (``SO_REUSEPORT``).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import threading
@@ -73,6 +83,15 @@ log = logging.getLogger(__name__)
 REPAIR_EVERY = 10.0
 RETRY_EVERY = 2.0
 READY_TIMEOUT = 30.0
+SWITCH_WAIT = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _NextKey:
+    """A new key made for a rotation, not in use yet."""
+    private: str = dataclasses.field(repr=False)
+    public: str
+    generation: int | None
 
 
 def _host_ip(addr: str | None) -> str | None:
@@ -117,6 +136,14 @@ class Networking(Component):
         self.wireguard_port = wgmod.DEFAULT_PORT
         self._wg_public: str | None = None
         self._wg_why: str | None = "this node's WireGuard key is not loaded"
+        self._key_path: str | None = None
+        self._keys = threading.Lock()           # the key fields below
+        self._wg_next: _NextKey | None = None
+        self._wg_recorded: str | None = None    # the public key the managers hold
+        self._wg_recorded_at = 0.0
+        self._wg_sent: str | None = None        # published at the last registration
+        self.on_new_key: Callable[[], None] | None = None
+        self.key_switches = 0
         self._cond = threading.Condition()
         self._kick = threading.Event()
         # under _cond
@@ -152,6 +179,7 @@ class Networking(Component):
         and ``wg`` (``unavailable``: why not, None if they are there, True:
         look). Before the session registers, which publishes the key."""
         self.wireguard_port = port
+        self._key_path = key_path
         why = wgmod.available() if unavailable is True else unavailable
         try:
             self._wg_key = wgmod.load_or_create_key(key_path)
@@ -164,11 +192,89 @@ class Networking(Component):
         self._wg_why = why if isinstance(why, str) else None
 
     def wireguard_info(self) -> dict[str, Any] | None:
-        """What the node publishes: its WireGuard public key and port, when
-        it can carry encrypted networks between hosts (never the private key)."""
+        """What the node publishes when it registers: its WireGuard public key
+        (a new one made for a rotation, if there is one: the managers record it
+        then) and port, when it can carry encrypted networks between hosts
+        (never the private key)."""
         if self._wg_why is not None or self._wg_public is None:
             return None
-        return {"public_key": self._wg_public, "port": self.wireguard_port}
+        with self._keys:
+            self._wg_sent = self._wg_next.public if self._wg_next else self._wg_public
+            return {"public_key": self._wg_sent, "port": self.wireguard_port}
+
+    def key_order(self, info: Mapping[str, Any] | None) -> None:
+        """What the session's last answer says of this node's key
+        (``{generation, public_key, due}``; None from a leader that does not
+        rotate keys: it holds what the last registration published). Makes
+        a new key when one is due; drops one the managers no longer want."""
+        if self._key_path is None or self._wg_key is None:
+            return
+        if isinstance(info, Mapping):
+            recorded, due = info.get("public_key"), info.get("due")
+            generation = info.get("generation")
+        else:
+            recorded, due, generation = self._wg_sent, None, None
+        made = switch = False
+        with self._keys:
+            if recorded != self._wg_recorded:
+                self._wg_recorded, self._wg_recorded_at = recorded, time.monotonic()
+            nxt = self._wg_next
+            if nxt is not None:
+                if recorded == nxt.public:
+                    switch = True
+                elif due is None or due != nxt.generation:
+                    wgmod.discard_next_key(self._key_path)
+                    self._wg_next = None
+                    log.info("wireguard: the new key made for generation %s is not wanted "
+                             "any more", nxt.generation)
+            elif isinstance(due, int) and not isinstance(due, bool) and \
+                    recorded == self._wg_public and \
+                    (not isinstance(generation, int) or due > generation):
+                try:
+                    private = wgmod.make_next_key(self._key_path)
+                except OSError as exc:
+                    log.warning("wireguard: cannot write a new key: %s", exc)
+                    return
+                self._wg_next = _NextKey(private, wgmod.public_key(private), due)
+                made = True
+        if made:
+            log.info("wireguard: made a new key (generation %s) for the managers", due)
+            if self.on_new_key is not None:
+                self.on_new_key()
+        if switch:
+            self._kick.set()
+
+    def key_report(self) -> dict[str, Any] | None:
+        """The new key to report with the next heartbeat, until the managers
+        have recorded it."""
+        with self._keys:
+            nxt = self._wg_next
+            if nxt is None or nxt.generation is None or nxt.public == self._wg_recorded:
+                return None
+            return {"public_key": nxt.public, "generation": nxt.generation}
+
+    def _switch_key(self, views: Mapping[str, dict]) -> None:
+        """Take the new key into use once the managers hold it and the
+        pictures tell the other engines (see the module's description)."""
+        with self._keys:
+            nxt = self._wg_next
+            if nxt is None or self._key_path is None or self._wg_recorded != nxt.public:
+                return
+            listed = nv.own_keys(views, self.node_id)
+            if listed and nxt.public not in listed and \
+                    time.monotonic() - self._wg_recorded_at < SWITCH_WAIT:
+                return
+            try:
+                adopted = wgmod.adopt_next_key(self._key_path)
+            except OSError as exc:
+                self._failures.note("wireguard key", f"cannot take the new key: {exc}")
+                return
+            self._wg_next = None
+            if not adopted:                 # removed meanwhile: keep the key in use
+                return
+            self._wg_key, self._wg_public = nxt.private, nxt.public
+            self.key_switches += 1
+        log.info("wireguard: this node's key is now generation %s", nxt.generation)
 
     def update(self, views: Mapping[str, dict]) -> None:
         """The node's networks changed (``NetworkState``'s callback): cheap."""
@@ -297,6 +403,7 @@ class Networking(Component):
         underlay = nv.underlay_of(views, self.node_id) or self.underlay_hint
         if underlay is None and self._driver is not None:
             underlay = str(self._driver.underlay_ip)
+        self._switch_key(views)
         # 0: the tunnel of the encrypted networks that span hosts; their
         # endpoints on engines it does not reach are left out below
         plan = nv.tunnel_plan(views, self.node_id, underlay)

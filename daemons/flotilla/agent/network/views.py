@@ -168,6 +168,21 @@ def tunnel_plan(views: Views, node_id: str, underlay: str | None) -> TunnelPlan:
     return plan
 
 
+def own_keys(views: Views, node_id: str) -> set[str]:
+    """The public keys the pictures of encrypted networks list for this node
+    (empty: none lists it)."""
+    keys = set()
+    for view in views.values():
+        if not view.get("encrypted"):
+            continue
+        for peer in view.get("peers") or ():
+            if isinstance(peer, Mapping) and peer.get("node_id") == node_id and \
+                    isinstance(peer.get("wireguard"), Mapping) and \
+                    isinstance(peer["wireguard"].get("public_key"), str):
+                keys.add(peer["wireguard"]["public_key"])
+    return keys
+
+
 def gateway_of(view: Mapping[str, Any]) -> str | None:
     return ip_of(view.get("gateway"))
 

@@ -31,8 +31,17 @@ whole and renamed into place), and publishes only the public key, with its
 port, when it registers; the managers hand it to the other nodes in the
 pictures of encrypted networks. The private key goes only to the local
 ``wg`` through a pipe. WireGuard itself makes new session keys every two
-minutes (its handshake); the node's own key stays until its data
-directory is removed.
+minutes (its handshake); the node's own key is replaced when the managers
+ask (every 12 hours by default, ``manager/networkkeys.py``): the new one is
+written aside (``wireguard.key.next``, 0600), published, and renamed over
+the old one when the tunnel switches to it. A new key found aside at start
+is taken (it may have been published already).
+
+A switch of keys, this engine's or a peer's, is followed by one empty UDP
+datagram from this engine's tunnel address to each peer concerned (port 9,
+discard): WireGuard makes a handshake when it has something to send, so
+traffic does not wait for its next retry (5 s) once both ends hold the new
+key.
 """
 
 from __future__ import annotations
@@ -63,6 +72,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = DEFAULT_WIREGUARD_PORT
 IFACE_PREFIX = "flw-"
 KEY_FILE = "wireguard.key"
+NEXT_SUFFIX = ".next"
+DISCARD_PORT = 9
 # Tunnel addresses: this unique-local /96 and the engine's underlay IPv4 address.
 TUNNEL_PREFIX = ipaddress.IPv6Network("fd66:6c6f:7469:6c61::/96")
 # WireGuard's own headers over an IPv4 underlay: IPv4 (20), UDP (8), its
@@ -116,7 +127,9 @@ def public_key(private_key: str) -> str:
 def load_or_create_key(path: str) -> str:
     """This node's private key, made and written (0600, atomically) the
     first time. A file that holds no key is an error, not replaced: the
-    node's public key was published."""
+    node's public key was published. A new key left aside by a rotation
+    (``path.next``) replaces it first."""
+    adopt_next_key(path)
     try:
         with open(path) as f:
             text = f.read()
@@ -133,6 +146,58 @@ def load_or_create_key(path: str) -> str:
     if os.stat(path).st_mode & 0o077:
         os.chmod(path, 0o600)
     return text.strip()
+
+
+def make_next_key(path: str) -> str:
+    """A new private key, written aside (``path.next``, 0600, atomically)
+    while ``path`` stays in use; returned."""
+    key = generate_private_key()
+    fsutil.atomic_write(path + NEXT_SUFFIX, key + "\n", 0o600)
+    return key
+
+
+def adopt_next_key(path: str) -> bool:
+    """The key aside replaces ``path`` (a rename: the old key is gone);
+    False if there is none, or it holds no key (then it is removed)."""
+    nxt = path + NEXT_SUFFIX
+    try:
+        with open(nxt) as f:
+            _raw_key(f.read(), nxt)
+    except FileNotFoundError:
+        return False
+    except WireGuardError as exc:
+        log.warning("%s; removed", exc)
+        discard_next_key(path)
+        return False
+    os.replace(nxt, path)
+    fsutil.fsync_dir(os.path.dirname(os.path.abspath(path)))
+    return True
+
+
+def discard_next_key(path: str) -> None:
+    """The key aside is not wanted (the managers moved on)."""
+    try:
+        os.unlink(path + NEXT_SUFFIX)
+    except FileNotFoundError:
+        return
+    fsutil.fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def poke(source: ipaddress.IPv6Address, targets: Sequence[ipaddress.IPv6Address]) -> None:
+    """One empty datagram from ``source`` to each of ``targets`` (tunnel
+    addresses): WireGuard makes a handshake with each of them at once."""
+    if not targets:
+        return
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind((str(source), 0))
+            for target in targets:
+                try:
+                    sock.sendto(b"", (str(target), DISCARD_PORT))
+                except OSError as exc:
+                    log.debug("handshake with %s not started: %s", target, exc)
+    except OSError as exc:
+        log.debug("no handshakes started from %s: %s", source, exc)
 
 
 # -- addresses and names ------------------------------------------------------------------
@@ -205,6 +270,18 @@ def parse_dump(text: str) -> tuple[str, int, frozenset[tuple[str, str, str]]]:
             frozenset(peers))
 
 
+def rekeyed_peers(before: tuple[str, int, frozenset[tuple[str, str, str]]],
+                  spec: TunnelSpec) -> list[ipaddress.IPv6Address]:
+    """The tunnel addresses of the peers that need a new handshake once
+    ``spec`` replaces ``before`` (:func:`parse_dump`): all of them when this
+    engine's key changed, else those whose key is new here."""
+    private, _, peers = before
+    if private and private != spec.private_key:
+        return [p.address for p in sorted(spec.peers)]
+    known = {key for key, _, _ in peers}
+    return [p.address for p in sorted(spec.peers) if p.public_key not in known]
+
+
 def guard_script(present: bool) -> str:
     """The ``nft -f`` input that makes the guard table exist (or not)."""
     head = f"table ip6 {GUARD_TABLE}\ndelete table ip6 {GUARD_TABLE}\n"
@@ -249,11 +326,15 @@ class WireGuard:
 
     def __init__(self, name: str, links: Callable[[], Links] = Links,
                  run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
-                 find: Callable[[str], str | None] = find_command) -> None:
+                 find: Callable[[str], str | None] = find_command,
+                 start_handshakes: Callable[[ipaddress.IPv6Address,
+                                             Sequence[ipaddress.IPv6Address]], None] = poke
+                 ) -> None:
         self.name = name
         self._links = links
         self._run = run
         self._find = find
+        self._poke = start_handshakes
 
     def _command(self, name: str) -> str:
         path = self._find(name)
@@ -291,12 +372,17 @@ class WireGuard:
                 changes += self._start()
             now = parse_dump(self._exec([wg, "show", self.name, "dump"],
                                         f"wg show {self.name}"))
+            rekeyed: list[ipaddress.IPv6Address] = []
             if now != spec.wanted():
                 self._exec([wg, "syncconf", self.name, "/dev/stdin"],
                            f"wg syncconf {self.name}", stdin=render_config(spec))
                 changes.append(f"{self.name}: port {spec.port}, peers "
                                + (", ".join(p.endpoint for p in sorted(spec.peers)) or "none"))
+                rekeyed = rekeyed_peers(now, spec)
+                if now[0] and now[0] != spec.private_key:
+                    changes.append(f"{self.name}: switched to this node's new key")
             changes += self._address(links, spec)
+        self._poke(spec.address, rekeyed)
         return changes
 
     def _start(self) -> list[str]:
