@@ -10,8 +10,9 @@ sys.path.insert(0, ROOT)
 # Under pytest-xdist (`-n N`), each group of tests below goes whole to one
 # worker, and the groups are handed out in the order of the items. The
 # deployment tests on test hosts share one group (their hosts flt-* and their
-# network have fixed names), and its worker takes nothing else: it is the
-# longest group, and anything queued behind it would make the run longer.
+# network have fixed names), and its worker takes nothing else until that
+# group is done: it is the longest group, and anything queued behind it would
+# make the run longer; once it is done, its worker takes what is left.
 # `make cluster`'s test is a group of its own (fixed ports 4242-4246 and 8080,
 # which the integration clusters keep off, and .cache/cluster), as is the chaos
 # run (its namespaces flc-* and /tmp/flotilla-chaos are fixed). Every other
@@ -81,10 +82,9 @@ def pytest_xdist_make_scheduler(config, log):
             return _group(nodeid.split("::", 1)[0])
 
         def _reschedule(self, node) -> None:
-            if DEDICATED in self.assigned_work.get(node, {}) and len(self.nodes) > 1:
-                if not node.shutting_down:
-                    node.shutdown()         # runs what it was given, then stops
-                return
+            work = self.assigned_work.get(node, {})
+            if DEDICATED in work and len(self.nodes) > 1 and self._pending_of(work) > 0:
+                return      # nothing queued behind the dedicated group; then what is left
             super()._reschedule(node)
 
     config.option.loadscopereorder = False

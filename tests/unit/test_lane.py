@@ -66,11 +66,17 @@ def test_a_cluster_built_after_a_discarded_one_gets_a_directory_of_its_own(tmp_p
     assert first.base != second.base and clusters.made == [second]
 
 
-def test_the_worker_of_the_dedicated_group_takes_no_other():
+def test_the_worker_of_the_dedicated_group_takes_no_other_until_it_is_done():
     env = dict(os.environ, FLOTILLA_TEST_DEDICATED_GROUP="tests/unit/test_ratelog.py")
-    passed, _out = _passed_in_two_workers(env)
-    ran = collections.defaultdict(set)
+    passed, out = _passed_in_two_workers(env)
+    order = collections.defaultdict(list)
     for worker, path in passed:
-        ran[worker].add(path)
-    assert sorted(map(sorted, ran.values())) == [
-        ["tests/unit/test_component.py", "tests/unit/test_units.py"], ["tests/unit/test_ratelog.py"]], ran
+        order[worker].append(path)
+    dedicated = [w for w, paths in order.items() if "tests/unit/test_ratelog.py" in paths]
+    assert len(dedicated) == 1, order
+    paths = order[dedicated[0]]
+    # its worker runs the whole group first; only then anything else
+    n = paths.count("tests/unit/test_ratelog.py")
+    assert paths[:n] == ["tests/unit/test_ratelog.py"] * n, paths
+    ran = {p for _w, p in passed}
+    assert ran == set(FILES), out[-3000:]
