@@ -83,6 +83,7 @@ bench: venv docker bench-deps
 	$(PY) bench/converge.py
 	$(PY) bench/converge.py --init
 	$(PY) bench/slow_uploads.py
+	$(PY) bench/network.py
 
 ## What the benchmarks need besides the virtualenv: etcd, run side by side with the
 ## replicated store in bench/raft_writes.py (Debian's etcd-server and etcd-client).
@@ -100,7 +101,8 @@ bench-scale: venv
 	$(PY) bench/scale.py --rate 2000 --runs 5
 	$(PY) bench/scale.py --runs 3 --profile bench/results/scale-leader.svg
 
-## A local cluster (3 managers + 2 workers on 127.0.0.1:4242-4246) with demo services,
+## A local cluster (3 managers + 2 workers on 127.0.0.1:4242-4246) with demo services
+## (a web page, a client fetching it by name over an overlay network, workers),
 ## deployed by Ansible with inventory/local (supervisord keeps the nodes running).
 cluster: venv docker
 	$(PLAYBOOK) -i inventory/local playbooks/site.yml
@@ -111,10 +113,14 @@ cluster: venv docker
 	@$(FLOTILLA) service ls
 	@echo
 	@echo "The demo web service answers on http://127.0.0.1:8080/  (try: curl http://127.0.0.1:8080/)"
+	@echo "and demo-client fetches http://demo-web/ by name over the overlay network demo:"
+	@$(FLOTILLA) service logs --tail 1 demo-client
 	@echo "Use the CLI against it:"
 	@echo "  export FLOTILLA_HOST=127.0.0.1:4242,127.0.0.1:4243,127.0.0.1:4244"
 	@echo "  export FLOTILLA_TLS_DIR=$(CLUSTER_DIR)/manager-1/admin"
 	@echo "  $(VENV)/bin/flotilla node ls"
+	@echo "  $(VENV)/bin/flotilla service logs -f demo-client"
+	@echo "  $(VENV)/bin/flotilla network inspect --verbose demo"
 	@echo "  $(VENV)/bin/flotilla service ps demo-workers"
 	@echo "  $(VENV)/bin/flotilla service scale demo-workers=8"
 	@echo "Remove it with: make cluster-down"

@@ -17,8 +17,13 @@ sys.path.insert(0, ROOT)
 # which the integration clusters keep off, and .cache/cluster), as is the chaos
 # run (its namespaces flc-* and /tmp/flotilla-chaos are fixed). Every other
 # module is a group of its own, so that its module-scoped clusters are built
-# once. (pytest-xdist's own loadgroup does not group under pytest 9.2: the
-# scheduler below does the grouping.)
+# once. Clusters on this machine's own engine take address pools of their
+# own (tests/helpers/pools.py), so their networks never clash there (an
+# engine holds one network per subnet); the modules that keep Flotilla's
+# default pool, to assert its subnets (``ADDR_POOL = None``), share a group
+# instead. (pytest-xdist's own
+# loadgroup does not group under pytest 9.2: the scheduler below does the
+# grouping.)
 #
 # The order: the longest first, then the other integration modules, the unit
 # tests last.
@@ -36,8 +41,13 @@ FIRST_GROUPS = (
 )
 
 
+ENGINE_NETWORKS = ("tests/integration/test_networks.py", "tests/integration/test_cli_networks.py")
+
+
 def _group(path: str) -> str:
     """The group of the tests in ``path`` (relative to the repository)."""
+    if path in ENGINE_NETWORKS:
+        return "engine-networks"
     parts = path.split("/")
     if parts[:2] == ["tests", "deploy"] and parts[2:] != ["test_make_cluster.py"]:
         return DEDICATED

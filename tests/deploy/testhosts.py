@@ -54,6 +54,8 @@ SUITE = "bookworm"
 NODE_PACKAGES = (
     "python3", "python3-venv", "python3-apt", "openssh-server", "iproute2", "docker.io",
     "ca-certificates", "systemd-sysv", "dbus", "sudo", "busybox-static", "curl", "procps",
+    # what the role installs for the nodes' networks (flotilla_network_packages)
+    "nftables", "wireguard-go", "wireguard-tools",
 )
 # Bump when the way the root filesystem is prepared changes.
 NODE_RECIPE = 3

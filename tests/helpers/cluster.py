@@ -149,14 +149,19 @@ def _group_alive(pgid: int) -> bool:
 
 class LocalCluster:
     def __init__(self, base: str, heartbeat: str = "1s", cert_expiry: str | None = None,
-                 env: dict | None = None, data_root: str | None = None):
+                 env: dict | None = None, data_root: str | None = None,
+                 addr_pool: str | None = "auto"):
         """Nodes' logs go to ``base``, their data directories to ``data_root``
-        (default: ``base`` too)."""
+        (default: ``base`` too). ``addr_pool``: the cluster's default
+        address pool; ``auto``, a /16 no other live cluster on this machine
+        has (:mod:`tests.helpers.pools`); None, Flotilla's default."""
         self.base = base
         self.data_root = data_root or base
         os.makedirs(base, exist_ok=True)
         self.heartbeat = heartbeat
         self.cert_expiry = cert_expiry
+        self.addr_pool = addr_pool
+        self._held_pool: str | None = None
         self.env = dict(os.environ, **(env or {}))
         self.nodes: dict[str, NodeProc] = {}
 
@@ -166,6 +171,12 @@ class LocalCluster:
         extra = ["--init", "--heartbeat-period", self.heartbeat]
         if self.cert_expiry:
             extra += ["--cert-expiry", self.cert_expiry]
+        if self.addr_pool == "auto":
+            from .pools import reserve
+            self._held_pool = self._held_pool or reserve(self.base)
+            extra += ["--default-addr-pool", self._held_pool]
+        elif self.addr_pool:
+            extra += ["--default-addr-pool", self.addr_pool]
         node.start(*extra)
         self.nodes[name] = node
         # Generous deadlines: a loaded machine (tests run in parallel) starts slowly.
@@ -281,8 +292,13 @@ class LocalCluster:
                 pass
         try:
             self.remove_containers()
+            self.remove_networks()
         except Exception:
             pass
+        if self._held_pool is not None:
+            from .pools import release
+            release(self._held_pool, self.base)
+            self._held_pool = None
 
     # -- containers (all nodes share this machine's dockerd) --------------------------------
     def node_ids(self) -> set[str]:
@@ -317,6 +333,23 @@ class LocalCluster:
                 ctr.remove(force=True)
             except Exception:
                 pass
+
+    def cluster_id(self) -> str | None:
+        for n in self.nodes.values():
+            try:
+                return n.config()["cluster_id"] or None
+            except (OSError, KeyError, ValueError):
+                continue
+        return None
+
+    def remove_networks(self):
+        """What the agents made for the cluster's networks on the engine
+        (once its containers are gone)."""
+        from .enginenets import remove_cluster_networks
+
+        cluster_id = self.cluster_id()
+        if cluster_id:
+            remove_cluster_networks(cluster_id)
 
     def dump_logs(self) -> str:
         out = []

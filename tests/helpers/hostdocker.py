@@ -3,7 +3,9 @@
 The engine has its own data root, exec root (and so its own containerd),
 pid file and unix socket, and runs inside the host's network namespace
 with no bridge and no iptables rules of its own: containers get no network,
-which is all the test workloads need. Images come from the machine's engine
+which is all the test workloads need. ``iptables=True`` lets the engine
+manage the namespace's iptables and forwarding as on a real host (FORWARD
+policy DROP, rules per bridge network). Images come from the machine's engine
 (``docker save | docker load``): no registry is involved.
 """
 
@@ -18,8 +20,9 @@ from .netns import in_netns, run
 
 
 class HostDocker:
-    def __init__(self, netns: str, base: str):
+    def __init__(self, netns: str, base: str, iptables: bool = False):
         self.netns = netns
+        self.iptables = iptables
         self.base = base
         self.data_root = os.path.join(base, "data")
         self.exec_root = os.path.join(base, "exec")
@@ -42,7 +45,8 @@ class HostDocker:
         cmd = in_netns(self.netns, [
             "dockerd", "--data-root", self.data_root, "--exec-root", self.exec_root,
             "--pidfile", self.pidfile, "-H", self.host_url,
-            "--bridge=none", "--iptables=false", "--ip-masq=false", "--ip-forward=false",
+            "--bridge=none", *(f"--{flag}={str(self.iptables).lower()}"
+                               for flag in ("iptables", "ip-masq", "ip-forward")),
             "--containerd-namespace", f"{self.netns}",
             "--containerd-plugins-namespace", f"{self.netns}-plugins",
         ])

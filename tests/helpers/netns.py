@@ -17,6 +17,7 @@ found and removed before a new one is built.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -41,7 +42,8 @@ def in_netns(name: str, argv: list[str]) -> list[str]:
     ``nsenter --net`` enters only the network namespace; ``ip netns exec``
     would also remount /sys, which hides the cgroup mounts dockerd needs.
     """
-    return ["nsenter", f"--net={netns_path(name)}", *argv]
+    # by its full path: the command may be started with another PATH
+    return [shutil.which("nsenter") or "nsenter", f"--net={netns_path(name)}", *argv]
 
 
 class Fabric:
@@ -120,8 +122,10 @@ class Fabric:
         return run("ip", "netns", "exec", self.namespace(host), "iptables", "-S", CHAIN).stdout
 
     @staticmethod
-    def _iptables(ns: str, *args: str) -> None:
+    def iptables(ns: str, *args: str) -> None:
         run("ip", "netns", "exec", ns, "iptables", "-w", "5", *args)
+
+    _iptables = iptables
 
     # -- teardown --------------------------------------------------------------------
     def our_namespaces(self) -> list[str]:

@@ -46,12 +46,13 @@ class NsNodeProc(NodeProc):
         self.proc: subprocess.Popen | None = None
         self.node_id: str | None = None
         self._extra: tuple[str, ...] = ()
+        self.env: dict[str, str] = {}       # on top of the cluster's
 
     def start(self, *extra: str):
         cmd = in_netns(self.host.netns, [
             PYTHON, "-m", "flotilla.cli.main", "node", "run", "--data-dir", self.data_dir,
             "--listen", self.addr, "--hostname", self.name, *extra])
-        env = dict(self.cluster.env, DOCKER_HOST=self.host.engine.host_url)
+        env = dict(self.cluster.env, DOCKER_HOST=self.host.engine.host_url, **self.env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True, env=env)
@@ -68,11 +69,17 @@ class NsCluster(LocalCluster):
         self.hosts: dict[str, Host] = {}
 
     # -- hosts ---------------------------------------------------------------------
-    def add_host(self, name: str, octet: int, images: tuple[str, ...] = ()) -> Host:
+    def add_host(self, name: str, octet: int, images: tuple[str, ...] = (),
+                 iptables: bool = False) -> Host:
+        """A host: its namespace, address and engine. ``iptables``: the engine
+        manages the namespace's iptables as on a real host, and forwarding
+        between interfaces is dropped unless a rule accepts it."""
         addr = self.fabric.add_host(name, octet)
         netns = self.fabric.namespace(name)
-        engine = HostDocker(netns, os.path.join(self.base, "engines", name))
+        engine = HostDocker(netns, os.path.join(self.base, "engines", name), iptables=iptables)
         engine.start()
+        if iptables:
+            self.fabric.iptables(netns, "-P", "FORWARD", "DROP")
         for image in images:
             engine.load_image(image)
         host = Host(name, addr, netns, engine)
@@ -91,8 +98,9 @@ class NsCluster(LocalCluster):
         return node
 
     def join(self, name: str, role: str = "manager", via: NodeProc | None = None,
-             wait: bool = True) -> NodeProc:
+             wait: bool = True, env: dict[str, str] | None = None) -> NodeProc:
         node = NsNodeProc(self, self.hosts[name])
+        node.env = dict(env or {})
         via = via or self.first
         node.start("--join", via.addr, "--token", self.token(role))
         self.nodes[name] = node
@@ -123,6 +131,9 @@ class NsCluster(LocalCluster):
     def remove_containers(self):
         for host in self.hosts.values():
             host.engine.remove_all_containers()
+
+    def remove_networks(self):
+        """Nothing: each host's engine and namespace go with the host."""
 
     # -- teardown ------------------------------------------------------------------
     def teardown(self) -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure a Docker engine runs on this machine and the test images exist.
-# Idempotent. Installs Debian's docker.io and busybox-static when missing
-# (needs root), starts dockerd without systemd when it is not running, and
+# Idempotent. Installs Debian's docker.io and busybox-static, and what the
+# nodes' networks need (nftables, wireguard-go, wireguard-tools), when
+# missing (needs root), starts dockerd without systemd when it is not running, and
 # builds the images tests use from Debian packages (no registry needed).
 set -euo pipefail
 
@@ -9,6 +10,16 @@ export DEBIAN_FRONTEND=noninteractive
 if ! command -v dockerd >/dev/null || [ ! -x /bin/busybox ]; then
     apt-get update -qq
     apt-get install -y -qq docker.io busybox-static >/dev/null
+fi
+
+# What the nodes' networks need: nftables (virtual IPs) and user-space
+# WireGuard (encrypted networks between hosts: the kernel may have none).
+# Without recommends: wireguard-tools recommends a kernel module package.
+if ! command -v wireguard-go >/dev/null || ! command -v wg >/dev/null \
+        || ! [ -x /usr/sbin/nft ]; then
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends nftables wireguard-go wireguard-tools \
+        >/dev/null
 fi
 
 if ! docker info >/dev/null 2>&1; then

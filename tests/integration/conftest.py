@@ -17,6 +17,11 @@ loopback, sharing this machine's dockerd.
                          ``CLUSTER = {"managers": 1, "workers": 2}`` (the
                          default), named m1.. and w1...
 
+Every cluster's networks come from an address pool of its own (a /16 no
+other live cluster on this machine holds), since all share this machine's
+engine; a module that asserts Flotilla's default pool says
+``ADDR_POOL = None``.
+
 Every factory prints the nodes' logs when a test using its clusters failed,
 and stops the nodes and removes their containers at the end.
 """
@@ -33,12 +38,14 @@ DEFAULT_SHAPE = {"managers": 1, "workers": 2}
 class _Clusters:
     """Clusters built under ``base``; ``close()`` stops them all."""
 
-    def __init__(self, base):
+    def __init__(self, base, addr_pool="auto"):
         self.base = base
+        self.addr_pool = addr_pool
         self.made: list[LocalCluster] = []
         self.count = 0          # clusters built: each gets a directory of its own
 
     def __call__(self, **kw) -> LocalCluster:
+        kw.setdefault("addr_pool", self.addr_pool)
         c = LocalCluster(str(self.base / f"cluster{self.count}"), **kw)
         self.count += 1
         self.made.append(c)
@@ -51,10 +58,18 @@ class _Clusters:
             c.stop_all()
 
 
+def _addr_pool(request):
+    """Each cluster takes an address pool of its own (a module may say
+    ``ADDR_POOL = None`` to keep Flotilla's default: it then runs alone
+    among the modules with networks on this machine's engine; see
+    tests/conftest.py)."""
+    return getattr(request.module, "ADDR_POOL", "auto")
+
+
 @pytest.fixture
 def make_cluster(tmp_path, request):
     """Build real clusters for this test; print node logs if the test fails."""
-    clusters = _Clusters(tmp_path)
+    clusters = _Clusters(tmp_path, _addr_pool(request))
     yield clusters
     rep = getattr(request.node, "rep_call", None)
     clusters.close(failed=rep is not None and rep.failed)
@@ -64,7 +79,8 @@ def make_cluster(tmp_path, request):
 def make_module_cluster(tmp_path_factory, request):
     """Build real clusters for this module; print node logs if a test of it failed."""
     failed_before = request.session.testsfailed
-    clusters = _Clusters(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
+    clusters = _Clusters(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]),
+                         _addr_pool(request))
     yield clusters
     clusters.close(failed=request.session.testsfailed > failed_before)
 

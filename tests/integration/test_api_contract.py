@@ -38,6 +38,9 @@ def test_openapi_document_describes_the_api(cluster):
     spec = doc["components"]["schemas"][body.rsplit("/", 1)[1]]
     assert spec["additionalProperties"] is False          # unknown fields are refused
     assert create["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/Error")
+    update = paths["/v1/cluster"]["patch"]["requestBody"]["content"]["application/json"]
+    settings = doc["components"]["schemas"][update["schema"]["$ref"].rsplit("/", 1)[1]]
+    assert {"network_key_rotation", "rotate_network_keys"} <= set(settings["properties"])
 
     # Every 4xx has the one error shape with the field path.
     res = s.post(f"{base}/v1/services", json={"name": "x", "task": {"container": {"image": "a",

@@ -75,13 +75,27 @@ def test_token_rotation(cluster, tmp_path):
 def test_cluster_update_and_errors(cluster):
     settings = cluster.admin().get("/v1/cluster")["spec"]
     res = json.loads(cluster.cli("cluster", "update", "--cert-expiry", "2h",
-                                 "--heartbeat-period", "2s", "--format", "json").stdout)
+                                 "--heartbeat-period", "2s", "--network-key-rotation", "1m",
+                                 "--format", "json").stdout)
     assert res["spec"]["ca"]["node_cert_expiry"] == 7200
     assert res["spec"]["dispatcher"]["heartbeat_period"] == 2.0
+    assert res["spec"]["network_keys"] == {"rotation_period": 60.0, "force_rotate": 0}
+    shown = cluster.cli("cluster", "update", "--rotate-network-keys").stdout
+    assert "Network key rotation: 1m" in shown and "new WireGuard key" in shown
     client = cluster.admin()
+    assert client.get("/v1/cluster")["spec"]["network_keys"]["force_rotate"] == 1
     with pytest.raises(ApiError) as e:
         client.patch("/v1/cluster", {"cert_expiry": "10s"})
     assert e.value.status == 400 and e.value.field == "cert_expiry"
+    for body, field in (({"network_key_rotation": "10s"}, "network_key_rotation"),
+                        ({"network_key_rotation": "soon"}, "network_key_rotation"),
+                        ({"rotate_network_keys": "yes"}, "rotate_network_keys")):
+        with pytest.raises(ApiError) as e:
+            client.patch("/v1/cluster", body)
+        assert e.value.status == 400 and e.value.field == field, body
+    bad = cluster.cli("cluster", "update", "--network-key-rotation", "10s", check=False)
+    assert bad.returncode == 1 and "network_key_rotation" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
     with pytest.raises(ApiError) as e:
         client.patch("/v1/cluster", {"cert_expiry": "1h", "tpyo": 1})
     assert e.value.status == 400 and e.value.field == "tpyo"
@@ -103,7 +117,9 @@ def test_cluster_update_and_errors(cluster):
     assert w1["labels"] == {"disk": "ssd"} and w1["availability"] == "pause"
     # The cluster is shared by the module's tests: its settings go back.
     client.patch("/v1/cluster", {"cert_expiry": settings["ca"]["node_cert_expiry"],
-                                 "heartbeat_period": settings["dispatcher"]["heartbeat_period"]})
+                                 "heartbeat_period": settings["dispatcher"]["heartbeat_period"],
+                                 "network_key_rotation":
+                                     settings["network_keys"]["rotation_period"]})
 
 
 def test_version_and_control_socket(cluster):

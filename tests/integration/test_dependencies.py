@@ -164,7 +164,8 @@ services:
 """)
     start = index_now(c)
     res = c.cli("stack", "deploy", "--detach", "-c", str(compose), "dep")
-    assert res.stdout.splitlines() == ["Creating service dep_db", "Creating service dep_web"]
+    assert res.stdout.splitlines() == ["Creating network dep_default", "Creating service dep_db",
+                                       "Creating service dep_web"]
     assert c.admin().get("/v1/services/dep_web")["spec"]["depends_on"] == [
         {"service": "dep_db", "condition": "healthy"}]
     wait_for(lambda: running(c, "dep_web", 1), 60, what="dep_web running")

@@ -1,5 +1,6 @@
 """`flotilla stack` against a real cluster: deploy a Compose file, list it,
-redeploy without and with changes, refuse unsupported keys, remove it.
+redeploy without and with changes, refuse unsupported keys, remove it; a
+stack's services reaching each other by name on the stack's network.
 
 All nodes share this machine's dockerd, so a service publishing a host port
 can run only one task here (a second container could not bind the port):
@@ -139,8 +140,8 @@ def test_stack_deploy_update_and_remove(cluster, tmp_path):
     # deploy, detached, then wait for every task to run
     write()
     res = c.cli("stack", "deploy", "--detach", "-c", str(compose), STACK)
-    assert res.stdout.splitlines() == [f"Creating service {STACK}_{s}"
-                                       for s in ("web", "cache", "worker")]
+    assert res.stdout.splitlines() == [f"Creating network {STACK}_default"] + [
+        f"Creating service {STACK}_{s}" for s in ("web", "cache", "worker")]
     want = {f"{STACK}_web": 1, f"{STACK}_cache": 2, f"{STACK}_worker": 1}
     wait_for(lambda: all_running(c, want), 90, what="the stack's tasks running")
     wait_for(lambda: fetch(port) == "ok\n", 20, what="the published web port")
@@ -215,9 +216,70 @@ def test_stack_deploy_update_and_remove(cluster, tmp_path):
 
     # removal
     res = c.cli("stack", "rm", STACK)
-    assert sorted(res.stdout.splitlines()) == sorted(f"Removing service {n}" for n in want)
+    assert sorted(res.stdout.splitlines()) == sorted(
+        [f"Removing service {n}" for n in want] + [f"Removing network {STACK}_default"])
     wait_for(lambda: not stack_containers(), 60, what="the stack's containers removed")
-    assert services(c) == {}
+    assert services(c) == {} and c.admin().get("/v1/networks") == []
     assert STACK not in c.cli("stack", "ls").stdout.split()
     res = c.cli("stack", "rm", STACK, check=False)
     assert res.returncode == 1 and res.stderr.strip() == f"error: stack {STACK} not found"
+
+
+NETWORKED = """\
+services:
+  web:
+    image: flotilla-test/web:1
+    networks: [default, shared]
+    deploy:
+      replicas: 2
+      placement:
+        max_replicas_per_node: 1
+  client:
+    image: flotilla-test/busybox:1
+    init: true
+    stop_grace_period: 1s
+    command:
+      - sh
+      - -c
+      - while true; do echo "web says $$(wget -q -O- http://web/)"; sleep 1; done
+networks:
+  shared:
+    external: true
+"""
+
+
+def test_a_stacks_services_reach_each_other_by_name(cluster, tmp_path):
+    """The services of a stack that names no network are on STACK_default
+    and find each other by their names in the file (and in the cluster);
+    stack rm removes that network once its tasks are gone, and leaves an
+    external network the stack joined."""
+    c = cluster
+    stack = "chat"
+    shared = c.cli("network", "create", "shared").stdout.strip()
+    compose = tmp_path / "compose.yml"
+    compose.write_text(NETWORKED)
+    res = c.cli("stack", "deploy", "-c", str(compose), stack)
+    assert res.stdout.splitlines()[:3] == [f"Creating network {stack}_default",
+                                           f"Creating service {stack}_web",
+                                           f"Creating service {stack}_client"]
+    nets = {n["name"]: n for n in c.admin().get("/v1/networks")}
+    assert set(nets) == {f"{stack}_default", "shared"}
+    assert nets[f"{stack}_default"]["labels"] == {"flotilla.stack.namespace": stack}
+    web = c.admin().get(f"/v1/services/{stack}_web")
+    assert [(v["network_id"], v["addr"]) for v in web["virtual_ips"]] and \
+        {v["network_id"] for v in web["virtual_ips"]} == {nets[f"{stack}_default"]["id"], shared}
+    assert web["spec"]["task"]["networks"][0]["aliases"] == ["web"]
+
+    # the client fetches http://web/ (the VIP, spread over web's two tasks) and logs it
+    [client] = c.containers(service=f"{stack}_client")
+    wait_for(lambda: b"web says web v1" in client.logs(), 60, what="the client's log of web")
+    # the cluster's name answers too
+    res = client.exec_run(["wget", "-q", "-O-", f"http://{stack}_web/"])
+    assert (res.exit_code, res.output) == (0, b"web v1\n")
+
+    res = c.cli("stack", "rm", stack)
+    assert res.stdout.splitlines() == [f"Removing service {stack}_client",
+                                       f"Removing service {stack}_web",
+                                       f"Removing network {stack}_default"]
+    assert [n["name"] for n in c.admin().get("/v1/networks")] == ["shared"]
+    c.cli("network", "rm", "shared")

@@ -7,7 +7,7 @@ import pytest
 
 from flotilla.cli.compose.errors import ComposeError
 from flotilla.cli.compose.merge import load
-from flotilla.cli.compose.translate import STACK_LABEL, stack_specs, translate
+from flotilla.cli.compose.translate import STACK_LABEL, load_stack, stack_specs, translate
 from flotilla.model.specs import ServiceSpec
 
 NS = {"flotilla.stack.namespace": "shop"}
@@ -211,6 +211,7 @@ def test_realistic_file(tmp_path):
                           "preferences": [{"spread": "node.labels.zone"}],
                           "max_replicas": 1},
             "restart": restart,
+            "networks": [{"target": "shop_default", "aliases": ["web"]}],
         },
         "endpoint": {"ports": [{"published": 8080, "target": 80, "protocol": "tcp"},
                                {"published": 8443, "target": 443, "protocol": "tcp"},
@@ -230,6 +231,7 @@ def test_realistic_file(tmp_path):
                           "labels": NS,
                           "healthcheck": {"test": ["CMD", "redis-cli", "ping"], "interval": 5.0}},
             "resources": {"limits": {"memory": 1024 ** 3}},
+            "networks": [{"target": "shop_default", "aliases": ["cache"]}],
         },
     }
     assert by_name["shop_worker"] == {
@@ -248,6 +250,7 @@ def test_realistic_file(tmp_path):
             },
             "placement": {"constraints": ["node.labels.queue==yes"]},
             "restart": restart,
+            "networks": [{"target": "shop_default", "aliases": ["worker"]}],
         },
         "depends_on": [{"service": "shop_cache", "condition": "started"}],
     }
@@ -267,14 +270,11 @@ def test_name_defaults_to_the_files_name(tmp_path):
 
 
 @pytest.mark.parametrize("snippet, needle, key_path", [
-    ("    networks: [front]\n", "networks:", "services.web.networks"),
     ("    build: .\n", "build:", "services.web.build"),
     ("    network_mode: host\n", "network_mode:", "services.web.network_mode"),
     ("    privileged: true\n", "privileged:", "services.web.privileged"),
     ("    secrets: [token]\n", "secrets:", "services.web.secrets"),
     ("    restart: always\n", "restart:", "services.web.restart"),
-    ("    deploy:\n      endpoint_mode: dnsrr\n", "endpoint_mode:",
-     "services.web.deploy.endpoint_mode"),
     ("    deploy:\n      placement:\n        foo: bar\n", "foo:",
      "services.web.deploy.placement.foo"),
     ("    deploy:\n      resources:\n        limits:\n          pids: 10\n", "pids:",
@@ -298,7 +298,6 @@ def test_unsupported_service_keys(tmp_path, snippet, needle, key_path):
 
 
 @pytest.mark.parametrize("text, needle, key_path", [
-    ("services:\n  web: {image: busybox}\nnetworks:\n  default: {}\n", "networks:", "networks"),
     ("services:\n  web: {image: busybox}\nsecrets:\n  token: {file: ./t}\n", "secrets:", "secrets"),
     ("services:\n  web: {image: busybox}\nconfigs: {}\n", "configs:", "configs"),
     ("services:\n  web: {image: busybox}\nvolumes:\n  data:\n    driver: nfs\n", "driver:",
@@ -324,22 +323,192 @@ def test_all_errors_are_reported_together_in_line_order(tmp_path):
               mode: replicated-job
           api:
             command: serve
-        networks: {}
+        networks: [front]
         """
     path, errors = errors_of(tmp_path, text)
     assert errors == [
-        f"{path}:4: services.web.network_mode: not supported by Flotilla: there are no stack "
-        "networks; containers use the engine's default network and reach each other through "
-        "published ports",
+        f"{path}:4: services.web.network_mode: not supported by Flotilla: services join overlay "
+        "networks (networks:) and reach each other there by service name",
         f"{path}:5: services.web.imgae: unknown key (not part of the Compose specification)",
         f"{path}:6: services.web.ports[0]: '80' has no published port: Flotilla publishes ports "
         "in host mode only, on the node running each task, so the host port must be given "
         "(e.g. \"80:80\")",
         f"{path}:8: services.web.deploy.mode: jobs are not supported by Flotilla",
         f"{path}:9: services.api.image: required: Flotilla runs images (build is not supported)",
-        f"{path}:11: networks: not supported by Flotilla: there are no stack networks; containers "
-        "use the engine's default network and reach each other through published ports",
+        f"{path}:11: networks: must be a mapping",
     ]
+
+
+NETWORKS = """\
+services:
+  web:
+    image: busybox
+    networks:
+      front:
+        aliases: [www]
+      back:
+    deploy:
+      endpoint_mode: dnsrr
+  client:
+    image: busybox
+  db:
+    image: busybox
+    networks: [back, shared, legacy]
+networks:
+  front:
+    driver: overlay
+    driver_opts: {encrypted: ""}
+    ipam:
+      driver: default
+      config:
+        - subnet: 10.9.0.0/24
+          gateway: 10.9.0.254
+    labels: {tier: front}
+    internal: true
+  back:
+    attachable: true
+  shared:
+    external: true
+  legacy:
+    external: {name: old-net}
+  unused:
+    name: never-made
+"""
+
+
+def test_networks(tmp_path):
+    """Services join the networks they name (the stack's default network
+    when they name none), with their aliases and their name in the file;
+    networks are named STACK_KEY unless external or named; only the
+    networks services are on are made."""
+    path = write(tmp_path, NETWORKS)
+    stack = load_stack([path], "shop", {})
+    by_name = {s["name"]: s for s in stack.services}
+    assert by_name["shop_web"]["task"]["networks"] == [
+        {"target": "shop_front", "aliases": ["www", "web"]},
+        {"target": "shop_back", "aliases": ["web"]}]
+    assert by_name["shop_web"]["endpoint"] == {"mode": "dnsrr"}
+    assert by_name["shop_client"]["task"]["networks"] == [
+        {"target": "shop_default", "aliases": ["client"]}]
+    assert "endpoint" not in by_name["shop_client"]
+    assert by_name["shop_db"]["task"]["networks"] == [
+        {"target": "shop_back", "aliases": ["db"]}, {"target": "shared", "aliases": ["db"]},
+        {"target": "old-net", "aliases": ["db"]}]
+    nets = {n.key: n for n in stack.networks}
+    assert [n.name for n in stack.networks] == ["shop_front", "shop_back", "shop_default",
+                                                "shared", "old-net"]
+    assert nets["front"].spec == {
+        "name": "shop_front", "driver": "overlay", "subnet": "10.9.0.0/24",
+        "gateway": "10.9.0.254", "attachable": False, "internal": True, "encrypted": True,
+        "labels": {"tier": "front", **NS}}
+    assert nets["default"].spec == {
+        "name": "shop_default", "driver": "overlay", "subnet": None, "gateway": None,
+        "attachable": False, "internal": False, "encrypted": False, "labels": NS}
+    assert (nets["shared"].external, nets["shared"].spec) == (True, None)
+    assert nets["legacy"].external and nets["shared"].where == f"{path}:28: networks.shared"
+    # attachable: Docker's tools honour it; here only tasks join networks
+    assert stack.warnings == [f"{path}:27: networks.back.attachable: ignored: only services' "
+                              "tasks join Flotilla networks"]
+    # a network named by the file
+    path = write(tmp_path, "services:\n  a: {image: x}\nnetworks:\n  default: {name: plain}\n")
+    assert [n.name for n in load_stack([path], "shop", {}).networks] == ["plain"]
+
+
+@pytest.mark.parametrize("text, needle, key_path, message", [
+    ("    networks:\n      front:\n        ipv4_address: 10.9.0.5\n", "ipv4_address",
+     "services.web.networks.front.ipv4_address", "not supported by Flotilla: the managers"),
+    ("    networks:\n      front:\n        priority: 10\n", "priority",
+     "services.web.networks.front.priority", "not supported by Flotilla"),
+    ("    networks:\n      front:\n        gw_priority: 10\n", "gw_priority",
+     "services.web.networks.front.gw_priority", "not supported by Flotilla"),
+    ("    networks: [front, elsewhere]\n", "networks:", "services.web.networks[1]",
+     "network elsewhere is not declared in the top-level networks"),
+    ("    networks: front\n", "networks:", "services.web.networks",
+     "must be a list of networks or a mapping"),
+    ("    networks:\n      front:\n        aliases: www\n", "aliases",
+     "services.web.networks.front.aliases", "must be a list"),
+    ("    networks:\n      front:\n        aliases: [-www]\n", "aliases",
+     "services.web.networks.front.aliases", "alias '-www' is not a DNS label"),
+    ("    deploy:\n      endpoint_mode: round\n", "endpoint_mode",
+     "services.web.deploy.endpoint_mode", "must be vip or dnsrr"),
+    ("    links: [db]\n", "links", "services.web.links", "reach each other by service name"),
+    ("networks:\n  front:\n    driver: bridge\n", "driver:", "networks.front.driver",
+     "'bridge' is not supported by Flotilla: its networks are overlay networks"),
+    ("networks:\n  front:\n    driver_opts:\n      com.docker.network.driver.mtu: 1400\n",
+     "mtu", "networks.front.driver_opts.com.docker.network.driver.mtu",
+     "not supported by Flotilla (known options: encrypted)"),
+    ("networks:\n  front:\n    driver_opts: {encrypted: maybe}\n", "encrypted",
+     "networks.front.driver_opts.encrypted", "must be true or false"),
+    ("networks:\n  front:\n    ipam:\n      config:\n        - subnet: 10.9.0.0/24\n"
+     "          ip_range: 10.9.0.0/25\n", "ip_range", "networks.front.ipam.config[0].ip_range",
+     "not supported by Flotilla: the managers hand out every address"),
+    ("networks:\n  front:\n    ipam:\n      config:\n        - subnet: 10.9.0.0/24\n"
+     "        - subnet: 10.8.0.0/24\n", "10.8.0.0", "networks.front.ipam.config[1]",
+     "a network has one subnet"),
+    ("networks:\n  front:\n    ipam:\n      config:\n        - subnet: 10.9.0.1/24\n",
+     "subnet", "networks.front.ipam.config[0].subnet", "is not an IPv4 subnet in CIDR form"),
+    ("networks:\n  front:\n    ipam:\n      config:\n        - subnet: fd00::/64\n",
+     "subnet", "networks.front.ipam.config[0].subnet", "only IPv4 subnets are supported"),
+    ("networks:\n  front:\n    ipam:\n      driver: dhcp\n", "driver:",
+     "networks.front.ipam.driver", "'dhcp' is not supported by Flotilla"),
+    ("networks:\n  front:\n    ipam:\n      options: {a: b}\n", "options:",
+     "networks.front.ipam.options", "not supported by Flotilla"),
+    ("networks:\n  front:\n    enable_ipv6: true\n", "enable_ipv6",
+     "networks.front.enable_ipv6", "not supported by Flotilla: networks are IPv4 only"),
+    ("networks:\n  front:\n    external: true\n    internal: true\n", "internal",
+     "networks.front.internal", "cannot be set for an external network"),
+    ("networks:\n  front:\n    scope: swarm\n", "scope", "networks.front.scope",
+     "unknown key (not part of the Compose specification)"),
+    ("networks:\n  front:\n    labels: {flotilla.stack.namespace: x}\n", "labels",
+     "networks.front.labels", "label flotilla.stack.namespace is reserved"),
+    ("networks:\n  front:\n    name: bad name\n", "name:", "networks.front.name",
+     "must be 1-63 characters"),
+    ("networks:\n  front:\n    external: true\n    name: bad name\n", "name:", "networks.front",
+     "network name 'bad name' must be"),
+])
+def test_network_errors_name_the_key(tmp_path, text, needle, key_path, message):
+    """Each network key Flotilla cannot honour is an error at its line."""
+    service, _, top = text.partition("networks:\n  front:") if text.startswith("networks:") \
+        else (text, "", "")
+    top = "networks:\n  front:" + top if top else "networks:\n  front: {}\n"
+    full = "services:\n  web:\n    image: busybox\n" + service + top
+    path, error = one_error(tmp_path, full)
+    assert error.startswith(f"{path}:{line_of(full, needle)}: {key_path}: "), error
+    assert message in error, error
+
+
+def test_a_service_on_a_network_needs_a_name_to_look_up(tmp_path):
+    path, error = one_error(tmp_path, "services:\n  web.v2:\n    image: busybox\n")
+    assert error == (f"{path}:2: services.web.v2: service name shop_web.v2 is looked up on its "
+                     "networks, so it must be a DNS label: letters, digits, '-' and '_', "
+                     "starting and ending with a letter or digit")
+
+
+def test_service_networks_merge_by_network(tmp_path):
+    base = write(tmp_path, """\
+        services:
+          web:
+            image: busybox
+            networks:
+              front: {aliases: [www]}
+              back:
+        networks: {front: {}, back: {}, side: {}}
+        """, "compose.yml")
+    override = write(tmp_path, """\
+        services:
+          web:
+            networks:
+              front: {aliases: [site]}
+              side:
+        """, "compose.override.yml")
+    stack = load_stack([base, override], "s", {})
+    assert stack.services[0]["task"]["networks"] == [
+        {"target": "s_front", "aliases": ["www", "site", "web"]},
+        {"target": "s_back", "aliases": ["web"]}, {"target": "s_side", "aliases": ["web"]}]
+    with open(override, "w") as f:
+        f.write("services:\n  web:\n    networks: !override [side]\n")
+    stack = load_stack([base, override], "s", {})
+    assert stack.services[0]["task"]["networks"] == [{"target": "s_side", "aliases": ["web"]}]
 
 
 def test_image_missing(tmp_path):
@@ -742,9 +911,8 @@ def test_merge_files_in_order(tmp_path):
     with pytest.raises(ComposeError) as info:
         stack_specs([base, override], "s", {})
     assert info.value.errors == [f"{override}:12: services.web.network_mode: not supported by "
-                                 "Flotilla: there are no stack networks; containers use the "
-                                 "engine's default network and reach each other through "
-                                 "published ports"]
+                                 "Flotilla: services join overlay networks (networks:) and reach "
+                                 "each other there by service name"]
     with open(override) as f:
         text = f.read().replace("    network_mode: host\n", "")
     with open(override, "w") as f:

@@ -44,6 +44,8 @@ def test_fixed_names_share_a_group_and_the_longest_go_first():
     assert _group("tests/deploy/test_make_cluster.py") == "tests/deploy/test_make_cluster.py"
     assert _group("tests/chaos/test_chaos.py") == "chaos"
     assert _group("tests/integration/test_cli.py") == "tests/integration/test_cli.py"
+    assert _group("tests/integration/test_networks.py") == \
+        _group("tests/integration/test_cli_networks.py") == "engine-networks"
     ranks = [_rank(_group(p)) for p in ("tests/deploy/test_site.py", "tests/integration/test_services.py",
                                          "tests/chaos/test_chaos.py", "tests/integration/test_metrics.py",
                                          "tests/unit/test_units.py")]

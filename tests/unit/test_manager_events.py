@@ -105,3 +105,12 @@ def test_long_poll_wakes_on_a_new_event():
     finally:
         log.stop()
         log.stop()   # idempotent
+
+
+def test_the_api_documents_every_type_of_event():
+    import typing
+
+    from flotilla.manager import events as eventlog
+    from flotilla.manager.api.events import Event
+
+    assert set(typing.get_args(Event.model_fields["type"].annotation)) == set(eventlog.TYPES)

@@ -43,7 +43,10 @@ def test_the_api_views_read_the_stored_task():
         "node_id": "n1", "node": "host-1", "desired_state": "running", "state": "failed",
         "message": "exited", "error": "exit 1", "exit_code": 1, "container_id": "c9",
         "timestamp": 101.0, "image": "nginx:1", "spec_version": 3, "up_to_date": True,
-        "created_at": 1.5, "updated_at": 2.5})
+        "networks": [], "created_at": 1.5, "updated_at": 2.5})
+    on_net = dict(task, networks=[{"network_id": "n1", "addr": "10.0.0.2/24", "aliases": []}])
+    assert taskmodel.viewer(taskapi.Task)(on_net, node=None, up_to_date=True)["networks"] == \
+        on_net["networks"]
     detail = taskmodel.viewer(taskapi.TaskDetail)(task, node=None, up_to_date=False)
     assert list(detail) == list(listed) + ["spec", "ports"]
     assert detail["spec"] is task["spec"] and detail["ports"] is task["ports"]

@@ -14,6 +14,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from .netstate import NetworkState
+
 if TYPE_CHECKING:
     from .worker import Worker
 
@@ -25,8 +27,9 @@ class Refused(Exception):
 
 
 class AssignmentStream:
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, networks: NetworkState | None = None) -> None:
         self._worker = worker
+        self.networks = networks or NetworkState(None)
         self._lock = threading.Lock()
         self.session_id: str | None = None
         self.seq = 0
@@ -37,6 +40,7 @@ class AssignmentStream:
         """A new session: apply its complete set."""
         with self._lock:
             self._worker.assign(complete.get("tasks", []), complete=True)
+            self.networks.apply(complete, complete=True)
             self.session_id = session_id
             self.seq = int(complete.get("seq", 1))
             self.completes += 1
@@ -50,6 +54,7 @@ class AssignmentStream:
                 raise Refused("invalid", "no sequence number")
             if msg.get("type") == "complete":
                 self._worker.assign(msg.get("tasks", []), complete=True)
+                self.networks.apply(msg, complete=True)
                 self.seq = seq
                 self.completes += 1
                 return self.seq
@@ -62,6 +67,7 @@ class AssignmentStream:
                                      f"got an increment for {msg.get('applies_to')}")
             self._worker.assign(msg.get("tasks", []), complete=False,
                                 removed=list(msg.get("removed", [])))
+            self.networks.apply(msg, complete=False)
             self.seq = seq
             self.increments += 1
             return self.seq

@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Callable
 
 from ..model import task as taskmodel
 from ..model.task import at_least, before, finished
-from .executor import (APIError, ImageUnavailable, TemplateError, container_address,
-                       grace_seconds, log_timestamp, probed)
+from .executor import (APIError, ImageUnavailable, NetworkUnavailable, TemplateError,
+                       container_address, grace_seconds, log_timestamp, probed)
 
 if TYPE_CHECKING:
     from .executor import DockerExecutor
@@ -240,6 +240,9 @@ class Controller:
         except TemplateError as exc:
             self._report("rejected", "expanding the spec's templates failed", err=str(exc))
             return False
+        except NetworkUnavailable as exc:
+            self._report("rejected", "network unavailable", err=str(exc))
+            return False
         self._report("ready")
         return True
 
@@ -284,9 +287,12 @@ class Controller:
             health, why = self._health(task, info, health)
             if health == "unhealthy":
                 self._unwatch()
-                self._executor.stop(info["Id"], grace_seconds(task))
+                # Said first, then stopped: a task that turned unhealthy
+                # leaves its service's VIP and answers now, not once its
+                # container has taken its stop grace period to exit.
                 self._report("failed", "container unhealthy",
                              err="task: container unhealthy" + (f" ({why})" if why else ""))
+                self._executor.stop(info["Id"], grace_seconds(task))
                 return False
             if health in (None, "healthy"):
                 self._report("running")

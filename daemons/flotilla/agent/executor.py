@@ -19,7 +19,7 @@ import math
 import re
 import threading
 import time
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, Sequence, cast
 
 import docker
 from docker import errors as docker_errors
@@ -30,6 +30,8 @@ from ..common import template
 from ..common.template import TemplateError  # noqa: F401 (raised by create)
 from ..model import task as taskmodel
 from .describe import local_platform
+from .network.dockernet import (Attachment, ContainerNetworking, NetworkUnavailable,
+                                ReadyNetwork, connect, container_networking)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,14 @@ MAX_LOG_LINE = 16 * 1024
 
 class ImageUnavailable(Exception):
     """The task's image is not on this node and could not be pulled."""
+
+
+class Networks(Protocol):
+    """What the executor needs of the node's networks (``networking.py``)."""
+
+    def ready(self, network_ids: Sequence[str]) -> _List[ReadyNetwork]: ...
+
+    def reapply(self) -> None: ...
 
 
 def container_name(task: dict, node_id: str) -> str:
@@ -153,6 +163,8 @@ class DockerExecutor:
         self._client = docker_client
         self._max_pool_size = max_pool_size
         self._client_lock = threading.Lock()
+        # the node's overlay networks, where its tasks' containers are put
+        self.networks: Networks | None = None
 
     # -- engine --------------------------------------------------------------------
     @property
@@ -273,10 +285,43 @@ class DockerExecutor:
                 self.hostname = found.get("hostname") or ""
         return template.context(task, self.node_id, self.hostname, self._node_platform)
 
+    def _networking(self, task: dict) -> tuple[ContainerNetworking, str] | None:
+        """The task's container on its networks (its first network at
+        creation, the others connected before it starts), and its DNS
+        server: the node's resolver on the first network. None for a task
+        on no network. Waits until the node has made the networks on its
+        engine (:class:`NetworkUnavailable` if it does not in time)."""
+        atts = [a for a in task.get("networks") or () if isinstance(a, dict)]
+        if not atts:
+            return None
+        if self.networks is None:
+            raise NetworkUnavailable("this node does not run overlay networks")
+        ready = self.networks.ready([str(a.get("network_id")) for a in atts])
+        # No Docker aliases: the engine's embedded resolver would answer
+        # them itself with this engine's containers, past the VIP and past
+        # whether they run; names are the node's resolver's to answer.
+        attachments = [Attachment(net.docker_name, str(a.get("addr")))
+                       for net, a in zip(ready, atts)]
+        return container_networking(self.api, attachments), ready[0].gateway
+
     def create(self, task: dict) -> str:
         """Create (not start) the task's container; returns its id. Raises
         TemplateError if the spec holds a template this node cannot expand
-        (specs are checked when submitted: only one stored before that)."""
+        (specs are checked when submitted: only one stored before that),
+        NetworkUnavailable if a network of the task is not on this node's
+        engine in time."""
+        for attempt in (1, 2):
+            try:
+                return self._create(task)
+            except docker_errors.NotFound:
+                # a network this node had made is gone from the engine
+                # (removed by hand, or by another node sharing the engine)
+                if attempt == 2 or self.networks is None or not task.get("networks"):
+                    raise
+                self.networks.reapply()
+        raise AssertionError("unreachable")
+
+    def _create(self, task: dict) -> str:
         spec = task["spec"]
         c = template.expand_container(spec["container"], self.template_context(task))
         limits = (spec.get("resources") or {}).get("limits") or {}
@@ -291,7 +336,10 @@ class DockerExecutor:
             if (target, proto) not in ports:
                 ports.append((target, proto))
             bindings.setdefault(key, []).append(p.get("published") or None)
+        net = self._networking(task)
         host_config = self.api.create_host_config(
+            network_mode=net[0].network_mode if net else None,
+            dns=[net[1]] if net else None,
             mounts=_mounts(c.get("mounts")) or None,
             nano_cpus=int(cpus * 1e9) if cpus > 0 else None,
             mem_limit=memory if memory > 0 else None,
@@ -316,8 +364,17 @@ class DockerExecutor:
             stop_timeout=int(math.ceil(grace)),
             detach=True,
             host_config=host_config,
+            mac_address=net[0].mac_address if net else None,
+            networking_config=net[0].networking_config if net else None,
         )
-        return result["Id"]
+        cid: str = result["Id"]
+        if net is not None and net[0].others:
+            try:
+                connect(self.api, cid, net[0])
+            except Exception:
+                self.remove(cid)
+                raise
+        return cid
 
     def start(self, container_id: str) -> None:
         self.api.start(container_id)

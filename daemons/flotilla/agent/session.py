@@ -6,7 +6,10 @@ leader's dispatcher port when the registration names one (see
 to the leader, and the list of managers
 learned from each answer is kept so the session follows the cluster when
 managers come and go. Each answer also carries this node's desired and
-observed role, which the node uses to promote or demote itself.
+observed role, which the node uses to promote or demote itself, and what
+the managers hold of its WireGuard key: while the node has made a new key
+they have not recorded (they asked for it), each heartbeat reports it, and
+the first goes at once (:meth:`Session.beat_soon`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import __version__
@@ -43,7 +47,9 @@ class Session(Component):
                  on_update: Callable[[dict], None], on_removed: Callable[[], None],
                  describe: Callable[[], dict] | None = None,
                  on_registered: Callable[[dict], None] | None = None,
-                 trust: Trust | None = None) -> None:
+                 trust: Trust | None = None,
+                 wireguard: Callable[[], dict | None] | None = None,
+                 network_key: Callable[[], dict | None] | None = None) -> None:
         super().__init__()
         self._cfg = cfg
         self._trust = trust
@@ -53,13 +59,17 @@ class Session(Component):
         self._on_removed = on_removed
         self._describe = describe
         self._on_registered = on_registered
+        self._wireguard = wireguard
+        self._network_key = network_key
+        self._beat = threading.Event()
         self.registered = 0
         self.heartbeats = 0
         self.connected = False      # the last registration or heartbeat succeeded
         self.last_view: dict | None = None
         self.session_id: str | None = None
-        # A leader of an earlier release refuses the field: register without it.
+        # A leader of an earlier release refuses these fields: register without them.
         self._plain_register = False
+        self._no_wireguard = False
 
     def _description(self) -> dict[str, Any]:
         desc: dict[str, Any] = {
@@ -84,6 +94,9 @@ class Session(Component):
             desc["agent_addr"] = self._cfg.agent_advertise
         if getattr(self._cfg, "advertise_explicit", False) and not self._plain_register:
             desc["advertise_explicit"] = True
+        wg = self._wireguard() if self._wireguard is not None else None
+        if wg and not self._no_wireguard:
+            desc["wireguard"] = wg
         return desc
 
     def run(self) -> None:
@@ -103,10 +116,13 @@ class Session(Component):
                 self._handle(reply)
                 backoff = 0.1
                 log.info("session %s registered (heartbeat every %.2fs)", session_id[:8], period)
-                while not self.sleep(period):
+                while not self._wait_beat(period):
                     beat = {"session_id": session_id}
                     if self._trust is not None and self._trust.version and not self._trust.legacy:
                         beat["trust"] = self._trust.version
+                    key = self._network_key() if self._network_key is not None else None
+                    if key:
+                        beat["network_key"] = key
                     reply = self._link.post("/v1/dispatcher/heartbeat", beat,
                                             timeout=max(2.0, period), retry_for=period)
                     self.heartbeats += 1
@@ -123,6 +139,12 @@ class Session(Component):
                 if exc.field == "advertise_explicit" and not self._plain_register:
                     self._plain_register = True
                     continue
+                if (exc.field or "").startswith("wireguard") and not self._no_wireguard:
+                    # an older leader: this node's tasks stay off encrypted
+                    # networks that span hosts until it is upgraded
+                    log.warning("the leader does not take this node's WireGuard key: %s", exc)
+                    self._no_wireguard = True
+                    continue
                 # "certificate_revoked": the certificate this request went
                 # out with was revoked (a demotion: the worker certificate
                 # that replaces it is being written); retried below.
@@ -135,6 +157,19 @@ class Session(Component):
                 log.exception("agent session failed")
                 if self.sleep(1.0):
                     return
+
+    def beat_soon(self) -> None:
+        """Send the next heartbeat now (a new key to report)."""
+        self._beat.set()
+
+    def wake(self) -> None:
+        self._beat.set()
+
+    def _wait_beat(self, period: float) -> bool:
+        """Wait for the next heartbeat; True if the session is stopping."""
+        self._beat.wait(period)
+        self._beat.clear()
+        return self.stopping.is_set()
 
     def _handle(self, reply: dict) -> None:
         self.last_view = reply.get("node")

@@ -13,6 +13,7 @@ from ..common import fsutil
 from ..common.units import format_duration, parse_duration
 from .context import call
 from .fmt import format_option
+from .node import DEFAULT_MASK, DEFAULT_POOL
 from .output import emit_json, table
 
 
@@ -61,12 +62,21 @@ def _dur(_c, _p, v):
 @click.option("--cert-expiry", callback=_dur, help="Node certificate lifetime (min 60s), e.g. 90d.")
 @click.option("--heartbeat-period", callback=_dur, help="Agent heartbeat period, e.g. 5s.")
 @click.option("--task-history-limit", type=int, help="Finished tasks kept per slot.")
+@click.option("--network-key-rotation", callback=_dur,
+              help="How often each node's WireGuard key (encrypted networks) is replaced "
+                   "(default 12h, min 1m), e.g. 6h.")
+@click.option("--rotate-network-keys", is_flag=True,
+              help="Replace every node's WireGuard key now.")
 @format_option
 @click.pass_obj
-def update(ctx, cert_expiry, heartbeat_period, task_history_limit):
+def update(ctx, cert_expiry, heartbeat_period, task_history_limit, network_key_rotation,
+           rotate_network_keys):
     """Change cluster-wide settings."""
     body = {k: v for k, v in (("cert_expiry", cert_expiry), ("heartbeat_period", heartbeat_period),
-                              ("task_history_limit", task_history_limit)) if v is not None}
+                              ("task_history_limit", task_history_limit),
+                              ("network_key_rotation", network_key_rotation)) if v is not None}
+    if rotate_network_keys:
+        body["rotate_network_keys"] = True
     if not body:
         raise click.UsageError("nothing to update")
     res = call(ctx, "PATCH", "/v1/cluster", json=body)
@@ -74,6 +84,8 @@ def update(ctx, cert_expiry, heartbeat_period, task_history_limit):
         emit_json(res)
     else:
         _print_cluster(res)
+        if rotate_network_keys:
+            click.echo("Every node is asked for a new WireGuard key (node inspect: network_key).")
 
 
 def _print_cluster(c):
@@ -82,6 +94,12 @@ def _print_cluster(c):
     click.echo(f"Node cert expiry:     {format_duration(spec['ca']['node_cert_expiry'])}")
     click.echo(f"Heartbeat period:     {format_duration(spec['dispatcher']['heartbeat_period'])}")
     click.echo(f"Task history limit:   {spec['orchestration']['task_history_limit']}")
+    # A cluster made before networks has no pool of its own: the defaults.
+    pool = spec.get("network") or {"default_addr_pool": [DEFAULT_POOL], "subnet_size": DEFAULT_MASK}
+    click.echo(f"Default address pool: {', '.join(pool['default_addr_pool'])}")
+    click.echo(f"Subnet size:          /{pool['subnet_size']}")
+    keys = spec.get("network_keys") or {"rotation_period": 12 * 3600}
+    click.echo(f"Network key rotation: {format_duration(keys['rotation_period'])}")
     click.echo(f"Root CA digest:       {c['root_ca']['digest']}")
 
 

@@ -18,6 +18,7 @@ COMMANDS = {
     "node": "node:node",
     "cluster": "cluster:cluster",
     "config": "config:config",
+    "network": "network:network",
     "service": "service:service",
     "task": "service:task",
     "stack": "stack:stack",

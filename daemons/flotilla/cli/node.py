@@ -54,12 +54,59 @@ def address_options(fn):
         click.option("--dispatcher-advertise", metavar="HOST:PORT",
                      help="Dispatcher address agents use."),
         click.option("--hostname", help="Name shown for this node (default: the host name)."),
+        click.option("--wireguard-port", type=click.IntRange(1, 65535), metavar="PORT",
+                     help="UDP port of this node's WireGuard tunnel, which carries encrypted "
+                          "networks between hosts (default 51820)."),
     ]):
         fn = opt(fn)
     return fn
 
 
-def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume_ok):
+POOL_FLAG, MASK_FLAG = "--default-addr-pool", "--default-addr-pool-mask-length"
+# Swarm's defaults, as model/network.py has them (not imported until needed:
+# the CLI starts without pydantic).
+DEFAULT_POOL, DEFAULT_MASK = "10.0.0.0/8", 24
+
+
+def address_pool(pools, mask_length) -> dict | None:
+    """The cluster's address pool from ``--default-addr-pool`` (CIDRs) and
+    ``--default-addr-pool-mask-length``, Swarm's defaults for what is left
+    out (None when neither is given); a one-line error naming the flag."""
+    if not pools and mask_length is None:
+        return None
+    from pydantic import ValidationError
+
+    from ..model import network as netmodel
+
+    pool = list(pools) or list(netmodel.DEFAULT_ADDR_POOL)
+    size = netmodel.DEFAULT_SUBNET_SIZE if mask_length is None else mask_length
+    if not netmodel.MIN_PREFIX <= size <= netmodel.MAX_PREFIX:
+        raise click.ClickException(f"{MASK_FLAG}: {size} is not between "
+                                   f"{netmodel.MIN_PREFIX} and {netmodel.MAX_PREFIX}")
+    try:
+        return netmodel.AddressPool(default_addr_pool=pool,
+                                    subnet_size=size).model_dump(mode="json")
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        msg = e["msg"].removeprefix("Value error, ")
+        flag = MASK_FLAG if e["loc"][:1] == ("subnet_size",) else POOL_FLAG
+        raise click.ClickException(f"{flag}: {msg}") from None
+
+
+def pool_options(with_init: str = ""):
+    """The address pool's flags; ``with_init``: what their help starts with."""
+    def deco(fn):
+        fn = click.option(MASK_FLAG, "pool_mask", type=int, metavar="N",
+                          help=f"{with_init}Prefix length of the subnets cut from the pool "
+                               f"for networks that name none (default {DEFAULT_MASK}).")(fn)
+        return click.option(POOL_FLAG, "pools", multiple=True, metavar="CIDR",
+                            help=f"{with_init}Address pool of the networks that name no subnet "
+                                 f"(repeatable; default {DEFAULT_POOL}).")(fn)
+    return deco
+
+
+def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume_ok,
+             pools=(), pool_mask=None):
     """Create or join a cluster in the data dir, or load the node already
     there. Returns the node configuration."""
     from ..node import bootstrap
@@ -70,6 +117,8 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
         raise click.UsageError("--join needs --token")
     if cert_expiry is not None and cert_expiry < 60:
         raise click.BadParameter("must be at least 60s", param_hint="--cert-expiry")
+    network = address_pool(pools, pool_mask)
+    pool_flag = POOL_FLAG if pools else MASK_FLAG
     data_dir = os.path.abspath(o["data_dir"])
     cfg = NodeConfig.load(data_dir)
     addrs = (o["listen"], o["advertise"], o["raft_listen"], o["raft_advertise"],
@@ -90,6 +139,12 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
                         f"cluster; {data_dir} already holds node {cfg.node_id} of cluster "
                         f"{cfg.cluster_id}: change it with `flotilla cluster update {flag} "
                         f"{_show_duration(value)}` and start the node without it")
+            if network is not None:
+                raise click.ClickException(
+                    f"{pool_flag} is a cluster setting, taken only when --init creates the "
+                    f"cluster; {data_dir} already holds node {cfg.node_id} of cluster "
+                    f"{cfg.cluster_id}: it cannot be changed afterwards (see `flotilla "
+                    f"cluster inspect`); start the node without it")
             if init or join_addr:
                 click.echo(f"{data_dir} already holds node {cfg.node_id} of cluster "
                            f"{cfg.cluster_id}: resuming it", err=True)
@@ -102,6 +157,11 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
                                        "agent_listen", "agent_advertise", "dispatcher_listen",
                                        "dispatcher_advertise", "hostname")}
             changes = cfg.apply_restart_flags(flags, manager)
+            port = o.get("wireguard_port")
+            if port and port != cfg.wireguard_port:
+                changes.append(f"wireguard-port {cfg.wireguard_port} -> {port} "
+                               "(from --wireguard-port)")
+                cfg.wireguard_port = port
             if changes:
                 cfg.save()
                 for change in changes:
@@ -109,10 +169,16 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
             return cfg
         if not (init or join_addr):
             raise click.ClickException(f"{data_dir} holds no node: start with --init or --join")
+        if join_addr and network is not None:
+            raise click.ClickException(f"{pool_flag} is a cluster setting, taken only when "
+                                       "--init creates the cluster, not with --join")
         cfg = NodeConfig(data_dir=data_dir, hostname=o["hostname"] or "")
+        if o.get("wireguard_port"):
+            cfg.wireguard_port = o["wireguard_port"]
         cfg.fill_addresses(*addrs)
         if init:
-            bootstrap.init_cluster(cfg, cert_expiry=cert_expiry, heartbeat=heartbeat_period)
+            bootstrap.init_cluster(cfg, cert_expiry=cert_expiry, heartbeat=heartbeat_period,
+                                   network=network)
             click.echo(f"Cluster {cfg.cluster_id} created. Admin bundle: {cfg.admin_dir}", err=True)
         else:
             bootstrap.join_cluster(cfg, join_addr, token)
@@ -132,6 +198,7 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
               help="With --init: node certificate lifetime (e.g. 90d, 60s).")
 @click.option("--heartbeat-period", callback=_duration,
               help="With --init: agent heartbeat period (default 1s).")
+@pool_options("With --init: ")
 @click.option("--log-level", default="info",
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--repair-journal", is_flag=True,
@@ -139,7 +206,8 @@ def _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, *, resume
                    "after it), cut it at the bad record and start. The entries after it are "
                    "lost on this manager and fetched again from the leader: repair one "
                    "manager at a time, while the others have a leader.")
-def run(init, join_addr, token, cert_expiry, heartbeat_period, log_level, repair_journal, **o):
+def run(init, join_addr, token, cert_expiry, heartbeat_period, log_level, repair_journal,
+        pools, pool_mask, **o):
     """Run this node in the foreground (agent always; manager when its role is manager).
 
     A manager whose Raft journal is damaged in the middle (not just a tail
@@ -148,7 +216,8 @@ def run(init, join_addr, token, cert_expiry, heartbeat_period, log_level, repair
     from ..node.daemon import NodeDaemon, check_raft_journal
 
     logs.setup(log_level, "node")
-    cfg = _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, resume_ok=True)
+    cfg = _prepare(o, init, join_addr, token, cert_expiry, heartbeat_period, resume_ok=True,
+                   pools=pools, pool_mask=pool_mask)
     try:
         said = check_raft_journal(cfg.raft_dir, repair=repair_journal)
     except (OSError, RuntimeError) as exc:
@@ -163,10 +232,12 @@ def run(init, join_addr, token, cert_expiry, heartbeat_period, log_level, repair
 @click.option("--cert-expiry", callback=_duration,
               help="Node certificate lifetime (e.g. 90d, 60s).")
 @click.option("--heartbeat-period", callback=_duration, help="Agent heartbeat period (default 1s).")
-def init_cmd(cert_expiry, heartbeat_period, **o):
+@pool_options()
+def init_cmd(cert_expiry, heartbeat_period, pools, pool_mask, **o):
     """Create a new cluster in --data-dir and exit; start it with `node run --data-dir`."""
     logs.setup("warning", "node")
-    cfg = _prepare(o, True, None, None, cert_expiry, heartbeat_period, resume_ok=False)
+    cfg = _prepare(o, True, None, None, cert_expiry, heartbeat_period, resume_ok=False,
+                   pools=pools, pool_mask=pool_mask)
     click.echo(cfg.node_id)
 
 

@@ -12,9 +12,11 @@ import click
 
 from ..common.units import parse_bytes, parse_duration
 from . import progress
+from .completion import complete_networks
 from .context import call
 from .fmt import format_option
 from .logs import logs as service_logs
+from .network import parse_network
 from .output import age, emit_json, table
 
 
@@ -219,6 +221,8 @@ def build_spec(o: dict, image: str, command: tuple) -> dict:
         placement["max_replicas"] = o["replicas_max_per_node"]
     if placement:
         task["placement"] = placement
+    if o.get("network"):
+        task["networks"] = [parse_network(n) for n in o["network"]]
     spec: dict[str, Any] = {"name": o["name"], "mode": o["mode"], "task": task}
     for section in ("update", "rollback"):
         cfg = {key: o[f"{section}_{key}"] for key in ("parallelism", "delay", "failure_action",
@@ -230,8 +234,13 @@ def build_spec(o: dict, image: str, command: tuple) -> dict:
         spec["replicas"] = o["replicas"]
     if o["label"]:
         spec["labels"] = _kv(o["label"], "--label")
+    endpoint: dict[str, Any] = {}
+    if o.get("endpoint_mode"):
+        endpoint["mode"] = o["endpoint_mode"]
     if o["publish"]:
-        spec["endpoint"] = {"ports": [parse_publish(p) for p in o["publish"]]}
+        endpoint["ports"] = [parse_publish(p) for p in o["publish"]]
+    if endpoint:
+        spec["endpoint"] = endpoint
     if o.get("depends_on"):
         spec["depends_on"] = [parse_dependency(d) for d in o["depends_on"]]
     return spec
@@ -251,6 +260,13 @@ def service_options(fn):
         click.option("--mount", multiple=True, metavar="type=bind,source=/x,target=/y"),
         click.option("--publish", "-p", multiple=True, metavar="PUBLISHED:TARGET[/udp]",
                      help="Publish a port on the node running the task (host mode)."),
+        click.option("--network", multiple=True, metavar="NAME|name=NAME,alias=A",
+                     shell_complete=complete_networks,
+                     help="Join the tasks to a network, the service's name (and aliases) "
+                          "resolving there."),
+        click.option("--endpoint-mode", type=click.Choice(["vip", "dnsrr"]),
+                     help="vip (default): the name resolves to one virtual IP per network; "
+                          "dnsrr: to the tasks' addresses."),
         click.option("--constraint", multiple=True, metavar="EXPR",
                      help="e.g. node.labels.disk==ssd"),
         click.option("--placement-pref", multiple=True, metavar="spread=node.labels.KEY"),
@@ -357,18 +373,70 @@ def ls(ctx, quiet):
         for s in items:
             rows.append(dict(s, id12=s["id"][:12],
                              reps=f"{s['replicas']['running']}/{s['replicas']['desired']}",
-                             ports_col=", ".join(
-                                 f"*:{p['published']}->{p['target']}/{p['protocol']}"
-                                 for p in s["ports"])))
+                             ports_col=", ".join(_ports(s["ports"]))))
         table(rows, SERVICE_COLUMNS)
 
 
 @service.command("inspect")
 @click.argument("refs", nargs=-1, required=True)
+@click.option("--pretty", is_flag=True, help="Print a summary for people instead of JSON.")
 @click.pass_obj
-def inspect(ctx, refs):
-    """Show services as JSON."""
-    emit_json([call(ctx, "GET", f"/v1/services/{r}") for r in refs])
+def inspect(ctx, refs, pretty):
+    """Show services as JSON (or a summary with --pretty)."""
+    found = [call(ctx, "GET", f"/v1/services/{r}") for r in refs]
+    if not pretty:
+        emit_json(found)
+        return
+    names = {}
+    if any(s["spec"]["task"].get("networks") for s in found):
+        names = {n["id"]: n["name"] for n in call(ctx, "GET", "/v1/networks")}
+    for i, s in enumerate(found):
+        if i:
+            click.echo()
+        for line in pretty_service(s, names):
+            click.echo(line.rstrip())
+
+
+def _ports(ports) -> list[str]:
+    return [f"*:{p['published']}->{p['target']}/{p['protocol']}" for p in ports]
+
+
+def pretty_service(s: dict, network_names: dict) -> list[str]:
+    """``service inspect --pretty``: the lines for service view ``s``;
+    ``network_names``: network id -> name."""
+    spec, c = s["spec"], s["spec"]["task"]["container"]
+    lines = [f"ID:             {s['id']}", f"Name:           {s['name']}",
+             f"Service Mode:   {spec['mode'].capitalize()}"]
+    if spec["mode"] == "replicated":
+        lines.append(f" Replicas:      {s['replicas']['running']}/{s['replicas']['desired']} "
+                     "running")
+    if spec.get("labels"):
+        lines.append("Labels:")
+        lines += [f" {k}={v}" for k, v in sorted(spec["labels"].items())]
+    if s.get("update_status"):
+        lines.append(f"Update Status:  {s['update_status']['state'].replace('_', ' ')}")
+    lines.append("ContainerSpec:")
+    lines.append(f" Image:         {c['image']}")
+    if c.get("command"):
+        lines.append(f" Command:       {shlex.join(c['command'])}")
+    if c.get("args"):
+        lines.append(f" Args:          {shlex.join(c['args'])}")
+    endpoint = spec.get("endpoint") or {}
+    lines.append(f"Endpoint Mode:  {endpoint.get('mode', 'vip')}")
+    attached = spec["task"].get("networks") or []
+    if attached:
+        vips = {v["network_id"]: v["addr"] for v in s.get("virtual_ips") or ()}
+        rows = [(network_names.get(a["target"], a["target"][:12]),
+                 f"VIP {vips[a['target']]}" if a["target"] in vips else "",
+                 f"aliases: {', '.join(a['aliases'])}" if a["aliases"] else "")
+                for a in attached]
+        widths = [max(len(r[i]) for r in rows) for i in range(2)]
+        lines.append("Networks:")
+        lines += [f" {r[0]:<{widths[0]}}   {r[1]:<{widths[1]}}   {r[2]}" for r in rows]
+    if endpoint.get("ports"):
+        lines.append("Ports:")
+        lines += [f" {p}" for p in _ports(endpoint["ports"])]
+    return lines
 
 
 TASK_COLUMNS = [("ID", "id12"), ("NAME", "name"), ("IMAGE", "image"), ("NODE", "node"),
@@ -440,6 +508,10 @@ def scale(ctx, pairs, detach, timeout):
 @click.option("--container-label-rm", multiple=True, metavar="KEY")
 @click.option("--publish-add", multiple=True, metavar="PUBLISHED:TARGET[/udp]")
 @click.option("--publish-rm", multiple=True, metavar="PUBLISHED[/udp]")
+@click.option("--network-add", multiple=True, metavar="NAME|name=NAME,alias=A",
+              shell_complete=complete_networks)
+@click.option("--network-rm", multiple=True, metavar="NAME", shell_complete=complete_networks)
+@click.option("--endpoint-mode", type=click.Choice(["vip", "dnsrr"]))
 @click.option("--constraint-add", multiple=True, metavar="EXPR")
 @click.option("--constraint-rm", multiple=True, metavar="EXPR")
 @click.option("--mount-add", multiple=True, metavar="type=bind,source=/x,target=/y")
@@ -483,7 +555,8 @@ def scale(ctx, pairs, detach, timeout):
 def update(ctx, ref, detach, timeout, **o):
     """Change a service's spec; its tasks are replaced to match."""
     current = call(ctx, "GET", f"/v1/services/{ref}")
-    spec = update_spec(current["spec"], o)
+    spec = update_spec(current["spec"], o,
+                       network_id=lambda r: call(ctx, "GET", f"/v1/networks/{r}")["id"])
     res = call(ctx, "PATCH", f"/v1/services/{current['id']}",
                json={"spec": spec, "version": current["version"]})
     if ctx.json:
@@ -504,8 +577,29 @@ def _apply_kv(mapping: dict, add, rm, what):
     return out
 
 
-def update_spec(spec: dict, o: dict) -> dict:
-    """The new spec: ``spec`` (the stored one) with the flags in ``o`` applied."""
+def update_networks(attached: list[dict], add, rm, network_id) -> list[dict]:
+    """The service's networks after ``--network-rm`` then ``--network-add``
+    (as Docker's: a network to remove must exist; one already attached
+    cannot be added again, but may be removed and added back with other
+    aliases in one update). ``network_id``: a network's id from its name,
+    id or id prefix."""
+    added = [parse_network(a, "--network-add") for a in add]
+    gone = {network_id(r) for r in rm}
+    out = [a for a in attached if a["target"] not in gone]
+    have = {a["target"] for a in out}
+    for att in added:
+        nid = network_id(att["target"])
+        if nid in have:
+            raise click.ClickException(f"--network-add: the service is already on network "
+                                       f"{att['target']}")
+        out.append(dict(att, target=nid))
+        have.add(nid)
+    return out
+
+
+def update_spec(spec: dict, o: dict, network_id=None) -> dict:
+    """The new spec: ``spec`` (the stored one) with the flags in ``o``
+    applied; ``network_id`` finds a network's id (see ``update_networks``)."""
     spec = copy.deepcopy(spec)
     task = spec["task"]
     c = task["container"]
@@ -541,6 +635,11 @@ def update_spec(spec: dict, o: dict) -> dict:
         ports = [p for p in ports if (p["published"], p["protocol"])
                  != (new["published"], new["protocol"])] + [new]
     spec["endpoint"]["ports"] = ports
+    if o.get("endpoint_mode"):
+        spec["endpoint"]["mode"] = o["endpoint_mode"]
+    if o.get("network_add") or o.get("network_rm"):
+        task["networks"] = update_networks(task.get("networks") or [], o["network_add"],
+                                           o["network_rm"], network_id)
     placement = task["placement"]
     placement["constraints"] = [x for x in placement["constraints"] if x not in o["constraint_rm"]]
     placement["constraints"] += [x for x in o["constraint_add"]

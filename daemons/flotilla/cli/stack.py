@@ -1,17 +1,21 @@
 """``flotilla stack``: deploy Compose files as stacks of services.
 
-A stack is the set of services carrying the service label
+A stack is the set of services, and of networks, carrying the label
 ``flotilla.stack.namespace=NAME``; service ``web`` of stack ``shop`` is the
-cluster service ``shop_web``. The translation from Compose lives in
-``compose/``; this module talks to the API.
+cluster service ``shop_web``, network ``front`` the network ``shop_front``
+(``shop_default`` for services that name none). The translation from
+Compose lives in ``compose/``; this module talks to the API: networks are
+made before the services that join them and removed after them.
 """
 
 from __future__ import annotations
 
+import time
+
 import click
 
 from .compose.errors import ComposeError
-from .compose.translate import STACK_LABEL, stack_specs
+from .compose.translate import STACK_LABEL, StackNetwork, load_stack
 from .context import call
 from .fmt import format_option
 from .output import emit_json, table
@@ -32,6 +36,17 @@ def stack_of(service: dict) -> str | None:
 
 def stack_services(ctx, name: str) -> list[dict]:
     return [s for s in call(ctx, "GET", "/v1/services") if stack_of(s) == name]
+
+
+def network_stack_of(network: dict) -> str | None:
+    return (network.get("labels") or {}).get(STACK_LABEL)
+
+
+# A network's settings that a stack deploy compares with the file's, and how
+# the API's view shows them.
+NETWORK_SETTINGS = ("driver", "subnet", "gateway", "internal", "encrypted", "labels")
+# How long a removed stack's network is retried while its tasks stop.
+NETWORK_RETRY = 0.5
 
 
 def _canonical(spec: dict) -> dict:
@@ -63,18 +78,33 @@ def deploy(ctx, files, prune, detach, timeout, name):
     are updated only if their spec changed.
     """
     try:
-        name, wanted, warnings = stack_specs(list(files), name)
+        plan = load_stack(list(files), name)
     except ComposeError as exc:
         raise StackError("\n".join(exc.errors)) from None
-    for w in warnings:
+    name, wanted = plan.name, plan.services
+    for w in plan.warnings:
         click.echo(f"warning: {w}", err=True)
 
     existing = {s["name"]: s for s in call(ctx, "GET", "/v1/services")}
-    foreign = [s["name"] for s in wanted
-               if s["name"] in existing and stack_of(existing[s["name"]]) != name]
-    if foreign:
-        raise StackError("\n".join(f"service {n} exists and is not part of stack {name}"
-                                   for n in foreign))
+    problems = [f"service {s['name']} exists and is not part of stack {name}" for s in wanted
+                if s["name"] in existing and stack_of(existing[s["name"]]) != name]
+    networks = {n["name"]: n for n in call(ctx, "GET", "/v1/networks")}
+    problems += [p for net in plan.networks for p in _network_problems(net, networks.get(net.name),
+                                                                       name)]
+    if problems:
+        raise StackError("\n".join(problems))
+    for net in plan.networks:
+        if net.name not in networks:
+            click.echo(f"Creating network {net.name}")
+            try:
+                networks[net.name] = call(ctx, "POST", "/v1/networks", json=net.spec)
+            except click.ClickException as exc:
+                raise StackError(f"cannot create network {net.name}: "
+                                 f"{exc.format_message()}") from None
+    ids_of = {n: networks[n]["id"] for n in networks}
+    for spec in wanted:                 # stored by id: compared as stored
+        for att in spec["task"]["networks"]:
+            att["target"] = ids_of[att["target"]]
     if prune:
         keep = {s["name"] for s in wanted}
         for svc in sorted(existing.values(), key=lambda s: s["name"]):
@@ -104,6 +134,34 @@ def deploy(ctx, files, prune, detach, timeout, name):
         return
     from .progress import converge
     converge(ctx, ids, timeout)
+
+
+def _network_problems(net: StackNetwork, found: dict | None, stack: str) -> list[str]:
+    """Why the stack cannot use ``found``, the cluster's network of that
+    name (None: there is none), as its network ``net``."""
+    where = f"{net.where}: " if net.where else ""
+    if net.external:
+        if found is None:
+            return [f"{where}network {net.name} is external but does not exist: create it "
+                    f"first (flotilla network create {net.name})"]
+        return []
+    if found is None:
+        return []
+    if network_stack_of(found) != stack:
+        return [f"{where}network {net.name} exists and is not part of stack {stack}"]
+    assert net.spec is not None
+    differ = []
+    for key in NETWORK_SETTINGS:
+        want = net.spec.get(key)
+        if want is None and key in ("subnet", "gateway"):
+            continue                    # the managers chose it
+        if found.get(key) != want:
+            differ.append(f"{key} {found.get(key)!r}, not {want!r}")
+    if differ:
+        return [f"{where}network {net.name} exists with other settings ({'; '.join(differ)}): "
+                f"a network cannot be changed; remove the stack (flotilla stack rm {stack}) "
+                "and deploy it again"]
+    return []
 
 
 def _send(ctx, method, path, body, service, what):
@@ -179,20 +237,53 @@ def ps(ctx, name, quiet):
               help="Seconds to wait with --wait.")
 @click.pass_obj
 def rm(ctx, names, wait, timeout):
-    """Remove stacks: all of their services."""
+    """Remove stacks: their services, then their networks.
+
+    A network is removed once the tasks that had an address on it have
+    stopped (waiting up to --timeout); networks the stack joined but did not
+    make (external) stay."""
     everything = call(ctx, "GET", "/v1/services")
-    missing, removed = [], []
+    all_networks = call(ctx, "GET", "/v1/networks")
+    missing, removed, networks = [], [], []
     for name in names:
         items = [s for s in everything if stack_of(s) == name]
-        if not items:
+        nets = [n for n in all_networks if network_stack_of(n) == name]
+        if not items and not nets:
             missing.append(name)
             continue
         for s in items:
             click.echo(f"Removing service {s['name']}")
             call(ctx, "DELETE", f"/v1/services/{s['id']}")
             removed.append(s["id"])
+        networks += nets
+    deadline = time.monotonic() + timeout
+    failed = [f for n in sorted(networks, key=lambda n: n["name"])
+              for f in _remove_network(ctx, n, deadline, timeout)]
     if wait and removed:
         from .progress import removed as wait_removed
-        wait_removed(ctx, removed, timeout)
-    if missing:
-        raise StackError("\n".join(f"stack {n} not found" for n in missing))
+        wait_removed(ctx, removed, max(deadline - time.monotonic(), 0.0))
+    failed += [f"stack {n} not found" for n in missing]
+    if failed:
+        raise StackError("\n".join(failed))
+
+
+def _remove_network(ctx, network: dict, deadline: float, timeout: float) -> list[str]:
+    """Remove a stack's network, retrying while tasks of its removed
+    services still hold addresses on it; the problem, if any, as a line."""
+    click.echo(f"Removing network {network['name']}")
+    while True:
+        try:
+            call(ctx, "DELETE", f"/v1/networks/{network['id']}")
+            return []
+        except click.ClickException as exc:
+            why = exc.format_message()
+        try:
+            now = call(ctx, "GET", f"/v1/networks/{network['id']}")
+        except click.ClickException:
+            return []                   # gone meanwhile
+        if now.get("services"):         # someone else's service joined it
+            return [f"cannot remove network {network['name']}: {why}"]
+        if time.monotonic() >= deadline:
+            return [f"cannot remove network {network['name']} within {timeout:g}s: {why}; "
+                    f"remove it later with: flotilla network rm {network['name']}"]
+        time.sleep(NETWORK_RETRY)

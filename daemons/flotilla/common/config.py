@@ -4,7 +4,8 @@ Ports: ``--listen HOST:PORT`` is the manager API (HTTPS, mTLS). Unless set
 explicitly, the Raft port is PORT+10000, the agent port PORT+20000 and the
 dispatcher port (where the leader takes agents' heartbeats and status
 reports) PORT+30000 on the same host (or PORT minus the offset when that
-would pass 65535).
+would pass 65535). The WireGuard port (UDP, encrypted networks between
+hosts) is 51820 unless ``--wireguard-port`` says otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ DEFAULT_PORT = 4242
 RAFT_OFFSET = 10000
 AGENT_OFFSET = 20000
 DISPATCHER_OFFSET = 30000
+DEFAULT_WIREGUARD_PORT = 51820
 
 
 class ConfigError(ValueError):
@@ -95,6 +97,8 @@ class NodeConfig:
     # The operator gave the API or agent advertise address (behind NAT):
     # managers use it as given rather than the address the node connects from.
     advertise_explicit: bool = False
+    # UDP port of this node's WireGuard tunnel (encrypted networks)
+    wireguard_port: int = DEFAULT_WIREGUARD_PORT
     role: str = "worker"                           # role of the certificate we hold
     managers: list[str] = dataclasses.field(default_factory=list)  # known API addresses
 

@@ -33,11 +33,12 @@ from ..common.component import Component
 from .store.watch import Watcher
 
 RING_SIZE = 10_000
-TYPES = ("service", "task", "node", "cluster", "config")
+TYPES = ("service", "task", "node", "cluster", "config", "network")
 ACTIONS = ("create", "update", "remove", "state")
 
 # Fields whose change alone is not worth an event.
-_QUIET_FIELDS = ("version", "updated_at")
+# (``networks_created`` orders network creations, see api/networks.py.)
+_QUIET_FIELDS = ("version", "updated_at", "networks_created")
 _QUIET_STATUS_FIELDS = ("message", "timestamp")
 
 
@@ -154,7 +155,8 @@ def _service_event(e, obj):
 
 
 def _plain_event(e, obj, name):
-    """Configs and the cluster object: which fields changed, never their values."""
+    """Configs, networks and the cluster object: which fields changed, never
+    their values."""
     action = {"create": "create", "delete": "remove"}.get(e.action, "update")
     attrs = {}
     if action == "update":
@@ -195,7 +197,7 @@ def convert(e, when: float, node_name=lambda _id: None) -> dict | None:
         out = _node_event(e, obj)
     elif e.kind == "service":
         out = _service_event(e, obj)
-    elif e.kind == "config":
+    elif e.kind in ("config", "network"):
         out = _plain_event(e, obj, obj.get("name"))
     else:
         out = _plain_event(e, obj, obj.get("name") or "default")

@@ -1,9 +1,9 @@
 """Everything a manager runs in its process.
 
 The Raft member and the store run on every manager. The leader-only
-components (dispatcher, role manager, and the CA signer used by the API) are
-built when this member becomes leader and has caught up, and stopped when it
-loses leadership.
+components (dispatcher, role manager, network key manager, and the CA
+signer used by the API, ...) are built when this member becomes leader and
+has caught up, and stopped when it loses leadership.
 """
 
 from __future__ import annotations
@@ -145,6 +145,8 @@ class Manager:
                 self._stop_components()
 
     def _start_components(self):
+        from .allocator.allocator import Allocator
+        from .networkkeys import NetworkKeyManager
         from .orchestrator.orchestrator import Orchestrator
         from .orchestrator.taskreaper import TaskReaper
         from .orchestrator.updater import Updater
@@ -161,8 +163,9 @@ class Manager:
         self.orchestrator = Orchestrator(self.store, constraint_matcher())
         self._components = [self.dispatcher,
                             RoleManager(self.store, self.raft, self.membership),
-                            self.orchestrator, Updater(self.store), self.scheduler,
-                            TaskReaper(self.store)]
+                            self.orchestrator, Allocator(self.store), Updater(self.store),
+                            self.scheduler,
+                            TaskReaper(self.store), NetworkKeyManager(self.store)]
         for c in self._components:
             c.start()
         self._leading = True

@@ -16,3 +16,10 @@ LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
 OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # A node's hostname.
 HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+# A name other containers look up by DNS (a service on a network, an alias):
+# one DNS label, at most 63 characters of letters, digits, '-' and '_' (a
+# stack's services are named STACK_NAME, as in Docker, whose resolver answers
+# such names too), starting and ending with a letter or digit.
+DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")
+# A network: as Docker names them.
+NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")

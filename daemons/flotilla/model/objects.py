@@ -6,13 +6,20 @@ Queries over the store are ``manager/store/queries.py``; the task is
 Cluster (one per cluster, id = cluster id)::
 
     {id, name, spec: {ca: {node_cert_expiry}, dispatcher: {heartbeat_period},
-     orchestration: {task_history_limit}},
+     orchestration: {task_history_limit},
+     network: {default_addr_pool: [CIDR...], subnet_size},
+     network_keys: {rotation_period, force_rotate}},
      root_ca: {cert, key, digest}, tokens: {worker, manager},
      revoked: {node_id | "serial:<hex>": not_after (unix time)},
      admins: {serial (hex): {name, id, serial, not_after, created_at, revoked_at}}}
 
     (``revoked`` is the revocation list, see ``ca/revocation.py``; ``admins``
-    records the operators' client bundles, see ``manager/api/admins.py``.)
+    records the operators' client bundles, see ``manager/api/admins.py``;
+    ``network`` is the pool networks' subnets are cut from, set at ``--init``
+    only, see ``model/network.py``: a cluster made before it existed has
+    none and uses the defaults; ``network_keys``: when the nodes' WireGuard
+    keys are rotated, see ``manager/networkkeys.py``, the defaults where
+    absent.)
 
 Node::
 
@@ -22,7 +29,9 @@ Node::
      manager: {raft_addr, api_addr} | None,
      description: {platform: {os, arch}, ...},
      cert: {serial, not_after, role, key_id}   (the last certificate issued),
-     manager_certs: {serial (hex): not_after}  (manager certificates still valid)}
+     manager_certs: {serial (hex): not_after}  (manager certificates still valid),
+     network_key: {generation, rotated_at, force_rotate, due, due_force, requested_at}
+                  (its WireGuard key's record, see ``manager/networkkeys.py``)}
 
     ``status.addr`` is the address the node's agent connected from when it
     last registered (what ``node.ip`` constraints use).
@@ -37,12 +46,19 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
+
+from .network import AddressPool
 
 DEFAULT_CERT_EXPIRY = 90 * 86400
 MIN_CERT_EXPIRY = 60
 DEFAULT_HEARTBEAT = 1.0
 DEFAULT_TASK_HISTORY = 5
+# The nodes' WireGuard keys (encrypted networks) are replaced this often, as
+# SwarmKit rotates its overlay networks' keys.
+DEFAULT_NETWORK_KEY_ROTATION = 12 * 3600
+MIN_NETWORK_KEY_ROTATION = 60
+MAX_NETWORK_KEY_ROTATION = 365 * 86400
 _RELEASE = re.compile(r"(\d+)\.(\d+)")
 
 
@@ -61,13 +77,27 @@ class Identity(Protocol):
     def not_after(self) -> datetime: ...
 
 
-def default_cluster_spec(cert_expiry: float | None = None,
-                         heartbeat: float | None = None) -> dict[str, Any]:
+def default_cluster_spec(cert_expiry: float | None = None, heartbeat: float | None = None,
+                         network: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A new cluster's spec; ``network``: the address pool's settings
+    (``AddressPool``'s fields, checked here; the defaults where left out)."""
     return {
         "ca": {"node_cert_expiry": int(cert_expiry or DEFAULT_CERT_EXPIRY)},
         "dispatcher": {"heartbeat_period": float(heartbeat or DEFAULT_HEARTBEAT)},
         "orchestration": {"task_history_limit": DEFAULT_TASK_HISTORY},
+        "network": AddressPool.model_validate(dict(network or {})).model_dump(mode="json"),
+        "network_keys": {"rotation_period": float(DEFAULT_NETWORK_KEY_ROTATION),
+                         "force_rotate": 0},
     }
+
+
+def network_keys_spec(cluster: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The cluster's ``network_keys`` settings, the defaults filled in (a
+    cluster made before them has none)."""
+    found = ((cluster or {}).get("spec") or {}).get("network_keys") or {}
+    return {"rotation_period": float(found.get("rotation_period",
+                                               DEFAULT_NETWORK_KEY_ROTATION)),
+            "force_rotate": int(found.get("force_rotate", 0))}
 
 
 def new_node(node_id: str, *, hostname: str | None, addr: str | None, role: str,

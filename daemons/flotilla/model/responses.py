@@ -35,6 +35,35 @@ class UpdateStatus(BaseModel):
     completed_at: Optional[float] = None
 
 
+class VirtualIP(BaseModel):
+    network_id: str
+    network: Optional[str] = None
+    addr: str
+
+
+class NetworkService(BaseModel):
+    id: str
+    name: str
+    virtual_ip: Optional[str] = None
+
+
+class Network(BaseModel):
+    id: str
+    name: str
+    driver: str
+    subnet: str
+    gateway: str
+    vni: int
+    attachable: bool
+    internal: bool
+    encrypted: bool
+    labels: dict[str, str]
+    services: Optional[list[NetworkService]] = None
+    version: Optional[int] = None
+    created_at: Optional[float] = None
+    updated_at: Optional[float] = None
+
+
 class Service(BaseModel):
     id: str
     name: str
@@ -42,6 +71,7 @@ class Service(BaseModel):
     replicas: Replicas
     image: str
     ports: list[PublishedPort]
+    virtual_ips: list[VirtualIP] = []
     spec: specs.ServiceSpec
     spec_version: int
     update_status: Optional[UpdateStatus] = None
@@ -86,6 +116,11 @@ class Node(BaseModel):
     resources: NodeResources
     agent_addr: Optional[str] = None
     flotilla_version: Optional[str] = None
+    # its WireGuard public key and port (encrypted networks), if it published them
+    wireguard: Optional[dict[str, Any]] = None
+    # that key's record: generation, rotated_at, due (a rotation asked and
+    # not answered yet), requested_at
+    network_key: Optional[dict[str, Any]] = None
     cert: Optional[dict[str, Any]] = None
     version: Optional[int] = None
     created_at: Optional[float] = None

@@ -16,8 +16,9 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 from ..common import template
 from ..common.units import parse_bytes, parse_duration
 from .constraint import parse_constraints
-from .names import ENV_KEY, LABEL_KEY, SERVICE_NAME
-from .validation import Model, Text
+from .names import ENV_KEY, SERVICE_NAME
+from .network import MAX_NETWORKS_PER_SERVICE, NetworkAttachment
+from .validation import Model, Text, check_labels
 
 MAX_REPLICAS = 10000
 # The engine takes memory as a signed 64-bit byte count.
@@ -57,17 +58,6 @@ def _env_template(entry: str) -> str:
     if sep:
         template.check(value)
     return entry
-
-
-def _labels(labels: dict[str, str]) -> dict[str, str]:
-    if len(labels) > 64:
-        raise ValueError("at most 64 labels")
-    for k, v in labels.items():
-        if not LABEL_KEY.match(k):
-            raise ValueError(f"invalid label key {k[:40]!r}")
-        if len(v) > 1024:
-            raise ValueError(f"label {k} is longer than 1024 characters")
-    return labels
 
 
 class Mount(Model):
@@ -237,7 +227,7 @@ class ContainerSpec(Model):
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        return _labels(v)
+        return check_labels(v)
 
     @field_validator("stop_grace_period")
     @classmethod
@@ -318,6 +308,19 @@ class TaskSpec(Model):
     placement: Placement = Field(default_factory=Placement)
     # Raised by ``service update --force``: a new value replaces every task.
     force_update: int = Field(default=0, ge=0, le=2 ** 63 - 1)
+    # The networks the tasks join (``target``: stored as the network's id).
+    networks: list[NetworkAttachment] = Field(default_factory=list,
+                                              max_length=MAX_NETWORKS_PER_SERVICE)
+
+    @field_validator("networks")
+    @classmethod
+    def _networks(cls, v: list[NetworkAttachment]) -> list[NetworkAttachment]:
+        seen: set[str] = set()
+        for n in v:
+            if n.target in seen:
+                raise ValueError(f"network {n.target} is listed twice")
+            seen.add(n.target)
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -338,6 +341,9 @@ class Port(Model):
 
 
 class Endpoint(Model):
+    # vip: the service's name resolves to one virtual IP per network, spread
+    # over its tasks; dnsrr: to its tasks' addresses.
+    mode: Literal["vip", "dnsrr"] = "vip"
     ports: list[Port] = Field(default_factory=list, max_length=128)
 
     @field_validator("ports")
@@ -413,7 +419,7 @@ class ServiceSpec(Model):
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        return _labels(v)
+        return check_labels(v)
 
     @model_validator(mode="after")
     def _mode(self) -> Self:

@@ -7,7 +7,9 @@ comparing them is meaningful)::
         < running < complete < shutdown < failed < rejected < remove < orphaned
 
 Who moves what:
-- the orchestrator creates a task in ``pending`` with a desired state of
+- the orchestrator creates a task in ``pending`` (``new`` if its service is
+  on networks: the allocator gives it its addresses and moves it to
+  ``pending``) with a desired state of
   ``running`` (``ready`` while a restart delay runs, or while its service's
   dependencies do not hold: then the task carries ``"gated": True``), and
   sets the desired state to ``shutdown`` to stop it or ``remove`` to stop
@@ -116,6 +118,8 @@ class StoredTask(_StoredTask, total=False):
     service_labels: dict[str, str]  # only when the container's templates read
                                     # {{.Service.Labels}}: as at creation
     gated: bool                     # held at ``ready`` by its service's dependencies
+    networks: list[dict]            # its addresses: [{network_id, addr, aliases}]
+                                    # (the allocator, ``model/network.py``)
     version: int
     created_at: float
     updated_at: float

@@ -38,6 +38,13 @@ class TaskPort(BaseModel):
     protocol: str
 
 
+# A task's address on a network (given by the allocator).
+class TaskNetwork(BaseModel):
+    network_id: str
+    addr: str
+    aliases: list[str] = []
+
+
 # A task as the API lists it: its status lifted to the top.
 class Task(BaseModel):
     id: str
@@ -56,6 +63,7 @@ class Task(BaseModel):
     image: Annotated[str, From("spec", "container", "image")]
     spec_version: int
     up_to_date: Annotated[bool, Given()]                 # runs the service's current spec
+    networks: Annotated[list[TaskNetwork], From("networks", default=())] = []
     created_at: Annotated[Optional[float], From("created_at", default=None)] = None
     updated_at: Annotated[Optional[float], From("updated_at", default=None)] = None
 

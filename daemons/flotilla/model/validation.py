@@ -15,7 +15,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
 from pydantic_core import ErrorDetails
 
-from .names import HOSTNAME, OBJECT_NAME
+from .names import HOSTNAME, LABEL_KEY, OBJECT_NAME
 
 
 class ApiError(Exception):
@@ -42,6 +42,19 @@ class Model(BaseModel):
 # sent: only names and identifiers lose surrounding whitespace.
 Text = Annotated[str, StringConstraints(strip_whitespace=False)]
 
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """``labels`` if every key is a label key and every value fits; else a
+    ValueError saying which does not (at most 64 labels)."""
+    if len(labels) > 64:
+        raise ValueError("at most 64 labels")
+    for k, v in labels.items():
+        if not LABEL_KEY.match(k):
+            raise ValueError(f"invalid label key {k[:40]!r}")
+        if len(v) > 1024:
+            raise ValueError(f"label {k} is longer than 1024 characters")
+    return labels
 
 
 def _object_name(v: str) -> str:

@@ -18,6 +18,7 @@ import socket
 import time
 
 import requests
+from pydantic import ValidationError
 
 from ..agent.describe import local_platform
 from ..ca import certs, tokens
@@ -51,14 +52,19 @@ def write_admin_bundle(directory: str, root: certs.RootCA, cluster_id: str,
 
 
 def init_cluster(cfg: NodeConfig, *, cert_expiry: float | None = None,
-                 heartbeat: float | None = None) -> NodeConfig:
+                 heartbeat: float | None = None, network: dict | None = None) -> NodeConfig:
+    """``network``: the cluster's address pool (``model.network.AddressPool``'s
+    fields: ``default_addr_pool``, ``subnet_size``), the defaults where left out."""
+    try:
+        spec = objects.default_cluster_spec(cert_expiry, heartbeat, network)
+    except ValidationError as exc:
+        raise BootstrapError(f"invalid address pool: {exc.errors()[0]['msg']}") from None
     fsutil.ensure_private_dir(cfg.data_dir)
     fsutil.ensure_private_dir(cfg.certs_dir)
     cfg.cluster_id = new_id()
     cfg.node_id = new_id()
     cfg.hostname = cfg.hostname or socket.gethostname()
     cfg.role = "manager"
-    spec = objects.default_cluster_spec(cert_expiry, heartbeat)
     root = certs.RootCA.create(cfg.cluster_id)
     root_key_pem = root.key_pem
     assert root_key_pem is not None     # a root just created holds its key

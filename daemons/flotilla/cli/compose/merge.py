@@ -129,7 +129,40 @@ def _merge_volumes(a, b):
     return out
 
 
+def _networks_map(v):
+    """A service's networks in list form as a mapping, for merging."""
+    if not isinstance(v, Seq) or not all(isinstance(x, str) for x in v):
+        return v
+    out = Map(mark=v.mark)
+    for i, name in enumerate(v):
+        out[name] = None
+        out.marks[name] = v.at(i)
+    return out
+
+
+def _merge_networks(a, b):
+    """A service's networks: by network, a later file's aliases added to
+    the earlier ones; a network listed again without settings keeps them."""
+    a, b = _networks_map(a), _networks_map(b)
+    if not (isinstance(a, Map) and isinstance(b, Map)):
+        return b
+    out = Map(a, a.mark, a.marks)
+    for key, value in b.items():
+        old = out.get(key)
+        if value is None and key in out:
+            continue
+        if isinstance(old, Map) and isinstance(value, Map):
+            merged = _merge(old, value, ())
+            if isinstance(merged, Map) and isinstance(value.get("aliases"), Seq):
+                merged["aliases"] = _concat(old.get("aliases"), value["aliases"])
+            value = merged
+        out[key] = value
+        out.marks[key] = b.at(key)
+    return out
+
+
 _MERGE_RULES = {
+    ("services", "*", "networks"): _merge_networks,
     ("services", "*", "environment"): lambda a, b: _merge(_as_map(a), _as_map(b), ()),
     ("services", "*", "labels"): lambda a, b: _merge(_as_map(a), _as_map(b), ()),
     ("services", "*", "deploy", "labels"): lambda a, b: _merge(_as_map(a), _as_map(b), ()),

@@ -9,7 +9,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from ...common.units import parse_bytes, parse_duration
-from ...model.names import SERVICE_NAME
+from ...model.names import DNS_LABEL, NETWORK_NAME, SERVICE_NAME
 from .errors import NOT_SUPPORTED, ComposeError
 from .interpolate import read_env_file
 from .merge import Project, as_seq, load
@@ -18,10 +18,10 @@ from .yamlpos import Map, Mark, Seq, join_path
 STACK_LABEL = "flotilla.stack.namespace"
 STACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$")
 
-TOP_KEYS = {"version", "name", "services", "volumes"}
+TOP_KEYS = {"version", "name", "services", "volumes", "networks"}
 SERVICE_KEYS = {"image", "command", "entrypoint", "environment", "env_file", "labels", "ports",
                 "volumes", "healthcheck", "deploy", "depends_on", "working_dir", "user",
-                "hostname", "stop_grace_period", "stop_signal", "init"}
+                "hostname", "stop_grace_period", "stop_signal", "init", "networks"}
 # Every other key of the Compose specification's service definition: named
 # "not supported by Flotilla" (anything else is reported as an unknown key).
 COMPOSE_SERVICE_KEYS = {
@@ -38,25 +38,57 @@ COMPOSE_SERVICE_KEYS = {
     "stdin_open", "storage_opt", "sysctls", "tmpfs", "tty", "ulimits", "use_api_socket",
     "userns_mode", "uts", "volumes_from",
 }
-_NETWORKS = (f"{NOT_SUPPORTED}: there are no stack networks; containers use the engine's "
-             "default network and reach each other through published ports")
+_NETWORKS = (f"{NOT_SUPPORTED}: services join overlay networks (networks:) and reach each "
+             "other there by service name")
+_LINKS = (f"{NOT_SUPPORTED}: services on a shared network reach each other by service name; "
+          "give other names with networks.<network>.aliases")
 SERVICE_HINTS = {
     "build": f"{NOT_SUPPORTED}: build and push the image first, then name it with image",
     "restart": f"{NOT_SUPPORTED}: use deploy.restart_policy",
     "scale": f"{NOT_SUPPORTED}: use deploy.replicas",
     "container_name": f"{NOT_SUPPORTED}: containers are named after their service and task",
-    "networks": _NETWORKS, "network_mode": _NETWORKS, "links": _NETWORKS,
-    "external_links": _NETWORKS,
+    "network_mode": _NETWORKS, "links": _LINKS, "external_links": _LINKS,
+    "dns": f"{NOT_SUPPORTED}: containers ask their node's resolver, which forwards the names "
+           "it does not know to the node's own resolvers",
     "cpus": f"{NOT_SUPPORTED}: use deploy.resources.limits.cpus",
     "mem_limit": f"{NOT_SUPPORTED}: use deploy.resources.limits.memory",
     "mem_reservation": f"{NOT_SUPPORTED}: use deploy.resources.reservations.memory",
     "tmpfs": f"{NOT_SUPPORTED}: use a volume with type: tmpfs",
 }
-TOP_HINTS = {"networks": _NETWORKS}
+TOP_HINTS: dict[str, str] = {}
 DEPLOY_KEYS = {"mode", "replicas", "labels", "resources", "placement", "restart_policy",
-               "update_config", "rollback_config"}
-DEPLOY_HINTS = {"endpoint_mode": f"{NOT_SUPPORTED}: there is no virtual IP or DNS round robin; "
-                                 "ports are published on the nodes running the tasks"}
+               "update_config", "rollback_config", "endpoint_mode"}
+DEPLOY_HINTS: dict[str, str] = {}
+# A top-level network: the Compose specification's keys.
+NETWORK_KEYS = {"driver", "driver_opts", "ipam", "internal", "attachable", "labels", "external",
+                "name", "enable_ipv6", "enable_ipv4"}
+NETWORK_OPTS = ("encrypted",)
+_ADDRESSES = f"{NOT_SUPPORTED}: the managers hand out every address of a network's subnet"
+# A service's place on a network (services.NAME.networks.NETWORK).
+SERVICE_NETWORK_KEYS = {"aliases"}
+SERVICE_NETWORK_HINTS = {
+    "ipv4_address": f"{NOT_SUPPORTED}: the managers decide every task's address",
+    "ipv6_address": f"{NOT_SUPPORTED}: networks are IPv4 only",
+    "link_local_ips": f"{NOT_SUPPORTED}: the managers decide every task's address",
+    "mac_address": f"{NOT_SUPPORTED}: a task's MAC follows from its address",
+    "priority": f"{NOT_SUPPORTED}: a task joins its networks in the order they are listed",
+    "gw_priority": f"{NOT_SUPPORTED}: a task's default route is through its first network",
+    "driver_opts": f"{NOT_SUPPORTED}: a task's place on a network takes no options",
+    "interface_name": f"{NOT_SUPPORTED}: Docker names a container's interfaces",
+}
+DEFAULT_NETWORK = "default"
+TRUE, FALSE = ("", "true", "1", "yes"), ("false", "0", "no")
+
+
+@dataclass
+class StackNetwork:
+    """A network the stack's services are on: one the stack makes
+    (``spec``, a NetworkSpec body) or an ``external`` one that must exist."""
+    key: str                    # its name in the files
+    name: str                   # its name in the cluster
+    external: bool
+    spec: dict | None
+    where: str | None           # "FILE:LINE: networks.KEY" where declared, to place messages
 UPDATE_KEYS = {"parallelism", "delay", "failure_action", "monitor", "max_failure_ratio", "order"}
 CONDITIONS = {"service_started": "started", "service_healthy": "healthy",
               "service_completed_successfully": "completed"}
@@ -89,6 +121,8 @@ class _Translator:
         self.stack = stack
         self.errors: list[str] = []
         self.volumes: dict[str, str] = {}
+        self.declared: dict[str, StackNetwork] = {}     # top-level networks, by key
+        self.used: list[str] = []                         # keys the services are on, in order
 
     # -- helpers ------------------------------------------------------------------------
     def err(self, mark, path: str, message: str):
@@ -216,6 +250,9 @@ class _Translator:
         self.err(mark, path, "must be a list of KEY=VALUE or a mapping")
         return None
 
+    def warn(self, mark, path: str, message: str):
+        self.project.warnings.append(f"{mark}: {path}: {message}")
+
     # -- top level ------------------------------------------------------------------------
     def run(self) -> list[dict]:
         data = self.project.data
@@ -225,6 +262,7 @@ class _Translator:
             return []
         self.keys(data, "", TOP_KEYS, TOP_HINTS)
         self.top_volumes(data)
+        self.top_networks(data)
         services = data.get("services")
         if not isinstance(services, Map) or not services:
             self.err(data.at("services") if "services" in data else data.mark, "services",
@@ -261,6 +299,225 @@ class _Translator:
             elif external:
                 actual = key
             self.volumes[key] = actual
+
+    # -- networks -------------------------------------------------------------------------
+    def top_networks(self, data: Map):
+        nets = data.get("networks")
+        if nets is None:
+            return
+        if not isinstance(nets, Map):
+            self.err(data.at("networks"), "networks", "must be a mapping")
+            return
+        for key, conf in nets.items():
+            if key.startswith("x-"):
+                continue
+            path, mark = f"networks.{key}", nets.at(key)
+            conf = self.mapping(conf, mark, path)
+            if conf is not None:
+                self.declared[key] = self.network(key, conf, mark, path)
+
+    def network(self, key: str, conf: Map, mark, path: str) -> StackNetwork:
+        """One top-level network: the spec of one the stack makes, or the
+        name of an external one."""
+        where = f"{mark}: {path}"
+        self.keys(conf, path, NETWORK_KEYS, known=NETWORK_KEYS)
+        external, ext_name = False, None
+        if conf.get("external") is not None:
+            ext = conf["external"]
+            if isinstance(ext, Map):        # the old form: external: {name: NAME}
+                self.keys(ext, f"{path}.external", {"name"})
+                external = True
+                if ext.get("name") is not None:
+                    ext_name = self.string(ext["name"], ext.at("name"), f"{path}.external.name")
+            else:
+                external = bool(self.boolean(ext, conf.at("external"), f"{path}.external"))
+        if conf.get("name") is not None:
+            name = self.string(conf["name"], conf.at("name"), f"{path}.name") or key
+        elif external:
+            name = ext_name or key          # an external network is named as written
+        else:
+            name = f"{self.stack}_{key}"
+        if external and not NETWORK_NAME.match(name):
+            self.err(conf.at("name") if "name" in conf else mark, path,
+                     f"network name {name!r} must be 1-63 characters: letters, digits, '_', "
+                     "'.', '-'")
+        if external:
+            for other in conf:
+                if other not in ("external", "name") and not other.startswith("x-") \
+                        and other in NETWORK_KEYS:
+                    self.err(conf.at(other), join_path(path, other),
+                             "cannot be set for an external network (it exists already; the "
+                             "stack only joins it)")
+        if external:
+            return StackNetwork(key, name, True, None, where)
+        spec: dict = {"name": name, "driver": "overlay"}
+        fields: dict = {}                   # spec field -> (path, mark), to place errors
+        if conf.get("driver") is not None:
+            driver = conf["driver"]
+            if driver != "overlay":
+                self.err(conf.at("driver"), f"{path}.driver",
+                         f"{driver!r} is {NOT_SUPPORTED}: its networks are overlay networks "
+                         "(driver: overlay, or no driver)")
+        if conf.get("driver_opts") is not None:
+            opts = self.mapping(conf["driver_opts"], conf.at("driver_opts"),
+                                f"{path}.driver_opts") or Map()
+            for opt, value in opts.items():
+                where_opt = f"{path}.driver_opts.{opt}"
+                if opt not in NETWORK_OPTS:
+                    self.err(opts.at(opt), where_opt,
+                             f"{NOT_SUPPORTED} (known options: {', '.join(NETWORK_OPTS)})")
+                    continue
+                text = None if isinstance(value, (Map, Seq)) else \
+                    "" if value is None else str(value).lower()
+                if text in TRUE:
+                    spec[opt] = True
+                elif text in FALSE:
+                    spec[opt] = False
+                else:
+                    self.err(opts.at(opt), where_opt, "must be true or false (or empty: true)")
+        if conf.get("ipam") is not None:
+            self.ipam(conf["ipam"], conf.at("ipam"), f"{path}.ipam", spec, fields)
+        if conf.get("internal") is not None:
+            spec["internal"] = self.boolean(conf["internal"], conf.at("internal"),
+                                            f"{path}.internal")
+        if conf.get("attachable") is not None and \
+                self.boolean(conf["attachable"], conf.at("attachable"), f"{path}.attachable"):
+            self.warn(conf.at("attachable"), f"{path}.attachable",
+                      "ignored: only services' tasks join Flotilla networks")
+        if conf.get("enable_ipv6") is not None and \
+                self.boolean(conf["enable_ipv6"], conf.at("enable_ipv6"), f"{path}.enable_ipv6"):
+            self.err(conf.at("enable_ipv6"), f"{path}.enable_ipv6",
+                     f"{NOT_SUPPORTED}: networks are IPv4 only")
+        if conf.get("enable_ipv4") is not None and not \
+                self.boolean(conf["enable_ipv4"], conf.at("enable_ipv4"), f"{path}.enable_ipv4"):
+            self.err(conf.at("enable_ipv4"), f"{path}.enable_ipv4",
+                     f"{NOT_SUPPORTED}: networks are IPv4 only")
+        labels: dict = {}
+        if conf.get("labels") is not None:
+            labels = self.pairs(conf["labels"], conf.at("labels"), f"{path}.labels", False) or {}
+            self.reserved(labels, conf.at("labels"), f"{path}.labels")
+            fields["labels"] = (f"{path}.labels", conf.at("labels"))
+        spec["labels"] = {**labels, STACK_LABEL: self.stack}
+        fields["name"] = (f"{path}.name", conf.at("name")) if "name" in conf else (path, mark)
+        return StackNetwork(key, name, False, self.valid_network(spec, fields, path, mark), where)
+
+    def ipam(self, v, mark, path, spec: dict, fields: dict):
+        ipam = self.mapping(v, mark, path)
+        if ipam is None:
+            return
+        self.keys(ipam, path, {"driver", "config"},
+                  {"options": f"{NOT_SUPPORTED}: the managers are the only address manager"})
+        driver = ipam.get("driver")
+        if driver is not None and driver != "default":
+            self.err(ipam.at("driver"), f"{path}.driver",
+                     f"{driver!r} is {NOT_SUPPORTED}: the managers are the only address "
+                     "manager (driver: default, or no driver)")
+        config = ipam.get("config")
+        if config is None:
+            return
+        if not isinstance(config, Seq):
+            self.err(ipam.at("config"), f"{path}.config", "must be a list")
+            return
+        if len(config) > 1:
+            self.err(config.at(1), f"{path}.config[1]",
+                     "a network has one subnet: give only one entry")
+            return
+        for i, entry in enumerate(config):
+            where = f"{path}.config[{i}]"
+            entry = self.mapping(entry, config.at(i), where)
+            if entry is None:
+                continue
+            self.keys(entry, where, {"subnet", "gateway"},
+                      {"ip_range": _ADDRESSES, "aux_addresses": _ADDRESSES})
+            for key in ("subnet", "gateway"):
+                if entry.get(key) is not None:
+                    spec[key] = self.string(entry[key], entry.at(key), f"{where}.{key}")
+                    fields[key] = (f"{where}.{key}", entry.at(key))
+
+    def valid_network(self, spec: dict, fields: dict, path: str, mark) -> dict | None:
+        from pydantic import ValidationError
+
+        from ...model.network import NetworkSpec
+        try:
+            return NetworkSpec.model_validate(spec).model_dump(mode="json")
+        except ValidationError as exc:
+            for e in exc.errors():
+                where, at = fields.get(e["loc"][0], (path, mark)) if e["loc"] else (path, mark)
+                message = e["msg"]
+                if message.startswith("Value error, "):
+                    message = message[len("Value error, "):]
+                self.err(at, where, message)
+            return None
+
+    def service_networks(self, name: str, svc: Map, mark, path: str,
+                         origin: _Origin) -> list[dict]:
+        """A service's networks (the stack's default network when it names
+        none), each with its aliases and, as docker stack deploy gives it,
+        the service's name in the file."""
+        v = svc.get("networks")
+        where, at_networks = f"{path}.networks", svc.at("networks")
+        items: list[tuple[str, list[str], object, str]] = []      # key, aliases, mark, path
+        aliases_at: dict[str, tuple] = {}
+        if v is None or (isinstance(v, (Map, Seq)) and not v):
+            items.append((DEFAULT_NETWORK, [], at_networks, where))
+        elif isinstance(v, Seq):
+            for i, key in enumerate(v):
+                key = self.string(key, v.at(i), f"{where}[{i}]")
+                if key is not None:
+                    items.append((key, [], v.at(i), f"{where}[{i}]"))
+        elif isinstance(v, Map):
+            for key, conf in v.items():
+                at = join_path(where, key)
+                aliases: list[str] = []
+                if conf is not None:
+                    conf = self.mapping(conf, v.at(key), at)
+                    if conf is None:
+                        continue
+                    self.keys(conf, at, SERVICE_NETWORK_KEYS, SERVICE_NETWORK_HINTS)
+                    if conf.get("aliases") is not None:
+                        aliases = self.strings(conf["aliases"], conf.at("aliases"),
+                                               f"{at}.aliases") or []
+                    if conf.get("aliases") is not None:
+                        aliases_at[key] = (f"{at}.aliases", conf.at("aliases"))
+                items.append((key, aliases, v.at(key), at))
+        else:
+            self.err(at_networks, where, "must be a list of networks or a mapping")
+            return []
+        full = f"{self.stack}_{name}"
+        if SERVICE_NAME.match(full) and not (DNS_LABEL.match(full) and DNS_LABEL.match(name)):
+            self.err(mark, path, f"service name {full} is looked up on its networks, so it must "
+                     "be a DNS label: letters, digits, '-' and '_', starting and ending with a "
+                     "letter or digit")
+        out: list[dict] = []
+        for key, aliases, at_mark, at in items:
+            if key not in self.declared and key != DEFAULT_NETWORK:
+                self.err(at_mark, at, f"network {key} is not declared in the top-level networks")
+                continue
+            if key not in self.used:
+                self.used.append(key)
+            origin.add(("task", "networks", len(out)), at, at_mark)
+            if key in aliases_at:
+                origin.add(("task", "networks", len(out), "aliases"), *aliases_at[key])
+            out.append({"target": self.network_name(key),
+                        "aliases": aliases + ([name] if name not in aliases else [])})
+        return out
+
+    def network_name(self, key: str) -> str:
+        net = self.declared.get(key)
+        return net.name if net is not None else f"{self.stack}_{DEFAULT_NETWORK}"
+
+    def stack_networks(self) -> list[StackNetwork]:
+        """The networks the services are on, in the order they are first named."""
+        out = []
+        for key in self.used:
+            net = self.declared.get(key)
+            if net is None:                 # the default network, not declared
+                name = f"{self.stack}_{DEFAULT_NETWORK}"
+                net = StackNetwork(key, name, False, self.valid_network(
+                    {"name": name, "labels": {STACK_LABEL: self.stack}}, {}, "networks", None),
+                    None)
+            out.append(net)
+        return out
 
     def ordered(self, specs: list[dict], marks: dict) -> list[dict]:
         """Dependencies first (file order otherwise); a cycle is an error."""
@@ -357,11 +614,12 @@ class _Translator:
         task: dict = {"container": container}
         if svc.get("deploy") is not None:
             self.deploy(svc["deploy"], at("deploy"), sub("deploy"), spec, task, origin)
+        task["networks"] = self.service_networks(name, svc, mark, path, origin)
         spec["task"] = task
         if svc.get("ports") is not None:
             ports = self.ports(svc["ports"], at("ports"), sub("ports"), origin)
             if ports:
-                spec["endpoint"] = {"ports": ports}
+                spec.setdefault("endpoint", {})["ports"] = ports
         if svc.get("depends_on") is not None:
             deps = self.depends_on(name, svc["depends_on"], at("depends_on"), sub("depends_on"),
                                    services, origin)
@@ -678,6 +936,12 @@ class _Translator:
             self.reserved(labels, at("labels"), f"{path}.labels")
             spec["labels"] = {**labels, STACK_LABEL: self.stack}
             origin.add(("labels",), f"{path}.labels", at("labels"))
+        if d.get("endpoint_mode") is not None:
+            mode = d["endpoint_mode"]
+            if mode not in ("vip", "dnsrr"):
+                self.err(at("endpoint_mode"), f"{path}.endpoint_mode", "must be vip or dnsrr")
+            else:
+                spec.setdefault("endpoint", {})["mode"] = mode
         if d.get("resources") is not None:
             self.resources(d["resources"], at("resources"), f"{path}.resources", task, origin)
         if d.get("placement") is not None:
@@ -843,14 +1107,21 @@ class _Translator:
         return out
 
 
-def translate(project: Project, stack: str) -> list[dict]:
-    """Service specs for ``stack``, dependencies first; raises ComposeError."""
+def translate_stack(project: Project, stack: str) -> tuple[list[dict], list[StackNetwork]]:
+    """Service specs for ``stack``, dependencies first, and the networks
+    they are on; raises ComposeError."""
     t = _Translator(project, stack)
     specs = t.run()
+    networks = t.stack_networks() if specs else []
     errors = project.errors + t.errors
     if errors:
         raise ComposeError(_by_position(errors, project.files))
-    return specs
+    return specs, networks
+
+
+def translate(project: Project, stack: str) -> list[dict]:
+    """Service specs for ``stack``, dependencies first; raises ComposeError."""
+    return translate_stack(project, stack)[0]
 
 
 def _by_position(errors: list[str], files: list[str]) -> list[str]:
@@ -872,10 +1143,28 @@ def _by_position(errors: list[str], files: list[str]) -> list[str]:
     return out
 
 
-def stack_specs(paths: list[str], stack: str | None = None, environ: dict | None = None):
-    """Load, merge and translate: (stack name, specs, warnings)."""
+@dataclass
+class Stack:
+    """What a stack deploy sends: its name, its services' specs
+    (dependencies first), the networks they are on and the warnings."""
+    name: str
+    services: list[dict]
+    networks: list[StackNetwork]
+    warnings: list[str]
+
+
+def load_stack(paths: list[str], stack: str | None = None,
+               environ: dict | None = None) -> Stack:
+    """Load, merge and translate Compose files; raises ComposeError."""
     project = load(paths, environ)
     name = stack or project.name
     if not name:
         raise ComposeError(["no stack name: give one, or set name at the top of the Compose file"])
-    return name, translate(project, name), project.warnings
+    specs, networks = translate_stack(project, name)
+    return Stack(name, specs, networks, project.warnings)
+
+
+def stack_specs(paths: list[str], stack: str | None = None, environ: dict | None = None):
+    """Load, merge and translate: (stack name, specs, warnings)."""
+    s = load_stack(paths, stack, environ)
+    return s.name, s.services, s.warnings

@@ -13,7 +13,7 @@ from ...common.jsonbody import dumps_line
 from ...model.validation import ApiError, error_body
 from ..store.store import CommitTimeout, NotLeader, StoreError, TxnFailed
 from . import (admins, cluster, common, configs, dispatcher, events, health, join, logs, metrics,
-               nodes, openapi, raft, services)
+               networks, nodes, openapi, raft, services)
 from .forward import Forwarder
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,8 @@ def create_app(manager, forwarder: Forwarder | None = None) -> Flask:
     app.wsgi_app = _entry(app.wsgi_app, manager)  # type: ignore[method-assign]
     app.extensions["flotilla.manager"] = manager
     app.extensions["flotilla.forwarder"] = forwarder or Forwarder(manager)
-    for bp in (health.bp, join.bp, cluster.bp, admins.bp, nodes.bp, configs.bp, dispatcher.bp,
-               raft.bp, services.bp, openapi.bp, metrics.bp, events.bp, logs.bp):
+    for bp in (health.bp, join.bp, cluster.bp, admins.bp, nodes.bp, configs.bp, networks.bp,
+               dispatcher.bp, raft.bp, services.bp, openapi.bp, metrics.bp, events.bp, logs.bp):
         app.register_blueprint(bp)
     public = {rule.rule for rule in app.url_map.iter_rules()
               if getattr(app.view_functions[rule.endpoint], "flotilla_policy", None) == "public"}

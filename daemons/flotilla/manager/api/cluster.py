@@ -1,14 +1,19 @@
-"""The cluster object: settings and join tokens."""
+"""The cluster object: settings and join tokens.
+
+``PATCH /v1/cluster`` changes settings; ``rotate_network_keys: true`` asks
+every node for a new WireGuard key at once (the cluster's
+``network_keys.force_rotate`` goes up by one, as SwarmKit's rotation flags
+ride on its cluster update; see ``manager/networkkeys.py``)."""
 
 from __future__ import annotations
 
 from typing import Optional, Union
 
 from flask import Blueprint
-from pydantic import Field, field_validator
+from pydantic import Field, StrictBool, field_validator
 
 from ...ca import tokens
-from ...common.units import parse_duration
+from ...common.units import format_duration, parse_duration
 from ...model import objects, responses
 from ...model.validation import ApiError, Model
 from .common import json_response, manager, parse_body, policy, request_id, stored_cluster
@@ -24,7 +29,8 @@ def _duration(value, lo, hi, what):
         return None
     seconds = parse_duration(value)
     if seconds < lo or seconds > hi:
-        raise ValueError(f"{what} must be between {lo:g}s and {hi:g}s")
+        raise ValueError(f"{what} must be between {format_duration(lo)} and "
+                         f"{format_duration(hi)}")
     return seconds
 
 
@@ -32,6 +38,10 @@ class ClusterUpdate(Model):
     cert_expiry: Optional[Union[str, float]] = None
     heartbeat_period: Optional[Union[str, float]] = None
     task_history_limit: Optional[int] = Field(default=None, ge=-1, le=1000)
+    # how often each node's WireGuard key is replaced (encrypted networks)
+    network_key_rotation: Optional[Union[str, float]] = None
+    # every node's WireGuard key replaced now
+    rotate_network_keys: StrictBool = False
     version: Optional[int] = None
 
     @field_validator("cert_expiry")
@@ -43,6 +53,12 @@ class ClusterUpdate(Model):
     @classmethod
     def _heartbeat(cls, v):
         return _duration(v, 0.1, 3600, "heartbeat_period")
+
+    @field_validator("network_key_rotation")
+    @classmethod
+    def _network_key_rotation(cls, v):
+        return _duration(v, objects.MIN_NETWORK_KEY_ROTATION, objects.MAX_NETWORK_KEY_ROTATION,
+                         "network_key_rotation")
 
 
 @bp.get("")
@@ -66,6 +82,13 @@ def updatestored_cluster():
             spec["dispatcher"]["heartbeat_period"] = float(body.heartbeat_period)
         if body.task_history_limit is not None:
             spec["orchestration"]["task_history_limit"] = body.task_history_limit
+        if body.network_key_rotation is not None or body.rotate_network_keys:
+            keys = objects.network_keys_spec(c)
+            if body.network_key_rotation is not None:
+                keys["rotation_period"] = float(body.network_key_rotation)
+            if body.rotate_network_keys:
+                keys["force_rotate"] += 1
+            spec["network_keys"] = keys
         return dict(c, spec=spec)
 
     c = manager().store.update("cluster", stored_cluster()["id"], change, rid=request_id(),

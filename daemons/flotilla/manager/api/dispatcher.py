@@ -3,7 +3,8 @@
 At registration the node's address is the one its agent connected from
 (through a follower, the one the follower saw), as SwarmKit takes it: the
 node reports its hostname (checked as at join), platform, resources and
-engine labels, and the ports it listens on, but not where it is. Its agent
+engine labels, the ports it listens on and its WireGuard public key (for
+encrypted networks; never a private key), but not where it is. Its agent
 listener is reached at the observed host and the reported port, unless the
 node was started with an explicit advertise address (``--advertise`` or
 ``--agent-advertise``, for NAT): then at that address.
@@ -17,6 +18,7 @@ from flask import Blueprint
 from pydantic import Field, field_validator
 
 from ...model import responses
+from ...model.network import valid_wireguard_key as valid_key
 from ...model.session import Heartbeat, StatusReport
 from ...model.validation import ApiError, Hostname, Model
 from ..caserver import JoinRefused
@@ -39,6 +41,19 @@ class Engine(Model):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+class WireGuard(Model):
+    """The node's WireGuard public key and listen port (encrypted networks)."""
+    public_key: str = Field(min_length=44, max_length=44)
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("public_key")
+    @classmethod
+    def _key(cls, v):
+        if not valid_key(v):
+            raise ValueError("not a WireGuard public key (32 bytes, base64)")
+        return v
+
+
 class Register(Model):
     hostname: Hostname = ""
     platform: Optional[Platform] = None
@@ -50,6 +65,8 @@ class Register(Model):
     # The node was given its advertise address explicitly (behind NAT, the
     # address managers must use is not the one it connects from).
     advertise_explicit: bool = False
+    # Absent: the node cannot carry encrypted networks between hosts.
+    wireguard: Optional[WireGuard] = None
 
     @field_validator("addr", "agent_addr")
     @classmethod
@@ -80,6 +97,7 @@ def register():
         desc["resources"] = body.resources.model_dump()
     if body.engine is not None:
         desc["engine"] = body.engine.model_dump()
+    desc["wireguard"] = body.wireguard.model_dump() if body.wireguard is not None else None
     try:
         return json_response(_dispatcher().register(
             identity().node_id, desc, body.addr, body.agent_addr,
@@ -94,8 +112,9 @@ def register():
 def heartbeat():
     body = parse_body(Heartbeat)
     try:
+        key = body.network_key.model_dump() if body.network_key is not None else None
         return json_response(_dispatcher().heartbeat(identity().node_id, body.session_id,
-                                                     body.trust))
+                                                     body.trust, key))
     except SessionInvalid as exc:
         raise ApiError(409, "session_invalid", str(exc)) from None
 

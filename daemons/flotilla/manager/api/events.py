@@ -34,7 +34,8 @@ class EventQuery(Model):
     wait: float = Field(default=0, ge=0, le=60, allow_inf_nan=False, description=(
         "Seconds to wait for a first matching event (long poll); 0 answers at once."))
     type: Optional[str] = Field(default=None, max_length=100, description=(
-        "Only these object types, comma-separated: service, task, node, cluster, config."))
+        "Only these object types, comma-separated: service, task, node, cluster, config, "
+        "network."))
     action: Optional[str] = Field(default=None, max_length=100, description=(
         "Only these actions, comma-separated: create, update, remove, state."))
     service: Optional[str] = Field(default=None, min_length=1, max_length=128, description=(
@@ -58,7 +59,7 @@ class Event(BaseModel):
     """One change in the cluster."""
     index: int = Field(description="Store index of the change; events of one transaction share it.")
     time: float = Field(description="When the change was made (unix seconds).")
-    type: Literal["service", "task", "node", "cluster", "config"]
+    type: Literal["service", "task", "node", "cluster", "config", "network"]
     action: str = Field(description="create, update, remove, or state (observed state changed).")
     id: str
     name: Optional[str] = Field(description="Service name, node hostname, or task "

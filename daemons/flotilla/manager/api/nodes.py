@@ -13,6 +13,7 @@ from ...model import responses
 from ...model import task as taskmodel
 from ...model.names import LABEL_KEY
 from ...model.validation import ApiError, Model, Text
+from .. import networkkeys
 from ..raft.membership import QuorumError
 from ..store import queries
 from ..store.store import Op
@@ -99,6 +100,8 @@ def view(node, m, reachable=None, leader_id=None):
         "resources": resources(node, m),
         "agent_addr": node.get("agent_addr"),
         "flotilla_version": (node.get("description") or {}).get("version"),
+        "wireguard": (node.get("description") or {}).get("wireguard"),
+        "network_key": networkkeys.api_view(node),
         "cert": node.get("cert"),
         "version": node.get("version"),
         "created_at": node.get("created_at"),

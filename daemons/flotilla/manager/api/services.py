@@ -17,6 +17,7 @@ from ..orchestrator.dependencies import cycle_error
 from ..store.store import Op, new_id
 from .common import (json_response, manager, parse_body, parse_query, policy, replayed_removal,
                      request_id)
+from .networks import resolve_spec_networks
 from .openapi import doc
 
 bp = Blueprint("services", __name__, url_prefix="/v1")
@@ -44,6 +45,7 @@ def service_view(s, counts=None):
                      else counts["desired"], "running": counts["running"]},
         "image": s["spec"]["task"]["container"]["image"],
         "ports": s["spec"]["endpoint"]["ports"],
+        "virtual_ips": _virtual_ips(s),
         "spec": s["spec"],
         "spec_version": s["spec_version"],
         "update_status": s.get("update_status"),
@@ -52,6 +54,15 @@ def service_view(s, counts=None):
         "created_at": s["created_at"],
         "updated_at": s["updated_at"],
     }
+
+
+def _virtual_ips(s):
+    out = []
+    for v in s.get("virtual_ips") or ():
+        n = manager().store.get("network", v["network_id"])
+        out.append({"network_id": v["network_id"], "network": n["name"] if n else None,
+                    "addr": v["addr"]})
+    return out
 
 
 def _counts(service_id):
@@ -107,6 +118,7 @@ def _check_ports(spec: dict, exclude: str | None = None):
      tags=("services",))
 def create_service():
     spec = specs.canonical(parse_body(specs.ServiceSpec))
+    resolve_spec_networks(spec)
     _check_ports(spec)
     if cycle := cycle_error(spec, manager().store.list("service")):
         raise ApiError(400, "invalid", f"depends_on: {cycle}", field="depends_on")
@@ -145,6 +157,7 @@ def update_service(ref):
             raise ApiError(400, "invalid", "a service cannot be renamed", field="spec.name")
         if new_spec["mode"] != current["spec"]["mode"]:
             raise ApiError(400, "invalid", "a service's mode cannot change", field="spec.mode")
+        resolve_spec_networks(new_spec, current["id"], prefix="spec.")
         _check_ports(new_spec, exclude=current["id"])
         if cycle := cycle_error(new_spec, manager().store.list("service")):
             raise ApiError(400, "invalid", f"spec.depends_on: {cycle}", field="spec.depends_on")

@@ -29,6 +29,13 @@ agent does not hold them yet (it says which version it holds), the node
 ids of the current managers (who may read its metrics) and the cluster's
 revocation list (node ids and certificate serials).
 
+Network keys. Each answer also tells the agent about its WireGuard key
+(``network_key``: the generation and public key recorded, and the
+generation asked for when its key is due); a heartbeat that reports a new
+key (``network_key: {public_key, generation}``) records it, and so does a
+registration with a key not recorded before (``manager/networkkeys.py``).
+The front sends such a heartbeat back to the API, which writes it.
+
 Addresses. A registration records the address the agent connected from
 (``status.addr``, what ``node.ip`` constraints use); the node's API and
 agent addresses take that host with the ports the node reports, unless the
@@ -58,8 +65,10 @@ from ...common.config import ConfigError, join_addr, split_addr
 from ...model import objects
 from ...model import task as taskmodel
 from ...model.validation import error_body
+from .. import networkkeys
 from ..store import queries
 from ..store.store import NotLeader, Op, StoreError, TxnFailed, new_id
+from . import netviews
 from .pushproc import PushProcess
 
 log = logging.getLogger(__name__)
@@ -71,7 +80,7 @@ MAX_HEARTBEATS_PER_S = 200
 FLUSH_INTERVAL = 0.05
 PUSH_DEBOUNCE = 0.005
 AGENT_FIELDS = ("id", "service_id", "service_name", "slot", "node_id", "spec", "spec_version",
-                "ports", "desired_state")
+                "ports", "desired_state", "networks")
 
 
 class SessionInvalid(Exception):
@@ -103,7 +112,7 @@ def pushed_to_agent(task: dict | None) -> bool:
 
 class _Session:
     __slots__ = ("id", "deadline", "agent_addr", "seq", "needs_complete", "pending", "inflight",
-                 "retry_at", "failures")
+                 "retry_at", "failures", "nets_pending", "nets_held")
 
     def __init__(self, session_id: str, deadline: float, agent_addr: str | None) -> None:
         self.id = session_id
@@ -115,6 +124,10 @@ class _Session:
         self.inflight = False
         self.retry_at = 0.0
         self.failures = 0
+        # networks to send again (id -> change count when marked), and
+        # those the agent holds
+        self.nets_pending: dict[str, int] = {}
+        self.nets_held: set[str] = set()
 
 
 class Dispatcher(Component):
@@ -144,6 +157,8 @@ class Dispatcher(Component):
         self._woken = False
         self._last_pass = time.monotonic()
         self._writing = False       # a batch of status writes is in flight
+        self._nets = netviews.NetworkTracker()      # under _lock
+        self._net_changes = 0
         self.pushes = 0
         self.push_failures = 0
         self.status_writes = 0
@@ -176,20 +191,26 @@ class Dispatcher(Component):
         with self._lock:
             self._sessions[node_id] = session
             self._grace.pop(node_id, None)
+            networks = self._network_views(node_id, self._nets.of_node(node_id))
+            session.nets_held = {v["id"] for v in networks}
         if agent_addr and self._pusher is not None:
             self._pusher.warm(node_id, agent_addr)
         reply = {"session_id": session.id, "heartbeat_period": period,
-                 "assignments": {"type": "complete", "seq": 1, "tasks": tasks},
+                 "assignments": {"type": "complete", "seq": 1, "tasks": tasks,
+                                 "networks": networks},
                  **self.view(node)}
         if self._pusher is not None and self._pusher.front_listening:
             reply["dispatcher_addr"] = self._front_addr
         return reply
 
-    def heartbeat(self, node_id: str, session_id: str, trust: str | None = None) -> dict:
+    def heartbeat(self, node_id: str, session_id: str, trust: str | None = None,
+                  network_key: dict | None = None) -> dict:
         period = self._renew(node_id, session_id)
         node = self._store.get("node", node_id)
         if node is None:
             raise SessionInvalid("node removed")
+        if network_key is not None and not networkkeys.is_recorded(node, network_key):
+            node = self._record_key(node_id, network_key)
         if node["status"]["state"] != "ready":
             # The session is alive, so the node is: whoever wrote it down
             # (a deposed leader's last pass, an expiry racing this
@@ -235,7 +256,8 @@ class Dispatcher(Component):
                     answer = 401, error_body("certificate_revoked",
                                              "this certificate has been revoked")
                 elif kind == "heartbeat":
-                    answer = self._front_heartbeat(node, body["session_id"], body.get("trust"))
+                    answer = self._front_heartbeat(node, body["session_id"], body.get("trust"),
+                                                   body.get("network_key"))
                 elif kind == "status":
                     answer = 200, {"accepted": self.update_status(node_id, body["session_id"],
                                                                   body["updates"])}
@@ -249,8 +271,9 @@ class Dispatcher(Component):
         self.front_requests_served += len(requests)
         return answers
 
-    def _front_heartbeat(self, node, session_id, trust=None):
-        if node["status"]["state"] != "ready":
+    def _front_heartbeat(self, node, session_id, trust=None, network_key=None):
+        if node["status"]["state"] != "ready" or \
+                not networkkeys.is_recorded(node, network_key):
             return 421, error_body("misdirected", "send this heartbeat to the API")
         period = self._renew(node["id"], session_id)
         return 200, {"heartbeat_period": period, **self.view(node, trust)}
@@ -280,6 +303,7 @@ class Dispatcher(Component):
                 "desired_role": node["spec"]["role"],
                 "availability": node["spec"]["availability"],
                 "state": node["status"]["state"],
+                "network_key": networkkeys.agent_view(node),
             },
             "managers": queries.manager_api_addrs(self._store),
             "leader_id": self._node_id,
@@ -303,8 +327,28 @@ class Dispatcher(Component):
         return cached[1]
 
     # -- node state --------------------------------------------------------------------------
+    def _record_key(self, node_id: str, report: dict) -> dict:
+        """The node's agent reported a new key: recorded if it answers the
+        rotation asked of it (its peers are told through the pictures)."""
+        now = time.time()
+        try:
+            node = self._store.update("node", node_id, lambda n: networkkeys.reported(
+                n, report["public_key"], report["generation"], now))
+        except TxnFailed as exc:
+            if exc.code == "not_found":
+                raise SessionInvalid("node removed") from None
+            raise
+        if networkkeys.is_recorded(node, report):
+            log.info("node %s: network key generation %s recorded", node_id[:12],
+                     report["generation"])
+        return node
+
     def _mark(self, node_id, state, message, description=None, addr=None, agent_addr=None,
               ip=None):
+        if description is not None:
+            keys = networkkeys.settings(queries.cluster(self._store))
+            now = time.time()
+
         def change(node):
             status = {"state": state, "message": message}
             seen = ip or (node.get("status") or {}).get("addr")
@@ -315,6 +359,7 @@ class Dispatcher(Component):
                 new["description"] = dict(node.get("description") or {}, **description)
                 if description.get("hostname"):
                     new["hostname"] = description["hostname"]
+                new = networkkeys.registered(node, new, keys, now)
             if addr:
                 new["addr"] = addr
             if agent_addr:
@@ -339,6 +384,7 @@ class Dispatcher(Component):
             for node in self._store.list("node"):
                 if node["status"]["state"] != "down" and node["id"] not in self._sessions:
                     self._grace[node["id"]] = deadline
+            self._nets.load(self._store.list("task"))
         watcher = self._store.watch()
         try:
             while not self.stopping.is_set():
@@ -375,10 +421,13 @@ class Dispatcher(Component):
         than the work itself)."""
         reset = False
         changes = []                # (node id, task id, agent view or None)
+        net_events = []
         for e in events:
             if e.action == "reset":
                 reset = True
                 continue
+            if e.kind in netviews.KINDS:
+                net_events.append(e)
             if e.kind != "task":
                 continue
             old, new = e.old, e.object
@@ -393,17 +442,29 @@ class Dispatcher(Component):
                 changes.append((old["node_id"], old["id"], None))
             if now:
                 changes.append((new["node_id"], new["id"], agent_view(new)))
-        if not reset and not changes:
+        if not reset and not changes and not net_events:
             return
+        tasks = self._store.list("task") if reset else None
         with self._lock:
             if reset:
                 for s in self._sessions.values():
                     s.needs_complete = True
+                self._nets.load(tasks or ())
             sessions = self._sessions
             for node_id, task_id, view in changes:
                 s = sessions.get(node_id)
                 if s is not None:
                     s.pending[task_id] = view
+            for e in net_events:
+                self._nets.note(e)
+            if self._nets.dirty:
+                self._net_changes += 1
+                for nid in self._nets.dirty:
+                    members = self._nets.members.get(nid, ())
+                    for node_id, s in sessions.items():
+                        if node_id in members or nid in s.nets_held:
+                            s.nets_pending[nid] = self._net_changes
+                self._nets.dirty = set()
 
     def _expire(self):
         now = time.monotonic()
@@ -498,6 +559,17 @@ class Dispatcher(Component):
             self._wake_once()
 
     # -- pushing assignments ------------------------------------------------------------------
+    def _network_views(self, node_id: str, network_ids) -> list[dict]:
+        """The pictures of those networks the node still takes part in."""
+        members = self._nets.members
+        views = []
+        for nid in sorted(network_ids):
+            if node_id in members.get(nid, ()):
+                v = netviews.view(self._store, nid)
+                if v is not None:
+                    views.append(v)
+        return views
+
     def _push_all(self):
         now = time.monotonic()
         jobs = []
@@ -505,21 +577,27 @@ class Dispatcher(Component):
             for node_id, s in self._sessions.items():
                 if s.inflight or not s.agent_addr or now < s.retry_at:
                     continue
-                if not s.needs_complete and not s.pending:
+                if not s.needs_complete and not s.pending and not s.nets_pending:
                     continue
                 if s.needs_complete:
                     tasks = [agent_view(t) for t in self._store.by_index("task", "node_id", node_id)
                              if pushed_to_agent(t)]
-                    msg = {"type": "complete", "seq": s.seq + 1, "tasks": tasks}
+                    msg = {"type": "complete", "seq": s.seq + 1, "tasks": tasks,
+                           "networks": self._network_views(node_id, self._nets.of_node(node_id))}
                     sent = dict(s.pending)
                 else:
                     sent = dict(s.pending)
                     msg = {"type": "incremental", "seq": s.seq + 1, "applies_to": s.seq,
                            "tasks": [v for v in sent.values() if v is not None],
                            "removed": [k for k, v in sent.items() if v is None]}
+                    if s.nets_pending:
+                        views = self._network_views(node_id, s.nets_pending)
+                        msg["networks"] = views
+                        msg["networks_removed"] = sorted(set(s.nets_pending) -
+                                                         {v["id"] for v in views})
                 msg["session_id"] = s.id
                 s.inflight = True
-                jobs.append((node_id, s, msg, sent))
+                jobs.append((node_id, s, msg, (sent, dict(s.nets_pending))))
         for node_id, s, msg, sent in jobs:
             # encoded as JSON in the push process, off this process's GIL
             pushed = self._pusher is not None and self._pusher.push(
@@ -530,7 +608,8 @@ class Dispatcher(Component):
                 with self._lock:
                     s.inflight = False
 
-    def _pushed(self, node_id, session, msg, sent, status, error):
+    def _pushed(self, node_id, session, msg, sent_both, status, error):
+        sent, nets_sent = sent_both
         # Runs on the pusher's thread.
         ok, need_complete = False, False
         if error is not None:       # network trouble: try again with a complete set
@@ -550,6 +629,13 @@ class Dispatcher(Component):
                 session.failures = 0
                 if msg["type"] == "complete":
                     session.needs_complete = False
+                    session.nets_held = {v["id"] for v in msg["networks"]}
+                else:
+                    session.nets_held |= {v["id"] for v in msg.get("networks", ())}
+                    session.nets_held -= set(msg.get("networks_removed", ()))
+                for nid, change in nets_sent.items():
+                    if session.nets_pending.get(nid) == change:
+                        del session.nets_pending[nid]
                 for task_id, view in sent.items():
                     if session.pending.get(task_id, 0) == view:
                         del session.pending[task_id]
@@ -558,5 +644,5 @@ class Dispatcher(Component):
                 session.needs_complete = need_complete
                 session.failures += 1
                 session.retry_at = time.monotonic() + min(0.05 * 2 ** session.failures, 2.0)
-        if ok and (session.pending or session.needs_complete):
+        if ok and (session.pending or session.needs_complete or session.nets_pending):
             self._wake_once()       # more changed while this push was in flight

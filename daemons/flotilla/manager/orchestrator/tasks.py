@@ -29,7 +29,10 @@ def new_task(service: dict, *, slot: int | None = None, node_id: str | None = No
         "spec_version": service["spec_version"],
         "ports": taskmodel.task_ports(spec),
         "desired_state": desired,
-        "status": taskmodel.status("pending", "pending task scheduling", now=now),
+        # A task on networks waits for its addresses (the allocator).
+        "status": (taskmodel.status("new", "allocating network addresses", now=now)
+                   if spec["task"].get("networks") else
+                   taskmodel.status("pending", "pending task scheduling", now=now)),
     }
     if template.uses_labels(spec["task"].get("container") or {}):
         # what {{.Service.Labels}} reads on the node (only then: most

@@ -60,9 +60,9 @@ Captured = tuple[int, dict[str, dict[str, dict]], Iterable[tuple[str, dict]], in
 # Reads an object of ``kind`` by id as the transaction being staged sees it.
 Current = Callable[[str, Any], "dict | None"]
 
-KINDS = ("cluster", "node", "config", "service", "task")
+KINDS = ("cluster", "node", "config", "network", "service", "task")
 # Fields that must be unique among live objects of a kind.
-UNIQUE = {"config": ("name",), "service": ("name",)}
+UNIQUE = {"config": ("name",), "network": ("name",), "service": ("name",)}
 # Fields with a secondary index (value -> ids), for lookups such as "the
 # tasks of this service" or "the tasks on this node".
 INDEXED = {"task": ("service_id", "node_id"), "node": ("role",)}
