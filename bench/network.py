@@ -600,7 +600,17 @@ class Bench:
                             "-m", "flotilla.agent.network", "remove", "--cluster-id",
                             self.cluster_id], env=env, capture_output=True, timeout=120)
 
-    def swarm(self, count: int, kills: int) -> dict:
+    def floor_again(self) -> None:
+        """The floor's iperf3 server and client and its echo server, again
+        (Flotilla's went with its containers)."""
+        ea, eb = self.c.hosts["a"].engine, self.c.hosts["b"].engine
+        eb.cli("run", "-d", "--name", "fnb-floor-iperf", "--network", "host",
+               IPERF_IMAGE, "iperf3", "-s", "-p", str(FLOOR_IPERF_PORT))
+        ea.cli("run", "-d", "--init", "--name", "fnb-floor-client", "--network", "host",
+               IPERF_IMAGE, "sleep", "100000000")
+        self.serve(self.ns_b)
+
+    def swarm(self, count: int, kills: int, rounds: int) -> dict:
         from tests.helpers.cluster import wait_for
 
         ha, hb = self.c.hosts["a"], self.c.hosts["b"]
@@ -694,28 +704,55 @@ class Bench:
                                        "expected": one["expect"],
                                        **dns_stats(one["latencies_us"], one["errors"],
                                                    one["lost"])}
-        # connections, throughput
+        # connections: does each path answer at all?
         out["paths"] = {}
-        for path, addr, iperf_port in (("vip", addrs["vip"], 5201), ("task", addrs["task"], 5201),
-                                       ("task_same_host", addrs["task_same_host"], 5201)):
-            res: dict = {"addr": addr}
+        for path in ("vip", "task", "task_same_host"):
+            res: dict = {"addr": addrs[path]}
             out["paths"][path] = res
-            if not addr:
+            if not addrs[path]:
                 res["error"] = "no address"
                 continue
-            for mode in ("rr", "connect"):
-                try:
-                    got = in_ns(client_ns, "probe", mode, addr, str(PROBE_PORT),
-                                str(self.seconds), timeout=self.seconds + 60)
-                except (RuntimeError, ValueError) as exc:
-                    got = {"count": 0, "error": _one_line(exc)}
-                res[mode] = got
-            if res["rr"].get("count"):
-                try:
-                    res["throughput"] = iperf(ea, client, addr, iperf_port, self.seconds)
-                except RuntimeError as exc:
-                    res["throughput"] = {"error": _one_line(exc)}
-            res["works"] = bool(res["rr"].get("count")) and not res["rr"].get("error")
+            try:
+                got = in_ns(client_ns, "probe", "rr", addrs[path], str(PROBE_PORT), "0.5",
+                            timeout=60)
+            except (RuntimeError, ValueError) as exc:
+                got = {"count": 0, "error": _one_line(exc)}
+            res["works"] = bool(got.get("count")) and not got.get("error")
+            if not res["works"]:
+                res["error"] = got.get("error") or "no answer"
+        # where they answer: the same rounds as Flotilla's, each beside the
+        # floor (host to host) measured again in the same round
+        working = [p for p, v in out["paths"].items() if v.get("works")]
+        if working:
+            step("the floor again", self.floor_again)
+            measured: dict[str, dict[str, list]] = {m: {p: [] for p in ["floor", *working]}
+                                                    for m in ("throughput", "rr", "connect")}
+            for _ in range(rounds):
+                for path in ["floor", *working]:
+                    ns, addr = ((self.ns_a, self.fabric.hosts["b"]) if path == "floor"
+                                else (client_ns, addrs[path]))
+                    ctr, port = (("fnb-floor-client", FLOOR_IPERF_PORT) if path == "floor"
+                                 else (client, 5201))
+                    try:
+                        measured["throughput"][path].append(
+                            iperf(ea, ctr, addr, port, self.seconds))
+                        for mode in ("rr", "connect"):
+                            measured[mode][path].append(in_ns(
+                                ns, "probe", mode, addr, str(PROBE_PORT), str(self.seconds),
+                                timeout=self.seconds + 60))
+                    except (RuntimeError, ValueError) as exc:
+                        out["paths"].setdefault(path, {})["measure_error"] = _one_line(exc)
+            for path in ["floor", *working]:
+                res = out["paths"].setdefault(path, {"works": True})
+                for m in ("throughput", "rr", "connect"):
+                    if measured[m][path]:
+                        res[m] = summary(measured[m][path])
+                if path != "floor" and len(measured["throughput"][path]) == len(
+                        measured["throughput"]["floor"]) > 0:
+                    res["vs_floor"] = {
+                        "throughput": ratio(measured["throughput"], path, "gbit_s"),
+                        "rr_p50": ratio(measured["rr"], path, "p50_us"),
+                        "connect_p50": ratio(measured["connect"], path, "p50_us")}
         # removal from tasks.svictim
         removal = []
         for _ in range(kills if out["dns"].get("tasks", {}).get("lookups") else 0):
@@ -904,7 +941,7 @@ def main() -> int:
         if not a.no_swarm:
             print("Docker Swarm on the same two engines ...", flush=True)
             bench.stop_flotilla()
-            swarm = bench.swarm(a.dns_queries, a.kills)
+            swarm = bench.swarm(a.dns_queries, a.kills, a.rounds)
             swarm["leave_errors"] = bench.leave_swarm()
     finally:
         bench.teardown()
@@ -1000,6 +1037,8 @@ def swarm_outcome(swarm: dict) -> str:
         parts.append(f"name {v['name']} {'answers' if ok else 'fails'}"
                      + ("" if ok else f" (answer {v['answer']}, expected {v['expected']})"))
     for path, v in swarm.get("paths", {}).items():
+        if path == "floor":
+            continue
         label = {"vip": "VIP", "task": "task on the other host",
                  "task_same_host": "task on the same host"}[path]
         parts.append(f"connection to the {label} "
@@ -1015,25 +1054,32 @@ def print_side_by_side(out: dict, dns: dict, removal: dict, swarm: dict) -> None
         rows.append((f"{label}, p50 / p99", fmt_dns(dns.get(f"container/{what}")),
                      fmt_dns(swarm.get("dns", {}).get(what))))
 
+    def text(thr: dict, rr: dict, cn: dict, vs: float | None) -> str:
+        ratio_text = f" ({vs:.2f}x the floor)" if vs is not None else ""
+        return (f"{thr['gbit_s']:.2f} Gbit/s{ratio_text}, rr {rr['p50_us']:.0f} µs, "
+                f"conn {cn['p50_us']:.0f} µs")
+
     def conn(path: str, flot: str | None) -> None:
         sw = swarm.get("paths", {}).get(path, {})
-        if sw.get("works"):
-            rr, cn = sw["rr"], sw["connect"]
-            thr = sw.get("throughput", {})
-            sw_text = (f"{thr.get('gbit_s', '?')} Gbit/s, rr {rr['p50_us']:.0f} µs, "
-                       f"conn {cn['p50_us']:.0f} µs" if "gbit_s" in thr else
-                       f"rr {rr['p50_us']:.0f} µs, conn {cn['p50_us']:.0f} µs")
+        if not sw:
+            sw_text = "-"
+        elif sw.get("works") and "throughput" in sw:
+            sw_text = text(sw["throughput"], sw["rr"], sw["connect"],
+                           sw.get("vs_floor", {}).get("throughput"))
+        elif sw.get("works"):
+            sw_text = "works (not measured: " + str(sw.get("measure_error")) + ")"
         else:
-            sw_text = "fails: " + str(sw.get("error") or sw.get("rr", {}).get("error") or "-")
+            sw_text = "fails: " + str(sw.get("error") or "-")
         if flot is None:
             fl_text = "(no such path measured)"
         else:
-            fl_text = (f"{out['throughput'][flot]['gbit_s']:.2f} Gbit/s, rr "
-                       f"{out['rr'][flot]['p50_us']:.0f} µs, conn "
-                       f"{out['connect'][flot]['p50_us']:.0f} µs")
-        label = {"vip": "the VIP", "task": "the task (other host)",
-                 "task_same_host": "a task on the same host"}[path]
-        rows.append((f"connection to {label}", fl_text, sw_text))
+            fl_text = text(out["throughput"][flot], out["rr"][flot], out["connect"][flot],
+                           out["vs_floor"][flot]["throughput"] if flot != "floor" else None)
+        label = {"floor": "floor: host to host, same rounds", "vip": "connection to the VIP",
+                 "task": "connection to the task (other host)",
+                 "task_same_host": "connection to a task on the same host"}[path]
+        rows.append((label, fl_text, sw_text))
+    conn("floor", "floor")
     conn("vip", "vip")
     conn("task", "task")
     conn("task_same_host", None)
