@@ -727,6 +727,7 @@ class Bench:
             step("the floor again", self.floor_again)
             measured: dict[str, dict[str, list]] = {m: {p: [] for p in ["floor", *working]}
                                                     for m in ("throughput", "rr", "connect")}
+            out["load_per_round"] = []
             for _ in range(rounds):
                 for path in ["floor", *working]:
                     ns, addr = ((self.ns_a, self.fabric.hosts["b"]) if path == "floor"
@@ -742,6 +743,7 @@ class Bench:
                                 timeout=self.seconds + 60))
                     except (RuntimeError, ValueError) as exc:
                         out["paths"].setdefault(path, {})["measure_error"] = _one_line(exc)
+                out["load_per_round"].append(loadavg()[0])
             for path in ["floor", *working]:
                 res = out["paths"].setdefault(path, {"works": True})
                 for m in ("throughput", "rr", "connect"):
@@ -1100,6 +1102,8 @@ def print_side_by_side(out: dict, dns: dict, removal: dict, swarm: dict) -> None
         if not s["ok"]:
             print(f"  swarm step failed: {s['step']}: {s['error']}")
     print(f"Docker Swarm: {swarm['outcome']}")
+    if swarm.get("load_per_round"):
+        print(f"  (Swarm's rounds at load {swarm['load_per_round']})")
 
 
 if __name__ == "__main__":
