@@ -5,7 +5,9 @@ pid file and unix socket, and runs inside the host's network namespace
 with no bridge and no iptables rules of its own: containers get no network,
 which is all the test workloads need. ``iptables=True`` lets the engine
 manage the namespace's iptables and forwarding as on a real host (FORWARD
-policy DROP, rules per bridge network). Images come from the machine's engine
+policy DROP, rules per bridge network); ``default_bridge=True`` gives it
+Docker's default bridge (``docker0``) too, where containers started without
+a network go. Images come from the machine's engine
 (``docker save | docker load``): no registry is involved.
 """
 
@@ -20,9 +22,11 @@ from .netns import in_netns, run
 
 
 class HostDocker:
-    def __init__(self, netns: str, base: str, iptables: bool = False):
+    def __init__(self, netns: str, base: str, iptables: bool = False,
+                 default_bridge: bool = False):
         self.netns = netns
         self.iptables = iptables
+        self.default_bridge = default_bridge
         self.base = base
         self.data_root = os.path.join(base, "data")
         self.exec_root = os.path.join(base, "exec")
@@ -45,8 +49,9 @@ class HostDocker:
         cmd = in_netns(self.netns, [
             "dockerd", "--data-root", self.data_root, "--exec-root", self.exec_root,
             "--pidfile", self.pidfile, "-H", self.host_url,
-            "--bridge=none", *(f"--{flag}={str(self.iptables).lower()}"
-                               for flag in ("iptables", "ip-masq", "ip-forward")),
+            *([] if self.default_bridge else ["--bridge=none"]),
+            *(f"--{flag}={str(self.iptables).lower()}"
+              for flag in ("iptables", "ip-masq", "ip-forward")),
             "--containerd-namespace", f"{self.netns}",
             "--containerd-plugins-namespace", f"{self.netns}-plugins",
         ])

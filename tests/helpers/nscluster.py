@@ -4,7 +4,11 @@ address and one Docker engine per node.
 Nodes run exactly as in :mod:`tests.helpers.cluster` (``flotilla node run``
 in a session of its own, so a signal to the process group is a host
 failure), but inside their host's namespace, listening and advertising on the
-host's address, with ``DOCKER_HOST`` pointing at the host's own engine.
+host's address, with ``DOCKER_HOST`` pointing at the host's own engine. A
+host may have a resolv.conf of its own (``add_host(resolv_conf=PATH)``): its
+node then runs in a mount namespace of its own where that file is
+/etc/resolv.conf, so the names its resolver forwards go where the test says
+(a name server on the host's loopback), not to the machine's.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ ENGINE_COMMANDS = {"dockerd", "docker-proxy", "docker-init"}
 
 
 class Host:
-    def __init__(self, name: str, addr: str, netns: str, engine: HostDocker):
+    def __init__(self, name: str, addr: str, netns: str, engine: HostDocker,
+                 resolv_conf: str | None = None):
         self.name = name
         self.addr = addr
         self.netns = netns
         self.engine = engine
+        self.resolv_conf = resolv_conf
 
 
 class NsNodeProc(NodeProc):
@@ -52,6 +58,11 @@ class NsNodeProc(NodeProc):
         cmd = in_netns(self.host.netns, [
             PYTHON, "-m", "flotilla.cli.main", "node", "run", "--data-dir", self.data_dir,
             "--listen", self.addr, "--hostname", self.name, *extra])
+        if self.host.resolv_conf:
+            # unshare execs (no fork): the node keeps the pid and session Popen sees
+            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   'mount --bind "$0" /etc/resolv.conf && exec "$@"', self.host.resolv_conf,
+                   *cmd]
         env = dict(self.cluster.env, DOCKER_HOST=self.host.engine.host_url, **self.env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -70,19 +81,23 @@ class NsCluster(LocalCluster):
 
     # -- hosts ---------------------------------------------------------------------
     def add_host(self, name: str, octet: int, images: tuple[str, ...] = (),
-                 iptables: bool = False) -> Host:
+                 iptables: bool = False, default_bridge: bool = False,
+                 resolv_conf: str | None = None) -> Host:
         """A host: its namespace, address and engine. ``iptables``: the engine
         manages the namespace's iptables as on a real host, and forwarding
-        between interfaces is dropped unless a rule accepts it."""
+        between interfaces is dropped unless a rule accepts it;
+        ``default_bridge``: the engine has Docker's default bridge;
+        ``resolv_conf``: the file its node sees as /etc/resolv.conf."""
         addr = self.fabric.add_host(name, octet)
         netns = self.fabric.namespace(name)
-        engine = HostDocker(netns, os.path.join(self.base, "engines", name), iptables=iptables)
+        engine = HostDocker(netns, os.path.join(self.base, "engines", name), iptables=iptables,
+                            default_bridge=default_bridge)
         engine.start()
         if iptables:
             self.fabric.iptables(netns, "-P", "FORWARD", "DROP")
         for image in images:
             engine.load_image(image)
-        host = Host(name, addr, netns, engine)
+        host = Host(name, addr, netns, engine, resolv_conf=resolv_conf)
         self.hosts[name] = host
         return host
 
