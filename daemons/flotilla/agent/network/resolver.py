@@ -141,7 +141,7 @@ class NetworkEntry(TypedDict):
     tasks: dict[str, list[str]]     # a task's address here -> the ids of the task's networks
 
 
-def _ipv4(addr: object) -> str | None:
+def ipv4_of(addr: object) -> str | None:
     """``10.0.1.5`` from ``10.0.1.5`` or ``10.0.1.5/24``; None if it is no IPv4 address."""
     if not isinstance(addr, str):
         return None
@@ -167,7 +167,7 @@ class Table:
         names: dict[str, dict[Name, tuple[str, ...]]] = {}
         for net_id, net in (networks or {}).items():
             for addr, task_nets in (net.get("tasks") or {}).items():
-                ip = _ipv4(addr)
+                ip = ipv4_of(addr)
                 if ip is None:
                     self.skipped += 1
                     continue
@@ -177,7 +177,7 @@ class Table:
                 tasks = self._addresses(svc.get("task_addrs") or [])
                 mode = svc.get("mode")
                 if mode == "vip":
-                    vip = _ipv4(svc.get("vip"))
+                    vip = ipv4_of(svc.get("vip"))
                     front = [vip] if vip is not None else []
                 elif mode == "dnsrr":
                     front = tasks
@@ -201,7 +201,7 @@ class Table:
     def _addresses(self, addrs: Iterable[object]) -> list[str]:
         out: dict[str, None] = {}
         for addr in addrs:
-            ip = _ipv4(addr)
+            ip = ipv4_of(addr)
             if ip is None:
                 self.skipped += 1
             else:

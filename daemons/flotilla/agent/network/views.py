@@ -41,26 +41,19 @@ programs the results.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from .desired import DesiredStateError, NetworkState, parse_network
 from .names import bridge_name
-from .resolver import DNS_PORT, NetworkEntry, ServiceEntry
+from .resolver import DNS_PORT, NetworkEntry, ServiceEntry, ipv4_of
 from .wireguard import Peer, tunnel_address, valid_key
 
 Views = Mapping[str, Mapping[str, Any]]
 
 
-def ip_of(addr: object) -> str | None:
-    """``10.0.1.5`` from ``10.0.1.5``, ``10.0.1.5/24``; None if it is no IPv4 address."""
-    if not isinstance(addr, str):
-        return None
-    try:
-        return str(ipaddress.IPv4Address(addr.split("/", 1)[0]))
-    except ValueError:
-        return None
+# ``10.0.1.5`` from ``10.0.1.5`` or ``10.0.1.5/24``; None if it is no IPv4 address.
+ip_of = ipv4_of
 
 
 def underlay_of(views: Views, node_id: str) -> str | None:
